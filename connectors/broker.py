@@ -1,0 +1,263 @@
+"""The managed local Apache Kafka broker: resolved from Maven Central, run with the machine's Java.
+
+One KRaft node that is both broker and controller, bound to 127.0.0.1. Its jars,
+configuration, data and log live under ``<home>/kafka`` (``home`` from
+:class:`tiertwin.settings.Settings`). ``tiertwin broker install|start|stop|status``
+drive this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiertwin.errors import BrokerSetupError, BrokerUnavailableError
+from tiertwin.settings import Settings
+
+POM = Path(__file__).resolve().parent / "kafka-broker-pom.xml"
+READY_LINE = "Kafka Server started"
+
+LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <File name="file" fileName="${sys:tiertwin.log.dir}/server.log" append="true">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka" level="INFO"/>
+    <Logger name="org.apache.kafka" level="INFO"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Root level="WARN"><AppenderRef ref="file"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+@dataclass(frozen=True)
+class BrokerPaths:
+    root: Path
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "libs"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log4j(self) -> Path:
+        return self.root / "log4j2.xml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "broker.pid"
+
+    @property
+    def stamp(self) -> Path:
+        return self.libs / ".pom-sha256"
+
+
+class ManagedBroker:
+    """Install, format, start, stop and inspect the single-node broker."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.paths = BrokerPaths(self.settings.home / "kafka")
+
+    # -- install -------------------------------------------------------------------------------
+    def installed(self) -> bool:
+        return self.paths.stamp.exists() and self.paths.stamp.read_text() == _pom_digest()
+
+    def install(self, force: bool = False) -> Path:
+        """Resolve ``kafka_2.13``, ``kafka-tools`` and log4j2 with Maven into ``libs/`` (once)."""
+        if self.installed() and not force:
+            return self.paths.libs
+        if shutil.which("mvn") is None:
+            raise BrokerSetupError("Maven (mvn) is not on PATH; install it (apt-get install maven)")
+        if self.paths.libs.exists():
+            shutil.rmtree(self.paths.libs)
+        self.paths.libs.mkdir(parents=True)
+        cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+               f"-DoutputDirectory={self.paths.libs}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BrokerSetupError(f"Maven could not resolve Kafka: {(done.stdout + done.stderr)[-2000:]}")
+        self.paths.stamp.write_text(_pom_digest())
+        return self.paths.libs
+
+    def kafka_version(self) -> str:
+        jars = sorted(self.paths.libs.glob("kafka_2.13-*.jar"))
+        if not jars:
+            raise BrokerSetupError("Kafka is not installed; run `tiertwin broker install`")
+        return jars[0].stem.removeprefix("kafka_2.13-")
+
+    # -- configure and format ------------------------------------------------------------------
+    def write_config(self) -> None:
+        s = self.settings
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{s.broker_host}:{s.controller_port}",
+            "listeners": f"PLAINTEXT://{s.broker_host}:{s.broker_port},CONTROLLER://{s.broker_host}:{s.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{s.broker_host}:{s.broker_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.paths.data),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+        }
+        self.paths.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.paths.log4j.write_text(LOG4J2_XML)
+
+    def _java(self, main: str, *args: str, **popen) -> list[str]:
+        return [
+            "java", f"-Xms{min(256, self.settings.broker_heap_mb)}m", f"-Xmx{self.settings.broker_heap_mb}m",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.paths.log4j}", f"-Dtiertwin.log.dir={self.paths.logs}",
+            "-cp", f"{self.paths.libs}/*", main, *args,
+        ]
+
+    def formatted(self) -> bool:
+        return (self.paths.data / "meta.properties").exists()
+
+    def format(self) -> None:
+        """Format KRaft storage once (a standalone controller quorum of one)."""
+        if self.formatted():
+            return
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        uuid = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"),
+                              capture_output=True, text=True, check=False)
+        if uuid.returncode != 0:
+            raise BrokerSetupError(f"StorageTool random-uuid failed: {uuid.stderr[-1000:]}")
+        cluster_id = uuid.stdout.strip().splitlines()[-1]
+        done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone",
+                                         "-t", cluster_id, "-c", str(self.paths.config)),
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BrokerSetupError(f"StorageTool format failed: {(done.stdout + done.stderr)[-1000:]}")
+
+    # -- run -----------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.paths.pid.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            # Reap it if this very process started it and it has exited (else a zombie looks alive).
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def port_open(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((self.settings.broker_host, self.settings.broker_port)) == 0
+
+    def start(self, timeout_s: float = 90.0) -> int:
+        """Install, configure, format and start the broker; return its pid once it is ready."""
+        running = self.pid()
+        if running is not None:
+            self.wait_ready(timeout_s)
+            return running
+        if self.port_open():
+            raise BrokerSetupError(
+                f"port {self.settings.broker_port} is taken by another process; "
+                "stop it or set TIERTWIN_BROKER_PORT")
+        self.install()
+        self.write_config()
+        self.format()
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        log_offset = self._server_log_size()
+        stdout = open(self.paths.logs / "stdout.log", "ab")
+        proc = subprocess.Popen(self._java("kafka.Kafka", str(self.paths.config)), stdout=stdout,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.paths.pid.write_text(str(proc.pid))
+        try:
+            self.wait_ready(timeout_s, log_offset=log_offset, proc=proc)
+        except BrokerUnavailableError:
+            self.stop()
+            raise
+        return proc.pid
+
+    def _server_log_size(self) -> int:
+        log = self.paths.logs / "server.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def wait_ready(self, timeout_s: float = 90.0, log_offset: int | None = None,
+                   proc: subprocess.Popen | None = None) -> None:
+        """Ready = the broker logged that it started and its PLAINTEXT port accepts (it opens unfenced)."""
+        deadline = time.monotonic() + timeout_s
+        log = self.paths.logs / "server.log"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                tail = (self.paths.logs / "stdout.log").read_text(errors="replace")[-1500:]
+                raise BrokerUnavailableError(f"broker exited with code {proc.returncode}: {tail}")
+            logged = log_offset is None or (log.exists() and READY_LINE in _read_from(log, log_offset))
+            if logged and self.port_open():
+                return
+            time.sleep(0.2)
+        raise BrokerUnavailableError(f"broker not ready after {timeout_s:.0f}s; see {log}")
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM (controlled shutdown), then SIGKILL after ``timeout_s``. False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            self.paths.pid.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+        self.paths.pid.unlink(missing_ok=True)
+        return True
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()

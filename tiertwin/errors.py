@@ -1,0 +1,52 @@
+"""One exception root for tiertwin, with subclasses where callers act differently."""
+
+
+class TiertwinError(Exception):
+    """Root of every error tiertwin raises on purpose."""
+
+
+class ConfigError(TiertwinError):
+    """A configuration file or option is invalid; the message names the bad field."""
+
+
+class BrokerUnavailableError(TiertwinError):
+    """The Kafka broker cannot be reached (not started, wrong address, or not ready in time)."""
+
+
+class BrokerSetupError(TiertwinError):
+    """The managed broker could not be installed, formatted or started."""
+
+
+class SchemaError(TiertwinError):
+    """A schema is missing, malformed, or an evolution of it is incompatible."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """A new schema version cannot read records written with an older version."""
+
+
+class RecordRejected(TiertwinError):
+    """A record cannot be used; it goes to the dead-letter topic with `reason`.
+
+    ``reason`` is a short machine-readable code (e.g. ``unknown-fingerprint``);
+    ``str(error)`` is the human-readable detail.
+    """
+
+    reason = "rejected"
+
+    def __init__(self, detail: str, reason: str | None = None):
+        super().__init__(detail)
+        if reason is not None:
+            self.reason = reason
+
+
+class DecodeError(RecordRejected):
+    """The bytes are not a tiertwin Avro single-object record."""
+
+    reason = "undecodable"
+
+
+class ValidationError(RecordRejected):
+    """The record decodes but a field is NaN, infinite or out of its documented range."""
+
+    reason = "invalid-field"
