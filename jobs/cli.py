@@ -142,6 +142,13 @@ def roundtrip(count: int = typer.Option(100, help="Records per schema.")):
     console.print(table)
 
 
+@app.command("demo")
+@one_line_errors
+def demo(count: int = typer.Option(100, help="Records per schema.")):
+    """The main job of the quickstart: a round trip of every contract through the managed broker."""
+    roundtrip(count)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

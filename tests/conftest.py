@@ -1,0 +1,60 @@
+"""One managed Kafka broker per test session; a fresh topic and consumer group per test.
+
+If a broker is already listening (``.ci/run`` and ``scripts/setup`` start one) it is
+reused and left running; otherwise the session starts the managed broker and stops
+it at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tiertwin.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def broker(settings):
+    from tiertwin.connectors.broker import ManagedBroker
+    from tiertwin.connectors.topics import apply_topology, load_topology
+
+    managed = ManagedBroker(settings)
+    started_here = False
+    if not managed.port_open():
+        managed.start()
+        started_here = True
+    apply_topology(load_topology(), settings)
+    yield managed
+    if started_here:
+        managed.stop()
+
+
+@pytest.fixture
+def new_topic(broker, settings):
+    """Factory: ``new_topic(partitions=3)`` creates a uniquely named topic and returns its name."""
+    from tiertwin.connectors.kafka import admin_client
+
+    admin = admin_client(settings)
+    created: list[str] = []
+
+    def make(partitions: int = 3, prefix: str = "test") -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=30_000)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        admin.delete_topics(created)
+    admin.close()
+
+
+@pytest.fixture
+def group_id() -> str:
+    return f"test-group-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,131 @@
+"""The Avro contracts and the single-object codec (no broker needed)."""
+
+import copy
+import io
+import json
+import math
+
+import pytest
+from fastavro import parse_schema, schemaless_writer
+
+from tiertwin.errors import DecodeError, IncompatibleSchemaError, ValidationError
+from tiertwin.schemas import MAGIC, SCHEMA_DIR, SchemaRegistry, schema_fingerprint
+from tiertwin.schemas.examples import EXAMPLE_NAMES, example
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return SchemaRegistry.default()
+
+
+def test_every_contract_has_an_example_and_documents_every_field():
+    names = {p.stem for p in SCHEMA_DIR.glob("*.avsc")}
+    assert names == set(EXAMPLE_NAMES)
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        for field in json.loads(path.read_text())["fields"]:
+            assert field.get("doc"), f"{path.name}: {field['name']} has no doc"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_round_trip_keeps_every_field(registry, name):
+    record = example(name)
+    data = registry.encode(name, record)
+    assert data[:2] == MAGIC
+    assert data[2:10] == registry.current(name).fingerprint
+    assert registry.decode(data) == (f"tiertwin.{name}", record)
+
+
+def test_fingerprint_matches_avro_reference_value():
+    # Avro's Java SchemaNormalization.parsingFingerprint64("null") = 7195948357588979594, little-endian on the wire.
+    assert schema_fingerprint("null") == (7195948357588979594).to_bytes(8, "little")
+
+
+def _old_and_new(add_field: dict):
+    old = json.loads((SCHEMA_DIR / "Demand.avsc").read_text())
+    new = copy.deepcopy(old)
+    new["fields"].append(add_field)
+    return old, new
+
+
+def test_backward_compatible_evolution_reads_old_records_with_defaults():
+    old, new = _old_and_new({"name": "energy_budget_j", "type": "float", "default": 1.5, "doc": "added later"})
+    registry = SchemaRegistry()
+    registry.register(old)
+    old_bytes = registry.encode("Demand", example("Demand"))
+    registry.register(new)
+    name, record = registry.decode(old_bytes)
+    assert record["energy_budget_j"] == 1.5
+    assert registry.decode(registry.encode("Demand", {**example("Demand"), "energy_budget_j": 2.5}))[1][
+        "energy_budget_j"] == 2.5
+
+
+def test_incompatible_evolution_is_rejected():
+    old, new = _old_and_new({"name": "energy_budget_j", "type": "float", "doc": "no default"})
+    registry = SchemaRegistry()
+    registry.register(old)
+    with pytest.raises(IncompatibleSchemaError):
+        registry.register(new)
+    retyped = copy.deepcopy(old)
+    next(f for f in retyped["fields"] if f["name"] == "demand_id")["type"] = "int"
+    with pytest.raises(IncompatibleSchemaError):
+        registry.register(retyped)
+
+
+def test_history_versions_are_loaded(registry):
+    # Telemetry v1 (history/) lacked heading_deg; both versions are known and v1 records still decode.
+    versions = registry.versions("Telemetry")
+    assert len(versions) >= 2
+    v1 = next(v for v in versions if v is not registry.current("Telemetry"))
+    old = {k: v for k, v in example("Telemetry").items() if k in {f["name"] for f in v1.raw["fields"]}}
+    _, record = registry.decode(registry.encode_with(v1, old))
+    assert record["heading_deg"] == 0.0
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"\x01\x02", "truncated"),
+    (b"\x00\x01" + b"\x00" * 30, "bad-magic"),
+    (MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x01" + b"\x02", "unknown-fingerprint"),
+])
+def test_malformed_bytes_are_rejected_with_reason(registry, data, reason):
+    with pytest.raises(DecodeError) as err:
+        registry.decode(data)
+    assert err.value.reason == reason
+
+
+def test_truncated_body_is_rejected(registry):
+    data = registry.encode("Telemetry", example("Telemetry"))
+    with pytest.raises(DecodeError) as err:
+        registry.decode(data[:25])
+    assert err.value.reason == "truncated"
+
+
+def _raw_encode(registry, name, record):
+    schema = registry.current(name)
+    buf = io.BytesIO(schema.header)
+    buf.seek(0, 2)
+    schemaless_writer(buf, parse_schema(schema.raw), record)
+    return buf.getvalue()
+
+
+def test_valid_avro_carrying_nan_is_rejected(registry):
+    data = _raw_encode(registry, "Telemetry", example("Telemetry", sinr_db=math.nan))
+    with pytest.raises(ValidationError) as err:
+        registry.decode(data)
+    assert err.value.reason == "non-finite-field"
+    assert "sinr_db" in str(err.value)
+
+
+def test_out_of_range_fields_are_rejected_on_both_sides(registry):
+    with pytest.raises(ValidationError) as err:
+        registry.encode("Telemetry", example("Telemetry", cqi=16))
+    assert err.value.reason == "out-of-range-field"
+    neighbours = [{"cell_id": 1, "rsrp_dbm": -20.0, "sinr_db": 3.0}]
+    data = _raw_encode(registry, "Telemetry", example("Telemetry", neighbours=neighbours))
+    with pytest.raises(ValidationError, match=r"neighbours\[\]\.rsrp_dbm"):
+        registry.decode(data)
+
+
+def test_wrong_type_is_a_validation_error(registry):
+    with pytest.raises(ValidationError) as err:
+        registry.encode("Demand", example("Demand", kind="teleport"))
+    assert err.value.reason == "type-mismatch"
