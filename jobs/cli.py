@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tiertwin.errors import TiertwinError
+from tiertwin.jobs.bench import bench_app
 from tiertwin.settings import Settings
 
 app = typer.Typer(help="tiertwin: a local / edge / cloud digital twin for 6G mobile-metaverse networks.",
@@ -25,6 +26,7 @@ broker_app = typer.Typer(help="The managed local Kafka broker (Apache Kafka 4.x 
 topics_app = typer.Typer(help="The topic topology (jobs/topology.yaml).", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -147,6 +149,21 @@ def roundtrip(count: int = typer.Option(100, help="Records per schema.")):
 def demo(count: int = typer.Option(100, help="Records per schema.")):
     """The main job of the quickstart: a round trip of every contract through the managed broker."""
     roundtrip(count)
+
+
+# Each area registers its commands from its own module: ``register(app, bench_app)``.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(app, bench_app)
+
+
+_register_command_modules()
 
 
 def main() -> None:  # pragma: no cover - console entry point
