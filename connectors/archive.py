@@ -1,0 +1,165 @@
+"""Telemetry logs on disk: archive Kafka topics to Parquet, replay them back into Kafka.
+
+Layout (Hive-style, readable by polars / pyarrow / Spark)::
+
+    DIR/topic=<topic>/date=YYYY-MM-DD/hour=HH/part-<partition>-<first offset>.parquet
+
+Each row keeps the record exactly (``value`` = Avro single-object bytes, ``key``)
+with its coordinates (``partition``, ``offset``, ``timestamp_ms``) and, for people and
+polars, the decoded top-level fields as columns (maps and arrays as JSON text).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from kafka import TopicPartition
+
+from tiertwin.connectors.kafka import KafkaSink, KafkaSource
+from tiertwin.errors import ConfigError, RecordRejected
+from tiertwin.schemas import SchemaRegistry
+from tiertwin.settings import Settings
+
+COORDINATES = ("partition", "offset", "timestamp_ms", "key", "value", "schema")
+
+
+@dataclass(frozen=True)
+class ArchivedRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+def _flat(record: dict) -> dict:
+    return {k: json.dumps(v, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+            if isinstance(v, (dict, list)) else (v.hex() if isinstance(v, bytes) else v)
+            for k, v in record.items()}
+
+
+def archive_topics(topics: Iterable[str], out_dir: Path, settings: Settings | None = None,
+                   registry: SchemaRegistry | None = None, rows_per_file: int = 200_000,
+                   on_progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Copy every record now in ``topics`` (beginning to current end) into Parquet. Returns counts per topic.
+
+    Records that do not decode are archived too (raw bytes kept, ``schema`` empty):
+    an archive is a faithful copy, not a filter.
+    """
+    registry = registry or SchemaRegistry.default()
+    counts: dict[str, int] = {}
+    source = KafkaSource([], None, settings, registry, client_id="tiertwin-archive", profile="throughput")
+    consumer = source.consumer
+    try:
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            rows: dict[tuple, list[dict]] = defaultdict(list)
+            total = 0
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                for tp, messages in consumer.poll(timeout_ms=500).items():
+                    for m in messages:
+                        if m.offset >= end[tp]:
+                            continue
+                        try:
+                            name, value = registry.decode(m.value, validate=False)
+                        except RecordRejected:
+                            name, value = "", {}
+                        hour = datetime.fromtimestamp(m.timestamp / 1000, tz=timezone.utc)
+                        rows[(hour.strftime("%Y-%m-%d"), hour.strftime("%H"), m.partition)].append(
+                            {"partition": m.partition, "offset": m.offset, "timestamp_ms": m.timestamp,
+                             "key": m.key, "value": m.value, "schema": name, **_flat(value)})
+                        total += 1
+                        if on_progress:
+                            on_progress(1)
+            for (date, hour, partition), chunk in rows.items():
+                folder = out_dir / f"topic={topic}" / f"date={date}" / f"hour={hour}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for start in range(0, len(chunk), rows_per_file):
+                    part = chunk[start:start + rows_per_file]
+                    pq.write_table(pa.Table.from_pylist(part),
+                                   folder / f"part-{partition}-{part[0]['offset']:012d}.parquet")
+            counts[topic] = total
+    finally:
+        source.close()
+    return counts
+
+
+def archived_topics(log_dir: Path) -> list[str]:
+    return sorted(p.name.removeprefix("topic=") for p in Path(log_dir).glob("topic=*") if p.is_dir())
+
+
+def read_archive(log_dir: Path, topic: str) -> Iterator[ArchivedRecord]:
+    """The archived records of ``topic`` in replay order.
+
+    Each source partition is read in offset order (so per-key order is kept: a key
+    lives in one partition), and partitions are merged by timestamp; ties break on
+    (partition, offset), so the order is the same on every run.
+    """
+    files = sorted((Path(log_dir) / f"topic={topic}").glob("date=*/hour=*/*.parquet"))
+    if not files:
+        raise ConfigError(f"no archived records of {topic!r} under {log_dir}")
+    by_partition: dict[int, list[ArchivedRecord]] = defaultdict(list)
+    for path in files:
+        table = pq.read_table(path, columns=["partition", "offset", "timestamp_ms", "key", "value"])
+        for row in table.to_pylist():
+            by_partition[row["partition"]].append(ArchivedRecord(topic, row["partition"], row["offset"],
+                                                                 row["timestamp_ms"], row["key"], row["value"]))
+    streams = []
+    for partition, records in sorted(by_partition.items()):
+        records.sort(key=lambda r: r.offset)
+        streams.append(((r.timestamp_ms, r.partition, r.offset, r) for r in records))
+    for *_, record in heapq.merge(*streams, key=lambda item: item[:3]):
+        yield record
+
+
+def parse_speed(speed: str) -> float | None:
+    """``"1x"`` -> 1.0, ``"10x"`` -> 10.0, ``"max"`` -> None (as fast as possible)."""
+    if speed == "max":
+        return None
+    try:
+        factor = float(speed.removesuffix("x"))
+    except ValueError:
+        raise ConfigError(f"--speed {speed!r}: use 1x, 10x, 0.5x or max") from None
+    if factor <= 0:
+        raise ConfigError(f"--speed {speed!r} must be positive")
+    return factor
+
+
+def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | None = None,
+           speed: float | None = None, on_progress: Callable[[int], None] | None = None) -> int:
+    """Re-publish ``records`` in order, keeping inter-arrival times divided by ``speed``.
+
+    The original record timestamps are kept, so event time survives the replay.
+    Returns the number of records published (all acknowledged).
+    """
+    count = 0
+    first_ts, started = None, time.perf_counter()
+    for record in records:
+        if speed is not None:
+            first_ts = record.timestamp_ms if first_ts is None else first_ts
+            due = started + (record.timestamp_ms - first_ts) / 1000 / speed
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        sink.send_raw(to_topic or record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms)
+        count += 1
+        if on_progress:
+            on_progress(1)
+    sink.flush()
+    return count
