@@ -30,7 +30,7 @@ DEAD_LETTER_TOPIC = "tiertwin.deadletters"
 
 PRODUCER_PROFILES: dict[str, dict[str, Any]] = {
     "low-latency": {"linger_ms": 0, "batch_size": 64 * 1024},
-    "throughput": {"linger_ms": 5, "batch_size": 512 * 1024, "buffer_memory": 64 * 1024 * 1024},
+    "throughput": {"linger_ms": 5, "batch_size": 512 * 1024},
 }
 CONSUMER_PROFILES: dict[str, dict[str, Any]] = {
     "low-latency": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 5, "max_poll_records": 1000},
