@@ -18,6 +18,8 @@ DECISION_COLUMNS = ("decision_id", "tier", "kind", "ue_id", "cell_id", "target",
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     from tiertwin.jobs.cli import console, one_line_errors
 
+    _register_bench(bench_app)
+
     @app.command("subscribe")
     @one_line_errors
     def subscribe_cmd(
@@ -129,3 +131,59 @@ def _table_row(rec) -> str:
     short = {k: val for k, val in v.items() if not isinstance(val, (bytes, list, dict))}
     return f"{rec.schema.removeprefix('tiertwin.')} p{rec.partition}@{rec.offset} " + \
         " ".join(f"{k}={val}" for k, val in list(short.items())[:12])
+
+
+def bench_replay(records: int = 100_000, settings=None) -> dict:
+    """Replay ``records`` archived Telemetry records at max speed beside Kafka's ProducerPerformance."""
+    import tempfile
+    import time
+    import uuid
+
+    from tiertwin.connectors.archive import archive_topics, read_archive, replay
+    from tiertwin.connectors.kafka import KafkaSink, admin_client
+    from tiertwin.connectors.kafka_tools import producer_performance
+    from tiertwin.schemas import SchemaRegistry
+    from tiertwin.schemas.examples import example
+    from tiertwin.settings import Settings
+
+    settings = settings or Settings.from_env()
+    registry = SchemaRegistry.default()
+    names = [f"bench.replay.{kind}.{uuid.uuid4().hex[:8]}" for kind in ("source", "target", "ceiling")]
+    admin = admin_client(settings)
+    admin.create_topics({n: {"num_partitions": 6, "replication_factor": 1} for n in names}, timeout_ms=30_000)
+    try:
+        value = registry.encode("Telemetry", example("Telemetry"))
+        with KafkaSink(settings, profile="throughput") as sink:
+            for i in range(records):
+                sink.send_raw(names[0], value, key=f"ue-{i % 1000:04d}", timestamp_ms=1_767_225_600_000 + i)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive_topics([names[0]], Path(tmp), settings)
+            log = list(read_archive(Path(tmp), names[0]))
+            with KafkaSink(settings, profile="throughput", client_id="bench-replay") as sink:
+                started = time.perf_counter()
+                replay(log, sink, names[1], speed=None)
+                replay_s = time.perf_counter() - started
+        ceiling = producer_performance(names[2], records, len(value), settings)
+    finally:
+        admin.delete_topics(names)
+        admin.close()
+    replay_rps = records / replay_s
+    return {"records": records, "record_bytes": len(value), "replay_records_per_s": round(replay_rps),
+            "producer_performance_records_per_s": ceiling["records_per_s"],
+            "ratio_replay_to_producer_performance": round(replay_rps / ceiling["records_per_s"], 3),
+            "target_ratio": 0.5, "acks": "all"}
+
+
+def _register_bench(bench_app: typer.Typer) -> None:
+    from tiertwin.jobs.bench import write_results
+    from tiertwin.jobs.cli import console, one_line_errors
+
+    @bench_app.command("replay")
+    @one_line_errors
+    def bench_replay_cmd(records: int = typer.Option(100_000, help="Records to replay.")):
+        """Records/s from a Parquet archive into Kafka, beside Kafka's ProducerPerformance (same broker, same run)."""
+        results = bench_replay(records)
+        path = write_results("replay", results)
+        for key, value in results.items():
+            console.print(f"{key:40} {value}")
+        console.print(f"wrote {path}")
