@@ -154,6 +154,7 @@ def demo(count: int = typer.Option(100, help="Records per schema.")):
 # Each area registers its commands from its own module: ``register(app, bench_app)``.
 COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_ops",
+    "tiertwin.jobs.twin_api",
 ]
 
 

@@ -1,0 +1,300 @@
+"""The twin API for metaverse applications: the current twin of a UE, a cell and an edge site,
+recent decisions, and a Server-Sent-Events stream of decisions.
+
+The API holds no state of its own: :class:`TwinView` follows the topics the tier
+agents write (UE twins from ``tiertwin.edge.summaries``, cell twins from
+``tiertwin.cloud.edge-state``, decisions from ``tiertwin.actions.*``, outcomes,
+cloud snapshots), so it serves exactly what the running agents hold and publish.
+
+Reads are open. Writes (``POST /decisions``: an operator's manual cloud decision)
+require ``Authorization: Bearer <token>`` where the token comes from
+``TIERTWIN_API_TOKEN`` (or ``TIERTWIN_API_TOKEN_FILE``); with no token configured,
+writes are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from tiertwin.connectors.kafka import KafkaSink, KafkaSource
+from tiertwin.settings import Settings
+
+
+@dataclass(frozen=True)
+class ViewTopics:
+    summaries: str = "tiertwin.edge.summaries"
+    edge_state: str = "tiertwin.cloud.edge-state"
+    cell_reports: str = "tiertwin.edge.cell-reports"
+    snapshots: str = "tiertwin.cloud.snapshots"
+    outcomes: str = "tiertwin.outcomes"
+    decisions: tuple[str, ...] = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
+    cloud_actions: str = "tiertwin.actions.cloud"
+
+    def all(self) -> list[str]:
+        return [self.summaries, self.edge_state, self.cell_reports, self.snapshots, self.outcomes, *self.decisions]
+
+
+@dataclass
+class TwinView:
+    """The latest twin state, rebuilt from the agents' output topics by a background consumer."""
+
+    topics: ViewTopics = field(default_factory=ViewTopics)
+    settings: Settings | None = None
+    recent: int = 2000
+    from_beginning: bool = False
+
+    def __post_init__(self) -> None:
+        self.ues: dict[str, dict] = {}
+        self.cells: dict[int, dict] = {}
+        self.cell_reports: dict[int, dict] = {}
+        self.snapshots: dict[int, dict] = {}
+        self.decisions: deque[tuple[int, dict]] = deque(maxlen=self.recent)
+        self.outcomes: deque[dict] = deque(maxlen=self.recent)
+        self.records_seen: dict[str, int] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+
+    # -- feeding -------------------------------------------------------------------------------
+    def apply(self, topic: str, schema: str, value: dict) -> None:
+        with self._lock:
+            self.records_seen[topic] = self.records_seen.get(topic, 0) + 1
+            if schema == "tiertwin.LocalSummary":
+                self.ues[value["ue_id"]] = value
+            elif schema == "tiertwin.EdgeState":
+                (self.cells if topic == self.topics.edge_state else self.cell_reports)[value["cell_id"]] = value
+            elif schema == "tiertwin.TwinSnapshot":
+                self.snapshots[value["cell_id"]] = value
+            elif schema == "tiertwin.Decision":
+                self._seq += 1
+                self.decisions.append((self._seq, value))
+            elif schema == "tiertwin.Outcome":
+                self.outcomes.append(value)
+
+    def start(self) -> "TwinView":
+        self._thread = threading.Thread(target=self._follow, name="twin-view", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        # No consumer group: every API instance sees every partition.
+        source = KafkaSource([], None, self.settings, client_id="tiertwin-twin-api", dead_letters=None,
+                             on_rejected=lambda e: None)
+        try:
+            from kafka import TopicPartition
+
+            consumer = source.consumer
+            tps = [TopicPartition(t, p) for t in self.topics.all() for p in (consumer.partitions_for_topic(t) or ())]
+            consumer.assign(tps)
+            if self.from_beginning:
+                consumer.seek_to_beginning(*tps)
+            else:
+                consumer.seek_to_end(*tps)
+            self.ready.set()
+            while not self._stop.is_set():
+                try:
+                    batch = source.poll(100)
+                except Exception:  # a rejected record without a dead-letter sink: skip it, keep serving
+                    continue
+                for rec in batch:
+                    self.apply(rec.topic, rec.schema, rec.value)
+        finally:
+            source.close()
+
+    # -- reading -------------------------------------------------------------------------------
+    def ue(self, ue_id: str) -> dict | None:
+        with self._lock:
+            twin = self.ues.get(ue_id)
+            if twin is None:
+                return None
+            decisions = [d for _, d in self.decisions if d.get("ue_id") == ue_id][-20:]
+            outcomes = [o for o in self.outcomes if o.get("ue_id") == ue_id][-20:]
+        return {"twin": twin, "recent_decisions": decisions, "recent_outcomes": outcomes}
+
+    def cell(self, cell_id: int) -> dict | None:
+        with self._lock:
+            state = self.cells.get(cell_id) or self.cell_reports.get(cell_id)
+            if state is None:
+                return None
+            ues = sorted(u for u, s in self.ues.items() if s["serving_cell"] == cell_id)
+            decisions = [d for _, d in self.decisions if d.get("cell_id") == cell_id][-20:]
+            return {"twin": state, "source": "edge" if cell_id in self.cells else "cell-report",
+                    "ues": ues, "snapshot": self.snapshots.get(cell_id), "recent_decisions": decisions}
+
+    def edges(self) -> dict[int, dict]:
+        with self._lock:
+            states = {**self.cell_reports, **self.cells}
+        sites: dict[int, dict] = {}
+        for cell_id, s in sorted(states.items()):
+            site = sites.setdefault(s["site_id"], {"site_id": s["site_id"], "cells": [], "attached_ues": 0,
+                                                    "mec_queue_gcycles": 0.0, "mec_utilization": 0.0,
+                                                    "mec_capacity_gcps": s["mec_capacity_gcps"]})
+            site["cells"].append(cell_id)
+            site["attached_ues"] += s["attached_ues"]
+            site["mec_queue_gcycles"] = max(site["mec_queue_gcycles"], s["mec_queue_gcycles"])
+            site["mec_utilization"] = max(site["mec_utilization"], s["mec_utilization"])
+        return sites
+
+    def decisions_after(self, seq: int, limit: int = 500) -> list[tuple[int, dict]]:
+        with self._lock:
+            return [(s, d) for s, d in self.decisions if s > seq][:limit]
+
+
+class ManualDecision(BaseModel):
+    """An operator's decision, published to the cloud action topic."""
+
+    kind: str = Field(pattern="^(placement|handover|prb_share|mec_share|xr_bitrate|migration)$")
+    target: str = Field(max_length=200)
+    ue_id: str | None = Field(None, max_length=200)
+    cell_id: int | None = Field(None, ge=0, le=1_000_000)
+    parameters: dict[str, float] = {}
+
+
+def _configured_token() -> str | None:
+    token = os.environ.get("TIERTWIN_API_TOKEN")
+    path = os.environ.get("TIERTWIN_API_TOKEN_FILE")
+    if not token and path:
+        token = Path(path).read_text().strip()
+    return token or None
+
+
+def create_app(view: TwinView, sink_factory=None) -> FastAPI:
+    """The FastAPI app over ``view``. ``sink_factory`` makes the producer for authenticated writes."""
+    app = FastAPI(title="tiertwin twin API", version="1",
+                  description="Read-only views of the three-tier network twin; writes need a bearer token.")
+
+    def require_token(authorization: str | None = Header(None)) -> None:
+        expected = _configured_token()
+        if expected is None:
+            raise HTTPException(403, "writes are disabled: no TIERTWIN_API_TOKEN configured")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "following": view.ready.is_set(), "records_seen": view.records_seen}
+
+    @app.get("/ues")
+    def list_ues() -> list[str]:
+        return sorted(view.ues)
+
+    @app.get("/ues/{ue_id}")
+    def get_ue(ue_id: str) -> dict:
+        twin = view.ue(ue_id)
+        if twin is None:
+            raise HTTPException(404, f"no twin for UE {ue_id!r} yet")
+        return twin
+
+    @app.get("/cells")
+    def list_cells() -> list[dict]:
+        with view._lock:
+            states = {**view.cell_reports, **view.cells}
+        return [states[c] for c in sorted(states)]
+
+    @app.get("/cells/{cell_id}")
+    def get_cell(cell_id: int) -> dict:
+        twin = view.cell(cell_id)
+        if twin is None:
+            raise HTTPException(404, f"no twin for cell {cell_id} yet")
+        return twin
+
+    @app.get("/edges")
+    def list_edges() -> list[dict]:
+        return list(view.edges().values())
+
+    @app.get("/edges/{site_id}")
+    def get_edge(site_id: int) -> dict:
+        site = view.edges().get(site_id)
+        if site is None:
+            raise HTTPException(404, f"no twin for edge site {site_id} yet")
+        return site
+
+    @app.get("/decisions")
+    def recent_decisions(tier: str | None = None, kind: str | None = None, ue: str | None = None,
+                         limit: int = Query(100, ge=1, le=2000)) -> list[dict]:
+        with view._lock:
+            items = [d for _, d in view.decisions]
+        items = [d for d in items if (tier is None or d["tier"] == tier) and (kind is None or d["kind"] == kind)
+                 and (ue is None or d.get("ue_id") == ue)]
+        return items[-limit:]
+
+    @app.get("/stream/decisions")
+    async def stream_decisions(tier: str | None = None) -> StreamingResponse:
+        """Server-Sent Events: one ``data:`` line (JSON decision) per new decision."""
+
+        async def events():
+            seq = view._seq
+            yield ": connected\n\n"
+            while True:
+                for seq, d in view.decisions_after(seq):
+                    if tier is None or d["tier"] == tier:
+                        yield f"id: {seq}\ndata: {json.dumps(d)}\n\n"
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/decisions", status_code=202, dependencies=[Depends(require_token)])
+    def post_decision(decision: ManualDecision) -> dict:
+        now = time.time_ns()
+        digest = hashlib.sha256(f"{now}{decision.model_dump_json()}".encode()).hexdigest()[:16]
+        record = {"decision_id": f"cloud/manual/{digest}", "tier": "cloud", "kind": decision.kind,
+                  "ue_id": decision.ue_id, "cell_id": decision.cell_id, "subject_id": None,
+                  "target": decision.target, "parameters": decision.parameters, "model_name": "operator",
+                  "model_version": 0, "confidence": 1.0, "source_topic": "api", "source_partition": -1,
+                  "source_offset": -1, "source_ts_ms": now // 1_000_000, "source_emitted_ns": now,
+                  "received_ns": now, "decided_ns": now}
+        sink = (sink_factory or (lambda: KafkaSink(view.settings, client_id="tiertwin-api")))()
+        try:
+            sink.send(view.topics.cloud_actions, "Decision", record,
+                      key=decision.ue_id or (str(decision.cell_id) if decision.cell_id is not None else None))
+        finally:
+            sink.close()
+        return {"decision_id": record["decision_id"], "topic": view.topics.cloud_actions}
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = False) -> None:
+    import uvicorn
+
+    view = TwinView(settings=Settings.from_env(), from_beginning=from_beginning).start()
+    try:
+        uvicorn.run(create_app(view), host=host, port=port, log_level="warning")
+    finally:
+        view.stop()
+
+
+def register(app, bench_app) -> None:
+    import typer
+
+    from tiertwin.jobs.cli import one_line_errors
+
+    @app.command("api")
+    @one_line_errors
+    def api_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
+                port: int = typer.Option(8080, help="Port to bind."),
+                from_beginning: bool = typer.Option(False, help="Rebuild the view from the start of the topics.")):
+        """Serve the twin API (OpenAPI at /docs and /openapi.json); read-only unless TIERTWIN_API_TOKEN is set."""
+        serve(host, port, from_beginning)
