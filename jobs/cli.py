@@ -155,6 +155,7 @@ def demo(count: int = typer.Option(100, help="Records per schema.")):
 COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_ops",
     "tiertwin.jobs.twin_api",
+    "tiertwin.jobs.cli_deploy",
 ]
 
 
