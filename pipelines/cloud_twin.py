@@ -1,0 +1,620 @@
+"""The cloud twin on Apache Beam: cross-tier fusion, global training, models pushed down.
+
+Read top to bottom, the cloud tier is::
+
+    Kafka (summaries, edge state, actions.*, outcomes)      or   a `tiertwin archive` folder
+          │ ReadFromKafka (splittable DoFn)                       │ ReadArchive (bounded)
+          ▼                                                       ▼
+    SplitBySchema ── summaries / edge_states / decisions / outcomes ──┬─► FuseTiers ─► TwinSnapshot
+                                                                      │      (event-time windows by cell,
+                                                                      │       CoGroupByKey, early/on-time/late panes)
+                                                                      └─► TrainGlobalModels ─► ModelUpdate
+                                                                             (Decision ⨝ Outcome by decision_id,
+                                                                              one global stateful trainer per model)
+
+Snapshots go to ``tiertwin.cloud.snapshots`` and to Parquet partitioned by date/hour;
+model updates go to ``tiertwin.models`` (only when they beat the live version);
+records that do not decode go to ``tiertwin.deadletters``.
+
+**Records with no cell.** ``Decision.cell_id`` and ``Outcome.cell_id`` are optional. A
+record without a cell is valid but cannot be placed in a per-cell snapshot: fusion
+skips it and counts it (Beam counter ``cloud-fusion/records_without_cell``); it is not
+a dead letter because nothing is wrong with it, and training still uses it (training
+joins by ``decision_id``, not by cell).
+
+**Training examples** are placement decisions joined with the outcome that measured
+them in the same training window: ``x = parameters_to_features(decision.parameters)``
+plus ``x["tier"] = decision.target``, ``y = outcome.latency_ms``. A pair split by a
+window boundary (decision at the very end, outcome just after) is not learned from;
+with 10 s windows and latencies of tens of ms that is well under 1 % of the pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC
+from tiertwin.errors import ConfigError
+from tiertwin.pipelines import parquet_log
+from tiertwin.pipelines.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
+                                           dead_letter_key, decode_record)
+from tiertwin.pipelines.models import MODELS_TOPIC, deserialize, parameters_to_features, publish_model
+from tiertwin.settings import Settings
+
+SUMMARIES, EDGE_STATES, DECISIONS, OUTCOMES = "summaries", "edge_states", "decisions", "outcomes"
+STREAMS = {"LocalSummary": SUMMARIES, "EdgeState": EDGE_STATES, "Decision": DECISIONS, "Outcome": OUTCOMES}
+CELL_FIELDS = {SUMMARIES: "serving_cell", EDGE_STATES: "cell_id", DECISIONS: "cell_id", OUTCOMES: "cell_id"}
+INPUT_TOPICS = ("tiertwin.edge.summaries", "tiertwin.cloud.edge-state", "tiertwin.actions.local",
+                "tiertwin.actions.edge", "tiertwin.actions.cloud", "tiertwin.outcomes")
+SNAPSHOTS_TOPIC = "tiertwin.cloud.snapshots"
+PANES = {PaneInfoTiming.EARLY: "early", PaneInfoTiming.ON_TIME: "on_time", PaneInfoTiming.LATE: "late",
+         PaneInfoTiming.UNKNOWN: "unknown"}
+PLACEMENT_TIERS = ("local", "edge", "cloud")
+
+
+class CloudTwinConfig(BaseModel):
+    """What the cloud twin fuses, how it windows, what it trains and where it writes.
+
+    >>> CloudTwinConfig(window_s=10, slide_s=5).windowing()
+    <apache_beam.transforms.window.SlidingWindows object at ...>
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    window_s: float = Field(10.0, gt=0, description="Window size (event time).")
+    slide_s: float | None = Field(None, gt=0, description="Slide period; None = fixed windows.")
+    allowed_lateness_s: float = Field(30.0, ge=0, description="How long a window accepts late records.")
+    # Whole seconds: Beam's portable trigger proto carries this delay in ms but reads it back as s.
+    early_firing_s: int | None = Field(2, ge=1, description="Early pane every N s of processing time; None = none.")
+    input_topics: tuple[str, ...] = INPUT_TOPICS
+    snapshots_topic: str | None = SNAPSHOTS_TOPIC
+    snapshots_dir: Path | None = None
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    models_topic: str | None = MODELS_TOPIC
+    train: bool = True
+    train_window_s: float = Field(10.0, gt=0, description="Training window (fixed, event time).")
+    model_names: tuple[str, ...] = ("demand-latency",)
+    min_examples: int = Field(50, ge=1, description="Examples learned since the last publish before a candidate is judged.")
+    min_improvement: float = Field(0.0, ge=0, lt=1, description="Relative MAE gain over the live model needed to publish.")
+    start: str = Field("latest", pattern="^(earliest|latest)$")
+    max_out_of_order_ms: int = Field(200, ge=0)
+
+    @model_validator(mode="after")
+    def _slide_within_window(self):
+        if self.slide_s is not None and self.slide_s > self.window_s:
+            raise ValueError(f"slide_s={self.slide_s} is larger than window_s={self.window_s}")
+        return self
+
+    def windowing(self) -> window.WindowFn:
+        if self.slide_s is None:
+            return window.FixedWindows(self.window_s)
+        return window.SlidingWindows(self.window_s, self.slide_s)
+
+    def trigger(self) -> trigger.TriggerFn:
+        early = trigger.AfterProcessingTime(self.early_firing_s) if self.early_firing_s else None
+        return trigger.AfterWatermark(early=trigger.Repeatedly(early) if early else None,
+                                      late=trigger.AfterCount(1))
+
+
+# -- input -------------------------------------------------------------------------------------
+class SplitBySchema(beam.PTransform):
+    """``(schema, record)`` -> ``{"summaries": …, "edge_states": …, "decisions": …, "outcomes": …}``.
+
+    Records of other contracts (a topic list that includes, say, telemetry) are counted
+    under ``cloud-fusion/records_not_fused`` and not fused.
+    """
+
+    def expand(self, records):
+        def route(element):
+            schema, record = element
+            stream = STREAMS.get(schema)
+            if stream is None:
+                Metrics.counter("cloud-fusion", "records_not_fused").inc()
+                return
+            yield beam.pvalue.TaggedOutput(stream, record)
+
+        outputs = records | "BySchema" >> beam.FlatMap(route).with_outputs(*STREAMS.values())
+        return {stream: outputs[stream] for stream in STREAMS.values()}
+
+
+class ReadArchive(beam.PTransform):
+    """Bounded read of a ``tiertwin archive`` folder (``DIR/topic=<t>/date=…/hour=…/*.parquet``).
+
+    Every archived value is decoded exactly as :class:`ReadFromKafka` decodes a live
+    one, so the outputs are the same: ``.records`` and ``.dead_letters``.
+    """
+
+    def __init__(self, archive_dir: str | Path, stage: str = "cloud-twin/backfill"):
+        super().__init__()
+        self.paths = sorted(str(p) for p in Path(archive_dir).glob("topic=*/date=*/hour=*/*.parquet"))
+        if not self.paths:
+            raise ConfigError(f"no archived records under {archive_dir} (expected topic=*/date=*/hour=*/*.parquet)")
+        self.stage = stage
+
+    def expand(self, pbegin):
+        stage = self.stage
+
+        def read(path: str):
+            import pyarrow.parquet as pq
+
+            from tiertwin.schemas import SchemaRegistry
+
+            registry = SchemaRegistry.default()
+            topic = Path(path).parents[2].name.removeprefix("topic=")
+            table = pq.read_table(path, columns=["partition", "offset", "timestamp_ms", "key", "value"])
+            for row in table.to_pylist():
+                yield decode_record(registry, value=row["value"], key=row["key"], topic=topic,
+                                    partition=row["partition"], offset=row["offset"],
+                                    timestamp_ms=row["timestamp_ms"], stage=stage)
+
+        return (pbegin | "Files" >> beam.Create(self.paths)
+                | "Decode" >> beam.FlatMap(read).with_outputs(DEAD_LETTERS, main=RECORDS))
+
+
+# -- fusion ------------------------------------------------------------------------------------
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _p95(values: list[float]) -> float | None:
+    """95th percentile with linear interpolation (numpy's and polars' ``linear``)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = 0.95 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def snapshot(cell: int, window_start_ms: int, window_end_ms: int, groups: dict[str, Iterable[dict]],
+             pane: str = "unknown") -> dict:
+    """A TwinSnapshot of one cell over one window from its grouped records.
+
+    >>> from tiertwin.schemas.examples import example
+    >>> s = snapshot(7, 0, 1000, {"summaries": [example("LocalSummary")], "edge_states": [],
+    ...              "decisions": [example("Decision")], "outcomes": [example("Outcome")]}, "on_time")
+    >>> s["ues"], s["summaries"], s["mean_sinr_db"], s["mean_latency_ms"], s["decisions_by_tier"]
+    (1, 1, 14.25, 13.25, {'local': 1})
+    """
+    summaries, edge_states = list(groups.get(SUMMARIES, ())), list(groups.get(EDGE_STATES, ()))
+    decisions, outcomes = list(groups.get(DECISIONS, ())), list(groups.get(OUTCOMES, ()))
+    ues = {r["ue_id"] for r in summaries} | {r["ue_id"] for r in decisions + outcomes if r.get("ue_id")}
+    latencies = [o["latency_ms"] for o in outcomes if o.get("latency_ms") is not None]
+    judged = [o["deadline_met"] for o in outcomes if o.get("deadline_met") is not None]
+    by_tier: dict[str, int] = {}
+    for d in decisions:
+        by_tier[d["tier"]] = by_tier.get(d["tier"], 0) + 1
+    return {
+        "cell_id": int(cell), "window_start_ms": int(window_start_ms), "window_end_ms": int(window_end_ms),
+        "pane": pane, "ues": len(ues), "summaries": len(summaries), "edge_states": len(edge_states),
+        "decisions": len(decisions), "outcomes": len(outcomes),
+        "mean_sinr_db": _mean([r["sinr_db"] for r in summaries]),
+        "mean_prb_utilization": _mean([r["prb_utilization"] for r in edge_states]),
+        "mean_mec_queue_gcycles": _mean([r["mec_queue_gcycles"] for r in edge_states]),
+        "mean_latency_ms": _mean(latencies), "p95_latency_ms": _p95(latencies),
+        "deadline_miss_rate": (sum(1 for met in judged if not met) / len(judged)) if judged else None,
+        "decisions_by_tier": by_tier, "emitted_ns": time.time_ns(),
+    }
+
+
+class _ToSnapshot(beam.DoFn):
+    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        cell, groups = element
+        yield snapshot(cell, win.start.micros // 1000, win.end.micros // 1000, groups,
+                       PANES.get(pane.timing, "unknown"))
+
+
+class FuseTiers(beam.PTransform):
+    """Join the four tier streams by cell and event-time window into TwinSnapshot records.
+
+    Input: ``{"summaries", "edge_states", "decisions", "outcomes"}`` PCollections of
+    record dicts with event-time timestamps. Output: TwinSnapshot dicts, one per cell,
+    window and pane (early panes every ``early_firing_s`` of processing time, the
+    on-time pane when the watermark passes the window end, one late pane per late
+    record within ``allowed_lateness_s``; panes accumulate, so each is the full view).
+    """
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
+        super().__init__()
+        self.config = config
+
+    def expand(self, streams: dict):
+        config = self.config
+        windowing, firing = config.windowing(), config.trigger()  # one instance: the join needs equal windowing
+        keyed = {}
+        for stream, records in streams.items():
+            cell_field = CELL_FIELDS[stream]
+
+            def by_cell(record, cell_field=cell_field):
+                cell = record.get(cell_field)
+                if cell is None:
+                    Metrics.counter("cloud-fusion", "records_without_cell").inc()
+                    return
+                yield int(cell), record
+
+            keyed[stream] = (records
+                             | f"KeyByCell {stream}" >> beam.FlatMap(by_cell)
+                             | f"Window {stream}" >> beam.WindowInto(
+                                 windowing, trigger=firing,
+                                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                                 allowed_lateness=config.allowed_lateness_s))
+        return (keyed
+                | "JoinByCellAndWindow" >> beam.CoGroupByKey()
+                | "Snapshot" >> beam.ParDo(_ToSnapshot()))
+
+
+# -- training ----------------------------------------------------------------------------------
+def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> list[tuple[dict, float]]:
+    """``(x, y)`` for each placement decision that has a measured outcome (joined by decision_id).
+
+    >>> from tiertwin.schemas.examples import example
+    >>> d = example("Decision", parameters={"x_rtt_ms": 8.0, "predicted_latency_ms": 12.5})
+    >>> training_examples([d], [example("Outcome")])
+    [({'rtt_ms': 8.0, 'tier': 'edge'}, 13.25)]
+    """
+    latency = {o["decision_id"]: o["latency_ms"] for o in outcomes
+               if o.get("decision_id") and o.get("latency_ms") is not None}
+    examples = []
+    for d in decisions:
+        if d["kind"] != "placement" or d["target"] not in PLACEMENT_TIERS or d["decision_id"] not in latency:
+            continue
+        x: dict[str, Any] = parameters_to_features(d["parameters"])
+        x["tier"] = d["target"]
+        examples.append((x, float(latency[d["decision_id"]])))
+    return examples
+
+
+def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
+    """MAE of ``model`` on ``examples`` without learning (an untrained model's None counts as 0)."""
+    return sum(abs((model.predict_one(x) or 0.0) - y) for x, y in examples) / len(examples)
+
+
+@dataclass
+class Batch:
+    """The training examples of one window."""
+
+    start_ms: int
+    end_ms: int
+    examples: list = field(default_factory=list)
+
+
+@dataclass
+class TrainerState:
+    """What the global trainer of one model keeps between windows (in Beam state)."""
+
+    name: str
+    candidate: Any
+    live_model: Any
+    live_version: int = 0
+    trained_on: int = 0
+    learned_since_publish: int = 0
+    first_window_start_ms: int | None = None
+    prequential_mae: float = float("nan")
+
+
+class _TrainModel(beam.DoFn):
+    """Stateful trainer of one global model (key = model name), windows taken in event-time order.
+
+    Each window's batch waits in a bag until the watermark passes its end (a timer),
+    so a bounded backfill, where batches arrive in any order, trains in time order too.
+    On each batch: refresh the live model from the models topic, judge the candidate on
+    this batch (data it has not seen) against the live model, publish it as
+    ``live version + 1`` if it is better, then learn the batch prequentially.
+    """
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    TRAINER = ReadModifyWriteStateSpec("trainer", PickleCoder())
+    NEXT_FLUSH = ReadModifyWriteStateSpec("next_flush_ms", PickleCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, config: CloudTwinConfig, settings: Settings):
+        self.config, self.settings = config, settings
+        self.published = Metrics.counter("cloud-training", "models_published")
+
+    def setup(self):
+        self._sink = self._models = None
+        self._live_updates: dict[str, dict] = {}
+        if self.config.models_topic:
+            from tiertwin.connectors.kafka import KafkaSink
+
+            self._sink = KafkaSink(self.settings, client_id="tiertwin-cloud-trainer")
+
+    def teardown(self):
+        if self._sink is not None:
+            self._sink.close()
+        if self._models is not None:
+            self._models.close()
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING), next_flush=beam.DoFn.StateParam(NEXT_FLUSH),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        _, batch = element
+        pending.add(batch)
+        current = next_flush.read()
+        if current is None or batch.end_ms < current:
+            flush.set(Timestamp.of(batch.end_ms / 1000))
+            next_flush.write(batch.end_ms)
+
+    @on_timer(FLUSH)
+    def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                 pending=beam.DoFn.StateParam(PENDING), trainer=beam.DoFn.StateParam(TRAINER),
+                 next_flush=beam.DoFn.StateParam(NEXT_FLUSH), flush=beam.DoFn.TimerParam(FLUSH)):
+        fired_ms = fired.micros // 1000
+        batches = sorted(pending.read(), key=lambda b: b.end_ms)
+        ready, later = [b for b in batches if b.end_ms <= fired_ms], [b for b in batches if b.end_ms > fired_ms]
+        pending.clear()
+        for b in later:
+            pending.add(b)
+        state = trainer.read() or self._fresh_state(key)
+        for batch in ready:
+            yield from self._train(state, batch)
+        trainer.write(state)
+        if later:
+            flush.set(Timestamp.of(later[0].end_ms / 1000))
+            next_flush.write(later[0].end_ms)
+        else:
+            next_flush.clear()
+
+    def _fresh_state(self, name: str) -> TrainerState:
+        from tiertwin.pipelines.learners import default_model
+
+        live = self._latest_live(name)
+        if live is None:
+            return TrainerState(name, candidate=default_model(name), live_model=default_model(name))
+        model = deserialize(live["payload"], live["format"])
+        return TrainerState(name, candidate=copy.deepcopy(model), live_model=model, live_version=live["version"])
+
+    def _latest_live(self, name: str) -> dict | None:
+        """The newest ModelUpdate of ``name`` on the compacted models topic (read on, never re-read)."""
+        if not self.config.models_topic:
+            return None
+        if self._models is None:
+            self._models = _models_consumer(self.settings, self.config.models_topic)
+        from tiertwin.schemas import SchemaRegistry
+
+        registry = SchemaRegistry.default()
+        while True:
+            polled = self._models.poll(timeout_ms=200)
+            if not polled:
+                break
+            for messages in polled.values():
+                for m in messages:
+                    try:
+                        _, update = registry.decode(m.value, expect="ModelUpdate")
+                    except Exception:  # a bad record on the models topic is the publisher's problem
+                        continue
+                    seen = self._live_updates.get(update["model_name"])
+                    if seen is None or update["version"] > seen["version"]:
+                        self._live_updates[update["model_name"]] = update
+        return self._live_updates.get(name)
+
+    def _follow_live(self, state: TrainerState) -> None:
+        live = self._latest_live(state.name)
+        if live is not None and live["version"] > state.live_version:
+            # A newer model came from elsewhere (pretrain, another job): continue from it.
+            state.live_model = deserialize(live["payload"], live["format"])
+            state.live_version = live["version"]
+            state.candidate = copy.deepcopy(state.live_model)
+            state.learned_since_publish = 0
+
+    def _train(self, state: TrainerState, batch: Batch):
+        if not batch.examples:
+            return
+        self._follow_live(state)
+        if state.learned_since_publish >= self.config.min_examples:
+            candidate_mae = mean_absolute_error(state.candidate, batch.examples)
+            live_mae = mean_absolute_error(state.live_model, batch.examples)
+            if candidate_mae < live_mae * (1 - self.config.min_improvement):
+                yield self._publish(state, batch, candidate_mae, live_mae)
+        errors = 0.0
+        for x, y in batch.examples:  # prequential: predict, then learn
+            errors += abs((state.candidate.predict_one(x) or 0.0) - y)
+            state.candidate.learn_one(x, y)
+        state.prequential_mae = errors / len(batch.examples)
+        state.trained_on += len(batch.examples)
+        state.learned_since_publish += len(batch.examples)
+        if state.first_window_start_ms is None:
+            state.first_window_start_ms = batch.start_ms
+
+    def _publish(self, state: TrainerState, batch: Batch, candidate_mae: float, live_mae: float) -> dict:
+        from tiertwin.pipelines.models import model_update
+
+        version = state.live_version + 1
+        details = dict(metrics={"mae_ms": candidate_mae, "live_mae_ms": live_mae, "live_version": state.live_version,
+                                "prequential_mae_ms": state.prequential_mae,
+                                "evaluated_on": len(batch.examples)},
+                       window_start_ms=state.first_window_start_ms or batch.start_ms,
+                       window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
+        if self._sink is not None:
+            record = publish_model(self._sink, state.name, state.candidate, version,
+                                   topic=self.config.models_topic, **details)
+        else:
+            record = model_update(state.name, state.candidate, version, **details)
+        state.live_model, state.live_version = copy.deepcopy(state.candidate), version
+        state.learned_since_publish = 0
+        self.published.inc()
+        return record
+
+
+def _models_consumer(settings: Settings, topic: str):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap.split(","), group_id=None,
+                             enable_auto_commit=False, client_id="tiertwin-cloud-models",
+                             bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000))
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+class TrainGlobalModels(beam.PTransform):
+    """Per training window, update the global models from joined decisions and outcomes.
+
+    Input: ``{"decisions": …, "outcomes": …}``. Output: the ModelUpdate records published.
+    """
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+        super().__init__()
+        self.config, self.settings = config, settings or Settings.from_env()
+
+    def expand(self, streams: dict):
+        config = self.config
+
+        def placements(d):
+            return d["kind"] == "placement"
+
+        def measured(o):
+            return o.get("decision_id") is not None and o.get("latency_ms") is not None
+
+        def to_batches(element, win=beam.DoFn.WindowParam):
+            _, groups = element
+            batch = Batch(win.start.micros // 1000, win.end.micros // 1000,
+                          training_examples(groups[DECISIONS], groups[OUTCOMES]))
+            for name in config.model_names:
+                yield name, batch
+
+        tagged = {
+            DECISIONS: streams[DECISIONS] | "Placements" >> beam.Filter(placements)
+            | "KeyDecisions" >> beam.Map(lambda d: ("all", d)),
+            OUTCOMES: streams[OUTCOMES] | "Measured" >> beam.Filter(measured)
+            | "KeyOutcomes" >> beam.Map(lambda o: ("all", o)),
+        }
+        windowed = {name: pc | f"TrainWindow {name}" >> beam.WindowInto(window.FixedWindows(config.train_window_s))
+                    for name, pc in tagged.items()}
+        return (windowed
+                | "JoinWindow" >> beam.CoGroupByKey()
+                | "Examples" >> beam.FlatMap(to_batches)
+                | "AcrossWindows" >> beam.WindowInto(window.GlobalWindows())
+                | "Train" >> beam.ParDo(_TrainModel(config, self.settings)))
+
+
+# -- the whole tier ----------------------------------------------------------------------------
+class CloudTwin(beam.PTransform):
+    """``(schema, record)`` stream -> ``{"snapshots": …, "model_updates": …}`` (the latter if training)."""
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+        super().__init__()
+        self.config, self.settings = config, settings or Settings.from_env()
+
+    def expand(self, records):
+        streams = records | "Split" >> SplitBySchema()
+        outputs = {"snapshots": streams | "Fuse" >> FuseTiers(self.config)}
+        if self.config.train:
+            outputs["model_updates"] = streams | "Train" >> TrainGlobalModels(self.config, self.settings)
+        return outputs
+
+
+class _WriteParquet(beam.DoFn):
+    """Buffer a bundle's records and write them as Parquet files partitioned by date/hour."""
+
+    def __init__(self, root: str, schema: str):
+        self.root, self.schema = root, schema
+
+    def start_bundle(self):
+        self._rows: list[dict] = []
+
+    def process(self, record: dict):
+        self._rows.append(record)
+
+    def finish_bundle(self):
+        if self._rows:
+            parquet_log.write_records(self.root, self.schema, self._rows)
+            self._rows = []
+
+
+def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings: Settings) -> None:
+    """Attach the sinks: snapshots to Kafka and Parquet, dead letters to Kafka."""
+    snapshots = outputs["snapshots"]
+    if config.snapshots_topic:
+        snapshots | "SnapshotsToKafka" >> WriteToKafka(config.snapshots_topic, "TwinSnapshot", "cell_id", settings)
+    if config.snapshots_dir:
+        snapshots | "SnapshotsToParquet" >> beam.ParDo(_WriteParquet(str(config.snapshots_dir), "TwinSnapshot"))
+    dead_letters | "DeadLettersToKafka" >> WriteToKafka(config.dead_letter_topic, "DeadLetter", dead_letter_key,
+                                                        settings)
+
+
+def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> dict:
+    """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs."""
+    read = pipeline | "ReadTiers" >> ReadFromKafka(
+        list(config.input_topics), ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms),
+        settings)
+    outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
+    write_outputs(outputs, read[DEAD_LETTERS], config, settings)
+    return outputs
+
+
+def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: CloudTwinConfig,
+                   settings: Settings) -> dict:
+    """A ``tiertwin archive`` folder -> the same cloud twin, bounded (replay / backfill)."""
+    read = pipeline | "ReadArchive" >> ReadArchive(archive_dir)
+    outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
+    write_outputs(outputs, read[DEAD_LETTERS], config, settings)
+    return outputs
+
+
+# -- runners -----------------------------------------------------------------------------------
+RUNNERS = ("direct", "prism", "flink", "dataflow")
+
+
+def prism_binary(settings: Settings) -> Path:
+    """``<home>/bin/prism``, or a ConfigError saying how to get it."""
+    path = Path(settings.home) / "bin" / "prism"
+    if not path.is_file():
+        raise ConfigError(f"Prism binary not found at {path}; run `bash scripts/setup` "
+                          f"(it builds Beam's Go runner with `go install`)")
+    return path
+
+
+def runner_args(runner: str, settings: Settings, *, streaming: bool, extra: Iterable[str] = ()) -> list[str]:
+    """Beam pipeline arguments for one of :data:`RUNNERS` (``extra`` is appended unchanged).
+
+    >>> runner_args("direct", Settings(), streaming=False)
+    ['--runner=DirectRunner']
+    >>> runner_args("flink", Settings(), streaming=True, extra=["--flink_master=localhost:8081"])[:2]
+    ['--runner=FlinkRunner', '--streaming']
+    """
+    runner = runner.lower()
+    if runner == "direct":
+        args = ["--runner=DirectRunner"]
+    elif runner == "prism":
+        args = ["--runner=PrismRunner", f"--prism_location={prism_binary(settings)}", "--environment_type=LOOPBACK"]
+    elif runner == "flink":
+        # The job-server jar must be given with --flink_job_server_jar (see README, "Cloud twin").
+        args = ["--runner=FlinkRunner"]
+        if not any(a.startswith("--environment_type") for a in extra):
+            args.append("--environment_type=LOOPBACK")
+    elif runner == "dataflow":
+        args = ["--runner=DataflowRunner"]
+    else:
+        raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
+    if streaming:
+        args.insert(1, "--streaming")
+    return args + list(extra)
+
+
+def backfill(archive_dir: str | Path, config: CloudTwinConfig, settings: Settings | None = None,
+             runner: str = "direct", extra_args: Iterable[str] = ()) -> None:
+    """Run the cloud twin bounded over an archive folder and wait for it to finish."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    settings = settings or Settings.from_env()
+    options = PipelineOptions(runner_args(runner, settings, streaming=False, extra=extra_args))
+    with beam.Pipeline(options=options) as pipeline:
+        build_backfill(pipeline, archive_dir, config, settings)
