@@ -1,0 +1,385 @@
+"""``tiertwin run local|edge``, ``tiertwin pretrain`` and the agents' benchmarks.
+
+``tiertwin bench latency`` produces Telemetry + Demand records at a fixed rate into
+fresh topics, runs one local agent process on them and measures *record produced ->
+decision consumed* (two Kafka hops plus the agent) in a separate consumer process;
+in the same run it runs Kafka's own ``EndToEndLatency`` tool (one hop) against the
+same broker, and reports the ratio to the two-hop floor. ``tiertwin bench
+throughput`` preloads a backlog and measures records/s through one agent process.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from tiertwin.errors import BrokerSetupError, TiertwinError
+
+
+class Tier(str, enum.Enum):
+    local = "local"
+    edge = "edge"
+
+
+# -- running agents ----------------------------------------------------------------------------
+def make_agent(tier: str, config_file: Path | None = None, **overrides: Any):
+    """An agent of ``tier`` from a YAML config file and overrides (not started)."""
+    from tiertwin.pipelines.edge_twin import EdgeAgentConfig, EdgeTwinAgent
+    from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
+
+    if tier == "local":
+        return LocalTwinAgent(LocalAgentConfig.load(config_file, **overrides))
+    return EdgeTwinAgent(EdgeAgentConfig.load(config_file, **overrides))
+
+
+def run_until_signalled(agent) -> None:
+    """Run ``agent`` in this thread until SIGTERM / SIGINT; then checkpoint, flush, commit and exit."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.run(stop)
+
+
+# -- record helpers for benches and tests ------------------------------------------------------
+def create_topics(settings, partitions: dict[str, int], compacted: tuple[str, ...] = ()) -> None:
+    from tiertwin.connectors.kafka import admin_client
+
+    admin = admin_client(settings)
+    try:
+        admin.create_topics({name: {"num_partitions": n, "replication_factor": 1,
+                                    **({"topic_configs": {"cleanup.policy": "compact"}} if name in compacted else {})}
+                             for name, n in partitions.items()}, timeout_ms=30_000)
+    finally:
+        admin.close()
+
+
+def delete_topics(settings, names: list[str]) -> None:
+    from tiertwin.connectors.kafka import admin_client
+
+    admin = admin_client(settings)
+    try:
+        admin.delete_topics(names)
+    except Exception:  # cleanup of bench topics is best effort  # noqa: BLE001
+        pass
+    finally:
+        admin.close()
+
+
+def read_topic(topic: str, settings=None, expect: int | None = None, timeout_s: float = 30.0,
+               until=None) -> list:
+    """Every record of ``topic`` from the beginning (KafkaRecords), until ``expect`` records,
+    ``until(records)`` is true, or ``timeout_s`` passes."""
+    from kafka import TopicPartition
+
+    from tiertwin.connectors.kafka import KafkaSource
+
+    records: list = []
+    with KafkaSource([], None, settings, client_id="tiertwin-reader") as source:
+        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
+        source.consumer.assign(tps)
+        source.consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            records.extend(source.poll(200))
+            if expect is not None and len(records) >= expect:
+                break
+            if until is not None and until(records):
+                break
+            if expect is None and until is None:
+                end = source.consumer.end_offsets(tps)
+                if all(source.consumer.position(tp) >= end[tp] for tp in tps):
+                    break
+    return records
+
+
+# -- benchmarks --------------------------------------------------------------------------------
+def _percentiles(values_ms: list[float]) -> dict[str, float]:
+    if not values_ms:
+        return {"count": 0}
+    ordered = sorted(values_ms)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"count": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
+            "mean_ms": statistics.fmean(ordered), "max_ms": ordered[-1]}
+
+
+def kafka_end_to_end_latency(settings, records: int, record_size: int = 200) -> dict[str, float]:
+    """Run org.apache.kafka.tools.EndToEndLatency (one hop) on a fresh topic and parse its summary."""
+    libs = settings.home / "kafka" / "libs"
+    if not libs.exists():
+        raise BrokerSetupError(f"no Kafka jars in {libs}; run `tiertwin broker install`")
+    topic = f"bench.e2e.{uuid.uuid4().hex[:8]}"
+    create_topics(settings, {topic: 1})
+    try:
+        out = subprocess.run(["java", "-cp", f"{libs}/*", "org.apache.kafka.tools.EndToEndLatency", settings.bootstrap,
+                              topic, str(records), "1", str(record_size)], capture_output=True, text=True, timeout=600)
+    finally:
+        delete_topics(settings, [topic])
+    text = out.stdout + out.stderr
+    avg = re.search(r"Avg latency: ([\d.]+) ms", text)
+    pct = re.search(r"50th = ([\d.]+), 99th = ([\d.]+), 99.9th = ([\d.]+)", text)
+    if not (avg and pct):
+        raise BrokerSetupError(f"EndToEndLatency output not understood: {text[-500:]}")
+    return {"records": records, "acks": "1", "record_size": record_size, "mean_ms": float(avg.group(1)),
+            "p50_ms": float(pct.group(1)), "p99_ms": float(pct.group(2)), "p999_ms": float(pct.group(3))}
+
+
+def _consume_latencies(topic: str, bootstrap: str, expect: int, timeout_s: float, out_path: str) -> None:
+    """Child process: consume decisions, write (consumed_ns - source_emitted_ns) per decision."""
+    from kafka import TopicPartition
+
+    from tiertwin.connectors.kafka import KafkaSource
+    from tiertwin.settings import Settings
+
+    settings = Settings(bootstrap_servers=bootstrap)
+    latencies: list[float] = []
+    with KafkaSource([], None, settings, client_id="bench-latency-reader", fetch_max_wait_ms=1) as source:
+        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
+        source.consumer.assign(tps)
+        source.consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while len(latencies) < expect and time.monotonic() < deadline:
+            for record in source.poll(50):
+                now = time.time_ns()
+                latencies.append((now - record.value["source_emitted_ns"]) / 1e6)
+    Path(out_path).write_text(json.dumps(latencies))
+
+
+def _bench_topics(prefix: str) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    names = ("telemetry", "demands", "outcomes", "edge-state", "summaries", "actions", "models", "changelog", "deadletters")
+    return {n: f"{prefix}.{tag}.{n}" for n in names}
+
+
+def _agent_config_file(topics: dict[str, str], directory: Path, **extra: Any) -> Path:
+    config = {"instance_id": "bench-local", "group_id": f"bench-{uuid.uuid4().hex[:8]}",
+              "telemetry_topic": topics["telemetry"], "demands_topic": topics["demands"],
+              "outcomes_topic": topics["outcomes"], "edge_state_topic": topics["edge-state"],
+              "summaries_topic": topics["summaries"], "actions_topic": topics["actions"],
+              "models_topic": topics["models"], "changelog_topic": topics["changelog"],
+              "dead_letter_topic": topics["deadletters"], **extra}
+    path = directory / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start_agent_process(config_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tiertwin.jobs.cli", "run", "local", "--config", str(config_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err or ""
+
+
+def _fleet_records(fleet, ticks: int, dt_ms: int = 10):
+    for tick in range(ticks):
+        for kind, record in fleet.step(tick * dt_ms, dt_ms):
+            if kind != "cell-report":
+                yield kind, record
+
+
+def _wait_for_agent(sink, topics, settings, fleet) -> None:
+    """Produce warm-up demands until the agent (joining its group) answers one."""
+    from tiertwin.schemas import SchemaRegistry  # noqa: F401  (import cost paid before timing)
+
+    ue = fleet.ues[0]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        demand = fleet.demand(ue["ue_id"], 0, 0)
+        demand["emitted_ns"] = time.time_ns()
+        sink.send(topics["demands"], "Demand", demand, key=demand["ue_id"])
+        sink.flush()
+        if read_topic(topics["actions"], settings, expect=1, timeout_s=2.0):
+            return
+    raise BrokerSetupError("the local agent did not answer within 90 s")
+
+
+def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int, ues: int) -> dict[str, Any]:
+    from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.pipelines.pretrain import SyntheticFleet
+    from tiertwin.settings import Settings
+
+    settings = Settings.from_env()
+    topics = _bench_topics("bench.latency")
+    create_topics(settings, {**{t: 3 for t in topics.values()}, topics["models"]: 1}, compacted=(topics["changelog"],))
+    fleet = SyntheticFleet(n_ues=ues, n_cells=4, seed=3, demand_every=demand_every)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = _start_agent_process(_agent_config_file(topics, Path(tmp), commit_interval_ms=1000))
+        try:
+            with KafkaSink(settings, client_id="bench-latency-producer") as sink:
+                _wait_for_agent(sink, topics, settings, fleet)
+                warm = len(read_topic(topics["actions"], settings, timeout_s=3.0))
+                total = int(rate * seconds)
+                records = list(_fleet_records(fleet, total // (ues * (1 + 1 / demand_every)) + 2))[:total]
+                demands = sum(1 for kind, _ in records if kind == "demand")
+                out_path = str(Path(tmp) / "latencies.json")
+                reader = multiprocessing.get_context("spawn").Process(
+                    target=_consume_latencies, args=(topics["actions"], settings.bootstrap, warm + demands, seconds + 60, out_path))
+                reader.start()
+                time.sleep(3.0)  # the reader's imports and assignment, before the clock starts
+                start = time.perf_counter()
+                for i, (kind, record) in enumerate(records):
+                    target = start + i / rate
+                    while time.perf_counter() < target:
+                        pass
+                    record["emitted_ns"] = time.time_ns()
+                    topic = topics["telemetry"] if kind == "telemetry" else topics["demands"]
+                    sink.send(topic, "Telemetry" if kind == "telemetry" else "Demand", record, key=record["ue_id"])
+                produced_s = time.perf_counter() - start
+                sink.flush()
+                reader.join(seconds + 90)
+                latencies = json.loads(Path(out_path).read_text())[warm:] if Path(out_path).exists() else []
+        finally:
+            agent_log = _stop(proc)
+    delete_topics(settings, list(topics.values()))
+    floor = kafka_end_to_end_latency(settings, e2e_records)
+    ours = _percentiles(latencies)
+    result = {
+        "offered_rate_records_per_s": rate, "achieved_rate_records_per_s": len(records) / produced_s,
+        "records": len(records), "demands": demands, "decisions_measured": ours.get("count", 0),
+        "decision_latency": ours, "kafka_end_to_end_latency_one_hop": floor,
+        "two_hop_floor": {k: 2 * floor[k] for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")},
+        "agent_stderr_tail": agent_log[-400:],
+    }
+    if ours.get("count"):
+        result["ratio_to_two_hop_floor"] = {
+            k: ours[k] / max(2 * floor[k], 1e-9) for k in ("p50_ms", "p99_ms", "p999_ms")} | {
+            "mean_ms": ours["mean_ms"] / max(2 * floor["mean_ms"], 1e-9)}
+        result["target_p99_le_10ms"] = ours["p99_ms"] <= 10.0
+    return result
+
+
+def bench_throughput(records: int, demand_every: int, ues: int) -> dict[str, Any]:
+    from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.pipelines.pretrain import SyntheticFleet
+    from tiertwin.settings import Settings
+
+    settings = Settings.from_env()
+    topics = _bench_topics("bench.throughput")
+    create_topics(settings, {**{t: 3 for t in topics.values()}, topics["models"]: 1}, compacted=(topics["changelog"],))
+    fleet = SyntheticFleet(n_ues=ues, n_cells=4, seed=5, demand_every=demand_every)
+    backlog = list(_fleet_records(fleet, records // (ues * (1 + 1 / demand_every)) + 2))[:records]
+    demands = sum(1 for kind, _ in backlog if kind == "demand")
+    with KafkaSink(settings, profile="throughput", client_id="bench-throughput-producer") as sink:
+        for kind, record in backlog:
+            topic = topics["telemetry"] if kind == "telemetry" else topics["demands"]
+            sink.send(topic, "Telemetry" if kind == "telemetry" else "Demand", record, key=record["ue_id"])
+    with tempfile.TemporaryDirectory() as tmp:
+        config = _agent_config_file(topics, Path(tmp), profile="throughput", commit_interval_ms=1000)
+        started = time.perf_counter()
+        proc = _start_agent_process(config)
+        try:
+            decisions = read_topic(topics["actions"], settings, expect=demands, timeout_s=600)
+            # Startup (imports, group join) counts against us unless we time from the first decision.
+            first = min(r.value["decided_ns"] for r in decisions) if decisions else 0
+            last = max(r.value["decided_ns"] for r in decisions) if decisions else 0
+            wall = time.perf_counter() - started
+        finally:
+            agent_log = _stop(proc)
+    delete_topics(settings, list(topics.values()))
+    span_s = max((last - first) / 1e9, 1e-9)
+    return {"records": records, "demands": demands, "decisions": len(decisions),
+            "records_per_s_first_to_last_decision": records / span_s if decisions else 0.0,
+            "records_per_s_including_startup": records / wall, "wall_s_including_startup": wall,
+            "target_20k_met": decisions and records / span_s >= 20_000, "agent_stderr_tail": agent_log[-400:]}
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    from tiertwin.jobs.bench import write_results
+    from tiertwin.jobs.cli import console, one_line_errors
+
+    @app.command("run")
+    @one_line_errors
+    def run(tier: Tier = typer.Argument(..., help="Which agent: local or edge."),
+            config: Path = typer.Option(None, "--config", "-c", help="YAML config (see the README)."),
+            metrics_port: int = typer.Option(None, help="Serve Prometheus metrics on this port."),
+            instance_id: str = typer.Option(None, help="Override the config's instance id.")):
+        """Run one local or edge twin agent until SIGTERM / SIGINT."""
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        overrides = {k: v for k, v in {"metrics_port": metrics_port, "instance_id": instance_id}.items() if v is not None}
+        agent = make_agent(tier.value, config, **overrides)
+        run_until_signalled(agent)
+
+    @app.command("pretrain")
+    @one_line_errors
+    def pretrain(samples: int = typer.Option(20_000, help="Synthetic examples per model."),
+                 seed: int = typer.Option(7),
+                 out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
+                 publish: bool = typer.Option(False, help="Also publish them to the models topic."),
+                 models_topic: str = typer.Option("tiertwin.models")):
+        """Train the starting models on simulator-like data and write pipelines/pretrained/*.pkl."""
+        from tiertwin.pipelines.pretrain import PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models, write_pretrained
+
+        models = pretrain_models(samples, seed)
+        for path in write_pretrained(models, out or PRETRAINED_DIR):
+            console.print(f"wrote {path}")
+        if publish:
+            from tiertwin.connectors.kafka import KafkaSink
+            from tiertwin.pipelines.models import publish_model
+
+            with KafkaSink(client_id="tiertwin-pretrain") as sink:
+                for name, model in models.items():
+                    publish_model(sink, name, model, PRETRAINED_VERSION, topic=models_topic,
+                                  trained_on=samples, producer="tiertwin pretrain")
+                    console.print(f"published {name} v{PRETRAINED_VERSION} to {models_topic}")
+
+    @bench_app.command("latency")
+    @one_line_errors
+    def latency(rate: int = typer.Option(5_000, help="Records/s offered (telemetry + demands)."),
+                seconds: float = typer.Option(10.0, help="How long to offer them."),
+                demand_every: int = typer.Option(4, help="One demand per this many telemetry records per UE."),
+                e2e_records: int = typer.Option(5_000, help="Records for Kafka's EndToEndLatency."),
+                ues: int = typer.Option(200)):
+        """Record produced -> local decision consumed, beside Kafka's EndToEndLatency (two hops = floor)."""
+        results = bench_latency(rate, seconds, demand_every, e2e_records, ues)
+        path = write_results("agents-latency", results)
+        ours, floor = results["decision_latency"], results["two_hop_floor"]
+        console.print(f"local decision latency at {results['achieved_rate_records_per_s']:.0f} rec/s: "
+                      f"p50 {ours.get('p50_ms', float('nan')):.2f} ms, p99 {ours.get('p99_ms', float('nan')):.2f} ms, "
+                      f"p99.9 {ours.get('p999_ms', float('nan')):.2f} ms ({ours.get('count', 0)} decisions)")
+        console.print(f"two-hop floor (2 x EndToEndLatency): p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms, "
+                      f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
+        if "ratio_to_two_hop_floor" in results:
+            r = results["ratio_to_two_hop_floor"]
+            console.print(f"ratio to floor: p50 {r['p50_ms']:.2f}x, p99 {r['p99_ms']:.2f}x, mean {r['mean_ms']:.2f}x")
+        console.print(f"results: {path}")
+
+    @bench_app.command("throughput")
+    @one_line_errors
+    def throughput(records: int = typer.Option(100_000, help="Backlog of telemetry + demand records."),
+                   demand_every: int = typer.Option(4),
+                   ues: int = typer.Option(500)):
+        """Records/s through one local agent process (decisions included)."""
+        results = bench_throughput(records, demand_every, ues)
+        path = write_results("agents-throughput", results)
+        console.print(f"{results['records']} records ({results['demands']} demands -> {results['decisions']} decisions): "
+                      f"{results['records_per_s_first_to_last_decision']:.0f} records/s "
+                      f"({results['records_per_s_including_startup']:.0f} with startup)")
+        console.print(f"results: {path}")

@@ -1,0 +1,406 @@
+"""The run loop shared by the local and edge twin agents.
+
+One loop per agent process (or thread)::
+
+    poll side topics (models -> hot swap, edge state, outcomes)      every instance sees all
+    poll the group's batch -> process -> produce decisions           this instance's partitions
+    every commit interval: checkpoint dirty twins -> flush -> commit  at-least-once
+
+Twin state lives in :attr:`TwinAgent.twins` (key -> picklable twin) with the input
+partition it came from. A checkpoint writes each dirty twin to the compacted
+changelog topic *on the same partition number*, so after a crash or a rebalance the
+member that gets input partition ``p`` restores changelog partition ``p`` and
+continues; decisions carry ids derived from the input record's coordinates, so the
+records replayed since the last commit produce the same ids.
+
+Subclasses (:mod:`~tiertwin.pipelines.local_twin`, :mod:`~tiertwin.pipelines.edge_twin`)
+implement :meth:`TwinAgent.process` and :meth:`TwinAgent.process_side`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Literal
+
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource
+from tiertwin.connectors.kafka import _base_config as kafka_client_config  # same auth/timeouts as every client
+from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected
+from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
+from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
+from tiertwin.schemas import SchemaRegistry
+from tiertwin.settings import Settings
+
+log = logging.getLogger("tiertwin.agent")
+OUTCOMES_TOPIC = "tiertwin.outcomes"
+
+
+class AgentConfig(BaseModel):
+    """What every agent needs; the local and edge configs add their topics and knobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    group_id: str
+    changelog_topic: str
+    models_topic: str = MODELS_TOPIC
+    outcomes_topic: str = OUTCOMES_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    profile: Literal["low-latency", "throughput"] = "low-latency"
+    from_beginning: bool = True
+    commit_interval_ms: int = Field(500, ge=10, le=60_000)
+    session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
+    poll_timeout_ms: int = Field(50, ge=0, le=5_000)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    pretrained_dir: Path = PRETRAINED_DIR
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any):
+        """The config from a YAML file (if given) with ``overrides``; ConfigError names the bad field."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                values = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: expected a mapping of settings")
+        try:
+            return cls(**{**values, **overrides})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "?"
+            raise ConfigError(f"{path or 'config'}: {field}: {first['msg']}") from None
+
+
+class AgentMetrics:
+    """Prometheus metrics of one agent instance, in their own registry (several agents may share a process)."""
+
+    LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+    def __init__(self, tier: str, instance_id: str):
+        self.registry = CollectorRegistry()
+        labels = {"tier": tier, "instance": instance_id}
+        r = self.registry
+        self.records = Counter("tiertwin_agent_records", "Records consumed", ["tier", "instance", "topic"], registry=r)
+        self.records_per_s = Gauge("tiertwin_agent_records_per_second", "Records consumed per second over the last commit interval",
+                                   ["tier", "instance"], registry=r).labels(**labels)
+        self.decisions = Counter("tiertwin_agent_decisions", "Decisions emitted", ["tier", "instance", "kind"], registry=r)
+        self.decision_latency = Histogram("tiertwin_agent_decision_latency_seconds", "Record received -> decision handed to the producer",
+                                          ["tier", "instance"], buckets=self.LATENCY_BUCKETS, registry=r).labels(**labels)
+        self.source_latency = Histogram("tiertwin_agent_source_to_decision_seconds", "Record produced upstream -> decision made",
+                                        ["tier", "instance"], buckets=self.LATENCY_BUCKETS, registry=r).labels(**labels)
+        self.lag = Gauge("tiertwin_agent_consumer_lag", "Records behind the end of each assigned partition",
+                         ["tier", "instance", "topic", "partition"], registry=r)
+        self.dead_letters = Counter("tiertwin_agent_dead_letters", "Records sent to the dead-letter topic",
+                                    ["tier", "instance", "reason"], registry=r)
+        self.replayed = Counter("tiertwin_agent_replayed", "Records already reflected in restored twin state",
+                                ["tier", "instance"], registry=r).labels(**labels)
+        self.model_version = Gauge("tiertwin_agent_model_version", "Live version of each model", ["tier", "instance", "model"], registry=r)
+        self.model_swaps = Counter("tiertwin_agent_model_swaps", "Hot swaps of a model", ["tier", "instance", "model"], registry=r)
+        self.checkpoints = Counter("tiertwin_agent_checkpointed_twins", "Twin states written to the changelog",
+                                   ["tier", "instance"], registry=r).labels(**labels)
+        self.restored = Counter("tiertwin_agent_restored_twins", "Twin states restored from the changelog",
+                                ["tier", "instance"], registry=r).labels(**labels)
+        self.learned = Counter("tiertwin_agent_learned", "Examples learned from outcomes", ["tier", "instance", "model"], registry=r)
+        self._labels = labels
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample (for tests and the bench report)."""
+        return self.registry.get_sample_value(name, {**self._labels, **labels}) or 0.0
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Notes partition changes; the agent acts on them in its own thread right after the poll.
+
+    kafka-python 3 runs listeners on its IO thread, where blocking calls (commit,
+    reading the changelog) are not allowed. Acting after the poll is still in time:
+    no record of a newly assigned partition is processed before its twins are restored.
+    """
+
+    def __init__(self) -> None:
+        self.revoked: set[int] = set()
+        self.assigned: set[int] | None = None
+
+    def on_partitions_revoked(self, revoked):
+        self.revoked |= {tp.partition for tp in revoked}
+
+    def on_partitions_assigned(self, assigned):
+        self.assigned = {tp.partition for tp in assigned}
+
+
+class TwinAgent:
+    """Base of the local and edge agents: Kafka I/O, checkpoints, hot swap, metrics.
+
+    Start it with ``agent.run(stop_event)`` (in a thread if you like); set the event to
+    stop: it checkpoints, flushes, commits and closes.
+    """
+
+    tier: ClassVar[str] = "?"
+    model_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: AgentConfig, settings: Settings | None = None):
+        self.config = config
+        self.settings = settings or Settings.from_env()
+        self.registry = SchemaRegistry.default()
+        self.metrics = AgentMetrics(self.tier, config.instance_id)
+        self.slots = {name: ModelSlot(name, *load_pretrained(name, config.pretrained_dir)) for name in self.model_names}
+        for slot in self.slots.values():
+            self.metrics.model_version.labels(self.tier, config.instance_id, slot.name).set(slot.version)
+        self.twins: dict[str, Any] = {}
+        self.twin_partition: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._held: set[int] = set()
+        self.started = threading.Event()
+        self._opened = False
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def group_topics(self) -> list[str]:
+        """Topics consumed as a group member (co-partitioned by the twin key)."""
+        raise NotImplementedError
+
+    def side_topics(self) -> dict[str, bool]:
+        """Topics every instance reads whole, mapped to ``from_beginning``."""
+        return {self.config.models_topic: True}
+
+    def process(self, batch: list[KafkaRecord], received_ns: int) -> None:
+        raise NotImplementedError
+
+    def process_side(self, record: KafkaRecord) -> None:
+        if record.schema.endswith("ModelUpdate"):
+            self.offer_model(record.value, record)
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def touch(self, key: str, partition: int) -> None:
+        self.twin_partition[key] = partition
+        self._dirty.add(key)
+
+    def reject(self, record: KafkaRecord, reason: str, detail: str) -> None:
+        """Send a record that decoded but makes no sense to the dead-letter topic."""
+        self.dead_letters.reject(value=record.raw, key=record.key, topic=record.topic, partition=record.partition,
+                                 offset=record.offset, error=RecordRejected(detail, reason=reason))
+        self.metrics.dead_letters.labels(self.tier, self.config.instance_id, reason).inc()
+
+    def emit(self, topic: str, schema: str, record: dict, key: str | int | None) -> None:
+        self.sink.send(topic, schema, record, key=key)
+
+    def emit_decision(self, topic: str, decision: dict, key: str | int | None) -> None:
+        decision["decided_ns"] = decided = time.time_ns()
+        self.sink.send(topic, "Decision", decision, key=key)
+        self.metrics.decisions.labels(self.tier, self.config.instance_id, decision["kind"]).inc()
+        self.metrics.decision_latency.observe((decided - decision["received_ns"]) / 1e9)
+        if decision["source_emitted_ns"] > 0:
+            self.metrics.source_latency.observe(max(0, decided - decision["source_emitted_ns"]) / 1e9)
+
+    def offer_model(self, update: dict, record: KafkaRecord | None = None) -> bool:
+        slot = self.slots.get(update["model_name"])
+        if slot is None:
+            return False
+        try:
+            swapped = slot.offer(update)
+        except ModelFormatError as exc:
+            if record is not None:
+                self.reject(record, "bad-model", str(exc))
+            return False
+        if swapped:
+            labels = (self.tier, self.config.instance_id, slot.name)
+            self.metrics.model_version.labels(*labels).set(slot.version)
+            self.metrics.model_swaps.labels(*labels).inc()
+            log.info("%s: swapped in %s v%d", self.config.instance_id, slot.name, slot.version)
+        return swapped
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def open(self) -> None:
+        c, s = self.config, self.settings
+        client = f"tiertwin-{self.tier}-{c.instance_id}"
+        self.sink = KafkaSink(s, self.registry, profile=c.profile, client_id=client)
+        self.dead_letters = DeadLetterSink(self.sink, stage=f"{self.tier}-agent/decode", topic=c.dead_letter_topic)
+        rejected = self.metrics.dead_letters
+        self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, profile=c.profile,
+                                  from_beginning=c.from_beginning, client_id=client,
+                                  on_rejected=lambda e: rejected.labels(self.tier, c.instance_id, e.reason).inc(),
+                                  session_timeout_ms=c.session_timeout_ms)
+        self._rebalance = _Rebalance()
+        self.source.consumer.subscribe(self.group_topics(), listener=self._rebalance)
+        self.side = KafkaSource([], None, s, self.registry, self.dead_letters, profile="low-latency",
+                                client_id=f"{client}-side")
+        side_partitions = {t: [TopicPartition(t, p) for p in sorted(self.side.consumer.partitions_for_topic(t))]
+                           for t in self.side_topics()}
+        self.side.consumer.assign([tp for tps in side_partitions.values() for tp in tps])
+        for topic, from_beginning in self.side_topics().items():
+            seek = self.side.consumer.seek_to_beginning if from_beginning else self.side.consumer.seek_to_end
+            seek(*side_partitions[topic])
+            for tp in side_partitions[topic]:
+                self.side.consumer.position(tp)   # resolve the seek now, not at the first poll
+        self.changelog = KafkaProducer(**kafka_client_config(s, f"{client}-changelog"),
+                                       acks="all", linger_ms=5, retries=2**31 - 1)
+        if c.metrics_port:
+            start_http_server(c.metrics_port, registry=self.metrics.registry)
+        self._last_commit = time.monotonic()
+        self._records_since_commit = 0
+        self._next_lag_check = 0.0
+        self._opened = True
+
+    def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None) -> None:
+        """Consume until ``stop_event`` is set (or ``max_seconds`` pass), then shut down cleanly."""
+        stop = stop_event or threading.Event()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        if not self._opened:
+            self.open()
+        try:
+            self.started.set()
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """One iteration: side topics, one group batch, maybe a commit. Returns the batch size."""
+        for record in self.side.poll(0):
+            self.process_side(record)
+        batch = self.source.poll(self.config.poll_timeout_ms)
+        if self._rebalance.revoked or self._rebalance.assigned is not None:
+            self._apply_rebalance()
+        if batch:
+            self.process(batch, time.time_ns())
+            self._records_since_commit += len(batch)
+        now = time.monotonic()
+        if (now - self._last_commit) * 1000 >= self.config.commit_interval_ms:
+            self.metrics.records_per_s.set(self._records_since_commit / max(now - self._last_commit, 1e-9))
+            self._records_since_commit = 0
+            self.commit()
+        if now >= self._next_lag_check:
+            self._update_lag()
+            self._next_lag_check = now + 5.0
+        return len(batch)
+
+    def commit(self) -> None:
+        """Checkpoint dirty twins, flush decisions and checkpoints, then commit the consumed offsets."""
+        self.checkpoint()
+        self.sink.flush()
+        self.changelog.flush()
+        try:
+            self.source.commit()
+        except BrokerUnavailableError as exc:
+            log.warning("%s: %s (records since the last commit will be reprocessed)", self.config.instance_id, exc)
+        self._last_commit = time.monotonic()
+
+    def checkpoint(self) -> int:
+        written = 0
+        for key in self._dirty:
+            twin = self.twins.get(key)
+            value = None if twin is None else pickle.dumps(twin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.changelog.send(self.config.changelog_topic, key=key.encode(), value=value,
+                                partition=self.twin_partition[key])
+            written += 1
+        self._dirty.clear()
+        self.metrics.checkpoints.inc(written)
+        return written
+
+    def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        try:
+            self.commit()
+        finally:
+            self.source.close()
+            self.side.close()
+            self.changelog.close(timeout=10)
+            self.sink.close()
+
+    # -- rebalance and restore -----------------------------------------------------------------
+    def _apply_rebalance(self) -> None:
+        """Drop the twins of partitions taken away; restore those of partitions gained.
+
+        Revoked partitions are not committed here: their new owner replays from the last
+        commit on the twins of the last checkpoint (a consistent pair), and the replayed
+        records yield the same decision ids.
+        """
+        revoked, assigned = self._rebalance.revoked, self._rebalance.assigned
+        self._rebalance.revoked, self._rebalance.assigned = set(), None
+        if assigned is not None:
+            revoked = (revoked | self._held) - assigned
+        gone = [k for k, p in self.twin_partition.items() if p in revoked]
+        for key in gone:
+            self.twins.pop(key, None)
+            self.twin_partition.pop(key, None)
+            self._dirty.discard(key)
+        self._held -= revoked
+        if assigned is not None:
+            new = assigned - self._held
+            if new:
+                restored = self.restore(new)
+                log.info("%s: restored %d twins from %s partitions %s", self.config.instance_id, restored,
+                         self.config.changelog_topic, sorted(new))
+                self.metrics.restored.inc(restored)
+            self._held |= assigned
+
+    def restore(self, partitions: Iterable[int]) -> int:
+        """Read changelog partitions to their end and load the latest twin per key."""
+        consumer = KafkaConsumer(**kafka_client_config(self.settings, f"tiertwin-{self.tier}-{self.config.instance_id}-restore"),
+                                 group_id=None, enable_auto_commit=False)
+        try:
+            available = consumer.partitions_for_topic(self.config.changelog_topic)
+            tps = [TopicPartition(self.config.changelog_topic, p) for p in partitions if p in available]
+            if not tps:
+                return 0
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            restored = 0
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                for tp, messages in consumer.poll(timeout_ms=500).items():
+                    for m in messages:
+                        key = m.key.decode()
+                        if m.value is None:
+                            self.twins.pop(key, None)
+                            self.twin_partition.pop(key, None)
+                        else:
+                            self.twins[key] = self.restore_twin(pickle.loads(m.value))
+                            self.twin_partition[key] = tp.partition
+                            restored += 1
+            return restored
+        finally:
+            consumer.close()
+
+    def restore_twin(self, twin: Any) -> Any:
+        """Hook: adapt a restored twin (e.g. an older layout); the default keeps it as is."""
+        return twin
+
+    def _update_lag(self) -> None:
+        consumer = self.source.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = consumer.position(tp)
+            except Exception:  # no position yet right after an assignment
+                continue
+            self.metrics.lag.labels(self.tier, self.config.instance_id, tp.topic, str(tp.partition)).set(
+                max(0, high - position))
+
+
+def decision_stamps(record: KafkaRecord, received_ns: int) -> dict[str, Any]:
+    """The provenance fields of a Decision answering ``record``."""
+    value = record.value
+    return {"source_topic": record.topic, "source_partition": record.partition, "source_offset": record.offset,
+            "source_ts_ms": int(value.get("ts_ms", value.get("window_end_ms", record.timestamp_ms))),
+            "source_emitted_ns": int(value.get("emitted_ns", 0)), "received_ns": received_ns, "decided_ns": 0}
+
+
+def decision_id(tier: str, kind: str, record: KafkaRecord) -> str:
+    """``"<tier>/<kind>/<topic>/<partition>/<offset>"``: the same input always yields the same id."""
+    return f"{tier}/{kind}/{record.topic}/{record.partition}/{record.offset}"

@@ -1,0 +1,107 @@
+"""Feature extraction shared by the local and edge agents and the cloud trainer.
+
+Latency is mostly physics: bytes over a link and cycles over a processor. The
+engineered features below are those estimates in milliseconds, so a *linear*
+online model only has to learn how far reality is from them (congestion,
+protocol overhead, backhaul) rather than the division itself.
+
+>>> x = demand_features(
+...     {"compute_gcycles": 0.5, "input_bytes": 125_000, "output_bytes": 250_000,
+...      "deadline_ms": 20.0, "priority": 6},
+...     {"sinr_db": 15.0, "throughput_ul_mbps": 100.0, "throughput_dl_mbps": 200.0,
+...      "rtt_ms": 8.0, "cpu_util": 0.5},
+...     {"mec_capacity_gcps": 100.0, "mec_queue_gcycles": 1.0, "prb_utilization": 0.5,
+...      "mec_utilization": 0.25})
+>>> x["uplink_ms"], x["downlink_ms"], x["edge_compute_ms"], x["edge_queue_ms"], x["local_compute_ms"]
+(10.0, 10.0, 5.0, 10.0, 50.0)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+# Nominal capacities used only to turn cycles into milliseconds; the learners
+# correct for the real ones (a phone SoC, a cloud region behind a backhaul).
+DEVICE_CAPACITY_GCPS = 20.0
+CLOUD_CAPACITY_GCPS = 1000.0
+DEFAULT_MEC_CAPACITY_GCPS = 200.0
+MIN_LINK_MBPS = 0.1
+
+# The radio state a demand is placed with when the UE has not reported telemetry yet.
+DEFAULT_RADIO = {"sinr_db": 10.0, "rsrp_dbm": -100.0, "throughput_ul_mbps": 20.0,
+                 "throughput_dl_mbps": 100.0, "rtt_ms": 10.0, "cpu_util": 0.3, "battery_pct": 80.0}
+# The edge state assumed before the first EdgeState arrives: idle MEC, half-used cell.
+DEFAULT_EDGE = {"mec_capacity_gcps": DEFAULT_MEC_CAPACITY_GCPS, "mec_queue_gcycles": 0.0,
+                "prb_utilization": 0.5, "mec_utilization": 0.0}
+
+TIERS = ("local", "edge", "cloud")
+
+
+def transfer_ms(nbytes: float, mbps: float) -> float:
+    """Milliseconds to move ``nbytes`` over a ``mbps`` link: bytes * 8 / (Mbit/s * 1000)."""
+    return nbytes * 8.0 / (max(mbps, MIN_LINK_MBPS) * 1000.0)
+
+
+def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None,
+                    local_queue_ms: float = 0.0) -> dict[str, float]:
+    """Features of one demand given the UE's denoised radio state and its cell's edge state.
+
+    The same dict (plus ``tier``) is what :class:`~tiertwin.pipelines.learners.DemandLatencyModel`
+    learns from, and it travels in the Decision's ``x_`` parameters to the cloud.
+    """
+    radio = radio or DEFAULT_RADIO
+    edge = edge or DEFAULT_EDGE
+    gcycles = float(demand["compute_gcycles"])
+    cpu_free = max(1.0 - float(radio.get("cpu_util", 0.3)), 0.05)
+    mec_capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
+    uplink_ms = transfer_ms(demand["input_bytes"], radio.get("throughput_ul_mbps", 20.0))
+    downlink_ms = transfer_ms(demand["output_bytes"], radio.get("throughput_dl_mbps", 100.0))
+    prb_utilization = float(edge.get("prb_utilization", 0.5))
+    return {
+        "uplink_ms": uplink_ms,
+        "downlink_ms": downlink_ms,
+        # A busy cell stretches every transfer; the product keeps the model linear.
+        "congested_transfer_ms": (uplink_ms + downlink_ms) * prb_utilization,
+        "rtt_ms": float(radio.get("rtt_ms", 10.0)),
+        "local_compute_ms": gcycles / (DEVICE_CAPACITY_GCPS * cpu_free) * 1000.0,
+        "local_queue_ms": float(local_queue_ms),
+        "edge_compute_ms": gcycles / mec_capacity * 1000.0,
+        "edge_queue_ms": float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0,
+        "cloud_compute_ms": gcycles / CLOUD_CAPACITY_GCPS * 1000.0,
+        "sinr_db": float(radio.get("sinr_db", 10.0)),
+        "prb_utilization": prb_utilization,
+        "mec_utilization": float(edge.get("mec_utilization", 0.0)),
+        "cpu_util": float(radio.get("cpu_util", 0.3)),
+        "compute_gcycles": gcycles,
+        "input_kb": demand["input_bytes"] / 1000.0,
+        "output_kb": demand["output_bytes"] / 1000.0,
+    }
+
+
+def sinr_forecast_features(sinr_db: float, trend_db_per_s: float, speed_mps: float,
+                           horizon_s: float) -> dict[str, float]:
+    """Features for forecasting the change of one cell's SINR over ``horizon_s``.
+
+    >>> sinr_forecast_features(10.0, -2.0, 5.0, 0.5)
+    {'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}
+    """
+    return {"trend_x_h": trend_db_per_s * horizon_s, "speed_x_h": speed_mps * horizon_s,
+            "horizon_s": horizon_s, "sinr_db": sinr_db}
+
+
+def cell_context(edge: Mapping) -> dict[str, float]:
+    """Context of the allocation bandits: the cell's load, normalised to about [0, 1].
+
+    >>> cell_context({"prb_utilization": 0.5, "mec_utilization": 0.25, "attached_ues": 50,
+    ...               "mean_sinr_db": 20.0, "mec_queue_gcycles": 10.0, "mec_capacity_gcps": 100.0})
+    {'bias': 1.0, 'prb_utilization': 0.5, 'mec_utilization': 0.25, 'ues': 0.5, 'sinr': 0.5, 'mec_backlog_s': 0.1}
+    """
+    capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
+    return {
+        "bias": 1.0,
+        "prb_utilization": float(edge.get("prb_utilization", 0.0)),
+        "mec_utilization": float(edge.get("mec_utilization", 0.0)),
+        "ues": min(float(edge.get("attached_ues", 0)) / 100.0, 10.0),
+        "sinr": float(edge.get("mean_sinr_db", 0.0)) / 40.0,
+        "mec_backlog_s": min(float(edge.get("mec_queue_gcycles", 0.0)) / capacity, 10.0),
+    }

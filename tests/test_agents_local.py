@@ -1,0 +1,191 @@
+"""The local twin agent against the real broker, on fresh topics and consumer groups."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tiertwin.connectors.kafka import KafkaSink
+from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
+from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
+from tiertwin.pipelines.models import parameters_to_features, publish_model
+from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet
+
+pytestmark = pytest.mark.broker
+
+TOPIC_NAMES = ("telemetry", "demands", "outcomes", "edge_state", "summaries", "actions", "models", "changelog", "dead_letter")
+
+
+@pytest.fixture
+def local_config(new_topic, group_id):
+    topics = {name: new_topic(1 if name == "models" else 3, prefix=f"test.local.{name}") for name in TOPIC_NAMES}
+    return LocalAgentConfig(
+        instance_id=f"test-{group_id}", group_id=group_id, telemetry_topic=topics["telemetry"],
+        demands_topic=topics["demands"], outcomes_topic=topics["outcomes"], edge_state_topic=topics["edge_state"],
+        summaries_topic=topics["summaries"], actions_topic=topics["actions"], models_topic=topics["models"],
+        changelog_topic=topics["changelog"], dead_letter_topic=topics["dead_letter"], commit_interval_ms=200,
+        session_timeout_ms=6000)
+
+
+class Running:
+    """An agent running in a thread for the duration of a ``with`` block."""
+
+    def __init__(self, agent):
+        self.agent, self.stop = agent, threading.Event()
+        self.thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.agent.started.wait(30)
+        return self.agent
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def send(sink: KafkaSink, topic: str, schema: str, records: list[dict], key_field: str = "ue_id") -> None:
+    for record in records:
+        record["emitted_ns"] = time.time_ns()
+        sink.send(topic, schema, record, key=record[key_field])
+    sink.flush()
+
+
+def fleet_records(fleet: SyntheticFleet, ticks: int) -> tuple[list[dict], list[dict]]:
+    telemetry, demands = [], []
+    for tick in range(ticks):
+        for kind, record in fleet.step(tick * 10):
+            (telemetry if kind == "telemetry" else demands if kind == "demand" else []).append(record)
+    return telemetry, demands
+
+
+def test_decisions_for_demands_carry_provenance(local_config, settings):
+    fleet = SyntheticFleet(n_ues=5, n_cells=3, seed=1, demand_every=2)
+    telemetry, demands = fleet_records(fleet, 16)
+    with KafkaSink(settings) as sink:
+        send(sink, local_config.telemetry_topic, "Telemetry", telemetry)
+        send(sink, local_config.demands_topic, "Demand", demands)
+    with Running(LocalTwinAgent(local_config, settings)):
+        decisions = read_topic(local_config.actions_topic, settings, expect=len(demands), timeout_s=60)
+    coordinates = {r.value["demand_id"]: (r.partition, r.offset, r.value)
+                   for r in read_topic(local_config.demands_topic, settings, expect=len(demands))}
+    assert len(decisions) == len(demands)
+    for record in decisions:
+        d = record.value
+        partition, offset, demand = coordinates[d["subject_id"]]
+        assert d["decision_id"] == f"local/placement/{local_config.demands_topic}/{partition}/{offset}"
+        assert (d["source_topic"], d["source_partition"], d["source_offset"]) == (local_config.demands_topic, partition, offset)
+        assert d["source_ts_ms"] == demand["ts_ms"] and d["source_emitted_ns"] == demand["emitted_ns"]
+        assert d["source_emitted_ns"] <= d["received_ns"] <= d["decided_ns"]
+        assert d["kind"] == "placement" and d["tier"] == "local" and d["target"] in ("local", "edge", "cloud")
+        assert (d["model_name"], d["model_version"]) == (DEMAND_LATENCY, PRETRAINED_VERSION)
+        assert d["parameters"]["predicted_latency_ms"] == d["parameters"][f"predicted_{d['target']}_ms"]
+        x = parameters_to_features(d["parameters"])
+        assert x["compute_gcycles"] == pytest.approx(demand["compute_gcycles"], rel=1e-6)
+        # The cloud trainer's contract: these x plus x["tier"] = target feed the model as is.
+        default_model(DEMAND_LATENCY).learn_one({**x, "tier": d["target"]}, 10.0)
+        assert 0.0 <= d["confidence"] <= 1.0
+    summaries = read_topic(local_config.summaries_topic, settings, timeout_s=10)
+    assert summaries, "telemetry is compressed into LocalSummary records"
+    assert sum(s.value["samples"] for s in summaries) < len(telemetry)
+
+
+def test_tight_deadline_with_loaded_edge_is_placed_locally(local_config, settings):
+    fleet = SyntheticFleet(n_ues=1, n_cells=2, seed=2)
+    ue = fleet.ues[0]
+    with KafkaSink(settings) as sink, Running(LocalTwinAgent(local_config, settings)) as agent:
+        idle = fleet.cell_report(1, 0, load=0.0)
+        loaded = {**fleet.cell_report(0, 0, load=1.0), "mec_queue_gcycles": 50.0, "mec_capacity_gcps": 100.0}
+        send(sink, local_config.edge_state_topic, "EdgeState", [idle, loaded], key_field="cell_id")
+        deadline = time.monotonic() + 20
+        while len(agent.edge_states) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        radio = {**fleet.telemetry(ue, 0), "sinr_db": 25.0, "throughput_ul_mbps": 200.0,
+                 "throughput_dl_mbps": 800.0, "rtt_ms": 4.0, "cpu_util": 0.1, "neighbours": []}
+        send(sink, local_config.telemetry_topic, "Telemetry", [radio])
+        demand = {"ue_id": ue["ue_id"], "ts_ms": radio["ts_ms"] + 1, "kind": "xr_frame", "compute_gcycles": 0.05,
+                  "input_bytes": 20_000, "output_bytes": 100_000, "deadline_ms": 20.0, "priority": 6}
+        send(sink, local_config.demands_topic, "Demand", [
+            {**demand, "demand_id": "on-loaded-cell", "serving_cell": 0},
+            {**demand, "demand_id": "on-idle-cell", "serving_cell": 1}])
+        decisions = read_topic(local_config.actions_topic, settings, expect=2, timeout_s=30)
+    target = {r.value["subject_id"]: r.value for r in decisions}
+    assert target["on-loaded-cell"]["target"] == "local"
+    assert target["on-loaded-cell"]["parameters"]["x_edge_queue_ms"] == pytest.approx(500.0)
+    assert target["on-loaded-cell"]["parameters"]["predicted_edge_ms"] > 20.0
+    assert target["on-idle-cell"]["target"] == "edge", "the same demand offloads when the edge is idle"
+
+
+def test_model_update_changes_version_of_later_decisions(local_config, settings):
+    fleet = SyntheticFleet(n_ues=3, n_cells=2, seed=3)
+    with KafkaSink(settings) as sink, Running(LocalTwinAgent(local_config, settings)) as agent:
+        _, first = fleet_records(fleet, 3)
+        send(sink, local_config.demands_topic, "Demand", first)
+        assert len(read_topic(local_config.actions_topic, settings, expect=len(first), timeout_s=30)) == len(first)
+        publish_model(sink, DEMAND_LATENCY, default_model(DEMAND_LATENCY), version=7, topic=local_config.models_topic)
+        deadline = time.monotonic() + 20
+        while agent.latency_slot.version != 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, second = fleet_records(fleet, 3)
+        send(sink, local_config.demands_topic, "Demand", second)
+        decisions = read_topic(local_config.actions_topic, settings, expect=len(first) + len(second), timeout_s=30)
+    version = {r.value["subject_id"]: r.value["model_version"] for r in decisions}
+    assert {version[d["demand_id"]] for d in first} == {PRETRAINED_VERSION}
+    assert {version[d["demand_id"]] for d in second} == {7}
+    assert agent.metrics.value("tiertwin_agent_model_version", model=DEMAND_LATENCY) == 7
+
+
+def test_outcomes_train_the_live_model(local_config, settings):
+    fleet = SyntheticFleet(n_ues=2, n_cells=2, seed=4)
+    _, demands = fleet_records(fleet, 10)
+    with KafkaSink(settings) as sink, Running(LocalTwinAgent(local_config, settings)) as agent:
+        send(sink, local_config.demands_topic, "Demand", demands)
+        decisions = read_topic(local_config.actions_topic, settings, expect=len(demands), timeout_s=30)
+        outcomes = [{"outcome_id": f"o-{i}", "ts_ms": r.value["source_ts_ms"] + 5, "kind": "demand",
+                     "ue_id": r.value["ue_id"], "cell_id": r.value["cell_id"], "demand_id": r.value["subject_id"],
+                     "decision_id": r.value["decision_id"] if i % 2 else None, "placement": r.value["target"],
+                     "latency_ms": 12.0, "deadline_ms": 20.0, "deadline_met": True, "components_ms": {}, "effect": {}}
+                    for i, r in enumerate(decisions)]
+        before = agent.latency_slot.model.n_learned
+        send(sink, local_config.outcomes_topic, "Outcome", outcomes)
+        deadline = time.monotonic() + 20
+        while agent.latency_slot.model.n_learned < before + len(outcomes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert agent.latency_slot.model.n_learned == before + len(outcomes), "joined by decision_id or demand_id"
+
+
+def test_bad_telemetry_is_dead_lettered(local_config, settings):
+    fleet = SyntheticFleet(n_ues=1, n_cells=3, seed=5)
+    good = fleet.telemetry(fleet.ues[0], 0)
+    bad = {**fleet.telemetry(fleet.ues[0], 10), "neighbours": [{"cell_id": good["serving_cell"], "rsrp_dbm": -90.0, "sinr_db": 3.0}]}
+    with KafkaSink(settings) as sink:
+        send(sink, local_config.telemetry_topic, "Telemetry", [good, bad])
+        sink.send_raw(local_config.telemetry_topic, b"\x00\x01not-an-avro-record", key="ue-x")
+        sink.flush()
+    with Running(LocalTwinAgent(local_config, settings)):
+        letters = read_topic(local_config.dead_letter_topic, settings, expect=2, timeout_s=30)
+    assert sorted(r.value["reason"] for r in letters) == ["bad-magic", "serving-cell-in-neighbours"]
+
+
+def test_checkpoint_restores_twins_in_a_new_instance(local_config, settings):
+    fleet = SyntheticFleet(n_ues=4, n_cells=2, seed=6, demand_every=1000)
+    telemetry, _ = fleet_records(fleet, 12)
+    with KafkaSink(settings) as sink:
+        send(sink, local_config.telemetry_topic, "Telemetry", telemetry)
+    first = LocalTwinAgent(local_config, settings)
+    with Running(first):
+        deadline = time.monotonic() + 30
+        while sum(1 for t in first.twins.values() if t.last_seq == 12) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    second = LocalTwinAgent(local_config.model_copy(update={"instance_id": "restored"}), settings)
+    with Running(second):
+        deadline = time.monotonic() + 30
+        while len(second.twins) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sorted(second.twins) == sorted(first.twins)
+    for ue_id, twin in first.twins.items():
+        restored = second.twins[ue_id]
+        assert (restored.last_seq, restored.radio, list(restored.history)) == (twin.last_seq, twin.radio, list(twin.history))
