@@ -156,6 +156,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_ops",
     "tiertwin.jobs.twin_api",
     "tiertwin.jobs.cli_deploy",
+    "tiertwin.jobs.cli_agents",
 ]
 
 
