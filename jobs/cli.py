@@ -157,6 +157,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.twin_api",
     "tiertwin.jobs.cli_deploy",
     "tiertwin.jobs.cli_agents",
+    "tiertwin.jobs.cli_sim",
 ]
 
 
