@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -74,6 +75,14 @@ class BrokerPaths:
     def stamp(self) -> Path:
         return self.libs / ".pom-sha256"
 
+    @property
+    def credentials(self) -> Path:
+        return self.root / "credentials"
+
+    @property
+    def security_mode(self) -> Path:
+        return self.root / "security.mode"
+
 
 class ManagedBroker:
     """Install, format, start, stop and inspect the single-node broker."""
@@ -110,6 +119,23 @@ class ManagedBroker:
         return jars[0].stem.removeprefix("kafka_2.13-")
 
     # -- configure and format ------------------------------------------------------------------
+    def admin_password(self) -> str:
+        """The broker super user's password (secure mode), generated once and kept 0600."""
+        path = self.paths.credentials / "admin.password"
+        if not path.exists():
+            self.paths.credentials.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def client_settings(self) -> Settings:
+        """Settings for tiertwin's own admin work: the super user in secure mode unless credentials are given."""
+        if self.settings.broker_security != "scram" or self.settings.sasl_username:
+            return self.settings
+        self.admin_password()
+        return self.settings.model_copy(update={"sasl_username": "admin",
+                                                "sasl_password_file": self.paths.credentials / "admin.password"})
+
     def write_config(self) -> None:
         s = self.settings
         self.paths.root.mkdir(parents=True, exist_ok=True)
@@ -137,8 +163,35 @@ class ManagedBroker:
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if s.broker_security == "scram":
+            props.update(self._scram_props())
         self.paths.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.paths.config.chmod(0o600)
         self.paths.log4j.write_text(LOG4J2_XML)
+
+    def _scram_props(self) -> dict[str, str]:
+        """SASL/SCRAM-SHA-512 for clients and inter-broker traffic, SASL/PLAIN on the controller
+        listener (KRaft controllers cannot use SCRAM), and the StandardAuthorizer with deny-by-default."""
+        s, password = self.settings, self.admin_password()
+        return {
+            "listeners": f"SASL_PLAINTEXT://{s.broker_host}:{s.broker_port},CONTROLLER://{s.broker_host}:{s.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{s.broker_host}:{s.broker_port}",
+            "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="admin" password="{password}" user_admin="{password}";',
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="admin" password="{password}";',
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:admin",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _java(self, main: str, *args: str, **popen) -> list[str]:
         return [
@@ -153,7 +206,13 @@ class ManagedBroker:
 
     def format(self) -> None:
         """Format KRaft storage once (a standalone controller quorum of one)."""
+        mode = self.settings.broker_security
         if self.formatted():
+            formatted_as = self.paths.security_mode.read_text().strip() if self.paths.security_mode.exists() else "none"
+            if formatted_as != mode:
+                raise BrokerSetupError(
+                    f"the broker's storage in {self.paths.data} was formatted with security {formatted_as!r}, "
+                    f"not {mode!r}; use another TIERTWIN_HOME (or delete that folder) to switch")
             return
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         uuid = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"),
@@ -161,11 +220,15 @@ class ManagedBroker:
         if uuid.returncode != 0:
             raise BrokerSetupError(f"StorageTool random-uuid failed: {uuid.stderr[-1000:]}")
         cluster_id = uuid.stdout.strip().splitlines()[-1]
+        extra = []
+        if mode == "scram":  # the super user's SCRAM credential must exist before the broker starts
+            extra = ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={self.admin_password()}]"]
         done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone",
-                                         "-t", cluster_id, "-c", str(self.paths.config)),
+                                         "-t", cluster_id, "-c", str(self.paths.config), *extra),
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerSetupError(f"StorageTool format failed: {(done.stdout + done.stderr)[-1000:]}")
+        self.paths.security_mode.write_text(mode)
 
     # -- run -----------------------------------------------------------------------------------
     def pid(self) -> int | None:

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import AuthorizationError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from tiertwin.errors import BrokerUnavailableError, RecordRejected
+from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
@@ -50,13 +50,22 @@ def _unreachable(settings: Settings, exc: Exception) -> BrokerUnavailableError:
         f"({type(exc).__name__}); is the broker running? try `tiertwin broker start`")
 
 
+def _is_authorization_error(error: Exception) -> bool:
+    return isinstance(error, AuthorizationError) or "AuthorizationFailed" in str(error)
+
+
 def _base_config(settings: Settings, client_id: str) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap.split(","),
         "client_id": client_id,
         "bootstrap_timeout_ms": int(settings.connect_timeout_s * 1000),
         "request_timeout_ms": max(30_000, int(settings.connect_timeout_s * 1000)),
     }
+    credentials = settings.sasl_credentials()
+    if credentials is not None:
+        config.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                      sasl_plain_username=credentials[0], sasl_plain_password=credentials[1])
+    return config
 
 
 def admin_client(settings: Settings | None = None, client_id: str = "tiertwin-admin") -> KafkaAdminClient:
@@ -126,7 +135,13 @@ class KafkaSink:
         self._unflushed = 0
         if self._errors:
             first, self._errors = self._errors[0], []
+            if _is_authorization_error(first):
+                raise AccessDeniedError(f"the broker refused to let {self._principal()} write: {first}")
             raise BrokerUnavailableError(f"producing failed: {first!r}")
+
+    def _principal(self) -> str:
+        credentials = self.settings.sasl_credentials()
+        return f"principal {credentials[0]!r}" if credentials else "this anonymous client"
 
     def close(self, timeout_s: float = 10.0) -> None:
         try:

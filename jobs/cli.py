@@ -87,7 +87,7 @@ def broker_status():
     from tiertwin.connectors.kafka import admin_client
 
     broker = ManagedBroker()
-    admin = admin_client(broker.settings)
+    admin = admin_client(broker.client_settings())
     try:
         cluster = admin.describe_cluster()
         api = admin._manager.broker_version  # kafka-python keeps the probed version here
@@ -100,8 +100,27 @@ def broker_status():
                   f"cluster {cluster.get('cluster_id')}, controller {cluster.get('controller_id')}")
     for b in cluster.get("brokers", []):
         console.print(f"  listener: node {b.get('broker_id')} at {b.get('host')}:{b.get('port')}")
-    console.print(f"  managed pid: {managed if managed else 'not started by tiertwin'}")
+    console.print(f"  managed pid: {managed if managed else 'not started by tiertwin'}, "
+                  f"security: {broker.settings.broker_security}")
     console.print(f"  topics ({len(topics)}): {', '.join(topics) if topics else '-'}")
+
+
+@broker_app.command("secure")
+@one_line_errors
+def broker_secure():
+    """Create a SCRAM principal per tier and ACLs derived from the topology (needs TIERTWIN_BROKER_SECURITY=scram)."""
+    from tiertwin.connectors.broker import ManagedBroker
+    from tiertwin.connectors.security import acl_plan, apply_security
+    from tiertwin.connectors.topics import load_topology
+
+    topology = load_topology()
+    files = apply_security(ManagedBroker(), topology)
+    plan = acl_plan(topology)
+    table = Table("principal", "password file", "writes", "reads")
+    for principal, path in files.items():
+        table.add_row(principal, str(path), str(len(plan[principal]["write"])), str(len(plan[principal]["read"])))
+    console.print(table)
+    console.print("clients: TIERTWIN_SASL_USERNAME=<principal> TIERTWIN_SASL_PASSWORD_FILE=<password file>")
 
 
 # -- topics ------------------------------------------------------------------------------------
@@ -111,7 +130,9 @@ def topics_apply(file: Path = typer.Option(None, "--file", "-f", help="Topology 
     """Create missing topics and bring existing ones to the topology's partitions and retention."""
     from tiertwin.connectors.topics import apply_topology, load_topology
 
-    for name, action in apply_topology(load_topology(file)).items():
+    from tiertwin.connectors.broker import ManagedBroker
+
+    for name, action in apply_topology(load_topology(file), ManagedBroker().client_settings()).items():
         console.print(f"{name:36} {action}")
 
 
@@ -123,7 +144,9 @@ def topics_list():
 
     declared = load_topology().by_name()
     table = Table("topic", "partitions", "retention.ms", "cleanup", "schema", "declared")
-    for t in describe_topics():
+    from tiertwin.connectors.broker import ManagedBroker
+
+    for t in describe_topics(ManagedBroker().client_settings()):
         spec = declared.get(t["name"])
         table.add_row(t["name"], str(t["partitions"]), str(t["retention.ms"]), str(t["cleanup.policy"]),
                       (spec.schema_ or "-") if spec else "-", "yes" if spec else "no")

@@ -13,6 +13,10 @@ class BrokerUnavailableError(TiertwinError):
     """The Kafka broker cannot be reached (not started, wrong address, or not ready in time)."""
 
 
+class AccessDeniedError(TiertwinError):
+    """The broker refused the principal (authentication or ACL authorization failed); retrying won't help."""
+
+
 class BrokerSetupError(TiertwinError):
     """The managed broker could not be installed, formatted or started."""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from tiertwin.errors import ConfigError
 
@@ -30,6 +32,27 @@ class Settings(BaseModel):
     broker_heap_mb: int = Field(512, ge=128, le=16384)
     bootstrap_servers: str | None = None
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Security of the managed broker: "none" (PLAINTEXT) or "scram" (SASL/SCRAM-SHA-512 + ACLs).
+    broker_security: Literal["none", "scram"] = "none"
+    # Client credentials (a tier's principal). The password comes from the environment or a
+    # file, never from the command line.
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+
+    def sasl_credentials(self) -> tuple[str, str] | None:
+        """``(username, password)`` when the clients authenticate, else None."""
+        if not self.sasl_username:
+            return None
+        if self.sasl_password is not None:
+            return self.sasl_username, self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_username, self.sasl_password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"TIERTWIN_SASL_PASSWORD_FILE: {exc}") from None
+        raise ConfigError("TIERTWIN_SASL_USERNAME is set but neither TIERTWIN_SASL_PASSWORD "
+                          "nor TIERTWIN_SASL_PASSWORD_FILE is")
 
     @property
     def bootstrap(self) -> str:
