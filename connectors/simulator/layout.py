@@ -10,6 +10,8 @@ omni site has one cell with the site's id.
 (7, 21)
 >>> [round(float(v), 1) for v in layout.site_xy[1]]
 [200.0, 0.0]
+>>> len({tuple(xy) for xy in Layout.hexagonal(LayoutConfig(rings=2)).site_xy.round(3).tolist()})
+19
 >>> layout.cell_site[:6].tolist()
 [0, 0, 0, 1, 1, 1]
 """
@@ -28,10 +30,10 @@ SECTOR_AZIMUTHS_DEG = (30.0, 150.0, 270.0)  # math convention: counter-clockwise
 def hex_ring_coordinates(rings: int) -> list[tuple[int, int]]:
     """Axial (q, r) coordinates of every hexagon within ``rings`` of the origin, ring by ring."""
     cells = [(0, 0)]
-    directions = [(1, 0), (0, 1), (-1, 1), (-1, 0), (0, -1), (1, -1)]
+    walk = [(-1, 1), (-1, 0), (0, -1), (1, -1), (1, 0), (0, 1)]  # counter-clockwise from the east corner
     for ring in range(1, rings + 1):
-        q, r = ring, 0  # start east, walk the ring's six sides counter-clockwise
-        for dq, dr in directions[1:] + directions[:1]:
+        q, r = ring, 0
+        for dq, dr in walk:
             for _ in range(ring):
                 cells.append((q, r))
                 q, r = q + dq, r + dr

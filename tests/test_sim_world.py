@@ -1,0 +1,169 @@
+"""The simulated world without Kafka: determinism, mobility + handover, latency model, decisions, scenarios."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiertwin.connectors.simulator import MemorySink, Scenario, SimulatorLoop, World, load_scenario, parse_scenario
+from tiertwin.connectors.simulator.scenarios import preset_names
+from tiertwin.errors import ConfigError, RecordRejected
+
+
+def _run_bytes(seed: int, seconds: float = 2.0) -> list[tuple]:
+    sink = MemorySink()
+    SimulatorLoop(World(load_scenario("dense-urban-xr").with_overrides(ues=30), seed=seed), sink).run(seconds)
+    return sink.records
+
+
+def test_same_seed_gives_identical_record_bytes():
+    first, second = _run_bytes(5), _run_bytes(5)
+    assert len(first) > 500
+    assert {r[1] for r in first} == {"Telemetry", "Demand", "EdgeState", "Outcome"}
+    assert first == second
+    assert _run_bytes(6) != first
+
+
+def _corridor(**compute) -> Scenario:
+    """Omni sites, always LOS, no shadowing: the only thing that changes along the walk is distance."""
+    return parse_scenario({
+        "ues": 1, "layout": {"rings": 1, "isd_m": 200.0, "sectored": False},
+        "radio": {"los_model": "always", "shadowing": False},
+        "mobility": [{"model": "linear", "speed_mps": [10.0, 10.0]}],
+        "device": {"xr_share": 0.0}, "compute": compute or {},
+    })
+
+
+def test_ue_walking_away_loses_sinr_and_hands_over():
+    world = World(_corridor(), seed=1)
+    world.mobility.xy[0] = (15.0, 0.0)   # next to site 0 (origin), walking east towards site 1 at (200, 0)
+    world.mobility.heading[0] = 0.0
+    world.serving[0] = 0
+    sinr_on_site0, handed_over_at = [], None
+    for _ in range(2000):
+        state = world.step()
+        sinr_on_site0.append(float(world.sinr_matrix[0, 0]))
+        if state.serving[0] != 0:
+            handed_over_at = float(state.xy[0, 0])
+            break
+    assert handed_over_at is not None, "no A3 handover within 200 m"
+    assert int(world.serving[0]) == 1
+    # A3 needs the neighbour 3 dB + 1 dB hysteresis stronger for 160 ms: past the midpoint, not at it
+    assert 100.0 < handed_over_at < 200.0
+    assert sinr_on_site0[-1] < sinr_on_site0[0] - 20.0
+    assert np.all(np.diff(sinr_on_site0) < 1e-9)  # monotone: nothing but distance changes
+    assert world.stats.handovers_a3 == 1
+
+
+def _demand(world: World, ue_id: str = "ue-0000") -> dict:
+    return {"demand_id": f"{ue_id}/d/test", "ue_id": ue_id, "ts_ms": world.now_ms, "kind": "ai_inference",
+            "compute_gcycles": 2.0, "input_bytes": 50_000, "output_bytes": 1_000, "deadline_ms": 100.0,
+            "priority": 4, "serving_cell": int(world.serving[0]), "emitted_ns": world.clock_ns()}
+
+
+def test_edge_instead_of_cloud_differs_by_the_backhaul():
+    # Same capacity at the (omni, unsliced) MEC and in the cloud, empty queues: only the backhaul differs.
+    scenario = _corridor(mec_gcps=1000.0, cloud_gcps=1000.0, backhaul_latency_ms=10.0, backhaul_gbps=10.0)
+    edge_world, cloud_world = World(scenario, seed=3), World(scenario, seed=3)
+    edge_world.step(), cloud_world.step()
+    edge = edge_world.execute_demand(_demand(edge_world), "edge")
+    cloud = cloud_world.execute_demand(_demand(cloud_world), "cloud")
+    # backhaul = 2 x 10 ms one way + (50 000 + 1 000) bytes * 8 / 10 Gbit/s = 20 ms + 0.0408 ms
+    expected = 2 * 10.0 + (50_000 + 1_000) * 8 / 10e9 * 1000
+    assert expected == pytest.approx(20.0408)
+    assert cloud["latency_ms"] - edge["latency_ms"] == pytest.approx(expected, abs=1e-9)
+    assert cloud["components_ms"]["backhaul"] == pytest.approx(expected) and edge["components_ms"]["backhaul"] == 0
+    for part in ("uplink", "downlink", "compute", "queue"):
+        assert cloud["components_ms"][part] == pytest.approx(edge["components_ms"][part])
+    # compute = 2 Gcycles / 1000 Gcycles/s = 2 ms; the queue of the next demand on the edge holds it
+    assert edge["components_ms"]["compute"] == pytest.approx(2.0)
+    assert edge_world.execute_demand(_demand(edge_world), "edge")["components_ms"]["queue"] == pytest.approx(2.0)
+
+
+def test_local_placement_has_no_radio_or_backhaul_and_uses_the_device():
+    world = World(_corridor(), seed=3)
+    world.step()
+    local = world.execute_demand(_demand(world), "local")
+    assert local["components_ms"]["uplink"] == local["components_ms"]["backhaul"] == 0.0
+    assert local["components_ms"]["compute"] == pytest.approx(2.0 / world.scenario.device.compute_gcps * 1000)
+    assert local["deadline_met"] == (local["latency_ms"] <= 100.0)
+
+
+def test_placement_waits_for_its_decision_then_times_out_to_the_default():
+    world = World(load_scenario("dense-urban-xr").with_overrides(ues=20), seed=2)
+    world.await_decisions = True
+    demands = []
+    while len(demands) < 2:
+        world.step()
+        demands += world.demand_records()
+    world.outcome_records()
+    decided = world.apply_decision({"decision_id": "dec-1", "kind": "placement", "subject_id": demands[0]["demand_id"],
+                                    "target": "edge", "parameters": {}})
+    assert decided["decision_id"] == "dec-1" and decided["placement"] == "edge"
+    assert decided["components_ms"]["decision"] >= 0.0
+    for _ in range(5):  # 50 ms > the 10 ms decision timeout
+        world.step()
+        world.demand_records()
+    outcomes = {o["demand_id"]: o for o in world.outcome_records() if o["kind"] == "demand"}
+    timed_out = outcomes[demands[1]["demand_id"]]
+    assert timed_out["placement"] == "cloud" and timed_out["decision_id"] is None
+    assert timed_out["components_ms"]["decision"] == pytest.approx(10.0)
+    late = world.apply_decision({"decision_id": "dec-2", "kind": "placement", "subject_id": demands[1]["demand_id"],
+                                 "target": "edge", "parameters": {}})
+    assert late["kind"] == "decision" and late["effect"] == {"applied": 0.0, "late": 1.0}
+    assert world.stats.late_decisions == 1
+
+
+def test_resource_decisions_change_the_state():
+    world = World(load_scenario("dense-urban-xr").with_overrides(ues=40), seed=4)
+    world.step()
+    ue = "ue-0007"
+    prb = world.apply_decision({"decision_id": "p", "kind": "prb_share", "ue_id": ue, "target": "",
+                                "parameters": {"share": 0.9}})
+    assert prb["effect"]["throughput_after_mbps"] > prb["effect"]["throughput_before_mbps"]
+    cell = int(world.serving[7])
+    mec = world.apply_decision({"decision_id": "m", "kind": "mec_share", "cell_id": cell, "target": "",
+                                "parameters": {"share": 0.8}})
+    assert mec["effect"]["capacity_after_gcps"] == pytest.approx(0.8 * world.scenario.compute.mec_gcps)
+    rate = world.apply_decision({"decision_id": "x", "kind": "xr_bitrate", "ue_id": ue, "target": "",
+                                 "parameters": {"bitrate_mbps": 5.0}})
+    assert world.xr_bitrate[7] == 5.0 and rate["effect"]["bitrate_after_mbps"] == 5.0
+    world.apply_decision({"decision_id": "g", "kind": "migration", "ue_id": ue, "target": "site:2", "parameters": {}})
+    assert world.stats.migrations == 1 and world.stats.decisions["prb_share"] == 1
+    for bad, reason in [({"kind": "handover", "ue_id": "ue-9999", "target": "cell:1"}, "no UE"),
+                        ({"kind": "handover", "ue_id": ue, "target": "cell:999"}, "no cell"),
+                        ({"kind": "prb_share", "cell_id": 1, "target": "", "parameters": {"share": 1.5}}, "share"),
+                        ({"kind": "placement", "subject_id": "x", "target": "moon"}, "placement target")]:
+        with pytest.raises(RecordRejected, match=reason) as info:
+            world.apply_decision({"decision_id": "bad", "parameters": {}, **bad})
+        assert info.value.reason == "inapplicable-decision"
+
+
+def test_decided_handover_suspends_a3():
+    world = World(_corridor(), seed=1)
+    world.mobility.xy[0] = (15.0, 0.0)
+    world.mobility.speed[0] = 0.0
+    world.serving[0] = 0
+    world.step()
+    outcome = world.apply_decision({"decision_id": "h", "kind": "handover", "ue_id": "ue-0000", "target": "cell:4",
+                                    "parameters": {"hold_ms": 500.0}})
+    assert outcome["effect"]["sinr_after_db"] < outcome["effect"]["sinr_before_db"]
+    for _ in range(40):  # 400 ms < hold: A3 would move it back at once otherwise
+        world.step()
+    assert int(world.serving[0]) == 4
+    for _ in range(40):
+        world.step()
+    assert int(world.serving[0]) == 0
+
+
+def test_presets_load_and_bad_fields_are_named(tmp_path):
+    assert {"dense-urban-xr", "highway-vehicles", "stadium-event"} <= set(preset_names())
+    for name in ("highway-vehicles", "stadium-event"):
+        world = World(load_scenario(name).with_overrides(ues=20))
+        sink = MemorySink(keep=False)
+        SimulatorLoop(world, sink).run(0.3)
+        assert sink.count > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mobility:\n  - {model: teleport}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: mobility.0.model"):
+        load_scenario(bad)
