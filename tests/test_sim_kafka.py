@@ -1,0 +1,97 @@
+"""The closed loop on the real broker: decisions on an action topic change the simulated world."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from tiertwin.connectors.kafka import KafkaSink, KafkaSource
+from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World, parse_scenario
+
+pytestmark = pytest.mark.broker
+
+
+def _decision(decision_id: str, kind: str, **fields) -> dict:
+    return {"decision_id": decision_id, "tier": "edge" if kind != "placement" else "local", "kind": kind,
+            "ue_id": None, "cell_id": None, "subject_id": None, "target": "", "parameters": {},
+            "model_name": "test", "model_version": 0, "confidence": 1.0, "source_topic": "t", "source_partition": 0,
+            "source_offset": 0, "source_ts_ms": 0, "source_emitted_ns": 0, "received_ns": 0,
+            "decided_ns": time.time_ns(), **fields}
+
+
+def _read_all(topic: str, settings, until, timeout_s: float = 20.0) -> list:
+    records = []
+    with KafkaSource([topic], f"reader-{uuid.uuid4().hex[:8]}", settings, client_id="test-sim-reader") as src:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not until(records):
+            records += src.poll(200)
+    return records
+
+
+def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_topic, group_id):
+    topics = SimulatorTopics(telemetry=new_topic(2), demands=new_topic(2), cell_reports=new_topic(1),
+                             outcomes=new_topic(2), actions=(new_topic(2),), deadletters=new_topic(1))
+    scenario = parse_scenario({
+        "ues": 4, "layout": {"rings": 1, "sectored": False}, "telemetry_hz": 5,
+        "mobility": [{"model": "random_waypoint", "speed_mps": [0.0, 0.0]}],
+        "demands": {"xr_frame": {"per_second": 0, "gcycles": [0.1, 0.2], "input_bytes": [100, 200],
+                                 "deadline_ms": 20, "priority": 6},
+                    "ai_inference": {"per_second": 4, "gcycles": [1, 2], "input_bytes": [1000, 2000],
+                                     "output_bytes": [100, 200], "deadline_ms": 100, "priority": 4}},
+        "compute": {"decision_timeout_ms": 3000, "default_placement": "cloud"},
+        "handover": {"decision_hold_ms": 600_000}})
+    world = World(scenario, seed=11)
+    sink = KafkaSink(settings, client_id="test-sim")
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim")
+    loop = SimulatorLoop(world, sink, source, topics, realtime=True)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=30.0)), daemon=True)
+    runner.start()
+    try:
+        assert loop.ready.wait(30), "the simulator never got its action partitions"
+        target = (int(world.serving[1]) + 1) % world.layout.n_cells
+        with KafkaSink(settings, client_id="test-sim-agent") as agent:
+            agent.send(topics.actions[0], "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
+                                                                target=f"cell:{target}"), key="ue-0001")
+            agent.send(topics.actions[0], "Decision", _decision("bad-1", "handover", ue_id="ue-9999",
+                                                                target="cell:0"), key="ue-9999")
+            agent.flush()
+            # act as a local twin: place the first demands on the edge
+            demands = _read_all(topics.demands, settings, lambda recs: len(recs) >= 3)
+            assert len(demands) >= 3
+            for rec in demands[:3]:
+                d = rec.value
+                agent.send(topics.actions[0], "Decision",
+                           _decision(f"place-{d['demand_id']}", "placement", ue_id=d["ue_id"],
+                                     subject_id=d["demand_id"], target="edge"), key=d["ue_id"])
+            agent.flush()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (world.stats.decided < 3 or int(world.serving[1]) != target):
+            time.sleep(0.05)
+    finally:
+        loop.stop()
+        runner.join(30)
+        source.close()
+        sink.close()
+    summary = result["summary"]
+    assert int(world.serving[1]) == target
+    assert summary.decisions_applied.get("handover") == 1 and summary.handovers_decided == 1
+    assert summary.decisions_applied.get("placement") == 3 and summary.demands_decided == 3
+    assert summary.decisions_rejected == 1
+
+    placed = {f"place-{r.value['demand_id']}" for r in demands[:3]}
+    outcomes = _read_all(topics.outcomes, settings,
+                         lambda recs: placed <= {r.value["decision_id"] for r in recs}
+                         and any(r.value["decision_id"] == "ho-1" for r in recs))
+    by_decision = {r.value["decision_id"]: r.value for r in outcomes if r.value["decision_id"]}
+    assert by_decision["ho-1"]["kind"] == "decision" and "sinr_after_db" in by_decision["ho-1"]["effect"]
+    for decision_id in placed:
+        out = by_decision[decision_id]
+        assert out["placement"] == "edge" and out["components_ms"]["backhaul"] == 0.0
+        assert out["components_ms"]["decision"] > 0.0  # the agent's round trip is part of the latency
+    letters = _read_all(topics.deadletters, settings, lambda recs: len(recs) >= 1)
+    assert [r.value["reason"] for r in letters] == ["inapplicable-decision"]
+    assert summary.published["Telemetry"] > 0 and summary.published["EdgeState"] > 0
