@@ -142,14 +142,19 @@ class HandoverForecaster(base.Regressor):
         self._delta = (regressor if regressor is not None else _scaled_linear(0.02)).clone()
         self.n_learned = 0
 
+    FEATURES = ("trend_x_h", "speed_x_h", "horizon_s", "sinr_db")
+
+    def _select(self, x: Mapping) -> dict[str, float]:
+        return {k: float(x[k]) for k in self.FEATURES if k in x}
+
     def learn_one(self, x: dict, y: float) -> None:
-        self._delta.learn_one(x, float(y) - float(x["sinr_db"]))
+        self._delta.learn_one(self._select(x), float(y) - float(x["sinr_db"]))
         self.n_learned += 1
 
     def predict_one(self, x: dict) -> float:
         if self.n_learned == 0:
             return float(x["sinr_db"])
-        return float(x["sinr_db"]) + self._delta.predict_one(x)
+        return float(x["sinr_db"]) + self._delta.predict_one(self._select(x))
 
 
 class ShareAllocator:

@@ -1,0 +1,141 @@
+"""The edge twin agent against the real broker (single-partition fresh topics keep cross-cell order)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tiertwin.connectors.kafka import KafkaSink
+from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.pipelines.edge_twin import EdgeAgentConfig, EdgeTwinAgent
+from tiertwin.pipelines.learners import HANDOVER, PRB_SHARE
+from tiertwin.pipelines.pretrain import EPOCH_MS, SyntheticFleet
+from tiertwin.schemas.examples import example
+
+pytestmark = pytest.mark.broker
+
+TOPIC_NAMES = ("summaries", "cell_reports", "edge_state", "actions", "outcomes", "models", "changelog", "dead_letter")
+
+
+@pytest.fixture
+def edge_config(new_topic, group_id):
+    topics = {name: new_topic(1, prefix=f"test.edge.{name}") for name in TOPIC_NAMES}
+    return EdgeAgentConfig(
+        instance_id=f"test-{group_id}", group_id=group_id, summaries_topic=topics["summaries"],
+        cell_reports_topic=topics["cell_reports"], edge_state_topic=topics["edge_state"], actions_topic=topics["actions"],
+        outcomes_topic=topics["outcomes"], models_topic=topics["models"], changelog_topic=topics["changelog"],
+        dead_letter_topic=topics["dead_letter"], commit_interval_ms=200, session_timeout_ms=6000)
+
+
+class Running:
+    def __init__(self, agent):
+        self.agent, self.stop = agent, threading.Event()
+        self.thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.agent.started.wait(30)
+        return self.agent
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def send(sink, topic, schema, records, key_field):
+    for record in records:
+        record["emitted_ns"] = time.time_ns()
+        sink.send(topic, schema, record, key=record[key_field])
+    sink.flush()
+
+
+def summary(ue_id: str, cell: int, t_ms: int, sinr: float, trend: float, neighbour: int | None, neighbour_sinr: float | None):
+    return example("LocalSummary", ue_id=ue_id, serving_cell=cell, window_start_ms=EPOCH_MS + t_ms - 100,
+                   window_end_ms=EPOCH_MS + t_ms, sinr_db=sinr, sinr_trend_db_per_s=trend, best_neighbour_cell=neighbour,
+                   best_neighbour_sinr_db=neighbour_sinr, speed_mps=15.0)
+
+
+def test_cell_reports_are_forwarded_and_shares_allocated(edge_config, settings):
+    fleet = SyntheticFleet(n_cells=2, seed=1)
+    reports = [fleet.cell_report(c, t) for t in (0, 500, 1500) for c in (0, 1)]
+    with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)) as agent:
+        send(sink, edge_config.cell_reports_topic, "EdgeState", reports, "cell_id")
+        forwarded = read_topic(edge_config.edge_state_topic, settings, expect=len(reports), timeout_s=30)
+        decisions = read_topic(edge_config.actions_topic, settings, expect=8, timeout_s=30)
+    assert [(r.value["cell_id"], r.value["ts_ms"]) for r in forwarded] == [(r["cell_id"], r["ts_ms"]) for r in reports]
+    kinds = sorted((d.value["kind"], d.value["cell_id"]) for d in decisions)
+    # Two allocation rounds per cell (t=0 and t=1500; t=500 is within the interval).
+    assert kinds == sorted([(k, c) for k in ("prb_share", "mec_share") for c in (0, 1)] * 2)
+    allocator = agent.slots[PRB_SHARE].model
+    for d in (r.value for r in decisions):
+        assert d["parameters"]["share"] in allocator.shares and d["target"] == ""
+        assert d["decision_id"] == f"edge/{d['kind']}/{d['source_topic']}/{d['source_partition']}/{d['source_offset']}"
+        assert d["model_version"] >= 1
+
+
+def test_bandits_learn_from_outcomes(edge_config, settings):
+    fleet = SyntheticFleet(n_cells=1, seed=2)
+    with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)) as agent:
+        send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 0)], "cell_id")
+        assert wait_for(lambda: "0" in agent.twins and agent.twins["0"].allocations.get("prb_share"))
+        before = agent.slots[PRB_SHARE].model.n_updates
+        outcomes = [example("Outcome", outcome_id=f"o{i}", cell_id=0, deadline_met=i % 3 != 0) for i in range(9)]
+        send(sink, edge_config.outcomes_topic, "Outcome", outcomes, "ue_id")
+        assert wait_for(lambda: agent.twins["0"].allocations["prb_share"][4] == 9)
+        send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 2000)], "cell_id")
+        assert wait_for(lambda: agent.slots[PRB_SHARE].model.n_updates == before + 1)
+
+
+def test_handover_when_neighbour_forecast_beats_serving_by_hysteresis(edge_config, settings):
+    fading = [summary("ue-a", 0, 100 * i, 12.0 - 1.5 * i, -15.0, 1, 6.0 + 1.5 * i) for i in range(8)]
+    steady = [summary("ue-b", 0, 100 * i, 15.0, 0.0, 1, 14.0) for i in range(8)]
+    with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)):
+        send(sink, edge_config.summaries_topic, "LocalSummary", fading + steady, "serving_cell")
+        decisions = read_topic(edge_config.actions_topic, settings, expect=1, timeout_s=30)
+        time.sleep(1.0)
+        decisions = read_topic(edge_config.actions_topic, settings, timeout_s=5)
+    handovers = [d.value for d in decisions if d.value["kind"] == "handover"]
+    assert [(h["ue_id"], h["target"]) for h in handovers] == [("ue-a", "cell:1")], "one, thanks to the cooldown"
+    h = handovers[0]
+    assert h["parameters"]["margin_db"] > 0 and h["model_name"] == HANDOVER
+    assert h["parameters"]["neighbour_forecast_db"] - h["parameters"]["serving_forecast_db"] > edge_config.hysteresis_db
+
+
+def test_twin_migrates_when_ue_moves_to_another_site(edge_config, settings):
+    fleet = SyntheticFleet(n_cells=4, seed=3)
+    reports = [fleet.cell_report(0, 0), fleet.cell_report(3, 0)]    # cell 0 on site 0, cell 3 on site 1
+    with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)) as agent:
+        send(sink, edge_config.cell_reports_topic, "EdgeState", reports, "cell_id")
+        assert wait_for(lambda: len(agent.site_of) == 2)
+        moves = [summary("ue-m", 0, 100 * i, 10.0, 0.0, None, None) for i in range(3)]
+        moves.append(summary("ue-m", 3, 400, 10.0, 0.0, None, None))
+        send(sink, edge_config.summaries_topic, "LocalSummary", moves, "serving_cell")
+        decisions = read_topic(edge_config.actions_topic, settings, timeout_s=30,
+                               until=lambda rs: any(r.value["kind"] == "migration" for r in rs))
+    migration = [d.value for d in decisions if d.value["kind"] == "migration"]
+    assert [(m["ue_id"], m["target"], m["cell_id"]) for m in migration] == [("ue-m", "site:1", 3)]
+    assert "ue-m" not in agent.twins["0"].ues
+    assert agent.twins["3"].ues["ue-m"].summaries == 4, "the UE's twin state followed it"
+
+
+def test_edge_checkpoint_restores_cell_twins(edge_config, settings):
+    fleet = SyntheticFleet(n_cells=2, seed=4)
+    with KafkaSink(settings) as sink:
+        send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 0), fleet.cell_report(1, 0)], "cell_id")
+        send(sink, edge_config.summaries_topic, "LocalSummary", [summary("ue-r", 1, 100, 9.0, 0.0, None, None)], "serving_cell")
+    first = EdgeTwinAgent(edge_config, settings)
+    with Running(first):
+        assert wait_for(lambda: "ue-r" in getattr(first.twins.get("1"), "ues", {}))
+    second = EdgeTwinAgent(edge_config.model_copy(update={"instance_id": "restored"}), settings)
+    with Running(second):
+        assert wait_for(lambda: len(second.twins) == 2)
+    assert second.twins["1"].ues["ue-r"].sinr_db == 9.0 and second.site_of == first.site_of

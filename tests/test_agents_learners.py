@@ -1,0 +1,98 @@
+"""The twins' learners against simple baselines, on synthetic streams with a known trend (no broker)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+import statistics
+
+import pytest
+
+from tiertwin.pipelines.features import TIERS, demand_features, sinr_forecast_features
+from tiertwin.pipelines.learners import (DEMAND_LATENCY, HANDOVER, MODEL_NAMES, PRB_SHARE, ShareAllocator,
+                                         allocation_reward, default_model)
+from tiertwin.pipelines.pretrain import (allocation_met_rate, load_pretrained, sample_demand, sample_edge,
+                                         sample_radio, true_latency_ms)
+
+
+def test_demand_latency_model_beats_static_and_persistence_baselines_under_a_load_trend():
+    rng = random.Random(11)
+    model = default_model(DEMAND_LATENCY)
+    sums, counts, last = {t: 0.0 for t in TIERS}, {t: 0 for t in TIERS}, {t: None for t in TIERS}
+    errors = {"model": [], "static": [], "persistence": []}
+    steps = 6000
+    for step in range(steps):
+        load = step / steps                        # the edge fills up over the stream: a known trend
+        demand, radio, edge = sample_demand(rng, "ai_inference"), sample_radio(rng), sample_edge(rng, load)
+        tier = TIERS[step % 3]
+        x = {**demand_features(demand, radio, edge), "tier": tier}
+        y = true_latency_ms(demand, radio, edge, tier, rng)
+        if step >= steps // 2:
+            errors["model"].append(abs(model.predict_one(x) - y))
+            errors["static"].append(abs(sums[tier] / max(counts[tier], 1) - y))
+            errors["persistence"].append(abs((last[tier] if last[tier] is not None else 0.0) - y))
+        model.learn_one(x, y)
+        sums[tier] += y
+        counts[tier] += 1
+        last[tier] = y
+    mae = {name: statistics.fmean(e) for name, e in errors.items()}
+    assert mae["model"] < 0.5 * min(mae["static"], mae["persistence"]), mae
+
+
+def test_handover_forecaster_beats_persistence_on_trending_sinr():
+    rng = random.Random(12)
+    forecaster = default_model(HANDOVER)
+    model_errors, persistence_errors = [], []
+    for segment in range(300):
+        trend = rng.uniform(-12, 12)               # dB/s: a UE walking towards or away from the cell
+        sinr, speed = rng.uniform(0, 25), rng.uniform(1, 30)
+        for _ in range(10):
+            horizon = 0.1
+            x = sinr_forecast_features(sinr, trend, speed, horizon)
+            future = sinr + trend * horizon + rng.gauss(0, 0.2)
+            if segment >= 150:
+                model_errors.append(abs(forecaster.predict_one(x) - future))
+                persistence_errors.append(abs(sinr - future))
+            forecaster.learn_one(x, future)
+            sinr = future
+    assert statistics.fmean(model_errors) < 0.6 * statistics.fmean(persistence_errors)
+
+
+def test_share_allocator_earns_more_than_a_static_share():
+    rng = random.Random(13)
+    allocator = ShareAllocator(seed=3)
+    learned, static = [], []
+    for step in range(1500):
+        context = {"bias": 1.0, **{k: v for k, v in sample_edge(rng).items() if k in ("prb_utilization", "mec_utilization")}}
+        share = allocator.pull(context)
+        reward = allocation_reward(allocation_met_rate(share, context), share)
+        allocator.update(share, context, reward)
+        if step >= 750:
+            learned.append(reward)
+            static.append(allocation_reward(allocation_met_rate(0.5, context), 0.5))
+    assert statistics.fmean(learned) > statistics.fmean(static) + 0.02
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_pickle_and_ship_unchanged(name):
+    model, version = load_pretrained(name)
+    assert version >= 1, "a trained starting model is shipped for every name"
+    clone = pickle.loads(pickle.dumps(model))
+    if name == PRB_SHARE or isinstance(model, ShareAllocator):
+        context = {"bias": 1.0, "prb_utilization": 0.7}
+        assert clone.expected_reward(0.5, context) == model.expected_reward(0.5, context)
+        return
+    x = {"uplink_ms": 3.0, "downlink_ms": 4.0, "congested_transfer_ms": 2.0, "rtt_ms": 9.0, "edge_compute_ms": 5.0,
+         "edge_queue_ms": 1.0, "cloud_compute_ms": 0.5, "local_compute_ms": 30.0, "cpu_util": 0.3,
+         "compute_gcycles": 0.5, "prb_utilization": 0.5, "mec_utilization": 0.2, "sinr_db": 12.0,
+         "trend_x_h": -1.0, "speed_x_h": 3.0, "horizon_s": 0.5, "tier": "edge"}
+    before = copy.deepcopy(x)
+    assert clone.predict_one(x) == model.predict_one(x)
+    clone.learn_one(x, 20.0)
+    assert x == before, "learn_one does not mutate its input"
+
+
+def test_demand_latency_model_rejects_an_unknown_tier():
+    with pytest.raises(ValueError, match="tier"):
+        default_model(DEMAND_LATENCY).predict_one({"uplink_ms": 1.0, "tier": "moon"})
