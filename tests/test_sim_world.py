@@ -167,3 +167,14 @@ def test_presets_load_and_bad_fields_are_named(tmp_path):
     bad.write_text("mobility:\n  - {model: teleport}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: mobility.0.model"):
         load_scenario(bad)
+
+
+def test_random_default_policy_explores_every_placement_without_changing_the_physics():
+    base = load_scenario("dense-urban-xr").with_overrides(ues=30)
+    explore = parse_scenario({**base.model_dump(), "compute": {**base.compute.model_dump(), "default_placement": "random"}})
+    fixed_world, random_world = World(base, seed=9), World(explore, seed=9)
+    SimulatorLoop(fixed_world).run(1.0)
+    SimulatorLoop(random_world).run(1.0)
+    assert set(random_world.stats.placements) == {"local", "edge", "cloud"}
+    assert set(fixed_world.stats.placements) == {"cloud"}
+    assert np.array_equal(fixed_world.sinr_db, random_world.sinr_db)

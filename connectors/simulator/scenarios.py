@@ -154,7 +154,8 @@ class ComputeConfig(_Strict):
     cloud_gcps: float = Field(5000.0, gt=0, le=1.0e7)
     backhaul_latency_ms: float = Field(10.0, ge=0, le=10_000, description="one-way edge -> cloud latency")
     backhaul_gbps: float = Field(10.0, gt=0, le=10_000)
-    default_placement: Placement = Field("cloud", description="where a demand runs without a decision")
+    default_placement: Placement | Literal["random"] = Field(
+        "cloud", description="where a demand runs without a decision; 'random' explores all three (training data)")
     decision_timeout_ms: float = Field(10.0, ge=0, le=600_000, description="live mode: wait this long for a placement")
 
 

@@ -109,6 +109,7 @@ class World:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
         self.rng = np.random.default_rng(self.seed)
+        self.policy_rng = np.random.default_rng([self.seed, 1])  # own stream: the policy never shifts the physics
         self.layout = Layout.hexagonal(scenario.layout)
         self.start_ms = scenario.start_ms if start_ms is None else start_ms
         self.wall_clock_ns = wall_clock_ns
@@ -365,7 +366,7 @@ class World:
             if self.await_decisions:
                 self.pending[record["demand_id"]] = _Pending(record, ue)
             else:
-                self._resolve(record, self.scenario.compute.default_placement, None, 0.0)
+                self._resolve(record, self.default_placement(), None, 0.0)
         self._new = NewDemands(*(np.zeros(0, dtype=np.int64) for _ in range(7)))
         return out
 
@@ -378,17 +379,21 @@ class World:
             if (now_ns - entry.record["emitted_ns"]) / 1e6 < timeout_ms:
                 break
             del self.pending[demand_id]
-            self._resolve(entry.record, self.scenario.compute.default_placement, None, timeout_ms)
+            self._resolve(entry.record, self.default_placement(), None, timeout_ms)
             expired += 1
         return expired
+
+    def default_placement(self) -> str:
+        """The configured default policy: a fixed placement, or uniformly random (exploration)."""
+        policy = self.scenario.compute.default_placement
+        return PLACEMENTS[int(self.policy_rng.integers(0, 3))] if policy == "random" else policy
 
     def resolve_pending(self) -> int:
         """Run every still-pending demand on the default placement now (end of a run), as if timed out."""
         count = len(self.pending)
         while self.pending:
             _, entry = self.pending.popitem(last=False)
-            self._resolve(entry.record, self.scenario.compute.default_placement, None,
-                          self.scenario.compute.decision_timeout_ms)
+            self._resolve(entry.record, self.default_placement(), None, self.scenario.compute.decision_timeout_ms)
         return count
 
     def _resolve(self, demand: dict, placement: str, decision_id: str | None, wait_ms: float) -> dict:
