@@ -27,7 +27,9 @@ falling back to the Kafka record timestamp).
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -146,8 +148,8 @@ class PartitionOffsets(RestrictionProvider):
 class _ReadPartition(beam.DoFn):
     """The splittable DoFn: reads one partition's offset range, decodes, dead-letters."""
 
-    def __init__(self, settings: Settings, spec: ReadSpec, stage: str):
-        self.settings, self.spec, self.stage = settings, spec, stage
+    def __init__(self, settings: Settings, spec: ReadSpec, stage: str, read_id: str):
+        self.settings, self.spec, self.stage, self.read_id = settings, spec, stage, read_id
         self.read = Metrics.counter("kafka-read", "records")
         self.rejected = Metrics.counter("kafka-read", "dead_letters")
 
@@ -197,6 +199,7 @@ class _ReadPartition(beam.DoFn):
                     # Offsets left (transaction markers, compacted gaps) hold no records: claim them.
                     if last_claimed < restriction.stop - 1:
                         tracker.try_claim(restriction.stop - 1)
+                    _WORKER_WATERMARKS.forget(self.read_id, key)
                     return
                 self._advance_idle(key, watermark)
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
@@ -215,7 +218,7 @@ class _ReadPartition(beam.DoFn):
                 yield output.value
             self.read.inc(len(messages))
             if newest is not None:
-                self._set_watermark(watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
+                self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
             self._last_progress[key] = time.monotonic()
         tracker.defer_remainder(Duration.of(0))
 
@@ -227,24 +230,65 @@ class _ReadPartition(beam.DoFn):
         return output
 
     def _advance_idle(self, key: tuple, watermark) -> None:
-        """With no records, event time moves on at the wall clock's pace from the last watermark."""
+        """With no records, event time moves on at the wall clock's pace from the partition's last watermark."""
         now = time.monotonic()
         since = self._last_progress.setdefault(key, now)
         if now - since < self.spec.idle_after_s:
             return
-        current = watermark.current_watermark()
-        if current is None or current <= Timestamp.of(0):
+        own = _WORKER_WATERMARKS.own(self.read_id, key)
+        if own is None:
+            own = watermark.current_watermark()
+        if own is None or own <= Timestamp.of(0):
             target = Timestamp.of(time.time() - self.spec.max_out_of_order_ms / 1000)
         else:
-            target = current + Duration.of(now - since)
-        self._set_watermark(watermark, target)
+            target = own + Duration.of(now - since)
+        self._set_watermark(key, watermark, target)
         self._last_progress[key] = now
 
-    @staticmethod
-    def _set_watermark(watermark, target: Timestamp) -> None:
+    def _set_watermark(self, key: tuple, watermark, target: Timestamp) -> None:
+        bound = _WORKER_WATERMARKS.report(self.read_id, key, target)
         current = watermark.current_watermark()
-        if current is None or target > current:
-            watermark.set_watermark(target)
+        if current is None or bound > current:
+            watermark.set_watermark(bound)
+
+
+class _WorkerWatermarks:
+    """The newest watermark of every partition one read is handling in this worker process.
+
+    Each restriction reports the minimum over the partitions of its read that this
+    worker has heard from recently, not just its own. Prism (2.77) lets a stage's
+    watermark pass a restriction that is in flight in another bundle, which made
+    records of a lagging partition late once several partitions were read at once;
+    with the minimum, the slowest partition in the worker holds every window. A
+    partition silent for ``stale_s`` (moved to another worker, finished) stops counting.
+    """
+
+    def __init__(self, stale_s: float = 10.0):
+        self.stale_s = stale_s
+        self._lock = threading.Lock()
+        self._own: dict[tuple, tuple[Timestamp, float]] = {}
+
+    def own(self, read_id: str, key: tuple) -> Timestamp | None:
+        with self._lock:
+            entry = self._own.get((read_id, key))
+        return entry[0] if entry else None
+
+    def report(self, read_id: str, key: tuple, target: Timestamp) -> Timestamp:
+        now = time.monotonic()
+        with self._lock:
+            previous = self._own.get((read_id, key))
+            if previous is not None and previous[0] > target:
+                target = previous[0]
+            self._own[(read_id, key)] = (target, now)
+            fresh = [w for (rid, _), (w, seen) in self._own.items() if rid == read_id and now - seen < self.stale_s]
+        return min(fresh)
+
+    def forget(self, read_id: str, key: tuple) -> None:
+        with self._lock:
+            self._own.pop((read_id, key), None)
+
+
+_WORKER_WATERMARKS = _WorkerWatermarks()
 
 
 class _ReadOpenPartition(_ReadPartition):
@@ -294,7 +338,8 @@ class ReadFromKafka(beam.PTransform):
 
     def expand(self, pbegin):
         settings, topics, spec = self.settings, self.topics, self.spec
-        reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage)
+        reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage,
+                                                                                  uuid.uuid4().hex)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
                 | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec))

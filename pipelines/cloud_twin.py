@@ -92,7 +92,8 @@ class CloudTwinConfig(BaseModel):
     min_examples: int = Field(50, ge=1, description="Examples learned since the last publish before a candidate is judged.")
     min_improvement: float = Field(0.0, ge=0, lt=1, description="Relative MAE gain over the live model needed to publish.")
     start: str = Field("latest", pattern="^(earliest|latest)$")
-    max_out_of_order_ms: int = Field(200, ge=0)
+    max_out_of_order_ms: int = Field(200, ge=0, description="Watermark = newest event time read minus this.")
+    idle_after_s: float = Field(0.5, gt=0, description="A partition this long without records is idle.")
 
     @model_validator(mode="after")
     def _slide_within_window(self):
@@ -553,7 +554,8 @@ def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings
 def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> dict:
     """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs."""
     read = pipeline | "ReadTiers" >> ReadFromKafka(
-        list(config.input_topics), ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms),
+        list(config.input_topics), ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
+                                                  idle_after_s=config.idle_after_s),
         settings)
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
@@ -618,3 +620,15 @@ def backfill(archive_dir: str | Path, config: CloudTwinConfig, settings: Setting
     options = PipelineOptions(runner_args(runner, settings, streaming=False, extra=extra_args))
     with beam.Pipeline(options=options) as pipeline:
         build_backfill(pipeline, archive_dir, config, settings)
+
+
+def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, runner: str = "prism",
+                  extra_args: Iterable[str] = ()):
+    """Start the streaming cloud twin and return its ``PipelineResult`` (``cancel()`` stops it)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    settings = settings or Settings.from_env()
+    options = PipelineOptions(runner_args(runner, settings, streaming=True, extra=extra_args))
+    pipeline = beam.Pipeline(options=options)
+    build_streaming(pipeline, config, settings)
+    return pipeline.run()
