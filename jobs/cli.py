@@ -169,9 +169,18 @@ def roundtrip(count: int = typer.Option(100, help="Records per schema.")):
 
 @app.command("demo")
 @one_line_errors
-def demo(count: int = typer.Option(100, help="Records per schema.")):
-    """The main job of the quickstart: a round trip of every contract through the managed broker."""
-    roundtrip(count)
+def demo(seconds: float = typer.Option(60.0, help="How long the simulated network runs (wall clock)."),
+         ues: int = typer.Option(None, help="Number of UEs (default: the scenario's)."),
+         cloud: bool = typer.Option(True, help="Also run the cloud job (Beam on Prism)."),
+         api: bool = typer.Option(False, help="Also serve the twin API and live view on :8080 during the demo.")):
+    """The live three-tier demo: simulator, local, edge and cloud jobs on the managed broker, then a summary."""
+    from tiertwin.jobs.demo import run_demo, summary_tables
+
+    summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print)
+    for table in summary_tables(summary):
+        console.print(table)
+    if not summary.decisions:
+        raise TiertwinError("no decisions were made; see the job logs under .tiertwin/jobs/")
 
 
 # Each area registers its commands from its own module: ``register(app, bench_app)``.

@@ -7,11 +7,12 @@ reports per-schema latency from ``send`` to decoded receipt.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 from kafka import TopicPartition
 
-from tiertwin.connectors.kafka import KafkaSink, KafkaSource
+from tiertwin.connectors.kafka import KafkaSink, KafkaSource, admin_client
 from tiertwin.connectors.topics import load_topology
 from tiertwin.schemas.examples import EXAMPLE_NAMES, example
 from tiertwin.settings import Settings
@@ -29,16 +30,33 @@ class RoundTripResult:
 
 
 def topic_for(schema: str) -> str:
+    """The declared topic that carries ``schema`` (the round trip mirrors its partitioning)."""
     return next(t.name for t in load_topology().topics if t.schema_ == schema)
 
 
 def run_roundtrip(count: int = 100, settings: Settings | None = None, timeout_s: float = 30.0) -> list[RoundTripResult]:
     settings = settings or Settings.from_env()
     results = []
+    # Scratch copies of the declared topics: example records must never reach live agents
+    # (an example ModelUpdate on tiertwin.models would be hot-swapped in).
+    scratch = {name: f"tiertwin.roundtrip.{uuid.uuid4().hex[:8]}.{name}" for name in EXAMPLE_NAMES}
+    declared = load_topology().by_name()
+    admin = admin_client(settings)
+    admin.create_topics({scratch[n]: {"num_partitions": declared[topic_for(n)].partitions, "replication_factor": 1}
+                         for n in EXAMPLE_NAMES}, timeout_ms=30_000)
+    try:
+        return _round_trip(count, settings, scratch, timeout_s)
+    finally:
+        admin.delete_topics(list(scratch.values()))
+        admin.close()
+
+
+def _round_trip(count: int, settings: Settings, scratch: dict[str, str], timeout_s: float) -> list[RoundTripResult]:
+    results = []
     with KafkaSink(settings, client_id="tiertwin-roundtrip") as sink, \
             KafkaSource([], None, settings, client_id="tiertwin-roundtrip") as source:
         for name in EXAMPLE_NAMES:
-            topic = topic_for(name)
+            topic = scratch[name]
             partitions = [TopicPartition(topic, p) for p in source.consumer.partitions_for_topic(topic) or ()]
             source.consumer.assign(partitions)
             source.consumer.seek_to_end(*partitions)

@@ -100,6 +100,9 @@ class ModelSlot:
         if update["model_name"] != self.name or update["version"] <= self.version:
             return False
         model = deserialize(update["payload"], update.get("format", FORMAT))
+        if self.model is not None and type(model) is not type(self.model):
+            raise ModelFormatError(f"{self.name} v{update['version']} is a {type(model).__name__}, "
+                                   f"not a {type(self.model).__name__} like the live model; not swapped")
         with self._lock:
             self.model, self.version = model, update["version"]
             self.swaps += 1

@@ -62,7 +62,7 @@ _EXAMPLES: dict[str, dict] = {
         "effect": {}, "emitted_ns": 1_767_225_600_014_000_000,
     },
     "ModelUpdate": {
-        "model_name": "demand-latency", "version": 4, "created_ms": 1_767_225_660_000, "format": "river-pickle",
+        "model_name": "example-model", "version": 4, "created_ms": 1_767_225_660_000, "format": "river-pickle",
         "payload": b"\x80\x04N.", "metrics": {"mae_ms": 1.25, "live_mae_ms": 1.75},
         "training_window_start_ms": 1_767_225_600_000, "training_window_end_ms": 1_767_225_660_000,
         "trained_on": 12_000, "producer": "cloud-training",
