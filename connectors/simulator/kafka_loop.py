@@ -47,6 +47,7 @@ from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRe
 from tiertwin.connectors.simulator.world import World
 from tiertwin.errors import DecodeError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
+from tiertwin.settings import Settings
 
 ASSIGNMENT_TIMEOUT_S = 20.0
 
@@ -115,6 +116,7 @@ class SimSummary:
     handovers_decided: int = 0
     migrations: int = 0
     steps_behind: int = 0
+    physics_seconds: float = 0.0   # wall time inside World.step() (the rest is records, Kafka, waiting)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +143,7 @@ class SimulatorLoop:
         self._stop = threading.Event()
         self._steps = 0
         self._behind = 0
+        self._physics_s = 0.0
         world.await_decisions = source is not None
 
     # -- control ------------------------------------------------------------------------------
@@ -172,7 +175,9 @@ class SimulatorLoop:
                     self._wait_until(due)
                     if time.monotonic() - due > step_s:
                         self._behind += 1
+                started = time.perf_counter()
                 world.step()
+                self._physics_s += time.perf_counter() - started
                 self._steps += 1
                 self._publish_step()
                 if not self.realtime:
@@ -273,4 +278,42 @@ class SimulatorLoop:
             latency_mean_ms=float(latencies.mean()) if len(latencies) else 0.0,
             latency_p99_ms=float(np.percentile(latencies, 99)) if len(latencies) else 0.0,
             handovers_a3=stats.handovers_a3, handovers_decided=stats.handovers_decided,
-            migrations=stats.migrations, steps_behind=self._behind)
+            migrations=stats.migrations, steps_behind=self._behind, physics_seconds=round(self._physics_s, 6))
+
+
+def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None, *, realtime: bool = True,
+                  seed: int | None = None, ues: int | None = None, telemetry_hz: float | None = None,
+                  decisions: bool = True, offline: bool = False, settings: Settings | None = None,
+                  topics: SimulatorTopics = SimulatorTopics(), group_id: str = "tiertwin-simulator",
+                  handle_signals: bool = False, on_start: Any = None) -> SimSummary:
+    """Build a World and its Kafka sink/source, run the loop, close everything; for operators and the CLI.
+
+    ``scenario`` is a preset name, a YAML path or a :class:`Scenario`. Decisions are read from
+    the end of the action topics (earlier ones refer to demands this world never issued).
+    ``on_start(loop)`` is called before the run (e.g. to keep the loop and call ``stop()`` later).
+    """
+    from tiertwin.connectors.simulator.scenarios import Scenario, load_scenario
+
+    spec = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    spec = spec.with_overrides(ues=ues, telemetry_hz=telemetry_hz)
+    sink: Any = None
+    source = None
+    try:
+        if not offline:
+            settings = settings or Settings.from_env()
+            sink = KafkaSink(settings, profile="low-latency" if realtime else "throughput",
+                             client_id="tiertwin-simulator")
+            if decisions:
+                source = KafkaSource(topics.actions, group_id, settings, from_beginning=False,
+                                     client_id="tiertwin-simulator")
+        loop = SimulatorLoop(World(spec, seed=seed), sink, source, topics, realtime=realtime)
+        if handle_signals:
+            loop.install_signal_handlers()
+        if on_start is not None:
+            on_start(loop)
+        return loop.run(seconds)
+    finally:
+        if source is not None:
+            source.close()
+        if sink is not None:
+            sink.close()
