@@ -49,10 +49,13 @@ def pathloss_uma_los(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float):
     return np.where(np.asarray(d2d) < d_bp, pl1, pl2)
 
 
-def pathloss_uma_nlos(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float):
-    """UMa NLOS: ``max(PL_LOS, 13.54 + 39.08 log10 d3D + 20 log10 fc - 0.6 (hUT - 1.5))``."""
+def pathloss_uma_nlos(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float, los_pl=None):
+    """UMa NLOS: ``max(PL_LOS, 13.54 + 39.08 log10 d3D + 20 log10 fc - 0.6 (hUT - 1.5))``.
+
+    Pass ``los_pl`` when the LOS path loss of the same geometry is already computed.
+    """
     nlos = 13.54 + 39.08 * np.log10(d3d) + 20.0 * np.log10(fc_ghz) - 0.6 * (h_ut - 1.5)
-    return np.maximum(pathloss_uma_los(d2d, d3d, fc_ghz, h_bs, h_ut), nlos)
+    return np.maximum(pathloss_uma_los(d2d, d3d, fc_ghz, h_bs, h_ut) if los_pl is None else los_pl, nlos)
 
 
 def pathloss_umi_los(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float):
@@ -64,10 +67,10 @@ def pathloss_umi_los(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float):
     return np.where(np.asarray(d2d) < d_bp, pl1, pl2)
 
 
-def pathloss_umi_nlos(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float):
+def pathloss_umi_nlos(d2d, d3d, fc_ghz: float, h_bs: float, h_ut: float, los_pl=None):
     """UMi NLOS: ``max(PL_LOS, 22.4 + 35.3 log10 d3D + 21.3 log10 fc - 0.3 (hUT - 1.5))``."""
     nlos = 22.4 + 35.3 * np.log10(d3d) + 21.3 * np.log10(fc_ghz) - 0.3 * (h_ut - 1.5)
-    return np.maximum(pathloss_umi_los(d2d, d3d, fc_ghz, h_bs, h_ut), nlos)
+    return np.maximum(pathloss_umi_los(d2d, d3d, fc_ghz, h_bs, h_ut) if los_pl is None else los_pl, nlos)
 
 
 PATHLOSS = {("UMa", True): pathloss_uma_los, ("UMa", False): pathloss_uma_nlos,
@@ -88,8 +91,10 @@ def los_probability(d2d, model: str, h_ut: float = 1.5):
 
 def sector_gain_db(angle_off_boresight_rad, max_gain_dbi: float, beamwidth_deg: float, front_to_back_db: float):
     """Horizontal pattern of TR 38.901 Table 7.3-1: ``G - min(12 (phi / phi3dB)^2, A_m)``."""
-    phi = np.degrees(np.abs((angle_off_boresight_rad + np.pi) % (2.0 * np.pi) - np.pi))
-    return max_gain_dbi - np.minimum(12.0 * (phi / beamwidth_deg) ** 2, front_to_back_db)
+    off = np.asarray(angle_off_boresight_rad, dtype=float)
+    off = off - (2.0 * np.pi) * np.round(off / (2.0 * np.pi))  # wrap to [-pi, pi] (cheaper than %)
+    k = 12.0 * (180.0 / np.pi / beamwidth_deg) ** 2
+    return max_gain_dbi - np.minimum(k * off * off, front_to_back_db)
 
 
 def noise_dbm(bandwidth_hz: float, noise_figure_db: float) -> float:

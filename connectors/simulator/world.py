@@ -227,7 +227,8 @@ class World:
         else:
             los = np.full(d2d.shape, r.los_model == "always")
         args = (d2d, d3d, r.carrier_ghz, layout.bs_height_m, r.ue_height_m)
-        pl = np.where(los, radio.PATHLOSS[(r.model, True)](*args), radio.PATHLOSS[(r.model, False)](*args))
+        los_pl = radio.PATHLOSS[(r.model, True)](*args)
+        pl = np.where(los, los_pl, radio.PATHLOSS[(r.model, False)](*args, los_pl=los_pl))
         if r.shadowing:
             pl = pl + np.where(los, r.shadow_sigma_los_db, r.shadow_sigma_nlos_db) * self.shadow_z
         site_loss = pl[:, layout.cell_site]
