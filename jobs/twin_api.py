@@ -179,8 +179,9 @@ def _configured_token() -> str | None:
     return token or None
 
 
-def create_app(view: TwinView, sink_factory=None) -> FastAPI:
-    """The FastAPI app over ``view``. ``sink_factory`` makes the producer for authenticated writes."""
+def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) -> FastAPI:
+    """The FastAPI app over ``view``. ``sink_factory`` makes the producer for authenticated writes;
+    ``layout`` (sites and cells, see :mod:`tiertwin.jobs.twin_view_routes`) positions the live view's map."""
     app = FastAPI(title="tiertwin twin API", version="1",
                   description="Read-only views of the three-tier network twin; writes need a bearer token.")
 
@@ -273,15 +274,21 @@ def create_app(view: TwinView, sink_factory=None) -> FastAPI:
             sink.close()
         return {"decision_id": record["decision_id"], "topic": view.topics.cloud_actions}
 
+    from tiertwin.jobs.twin_view_routes import mount_twin_view
+
+    mount_twin_view(app, view, layout)
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = False) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = False, scenario: str | None = None) -> None:
     import uvicorn
 
+    from tiertwin.jobs.twin_view_routes import layout_from_scenario
+
+    layout = layout_from_scenario(scenario) if scenario else None
     view = TwinView(settings=Settings.from_env(), from_beginning=from_beginning).start()
     try:
-        uvicorn.run(create_app(view), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(view, layout=layout), host=host, port=port, log_level="warning")
     finally:
         view.stop()
 
@@ -295,6 +302,7 @@ def register(app, bench_app) -> None:
     @one_line_errors
     def api_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                 port: int = typer.Option(8080, help="Port to bind."),
-                from_beginning: bool = typer.Option(False, help="Rebuild the view from the start of the topics.")):
-        """Serve the twin API (OpenAPI at /docs and /openapi.json); read-only unless TIERTWIN_API_TOKEN is set."""
-        serve(host, port, from_beginning)
+                from_beginning: bool = typer.Option(False, help="Rebuild the view from the start of the topics."),
+                scenario: str = typer.Option(None, help="Simulator scenario (preset or YAML) whose site/cell layout the live map draws.")):
+        """Serve the twin API and the live view at / (OpenAPI at /docs); read-only unless TIERTWIN_API_TOKEN is set."""
+        serve(host, port, from_beginning, scenario)

@@ -1,0 +1,152 @@
+"""End to end in headless Chromium: the live twin view over a running twin API on the real broker.
+
+A :class:`tests.view_feed.NetworkFeed` publishes a moving network (UE and cell twins,
+decisions of all tiers, outcomes) to fresh topics; the API follows them and serves the
+page; Selenium drives the Debian ``chromium`` + ``chromium-driver`` packages
+(``scripts/setup`` installs them). The page must show the configured cells, receive
+decisions in its feed and show a UE's twin when the UE is clicked on the map.
+A screenshot is saved to ``test-artifacts/twin_view.png``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.view_feed import NetworkFeed
+from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
+from tiertwin.jobs.twin_view_routes import layout_from_scenario
+
+pytestmark = pytest.mark.broker
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SCENARIO = "dense-urban-xr"
+UES = 600
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    driver_path = shutil.which("chromedriver")
+    if not CHROMIUM.exists() or driver_path is None:
+        pytest.skip("headless Chromium is not installed: apt-get install -y chromium chromium-driver "
+                    "(scripts/setup does it when run as root)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000", "--hide-scrollbars", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout_s=20.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# Pick a UE drawn at least 14 px from every other UE so the click cannot land on a neighbour.
+ISOLATED_UE_JS = """
+const v = window.tiertwinView, X = v.state.screen.x, Y = v.state.screen.y, canvas = document.getElementById('map');
+for (let i = 0; i < X.length; i++) {
+  if (X[i] < 40 || Y[i] < 90 || X[i] > canvas.clientWidth - 40 || Y[i] > canvas.clientHeight - 70) continue;
+  let alone = true;
+  for (let j = 0; j < X.length && alone; j++) if (j !== i && Math.hypot(X[i] - X[j], Y[i] - Y[j]) < 14) alone = false;
+  if (alone) return {id: v.state.ueIds[i], x: X[i], y: Y[i], w: canvas.clientWidth, h: canvas.clientHeight};
+}
+return null;
+"""
+
+
+def test_live_view_in_headless_chromium(new_topic, settings):
+    topics = ViewTopics(summaries=new_topic(1), edge_state=new_topic(1), cell_reports=new_topic(1),
+                        snapshots=new_topic(1), outcomes=new_topic(1), decisions=(new_topic(1),),
+                        cloud_actions=new_topic(1))
+    layout = layout_from_scenario(SCENARIO)
+    view = TwinView(topics, settings, from_beginning=True).start()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(view, layout=layout), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    server_thread = threading.Thread(target=server.run, daemon=True)
+    feed = NetworkFeed(layout, UES, topics, settings, period_s=0.5)
+    driver = None
+    try:
+        server_thread.start()
+        feed.start()
+        _wait(lambda: server.started and len(view.ues) == UES, 30, "the API to hold every UE twin")
+        driver = _browser()
+        driver.get(f"http://127.0.0.1:{port}/")
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import Select
+
+        text = lambda element_id: driver.find_element(By.ID, element_id).text  # noqa: E731
+        # the configured cells: in the header and drawn on the map
+        _wait(lambda: text("cell-count") == str(len(layout["cells"])), 15, "the cell count")
+        assert len(layout["cells"]) == 21
+        _wait(lambda: driver.execute_script("return window.tiertwinView.state.drawn.cells") == 21, 10, "21 cells drawn")
+        _wait(lambda: driver.execute_script("return window.tiertwinView.state.drawn.ues") == UES, 10, "every UE drawn")
+        assert text("kpi-ues") == str(UES)
+
+        # the decision feed fills from the stream, every tier shows up, and the tier filter filters
+        # (the feed is re-rendered twice a second: read it in one script call, not element by element)
+        feed_tiers = lambda: driver.execute_script(  # noqa: E731
+            "return [...document.querySelectorAll('#feed-body tr.decision')].map(r => r.dataset.tier)")
+        _wait(lambda: len(feed_tiers()) >= 10, 15, "decisions in the feed")
+        assert set(feed_tiers()) <= {"local", "edge", "cloud"} and "local" in feed_tiers()
+        Select(driver.find_element(By.ID, "f-tier")).select_by_visible_text("edge")
+        _wait(lambda: (tiers := feed_tiers()) and set(tiers) == {"edge"}, 10, "only edge decisions")
+        Select(driver.find_element(By.ID, "f-tier")).select_by_visible_text("all tiers")
+
+        # click a UE on the map: its twin (as the API holds it) appears in the panel
+        canvas = driver.find_element(By.ID, "map")
+        target = _wait(lambda: driver.execute_script(ISOLATED_UE_JS), 10, "an isolated UE")
+        point = driver.execute_script("return window.tiertwinView.uePoint(arguments[0])", target["id"])
+        ActionChains(driver).move_to_element_with_offset(
+            canvas, int(point["x"] - target["w"] / 2), int(point["y"] - target["h"] / 2)).click().perform()
+        shown_ue = lambda: driver.execute_script(  # noqa: E731
+            "const e = document.querySelector('#twin-title [data-field=ue_id]'); return e && e.textContent")
+        _wait(lambda: shown_ue() == target["id"], 10, f"the twin of {target['id']}")
+
+        def panel_matches_api():
+            serving = driver.find_element(By.CSS_SELECTOR, '#twin-body [data-field="serving_cell"] .val').text
+            return serving == str(httpx.get(f"http://127.0.0.1:{port}/ues/{target['id']}").json()["twin"]["serving_cell"])
+
+        _wait(panel_matches_api, 10, "the panel to show the API's serving cell")
+        assert driver.find_element(By.ID, "twin-panel").get_attribute("data-id") == target["id"]
+
+        # charts get data (latency per tier, records/s) before the screenshot
+        _wait(lambda: driver.execute_script("return window.tiertwinView.state.history.points.length") >= 3, 15,
+              "chart history")
+        time.sleep(1.5)
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "twin_view.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        if driver is not None:
+            driver.quit()
+        feed.stop()
+        server.should_exit = True
+        server_thread.join(timeout=10)
+        view.stop()
