@@ -236,7 +236,7 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
                 _wait_for_agent(sink, topics, settings, fleet)
                 warm = len(read_topic(topics["actions"], settings, timeout_s=3.0))
                 total = int(rate * seconds)
-                records = list(_fleet_records(fleet, total // (ues * (1 + 1 / demand_every)) + 2))[:total]
+                records = list(_fleet_records(fleet, int(total / (ues * (1 + 1 / demand_every))) + 2))[:total]
                 demands = sum(1 for kind, _ in records if kind == "demand")
                 out_path = str(Path(tmp) / "latencies.json")
                 reader = multiprocessing.get_context("spawn").Process(
@@ -284,7 +284,7 @@ def bench_throughput(records: int, demand_every: int, ues: int) -> dict[str, Any
     topics = _bench_topics("bench.throughput")
     create_topics(settings, {**{t: 3 for t in topics.values()}, topics["models"]: 1}, compacted=(topics["changelog"],))
     fleet = SyntheticFleet(n_ues=ues, n_cells=4, seed=5, demand_every=demand_every)
-    backlog = list(_fleet_records(fleet, records // (ues * (1 + 1 / demand_every)) + 2))[:records]
+    backlog = list(_fleet_records(fleet, int(records / (ues * (1 + 1 / demand_every))) + 2))[:records]
     demands = sum(1 for kind, _ in backlog if kind == "demand")
     with KafkaSink(settings, profile="throughput", client_id="bench-throughput-producer") as sink:
         for kind, record in backlog:
