@@ -99,6 +99,83 @@ def produce(sink, records, topics: dict[str, str] | None = None) -> int:
     return n
 
 
+# -- the same aggregation in polars (the single-machine ceiling, and an independent check) --------
+def _archive_frames(archive_dir: Path) -> dict:
+    """Decoded columns of a ``tiertwin archive`` folder, one polars frame per contract."""
+    import polars as pl
+
+    from tiertwin.pipelines.parquet_log import EVENT_TIME_FIELDS, short_name
+
+    parts: dict[str, list] = {}
+    for path in sorted(Path(archive_dir).glob("topic=*/date=*/hour=*/*.parquet")):
+        df = pl.read_parquet(path, hive_partitioning=False)
+        for (schema,), group in df.group_by("schema"):
+            name = short_name(schema) if schema else ""
+            if name in EVENT_TIME_FIELDS:
+                parts.setdefault(name, []).append(group.with_columns(pl.col(EVENT_TIME_FIELDS[name]).alias("event_ms")))
+    return {name: pl.concat(frames, how="diagonal_relaxed") for name, frames in parts.items()}
+
+
+def polars_snapshots(archive_dir: Path, window_ms: int) -> list[dict]:
+    """Per-cell, per-fixed-window fusion of an archive in polars: what the cloud twin's
+    snapshots must contain (without ``pane`` / ``emitted_ns``), sorted by cell and window."""
+    import polars as pl
+
+    frames = _archive_frames(archive_dir)
+    empty = pl.DataFrame({"cell_id": [], "window_start_ms": []}, schema={"cell_id": pl.Int64, "window_start_ms": pl.Int64})
+
+    def keyed(name: str, cell: str, *cols: str) -> pl.DataFrame:
+        if name not in frames:
+            return empty
+        df = frames[name].filter(pl.col(cell).is_not_null())
+        return df.select(pl.col(cell).cast(pl.Int64).alias("cell_id"),
+                         (pl.col("event_ms") // window_ms * window_ms).cast(pl.Int64).alias("window_start_ms"),
+                         *[pl.col(c) for c in cols])
+
+    key = ["cell_id", "window_start_ms"]
+    s = keyed("LocalSummary", "serving_cell", "ue_id", "sinr_db")
+    e = keyed("EdgeState", "cell_id", "prb_utilization", "mec_queue_gcycles")
+    d = keyed("Decision", "cell_id", "ue_id", "tier")
+    o = keyed("Outcome", "cell_id", "ue_id", "latency_ms", "deadline_met")
+    parts = []
+    if s.width > 2:
+        parts.append(s.group_by(key).agg(pl.len().alias("summaries"), pl.col("sinr_db").cast(pl.Float64).mean().alias("mean_sinr_db")))
+    if e.width > 2:
+        parts.append(e.group_by(key).agg(pl.len().alias("edge_states"),
+                                         pl.col("prb_utilization").cast(pl.Float64).mean().alias("mean_prb_utilization"),
+                                         pl.col("mec_queue_gcycles").cast(pl.Float64).mean().alias("mean_mec_queue_gcycles")))
+    if d.width > 2:
+        parts.append(d.group_by(key).agg(pl.len().alias("decisions")))
+        tiers = d.group_by([*key, "tier"]).agg(pl.len().alias("n"))
+        parts.append(tiers.group_by(key).agg(pl.struct("tier", "n").alias("decisions_by_tier")))
+    if o.width > 2:
+        lat = pl.col("latency_ms").cast(pl.Float64).drop_nulls()
+        judged = pl.col("deadline_met").drop_nulls()
+        parts.append(o.group_by(key).agg(
+            pl.len().alias("outcomes"), lat.mean().alias("mean_latency_ms"),
+            lat.quantile(0.95, interpolation="linear").alias("p95_latency_ms"),
+            pl.when(judged.len() > 0).then((~judged).sum() / judged.len()).otherwise(None).alias("deadline_miss_rate")))
+    ue_parts = [f.select(*key, "ue_id") for f in (s, d, o) if f.width > 2]
+    if ue_parts:
+        parts.append(pl.concat(ue_parts).drop_nulls("ue_id").group_by(key).agg(pl.col("ue_id").n_unique().alias("ues")))
+    if not parts:
+        return []
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined.join(part, on=key, how="full", coalesce=True)
+    rows = []
+    for row in joined.sort(key).to_dicts():
+        rows.append({
+            "cell_id": row["cell_id"], "window_start_ms": row["window_start_ms"],
+            "window_end_ms": row["window_start_ms"] + window_ms, "ues": row.get("ues") or 0,
+            **{n: row.get(n) or 0 for n in ("summaries", "edge_states", "decisions", "outcomes")},
+            **{n: row.get(n) for n in ("mean_sinr_db", "mean_prb_utilization", "mean_mec_queue_gcycles",
+                                       "mean_latency_ms", "p95_latency_ms", "deadline_miss_rate")},
+            "decisions_by_tier": {t["tier"]: t["n"] for t in (row.get("decisions_by_tier") or [])},
+        })
+    return rows
+
+
 # -- commands ----------------------------------------------------------------------------------
 def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
     """The sub-command group ``name``, shared with other areas' modules (``run local``, ``run edge``…)."""

@@ -211,21 +211,19 @@ class _ReadPartition(beam.DoFn):
                 last_claimed = m.offset
                 self._next_offset[key] = m.offset + 1
                 output = self._decode(m)
-                if output.tag == DEAD_LETTERS:
-                    yield output
-                    continue
-                newest = max(newest or output.value.timestamp, output.value.timestamp)
-                yield output.value
+                if not isinstance(output, beam.pvalue.TaggedOutput):
+                    newest = output.timestamp if newest is None else max(newest, output.timestamp)
+                yield output
             self.read.inc(len(messages))
             if newest is not None:
                 self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
             self._last_progress[key] = time.monotonic()
         tracker.defer_remainder(Duration.of(0))
 
-    def _decode(self, m) -> beam.pvalue.TaggedOutput:
+    def _decode(self, m):
         output = decode_record(self.registry, value=m.value, key=m.key, topic=m.topic, partition=m.partition,
                                offset=m.offset, timestamp_ms=m.timestamp, stage=self.stage)
-        if output.tag == DEAD_LETTERS:
+        if isinstance(output, beam.pvalue.TaggedOutput):
             self.rejected.inc()
         return output
 
@@ -302,11 +300,12 @@ class _ReadOpenPartition(_ReadPartition):
 
 
 def decode_record(registry, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,
-                  timestamp_ms: int, stage: str) -> beam.pvalue.TaggedOutput:
-    """Decode one Kafka (or archived Kafka) record into a tagged output.
+                  timestamp_ms: int, stage: str):
+    """Decode one Kafka (or archived Kafka) record into a DoFn output.
 
-    ``records``: ``(schema, record)`` timestamped with its event time; ``dead_letters``:
-    a DeadLetter record keeping the original bytes, coordinates and reason.
+    The main output: ``(schema, record)`` timestamped with its event time; or a
+    ``dead_letters`` TaggedOutput: a DeadLetter record with the original bytes,
+    coordinates and reason.
     """
     try:
         name, record = registry.decode(value)
@@ -317,7 +316,7 @@ def decode_record(registry, *, value: bytes, key: bytes | None, topic: str, part
         return beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
     schema = short_name(name)
     ts_ms = event_time_ms(schema, record, default=timestamp_ms)
-    return beam.pvalue.TaggedOutput(RECORDS, beam.window.TimestampedValue((schema, record), ts_ms / 1000))
+    return beam.window.TimestampedValue((schema, record), ts_ms / 1000)
 
 
 class ReadFromKafka(beam.PTransform):

@@ -564,7 +564,12 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
 
 def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: CloudTwinConfig,
                    settings: Settings) -> dict:
-    """A ``tiertwin archive`` folder -> the same cloud twin, bounded (replay / backfill)."""
+    """A ``tiertwin archive`` folder -> the same cloud twin, bounded (replay / backfill).
+
+    Early (processing-time) firings mean nothing over an archive, and the batch
+    runners have no processing-time clock for them, so they are switched off.
+    """
+    config = config.model_copy(update={"early_firing_s": None})
     read = pipeline | "ReadArchive" >> ReadArchive(archive_dir)
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
