@@ -95,3 +95,42 @@ def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_to
     letters = _read_all(topics.deadletters, settings, lambda recs: len(recs) >= 1)
     assert [r.value["reason"] for r in letters] == ["inapplicable-decision"]
     assert summary.published["Telemetry"] > 0 and summary.published["EdgeState"] > 0
+
+
+def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, new_topic, group_id):
+    topics = SimulatorTopics(telemetry=new_topic(1), demands=new_topic(1), cell_reports=new_topic(1),
+                             outcomes=new_topic(1), actions=(new_topic(1),), deadletters=new_topic(1))
+    scenario = parse_scenario({
+        "ues": 4, "layout": {"rings": 1, "sectored": False}, "device": {"xr_share": 0.0},
+        "demands": {"ai_inference": {"per_second": 5, "gcycles": [1, 2], "input_bytes": [1000, 2000],
+                                     "output_bytes": [100, 200], "deadline_ms": 100, "priority": 4}},
+        "compute": {"decision_timeout_ms": 5000, "default_placement": "cloud"}})
+    world = World(scenario, seed=5)
+    stop_agent = threading.Event()
+
+    def agent() -> None:  # a minimal local twin: every demand to the edge
+        with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent") as src, \
+                KafkaSink(settings, client_id="test-agent") as out:
+            while not stop_agent.is_set():
+                for rec in src.poll(20):
+                    d = rec.value
+                    out.send(topics.actions[0], "Decision", _decision(f"p-{d['demand_id']}", "placement",
+                             ue_id=d["ue_id"], subject_id=d["demand_id"], target="edge"), key=d["ue_id"])
+                out.flush()
+
+    helper = threading.Thread(target=agent, daemon=True)
+    helper.start()
+    sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim")
+    try:
+        summary = SimulatorLoop(world, sink, source, topics, realtime=False).run(seconds=2.0)
+    finally:
+        stop_agent.set()
+        helper.join(10)
+        source.close()
+        sink.close()
+    issued = summary.published["Demand"]
+    assert issued >= 10 and summary.sim_seconds == pytest.approx(2.0)
+    # the simulated clock waited for the agent: every demand was placed by its decision, none by the timeout
+    assert summary.demands_decided == issued and summary.demands_by_placement == {"edge": issued}
+    assert summary.late_decisions == 0

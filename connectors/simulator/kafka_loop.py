@@ -17,6 +17,9 @@ goes to the dead-letter topic with reason ``inapplicable-decision``.
 Modes: ``realtime=True`` paces steps on the wall clock (event times and ``emitted_ns`` are
 wall-clock times; live demos, latency benchmarks); ``realtime=False`` runs as fast as
 possible on the simulated clock (training data, tests; identical seeds give identical bytes).
+As fast as possible *with* a source is lockstep: after each step the simulated clock waits
+until every new demand has its decision or its (wall-clock) timeout, so agents in the loop
+are never outrun; ``emitted_ns`` are then wall-clock times for the agents' latency measurements.
 
 ``run(seconds)`` returns a :class:`SimSummary`; ``stop()`` (any thread, or SIGTERM/SIGINT after
 :meth:`SimulatorLoop.install_signal_handlers`) ends the run after the current step, flushes and
@@ -164,6 +167,8 @@ class SimulatorLoop:
         if self.realtime:
             world.start_ms = int(time.time() * 1000) - int(round(world.t_ms))
             world.wall_clock_ns = time.time_ns
+        elif self.source is not None:  # lockstep: agents measure and answer on the wall clock
+            world.wall_clock_ns = time.time_ns
         self.ready.set()
         wall_start, sim_start = time.monotonic(), world.t_ms
         end_ms = None if seconds is None else world.t_ms + seconds * 1000.0
@@ -181,7 +186,7 @@ class SimulatorLoop:
                 self._steps += 1
                 self._publish_step()
                 if not self.realtime:
-                    self._poll_decisions(0)
+                    self._lockstep()
                 self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
                 if time.monotonic() - last_commit >= self.commit_interval_s:
                     self._flush_and_commit()
@@ -209,6 +214,22 @@ class SimulatorLoop:
                 return
             self._poll_decisions(max(int(left * 1000), 1) if left > 0.001 else 0)
             self._publish(self.topics.outcomes, "Outcome", self.world.outcome_records())
+
+    def _lockstep(self) -> None:
+        """As fast as possible with agents: the simulated clock waits until every demand of the step
+        has its decision or its timeout (wall clock) has passed."""
+        if self.source is None:
+            return
+        world = self.world
+        if world.pending:
+            self.sink.flush()  # the agents must see the demands before we wait for their answers
+        timeout_ns = world.scenario.compute.decision_timeout_ms * 1e6
+        while world.pending and not self._stop.is_set():
+            oldest = next(iter(world.pending.values())).record["emitted_ns"]
+            left_ms = (oldest + timeout_ns - time.time_ns()) / 1e6
+            self._poll_decisions(max(int(left_ms), 1) if left_ms > 1 else 0)
+            world.expire_pending()
+        self._poll_decisions(0)  # resource decisions that need no demand
 
     def _drain_pending(self) -> None:
         """At the end, give pending demands their decision timeout, then the default placement."""
