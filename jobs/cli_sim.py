@@ -100,8 +100,9 @@ def summary_table(summary) -> Table:
         ("records published", ", ".join(f"{k} {v}" for k, v in sorted(summary.published.items())) or "0"),
         ("records/s", f"{summary.records_per_s:,.0f}"),
         ("decisions applied", ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions_applied.items())) or "0"),
-        ("decisions rejected / late / unknown",
-         f"{summary.decisions_rejected} / {summary.late_decisions} / {summary.unknown_decisions}"),
+        ("decisions rejected / late / unknown / duplicate",
+         f"{summary.decisions_rejected} / {summary.late_decisions} / {summary.unknown_decisions} / "
+         f"{summary.duplicate_decisions}"),
         ("demands by placement", ", ".join(f"{k} {v}" for k, v in sorted(summary.demands_by_placement.items())) or "0"),
         ("demands decided / default policy", f"{summary.demands_decided} / {summary.demands_defaulted}"),
         ("deadline-miss rate", f"{summary.deadline_miss_rate:.3f}"),

@@ -101,6 +101,9 @@ def test_placement_waits_for_its_decision_then_times_out_to_the_default():
                                     "target": "edge", "parameters": {}})
     assert decided["decision_id"] == "dec-1" and decided["placement"] == "edge"
     assert decided["components_ms"]["decision"] >= 0.0
+    redelivered = world.apply_decision({"decision_id": "dec-1", "kind": "placement",
+                                        "subject_id": demands[0]["demand_id"], "target": "cloud", "parameters": {}})
+    assert redelivered is None and world.stats.duplicate_decisions == 1 and world.stats.late_decisions == 0
     for _ in range(5):  # 50 ms > the 10 ms decision timeout
         world.step()
         world.demand_records()

@@ -109,6 +109,7 @@ class SimSummary:
     decisions_rejected: int = 0
     late_decisions: int = 0
     unknown_decisions: int = 0
+    duplicate_decisions: int = 0
     demands_by_placement: dict = field(default_factory=dict)
     demands_decided: int = 0
     demands_defaulted: int = 0
@@ -293,6 +294,7 @@ class SimulatorLoop:
             published=dict(self.published), records_per_s=total / wall_s if wall_s > 0 else 0.0,
             decisions_applied=dict(stats.decisions), decisions_rejected=self.rejected,
             late_decisions=stats.late_decisions, unknown_decisions=stats.unknown_decisions,
+            duplicate_decisions=stats.duplicate_decisions,
             demands_by_placement=dict(stats.placements), demands_decided=stats.decided,
             demands_defaulted=stats.defaulted,
             deadline_miss_rate=stats.misses / len(latencies) if len(latencies) else 0.0,

@@ -84,6 +84,7 @@ class WorldStats:
     defaulted: int = 0                                         # demands placed by the default policy
     late_decisions: int = 0
     unknown_decisions: int = 0
+    duplicate_decisions: int = 0                               # redelivered (same decision_id): ignored
     handovers_a3: int = 0
     handovers_decided: int = 0
     migrations: int = 0
@@ -169,6 +170,7 @@ class World:
         self.demand_counter = np.zeros(n, dtype=np.int64)
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self.resolved: OrderedDict[str, str] = OrderedDict()
+        self.applied_ids: OrderedDict[str, None] = OrderedDict()
         self._outbox: list[dict] = []
         self._new = NewDemands(*(np.zeros(0, dtype=np.int64) for _ in range(7)))
         self._telemetry_due = np.zeros(n, dtype=bool)
@@ -454,7 +456,8 @@ class World:
 
     # -- decisions ----------------------------------------------------------------------------
     def apply_decision(self, decision: dict) -> dict | None:
-        """Obey a Decision; return the Outcome it produced (None for a placement whose demand is unknown).
+        """Obey a Decision; return the Outcome it produced (None for a placement whose demand is unknown,
+        or for a decision_id already applied: redeliveries are ignored).
 
         Raises :class:`WorldRejected` (a RecordRejected, reason ``inapplicable-decision``)
         when the decision names no such UE / cell or a parameter is out of range.
@@ -463,7 +466,14 @@ class World:
         handler = getattr(self, f"_decide_{kind}", None)
         if handler is None:
             raise WorldRejected(f"decision kind {kind!r} is not one the simulator applies")
+        decision_id = decision.get("decision_id")
+        if decision_id in self.applied_ids:  # at-least-once delivery: apply each decision once
+            self.stats.duplicate_decisions += 1
+            return None
         outcome = handler(decision)
+        self.applied_ids[decision_id] = None
+        if len(self.applied_ids) > RECENTLY_RESOLVED:
+            self.applied_ids.popitem(last=False)
         if outcome is not None and kind != "placement":
             self.stats.decisions[kind] += 1
             self._outbox.append(outcome)
