@@ -12,7 +12,8 @@ Each :meth:`World.step` advances the simulated clock by ``scenario.step_ms``:
 5. PRBs of each cell are shared among its UEs (reserved shares from ``prb_share``
    decisions first, equal split of the rest); throughput = share x bandwidth x spectral efficiency.
 6. Devices: XR sessions start and stop, battery drains, CPU follows XR and local work.
-7. MEC slices and the cloud drain their queues; new demands arrive (:mod:`.demands`).
+7. MEC slices drain their queues, most urgent priority first (preemptive), the cloud its FIFO
+   queue; new demands arrive (:mod:`.demands`).
 
 Records are pulled, not pushed: after a step, :meth:`telemetry_records`,
 :meth:`demand_records`, :meth:`cell_reports` and :meth:`outcome_records` return the
@@ -55,6 +56,7 @@ from tiertwin.connectors.simulator.scenarios import Scenario
 from tiertwin.errors import RecordRejected
 
 PLACEMENTS = ("local", "edge", "cloud")
+PRIORITY_LEVELS = 8
 NEIGHBOURS_REPORTED = 3
 RECENTLY_RESOLVED = 100_000
 
@@ -156,7 +158,7 @@ class World:
 
     def _init_compute(self, cells: int) -> None:
         self.mec_share_explicit = np.full(cells, np.nan)
-        self.mec_queue_gcycles = np.zeros(cells)
+        self.mec_queue_by_priority = np.zeros((cells, PRIORITY_LEVELS))  # work waiting per cell slice and priority
         self.mec_done_gcycles = np.zeros(cells)
         self.cloud_queue_gcycles = 0.0
         self._update_mec_capacity()
@@ -269,6 +271,7 @@ class World:
         np.add.at(self.handovers_since_report, self.serving[ues], 1)
         np.add.at(self.handovers_since_report, cells, 1)
         self.serving[ues] = cells
+        self.ue_prb_share[ues] = np.nan  # a PRB reservation belongs to the cell that granted it
         self.a3_timer_ms[ues] = 0.0
         self.a3_candidate[ues] = -1
 
@@ -343,10 +346,18 @@ class World:
         self.mec_share = share
         self.mec_capacity_gcps = share * self.scenario.compute.mec_gcps
 
+    @property
+    def mec_queue_gcycles(self) -> np.ndarray:
+        """Work waiting in each cell's MEC slice, all priorities."""
+        return self.mec_queue_by_priority.sum(axis=1)
+
     def _drain_compute(self, dt_s: float) -> None:
-        done = np.minimum(self.mec_queue_gcycles, self.mec_capacity_gcps * dt_s)
-        self.mec_queue_gcycles -= done
-        self.mec_done_gcycles += done
+        # preemptive priority: each slice serves its most urgent work first
+        urgent_first = self.mec_queue_by_priority[:, ::-1]
+        ahead = np.cumsum(urgent_first, axis=1) - urgent_first
+        done = np.clip((self.mec_capacity_gcps * dt_s)[:, None] - ahead, 0.0, urgent_first)
+        self.mec_queue_by_priority -= done[:, ::-1]
+        self.mec_done_gcycles += done.sum(axis=1)
         self.cloud_queue_gcycles = max(self.cloud_queue_gcycles - self.scenario.compute.cloud_gcps * dt_s, 0.0)
 
     # -- demands ------------------------------------------------------------------------------
@@ -435,8 +446,10 @@ class World:
             parts["downlink"] = air + float(transfer_ms(outb, self.dl_mbps[ue]))
             if placement == "edge":
                 capacity = max(float(self.mec_capacity_gcps[cell]), 1e-9)
-                parts["queue"] = float(self.mec_queue_gcycles[cell]) / capacity * 1000.0
-                self.mec_queue_gcycles[cell] += gcycles
+                priority = int(demand["priority"])
+                ahead = float(self.mec_queue_by_priority[cell, priority:].sum())  # equal or more urgent work
+                parts["queue"] = ahead / capacity * 1000.0
+                self.mec_queue_by_priority[cell, priority] += gcycles
             else:
                 capacity = c.cloud_gcps
                 parts["queue"] = self.cloud_queue_gcycles / capacity * 1000.0
