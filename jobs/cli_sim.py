@@ -139,7 +139,10 @@ def bench_kafka(scenario: str, ues: int, seconds: float) -> dict:
     from tiertwin.connectors.kafka import KafkaSink, admin_client
     from tiertwin.connectors.simulator import MemorySink, SimulatorLoop, SimulatorTopics, World, load_scenario
 
+    from tiertwin.pipelines.agent import fast_registry
+
     spec = load_scenario(scenario).with_overrides(ues=ues)
+    registry = fast_registry()  # what run_simulator (and so `tiertwin sim`) encodes with
     prefix = f"bench.sim.{uuid.uuid4().hex[:8]}"
     topics = SimulatorTopics(telemetry=f"{prefix}.telemetry", demands=f"{prefix}.demands",
                              cell_reports=f"{prefix}.cell-reports", outcomes=f"{prefix}.outcomes",
@@ -148,8 +151,8 @@ def bench_kafka(scenario: str, ues: int, seconds: float) -> dict:
     admin = admin_client(client_id="tiertwin-bench-sim")
     admin.create_topics({n: {"num_partitions": 6, "replication_factor": 1} for n in names}, timeout_ms=30_000)
     try:
-        with KafkaSink(profile="throughput", client_id="tiertwin-bench-sim") as sink:
-            memory = MemorySink()
+        with KafkaSink(registry=registry, profile="throughput", client_id="tiertwin-bench-sim") as sink:
+            memory = MemorySink(registry)
             encode_only = SimulatorLoop(World(spec, seed=1), memory, topics=topics).run(seconds)
             # ceiling first (it also warms the producer's metadata for these topics): the same bytes, sent raw
             started = time.perf_counter()
