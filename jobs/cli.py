@@ -190,6 +190,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_deploy",
     "tiertwin.jobs.cli_agents",
     "tiertwin.jobs.cli_sim",
+    "tiertwin.jobs.cli_cloud",
 ]
 
 

@@ -176,17 +176,152 @@ def polars_snapshots(archive_dir: Path, window_ms: int) -> list[dict]:
     return rows
 
 
+# -- benchmark --------------------------------------------------------------------------------
+STREAMS = ("LocalSummary", "EdgeState", "Decision", "Outcome")
+
+
+def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: float, start_ms: int, seed: int,
+                   done) -> None:
+    """Producer process: ``tier_traffic`` with event time = wall clock, paced to ``rate``."""
+    import os
+
+    os.environ.update(bootstrap_env)
+    from tiertwin.connectors.kafka import KafkaSink
+
+    gen = tier_traffic(start_ms, int(rate * seconds), rate, seed=seed)
+    chunk_s = 0.02
+    sent = 0
+    with KafkaSink(profile="throughput", client_id="tiertwin-bench-cloud") as sink:
+        while True:
+            chunk = [r for _, r in zip(range(max(1, int(rate * chunk_s))), gen)]
+            if not chunk:
+                break
+            from tiertwin.pipelines.parquet_log import event_time_ms
+
+            wait = event_time_ms(*chunk[-1]) / 1000 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            sent += produce(sink, chunk, topics)
+        sink.flush()
+    done.put(sent)
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def at(q):
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    return {"count": len(ordered), "p50_ms": at(0.5), "p95_ms": at(0.95), "max_ms": ordered[-1]}
+
+
+def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2) -> dict:
+    """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
+    import multiprocessing
+    import os
+    import tempfile
+    import uuid
+
+    from tiertwin.connectors.archive import archive_topics
+    from tiertwin.connectors.kafka import KafkaSource, admin_client
+    from tiertwin.pipelines.cloud_twin import CloudTwinConfig, run_streaming
+    from tiertwin.settings import Settings
+
+    settings = Settings.from_env()
+    tag = uuid.uuid4().hex[:8]
+    topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
+    out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
+    admin = admin_client(settings)
+    admin.create_topics({t: {"num_partitions": partitions if t in topics.values() else 1, "replication_factor": 1}
+                         for t in [*topics.values(), *out.values()]}, timeout_ms=30_000)
+    window_ms = int(window_s * 1000)
+    config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
+                             input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
+                             dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
+                             train_window_s=max(window_s, 5.0), min_examples=100)
+    result = None
+    try:
+        started = time.perf_counter()
+        result = run_streaming(config, settings, "prism")
+        startup_s = time.perf_counter() - started
+        source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read")
+        # Warm up: the job is live once a window of a few records has come out as a snapshot.
+        warm_start = (int(time.time() * 1000) // window_ms) * window_ms
+        ctx = multiprocessing.get_context("spawn")
+        env = {k: v for k, v in os.environ.items() if k.startswith("TIERTWIN_")}
+        done = ctx.Queue()
+        warm = ctx.Process(target=_produce_paced, args=(env, topics, 200, window_s, warm_start, 99, done))
+        warm.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not source.poll(200):
+            pass
+        warm.join()
+        done.get()
+        log(f"prism job live after {time.perf_counter() - started:.1f} s (startup {startup_s:.1f} s)")
+        # Measure: windows entirely inside the production period.
+        start_ms = (int(time.time() * 1000) // window_ms + 1) * window_ms
+        producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds, start_ms, 1, done))
+        producer.start()
+        end_ms = start_ms + int(seconds * 1000)
+        snapshots: list[tuple[dict, float]] = []
+        deadline = time.monotonic() + seconds + 60 + 3 * window_s
+        last_window_end = start_ms + (int(seconds * 1000) // window_ms) * window_ms
+        while time.monotonic() < deadline:
+            for r in source.poll(200):
+                snapshots.append((r.value, time.time() * 1000))
+            if any(v["pane"] == "on_time" and v["window_end_ms"] >= last_window_end for v, _ in snapshots):
+                break
+        producer.join(timeout=30)
+        produced = done.get(timeout=30)
+        source.close()
+    finally:
+        if result is not None:
+            result.cancel()
+    measured = [(v, t) for v, t in snapshots if start_ms <= v["window_start_ms"] and v["window_end_ms"] <= end_ms]
+    on_time = [(v, t) for v, t in measured if v["pane"] == "on_time"]
+    per_window: dict[int, float] = {}
+    for v, received in on_time:  # a window is out when its last cell's snapshot is out
+        per_window[v["window_end_ms"]] = max(per_window.get(v["window_end_ms"], 0.0), received - v["window_end_ms"])
+    fused = sum(v["summaries"] + v["edge_states"] + v["decisions"] + v["outcomes"] for v, _ in on_time)
+    in_windows = int(rate * (len(per_window) * window_s)) if per_window else 0
+    totals = {(v["cell_id"], v["window_start_ms"]): v["summaries"] + v["edge_states"] + v["decisions"] + v["outcomes"]
+              for v, _ in on_time}
+    late_with_data = sum(1 for v, _ in measured if v["pane"] == "late" and v["summaries"] + v["edge_states"]
+                         + v["decisions"] + v["outcomes"] > totals.get((v["cell_id"], v["window_start_ms"]), 0))
+    span_s = (max(t for _, t in on_time) - min(t for _, t in on_time)) / 1000 + window_s if on_time else 0.0
+
+    # The ceiling: the same aggregation in polars over the same records, archived to Parquet.
+    with tempfile.TemporaryDirectory() as tmp:
+        archive_started = time.perf_counter()
+        counts = archive_topics(list(topics.values()), Path(tmp), settings)
+        archive_s = time.perf_counter() - archive_started
+        polars_started = time.perf_counter()
+        reference = polars_snapshots(Path(tmp), window_ms)
+        polars_s = time.perf_counter() - polars_started
+    archived = sum(counts.values())
+    admin.delete_topics([*topics.values(), *out.values()])
+    admin.close()
+    beam_rate = fused / span_s if span_s else 0.0
+    polars_rate = archived / polars_s if polars_s else 0.0
+    snapshot_latency = _percentiles(list(per_window.values()))
+    return {
+        "runner": "prism", "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
+        "partitions_per_topic": partitions, "produced": produced, "prism_startup_s": startup_s,
+        "windows_measured": len(per_window), "records_in_measured_windows_offered": in_windows,
+        "records_fused_on_time": fused, "on_time_completeness": fused / in_windows if in_windows else None,
+        "late_panes_with_new_records": late_with_data,
+        "beam_prism_records_per_s": beam_rate,
+        "window_end_to_snapshot_ms": snapshot_latency,
+        "target_snapshot_within_2s_at_10k": bool(rate >= 10_000 and snapshot_latency.get("p95_ms", 1e9) <= 2000),
+        "polars_ceiling": {"records": archived, "seconds": polars_s, "records_per_s": polars_rate,
+                           "snapshots": len(reference), "archive_seconds": archive_s},
+        "ratio_beam_to_polars_records_per_s": beam_rate / polars_rate if polars_rate else None,
+    }
+
+
 # -- commands ----------------------------------------------------------------------------------
-def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
-    """The sub-command group ``name``, shared with other areas' modules (``run local``, ``run edge``…)."""
-    for info in app.registered_groups:
-        if info.name == name and info.typer_instance is not None:
-            return info.typer_instance
-    group = typer.Typer(help=help_text, no_args_is_help=True)
-    app.add_typer(group, name=name)
-    return group
-
-
 def _load_config_file(path: Optional[Path]) -> tuple[dict, dict]:
     """``(cloud twin config fields, runner options)`` from a job config YAML (see jobs/launcher.py)."""
     if path is None:
@@ -220,49 +355,111 @@ def _beam_flags(options: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in options.items()]
 
 
+def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Path] = None,
+              window_s: Optional[float] = None, slide_s: Optional[float] = None, lateness_s: Optional[float] = None,
+              early_s: Optional[int] = None, start: Optional[str] = None, snapshots_dir: Optional[Path] = None,
+              train: Optional[bool] = None, say=print) -> None:
+    """Start the streaming cloud twin and block until SIGINT / SIGTERM, then cancel it (Prism stops with us)."""
+    from tiertwin.pipelines.cloud_twin import run_streaming
+    from tiertwin.settings import Settings
+
+    fields, runner_options = _load_config_file(config)
+    overrides = {"window_s": window_s, "slide_s": slide_s, "allowed_lateness_s": lateness_s, "start": start,
+                 "snapshots_dir": snapshots_dir, "train": train}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if early_s is not None:
+        fields["early_firing_s"] = early_s or None
+    cloud = _config(fields)
+    result = run_streaming(cloud, Settings.from_env(), runner, [*_beam_flags(runner_options), *extra_args])
+    say(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> {cloud.snapshots_topic}; "
+        f"models: {cloud.models_topic if cloud.train else 'not trained'}")
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        result.cancel()
+        say("cloud twin stopped")
+
+
+CLOUD_RUN_OPTIONS = [
+    ("runner", str, typer.Option("prism", help="cloud: prism | direct | flink | dataflow; Beam flags go after --.")),
+    ("window_s", Optional[float], typer.Option(None, help="cloud: window size in s (default 10).")),
+    ("slide_s", Optional[float], typer.Option(None, help="cloud: sliding period in s (default: fixed windows).")),
+    ("lateness_s", Optional[float], typer.Option(None, help="cloud: allowed lateness in s (default 30).")),
+    ("early_s", Optional[int], typer.Option(None, help="cloud: early pane every N s (default 2; 0 = none).")),
+    ("start", Optional[str], typer.Option(None, help="cloud: earliest | latest (default latest).")),
+    ("snapshots_dir", Optional[Path], typer.Option(None, help="cloud: also write snapshots as Parquet here.")),
+    ("train", Optional[bool], typer.Option(None, "--train/--no-train", help="cloud: train and publish models.")),
+]
+
+
+def _install_run_cloud(app: typer.Typer, one_line_errors, say) -> None:
+    """Make ``tiertwin run cloud`` exist beside the agents' ``tiertwin run local|edge``.
+
+    The agents' module registers ``run`` as one command taking the tier as an argument
+    (and jobs/launcher.py starts cloud jobs as ``run cloud --config F --runner R``), so
+    this wraps that command: same options, plus the cloud ones; ``cloud`` is handled
+    here, every other tier goes to the original callback unchanged.
+    """
+    import enum
+    import inspect
+
+    existing = next((c for c in app.registered_commands if c.name == "run"), None)
+    agents_run = existing.callback if existing is not None else None
+    agent_params = list(inspect.signature(agents_run).parameters.values()) if agents_run else []
+    tier_type = next((p.annotation for p in agent_params if p.name == "tier"), str)
+    if isinstance(tier_type, str):  # postponed annotations: resolve the enum by name in its module
+        tier_type = getattr(inspect.getmodule(agents_run), tier_type, str)
+    agent_names = [p.name for p in agent_params if p.name != "tier"]
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+              inspect.Parameter("tier", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                                default=typer.Argument(..., help="Which tier: local, edge (agents) or cloud (Beam).")),
+              *[p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in agent_params if p.name != "tier"]]
+    if "config" not in agent_names:
+        params.append(inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                                        default=typer.Option(None, "--config", "-c", help="YAML config.")))
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind, default=default)
+               for name, kind, default in CLOUD_RUN_OPTIONS]
+
+    def run(ctx: typer.Context, tier: str, **options):
+        if tier == "cloud":
+            cloud = {name: options[name] for name, _, _ in CLOUD_RUN_OPTIONS}
+            return run_cloud(list(ctx.args), config=options.get("config"), say=say, **cloud)
+        if agents_run is None:
+            from tiertwin.errors import ConfigError
+
+            raise ConfigError(f"no agent for tier {tier!r} is installed; this build runs: cloud")
+        if ctx.args:
+            from tiertwin.errors import ConfigError
+
+            raise ConfigError(f"unexpected arguments for `run {tier}`: {' '.join(ctx.args)}")
+        tier_value = tier
+        if isinstance(tier_type, type) and issubclass(tier_type, enum.Enum):
+            choices = [t.value for t in tier_type]
+            if tier not in choices:
+                from tiertwin.errors import ConfigError
+
+                raise ConfigError(f"tier must be one of {', '.join(choices + ['cloud'])}, not {tier!r}")
+            tier_value = tier_type(tier)
+        return agents_run(tier=tier_value, **{k: options[k] for k in agent_names})
+
+    run.__signature__ = inspect.Signature(params)
+    run.__doc__ = ((agents_run.__doc__ or "Run a tier's job until SIGTERM / SIGINT.").strip()
+                   + " `run cloud` starts the cloud twin's streaming Beam job (fusion + training).")
+    if existing is not None:
+        app.registered_commands.remove(existing)
+    app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        one_line_errors(run))
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     from tiertwin.jobs.cli import console, one_line_errors
 
-    run_app = _group(app, "run", "Run a tier's streaming job in the foreground.")
-
-    @run_app.command("cloud", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    @one_line_errors
-    def run_cloud(
-        ctx: typer.Context,
-        runner: str = typer.Option("prism", help="prism | direct | flink | dataflow (extra Beam flags after --)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML of cloud twin settings (+ runner_options)."),
-        window_s: Optional[float] = typer.Option(None, help="Window size in s (default 10)."),
-        slide_s: Optional[float] = typer.Option(None, help="Sliding period in s (default: fixed windows)."),
-        lateness_s: Optional[float] = typer.Option(None, help="Allowed lateness in s (default 30)."),
-        early_s: Optional[int] = typer.Option(None, help="Early pane every N s (default 2; 0 = none)."),
-        start: Optional[str] = typer.Option(None, help="earliest | latest (default latest)."),
-        snapshots_dir: Optional[Path] = typer.Option(None, help="Also write snapshots as Parquet here."),
-        train: Optional[bool] = typer.Option(None, "--train/--no-train", help="Train and publish models."),
-    ):
-        """Start the cloud twin's streaming Beam job (fusion + training) and run until Ctrl-C / SIGTERM."""
-        from tiertwin.pipelines.cloud_twin import run_streaming
-        from tiertwin.settings import Settings
-
-        fields, runner_options = _load_config_file(config)
-        overrides = {"window_s": window_s, "slide_s": slide_s, "allowed_lateness_s": lateness_s,
-                     "early_firing_s": (early_s or None) if early_s is not None else "keep", "start": start,
-                     "snapshots_dir": snapshots_dir, "train": train}
-        fields.update({k: v for k, v in overrides.items() if v is not None and v != "keep"})
-        cloud = _config(fields)
-        settings = Settings.from_env()
-        result = run_streaming(cloud, settings, runner, [*_beam_flags(runner_options), *ctx.args])
-        console.print(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> "
-                      f"{cloud.snapshots_topic}, {cloud.models_topic if cloud.train else 'no training'}")
-
-        def _stop(signum, frame):
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _stop)
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:
-            result.cancel()
-            console.print("cloud twin stopped")
+    _install_run_cloud(app, one_line_errors, console.print)
 
     @app.command("backfill")
     @one_line_errors

@@ -183,31 +183,55 @@ def _p95(values: list[float]) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def snapshot(cell: int, window_start_ms: int, window_end_ms: int, groups: dict[str, Iterable[dict]],
+# Only these fields of each record cross the shuffle: small tuples encode far faster than
+# the full records, and the join needs nothing else.
+def _summary_fields(r: dict) -> tuple:
+    return r["ue_id"], r["sinr_db"]
+
+
+def _edge_fields(r: dict) -> tuple:
+    return r["prb_utilization"], r["mec_queue_gcycles"]
+
+
+def _decision_fields(r: dict) -> tuple:
+    return r.get("ue_id"), r["tier"]
+
+
+def _outcome_fields(r: dict) -> tuple:
+    return r.get("ue_id"), r.get("latency_ms"), r.get("deadline_met")
+
+
+FUSED_FIELDS = {SUMMARIES: _summary_fields, EDGE_STATES: _edge_fields, DECISIONS: _decision_fields,
+                OUTCOMES: _outcome_fields}
+
+
+def snapshot(cell: int, window_start_ms: int, window_end_ms: int, groups: dict[str, Iterable[tuple]],
              pane: str = "unknown") -> dict:
-    """A TwinSnapshot of one cell over one window from its grouped records.
+    """A TwinSnapshot of one cell over one window from its grouped records (as :data:`FUSED_FIELDS`).
 
     >>> from tiertwin.schemas.examples import example
-    >>> s = snapshot(7, 0, 1000, {"summaries": [example("LocalSummary")], "edge_states": [],
-    ...              "decisions": [example("Decision")], "outcomes": [example("Outcome")]}, "on_time")
+    >>> records = {SUMMARIES: [example("LocalSummary")], EDGE_STATES: [],
+    ...            DECISIONS: [example("Decision")], OUTCOMES: [example("Outcome")]}
+    >>> groups = {k: [FUSED_FIELDS[k](r) for r in v] for k, v in records.items()}
+    >>> s = snapshot(7, 0, 1000, groups, "on_time")
     >>> s["ues"], s["summaries"], s["mean_sinr_db"], s["mean_latency_ms"], s["decisions_by_tier"]
     (1, 1, 14.25, 13.25, {'local': 1})
     """
     summaries, edge_states = list(groups.get(SUMMARIES, ())), list(groups.get(EDGE_STATES, ()))
     decisions, outcomes = list(groups.get(DECISIONS, ())), list(groups.get(OUTCOMES, ()))
-    ues = {r["ue_id"] for r in summaries} | {r["ue_id"] for r in decisions + outcomes if r.get("ue_id")}
-    latencies = [o["latency_ms"] for o in outcomes if o.get("latency_ms") is not None]
-    judged = [o["deadline_met"] for o in outcomes if o.get("deadline_met") is not None]
+    ues = {ue for ue, _ in summaries} | {ue for ue, _ in decisions if ue} | {o[0] for o in outcomes if o[0]}
+    latencies = [o[1] for o in outcomes if o[1] is not None]
+    judged = [o[2] for o in outcomes if o[2] is not None]
     by_tier: dict[str, int] = {}
-    for d in decisions:
-        by_tier[d["tier"]] = by_tier.get(d["tier"], 0) + 1
+    for _, tier in decisions:
+        by_tier[tier] = by_tier.get(tier, 0) + 1
     return {
         "cell_id": int(cell), "window_start_ms": int(window_start_ms), "window_end_ms": int(window_end_ms),
         "pane": pane, "ues": len(ues), "summaries": len(summaries), "edge_states": len(edge_states),
         "decisions": len(decisions), "outcomes": len(outcomes),
-        "mean_sinr_db": _mean([r["sinr_db"] for r in summaries]),
-        "mean_prb_utilization": _mean([r["prb_utilization"] for r in edge_states]),
-        "mean_mec_queue_gcycles": _mean([r["mec_queue_gcycles"] for r in edge_states]),
+        "mean_sinr_db": _mean([sinr for _, sinr in summaries]),
+        "mean_prb_utilization": _mean([prb for prb, _ in edge_states]),
+        "mean_mec_queue_gcycles": _mean([queue for _, queue in edge_states]),
         "mean_latency_ms": _mean(latencies), "p95_latency_ms": _p95(latencies),
         "deadline_miss_rate": (sum(1 for met in judged if not met) / len(judged)) if judged else None,
         "decisions_by_tier": by_tier, "emitted_ns": time.time_ns(),
@@ -240,14 +264,14 @@ class FuseTiers(beam.PTransform):
         windowing, firing = config.windowing(), config.trigger()  # one instance: the join needs equal windowing
         keyed = {}
         for stream, records in streams.items():
-            cell_field = CELL_FIELDS[stream]
+            cell_field, fields = CELL_FIELDS[stream], FUSED_FIELDS[stream]
 
-            def by_cell(record, cell_field=cell_field):
+            def by_cell(record, cell_field=cell_field, fields=fields):
                 cell = record.get(cell_field)
                 if cell is None:
                     Metrics.counter("cloud-fusion", "records_without_cell").inc()
                     return
-                yield int(cell), record
+                yield int(cell), fields(record)
 
             keyed[stream] = (records
                              | f"KeyByCell {stream}" >> beam.FlatMap(by_cell)
@@ -261,6 +285,28 @@ class FuseTiers(beam.PTransform):
 
 
 # -- training ----------------------------------------------------------------------------------
+def placement_features(decision: dict) -> tuple[str, dict] | None:
+    """``(decision_id, x)`` of a placement decision, ``x["tier"]`` = where it placed; None otherwise."""
+    if decision["kind"] != "placement" or decision["target"] not in PLACEMENT_TIERS:
+        return None
+    x: dict[str, Any] = parameters_to_features(decision["parameters"])
+    x["tier"] = decision["target"]
+    return decision["decision_id"], x
+
+
+def measured_latency(outcome: dict) -> tuple[str, float] | None:
+    """``(decision_id, latency_ms)`` of an outcome that measured a decision's demand; None otherwise."""
+    if outcome.get("decision_id") is None or outcome.get("latency_ms") is None:
+        return None
+    return outcome["decision_id"], float(outcome["latency_ms"])
+
+
+def join_examples(placements: Iterable[tuple[str, dict]], latencies: Iterable[tuple[str, float]]) -> list:
+    """``(x, y)`` pairs: each placement with the latency measured for the same decision_id."""
+    latency = dict(latencies)
+    return [(x, latency[did]) for did, x in placements if did in latency]
+
+
 def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> list[tuple[dict, float]]:
     """``(x, y)`` for each placement decision that has a measured outcome (joined by decision_id).
 
@@ -269,16 +315,8 @@ def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> li
     >>> training_examples([d], [example("Outcome")])
     [({'rtt_ms': 8.0, 'tier': 'edge'}, 13.25)]
     """
-    latency = {o["decision_id"]: o["latency_ms"] for o in outcomes
-               if o.get("decision_id") and o.get("latency_ms") is not None}
-    examples = []
-    for d in decisions:
-        if d["kind"] != "placement" or d["target"] not in PLACEMENT_TIERS or d["decision_id"] not in latency:
-            continue
-        x: dict[str, Any] = parameters_to_features(d["parameters"])
-        x["tier"] = d["target"]
-        examples.append((x, float(latency[d["decision_id"]])))
-    return examples
+    placements = [p for p in map(placement_features, decisions) if p is not None]
+    return join_examples(placements, [m for m in map(measured_latency, outcomes) if m is not None])
 
 
 def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
@@ -478,24 +516,23 @@ class TrainGlobalModels(beam.PTransform):
     def expand(self, streams: dict):
         config = self.config
 
-        def placements(d):
-            return d["kind"] == "placement"
-
-        def measured(o):
-            return o.get("decision_id") is not None and o.get("latency_ms") is not None
+        def keyed(project):
+            def key_all(record):
+                projected = project(record)
+                if projected is not None:
+                    yield "all", projected
+            return key_all
 
         def to_batches(element, win=beam.DoFn.WindowParam):
             _, groups = element
             batch = Batch(win.start.micros // 1000, win.end.micros // 1000,
-                          training_examples(groups[DECISIONS], groups[OUTCOMES]))
+                          join_examples(groups[DECISIONS], groups[OUTCOMES]))
             for name in config.model_names:
                 yield name, batch
 
         tagged = {
-            DECISIONS: streams[DECISIONS] | "Placements" >> beam.Filter(placements)
-            | "KeyDecisions" >> beam.Map(lambda d: ("all", d)),
-            OUTCOMES: streams[OUTCOMES] | "Measured" >> beam.Filter(measured)
-            | "KeyOutcomes" >> beam.Map(lambda o: ("all", o)),
+            DECISIONS: streams[DECISIONS] | "Placements" >> beam.FlatMap(keyed(placement_features)),
+            OUTCOMES: streams[OUTCOMES] | "Measured" >> beam.FlatMap(keyed(measured_latency)),
         }
         windowed = {name: pc | f"TrainWindow {name}" >> beam.WindowInto(window.FixedWindows(config.train_window_s))
                     for name, pc in tagged.items()}
