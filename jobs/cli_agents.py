@@ -244,13 +244,16 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
                 reader.start()
                 time.sleep(3.0)  # the reader's imports and assignment, before the clock starts
                 start = time.perf_counter()
-                for i, (kind, record) in enumerate(records):
-                    target = start + i / rate
-                    while time.perf_counter() < target:
-                        pass
-                    record["emitted_ns"] = time.time_ns()
-                    topic = topics["telemetry"] if kind == "telemetry" else topics["demands"]
-                    sink.send(topic, "Telemetry" if kind == "telemetry" else "Demand", record, key=record["ue_id"])
+                sent = 0
+                while sent < len(records):
+                    # Send what is due, then sleep: a spinning producer would steal the agent's core.
+                    due = min(len(records), int((time.perf_counter() - start) * rate) + 1)
+                    for kind, record in records[sent:due]:
+                        record["emitted_ns"] = time.time_ns()
+                        topic = topics["telemetry"] if kind == "telemetry" else topics["demands"]
+                        sink.send(topic, "Telemetry" if kind == "telemetry" else "Demand", record, key=record["ue_id"])
+                    sent = max(sent, due)
+                    time.sleep(0.0005)
                 produced_s = time.perf_counter() - start
                 sink.flush()
                 reader.join(seconds + 90)
@@ -265,13 +268,15 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
         "records": len(records), "demands": demands, "decisions_measured": ours.get("count", 0),
         "decision_latency": ours, "kafka_end_to_end_latency_one_hop": floor,
         "two_hop_floor": {k: 2 * floor[k] for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")},
-        "agent_stderr_tail": agent_log[-400:],
+        "agent_stderr_tail": agent_log[-400:], "load_average_1m_at_end": os.getloadavg()[0],
+        "note": "EndToEndLatency prints whole-millisecond percentiles; a 0 ms floor percentile has no ratio",
     }
     if ours.get("count"):
         result["ratio_to_two_hop_floor"] = {
-            k: ours[k] / max(2 * floor[k], 1e-9) for k in ("p50_ms", "p99_ms", "p999_ms")} | {
-            "mean_ms": ours["mean_ms"] / max(2 * floor["mean_ms"], 1e-9)}
+            k: (ours[k] / (2 * floor[k]) if floor[k] > 0 else None) for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")}
         result["target_p99_le_10ms"] = ours["p99_ms"] <= 10.0
+        p99_ratio = result["ratio_to_two_hop_floor"]["p99_ms"]
+        result["target_p99_le_1_5x_floor"] = p99_ratio is not None and p99_ratio <= 1.5
     return result
 
 
@@ -368,7 +373,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                       f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
         if "ratio_to_two_hop_floor" in results:
             r = results["ratio_to_two_hop_floor"]
-            console.print(f"ratio to floor: p50 {r['p50_ms']:.2f}x, p99 {r['p99_ms']:.2f}x, mean {r['mean_ms']:.2f}x")
+            console.print("ratio to floor: " + ", ".join(
+                f"{k.removesuffix('_ms')} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in r.items()))
+        console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} "
+                      f"on {os.cpu_count()} CPUs")
         console.print(f"results: {path}")
 
     @bench_app.command("throughput")

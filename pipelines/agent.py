@@ -67,8 +67,10 @@ def fast_registry(base: SchemaRegistry | None = None) -> SchemaRegistry:
     fast = SchemaRegistry()
 
     def faster(schema):
-        return dataclasses.replace(schema, parsed=parse_schema(schema.raw),
-                                   checks=(_one_pass_check(schema.raw["fields"], schema.checks),))
+        checks = schema.checks
+        if all(_known_check(c) for c in checks):   # else keep the registry's checks as they are
+            checks = (_one_pass_check(schema.raw["fields"], schema.checks),)
+        return dataclasses.replace(schema, parsed=parse_schema(schema.raw), checks=checks)
 
     swapped = {id(s): faster(s) for s in base._by_fingerprint.values()}
     for s in base._current.values():
@@ -78,9 +80,19 @@ def fast_registry(base: SchemaRegistry | None = None) -> SchemaRegistry:
     return fast
 
 
+_KNOWN_CHECKS = ("_scalar_check.", "_array_check.", "_length_check.")
+
+
+def _known_check(check: Any) -> bool:
+    return getattr(check, "__qualname__", "").startswith(_KNOWN_CHECKS)
+
+
 def _one_pass_check(fields: list[dict], precise: tuple) -> Any:
     """One generated function testing every range of a contract; on any doubt it runs the
     registry's own per-field checks, which raise the precise ValidationError."""
+    from tiertwin.schemas import codec
+
+    max_string = getattr(codec, "DEFAULT_MAX_STRING", None)
     lines, constants = ["def ok(r):"], {"isfinite": math.isfinite}
 
     def emit(fields, record, indent):
@@ -98,6 +110,10 @@ def _one_pass_check(fields: list[dict], precise: tuple) -> Any:
                 if is_float:
                     test.append(f"not isfinite({var})")
                 lines.append(f"{pad}if {var} is not None and not isinstance({var}, bool) and ({' or '.join(test)}): return False")
+            if "string" in branches and max_string is not None:
+                limit = int(f.get("maxLength", max_string))
+                lines.append(f"{pad}s{indent}_{i} = {record}.get({f['name']!r})")
+                lines.append(f"{pad}if isinstance(s{indent}_{i}, str) and len(s{indent}_{i}) > {limit}: return False")
             for b in branches:
                 if isinstance(b, dict) and b.get("type") == "array" and isinstance(b["items"], dict) \
                         and b["items"].get("type") == "record":
