@@ -189,7 +189,8 @@ class SimulatorLoop:
                 if not self.realtime:
                     self._lockstep()
                 self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
-                if time.monotonic() - last_commit >= self.commit_interval_s:
+                if self.source is not None and time.monotonic() - last_commit >= self.commit_interval_s:
+                    # outputs first, then offsets: at-least-once (without a source, the sink bounds in-flight work)
                     self._flush_and_commit()
                     last_commit = time.monotonic()
             self._drain_pending()

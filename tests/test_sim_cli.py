@@ -1,0 +1,44 @@
+"""`tiertwin sim` and `tiertwin import-trace` from the command line (offline / dry run: no broker needed)."""
+
+from __future__ import annotations
+
+import polars as pl
+import typer
+from typer.testing import CliRunner
+
+from tiertwin.jobs.cli_sim import register
+
+
+def _app() -> typer.Typer:
+    app, bench = typer.Typer(), typer.Typer()
+    register(app, bench)
+    app.add_typer(bench, name="bench")
+    return app
+
+
+def test_sim_offline_prints_the_summary():
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--seconds", "0.5", "--ues", "8", "--seed", "3",
+                                         "--telemetry-hz", "4"])
+    assert result.exit_code == 0, result.output
+    assert "8 UEs" in result.output and "seed 3" in result.output
+    assert "Telemetry 16" in result.output          # 8 UEs x 4 Hz x 0.5 s
+    assert "deadline-miss rate" in result.output and "latency mean / p99" in result.output
+
+
+def test_sim_errors_are_one_line():
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--scenario", "no-such-preset"])
+    assert result.exit_code == 1
+    assert "no such file or preset" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--ues", "0"])
+    assert result.exit_code == 1 and "ues" in result.output
+
+
+def test_import_trace_dry_run(tmp_path):
+    path = tmp_path / "drive.csv"
+    pl.DataFrame({"run_num": [1, 1], "seq_num": [0, 1], "latitude": [44.97, 44.97], "longitude": [-93.2, -93.2],
+                  "nr_ssRsrp": [-90.0, -91.0], "lte_rsrp": [-95.0, -95.0], "nr_ssSinr": [12.0, None],
+                  "lte_rssnr": [9.0, None], "tower_id": [5, 5], "Throughput": [300.0, 200.0],
+                  "movingSpeed": [1.0, 1.0], "compassDirection": [10.0, 10.0]}).write_csv(path)
+    result = CliRunner().invoke(_app(), ["import-trace", str(path), "--format", "lumos5g", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "2 rows, 1 Telemetry mapped" in result.output and "unmappable-row: 1" in result.output
