@@ -180,18 +180,21 @@ def polars_snapshots(archive_dir: Path, window_ms: int) -> list[dict]:
 STREAMS = ("LocalSummary", "EdgeState", "Decision", "Outcome")
 
 
-def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: float, start_ms: int, seed: int,
+def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: float, window_ms: int, seed: int,
                    done) -> None:
-    """Producer process: ``tier_traffic`` with event time = wall clock, paced to ``rate``."""
+    """Producer process: ``tier_traffic`` with event time = wall clock, paced to ``rate``, from the next
+    window boundary once it is ready (puts ``start_ms``, then the count sent, on ``done``)."""
     import os
 
     os.environ.update(bootstrap_env)
     from tiertwin.connectors.kafka import KafkaSink
 
-    gen = tier_traffic(start_ms, int(rate * seconds), rate, seed=seed)
     chunk_s = 0.02
     sent = 0
     with KafkaSink(profile="throughput", client_id="tiertwin-bench-cloud") as sink:
+        start_ms = (int(time.time() * 1000) // window_ms + 1) * window_ms
+        done.put(start_ms)
+        gen = tier_traffic(start_ms, int(rate * seconds), rate, seed=seed)
         while True:
             chunk = [r for _, r in zip(range(max(1, int(rate * chunk_s))), gen)]
             if not chunk:
@@ -248,22 +251,21 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         startup_s = time.perf_counter() - started
         source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read")
         # Warm up: the job is live once a window of a few records has come out as a snapshot.
-        warm_start = (int(time.time() * 1000) // window_ms) * window_ms
         ctx = multiprocessing.get_context("spawn")
         env = {k: v for k, v in os.environ.items() if k.startswith("TIERTWIN_")}
         done = ctx.Queue()
-        warm = ctx.Process(target=_produce_paced, args=(env, topics, 200, window_s, warm_start, 99, done))
+        warm = ctx.Process(target=_produce_paced, args=(env, topics, 200, window_s, window_ms, 99, done))
         warm.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not source.poll(200):
             pass
         warm.join()
-        done.get()
+        done.get(), done.get()
         log(f"prism job live after {time.perf_counter() - started:.1f} s (startup {startup_s:.1f} s)")
         # Measure: windows entirely inside the production period.
-        start_ms = (int(time.time() * 1000) // window_ms + 1) * window_ms
-        producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds, start_ms, 1, done))
+        producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds, window_ms, 1, done))
         producer.start()
+        start_ms = done.get(timeout=60)
         end_ms = start_ms + int(seconds * 1000)
         snapshots: list[tuple[dict, float]] = []
         deadline = time.monotonic() + seconds + 60 + 3 * window_s
