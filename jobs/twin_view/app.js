@@ -39,7 +39,9 @@
     screen: { x: new Float32Array(0), y: new Float32Array(0) },
     cellPolys: [], edgeBoxes: [],
     bounds: { x0: -300, x1: 300, y0: -300, y1: 300 },
+    perf: { frames: 0, frameBytes: 0, frameMs: null, drawMs: null, draws: 0 },  // EWMA ms: parse+merge, map draw
   };
+  const ewma = (old, v) => old === null ? v : old + 0.1 * (v - old);
 
   // ------------------------------------------------------------------------------ layout
   async function loadLayout() {
@@ -70,7 +72,12 @@
     const source = new EventSource(`/stream/state?period_ms=${PERIOD_MS}`);
     source.onopen = () => setConnected(true);
     source.onerror = () => setConnected(false);
-    source.onmessage = (ev) => { try { onFrame(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
+    source.onmessage = (ev) => {
+      const t0 = performance.now();
+      try { onFrame(JSON.parse(ev.data)); } catch (e) { console.error(e); }
+      S.perf.frames++; S.perf.frameBytes = ev.data.length;
+      S.perf.frameMs = ewma(S.perf.frameMs, performance.now() - t0);
+    };
   }
 
   function setConnected(on) {
@@ -94,7 +101,7 @@
     };
     S.cells = new Map(f.cells.map((c) => [c.id, c]));
     S.edges = new Map(f.edges.map((e) => [e.site, e]));
-    S.cloud = f.cloud; S.stats = f.stats; S.frame = f; S.lastFrameAt = Date.now();
+    S.cloud = f.cloud; S.stats = f.stats; S.frame = f; S.lastFrameAt = Date.now(); S.needsDraw = true;
     for (const d of f.decisions) addDecision(d);
     if (S.decisions.length > FEED_KEEP) {
       for (const d of S.decisions.splice(0, S.decisions.length - FEED_KEEP)) S.decisionIds.delete(d.id);
@@ -122,7 +129,7 @@
   function interpolated(now) {
     const cur = S.cur, prev = S.prev;
     if (!prev) return cur;
-    const k = Math.min(1, (now - cur.at) / PERIOD_MS);
+    const k = S.glide ? Math.min(1, (now - cur.at) / PERIOD_MS) : 1;
     const n = cur.x.length, x = new Float32Array(n), y = new Float32Array(n);
     for (let i = 0; i < n; i++) {
       if (i < prev.x.length) { x[i] = prev.x[i] + (cur.x[i] - prev.x[i]) * k; y[i] = prev.y[i] + (cur.y[i] - prev.y[i]) * k; }
@@ -151,9 +158,17 @@
   const sx = (x) => T.cx + x * T.scale;
   const sy = (y) => T.cy - y * T.scale;
 
+  // canvas sizes come from a ResizeObserver: reading clientWidth while drawing would force a layout
+  const sizes = new WeakMap();
+  const observer = new ResizeObserver((entries) => {
+    for (const e of entries) sizes.set(e.target, { w: e.contentRect.width, h: e.contentRect.height });
+    chartsDirty = true; S.needsDraw = true;
+  });
   function resizeCanvas(canvas, ctx) {
     const dpr = window.devicePixelRatio || 1;
-    const w = canvas.clientWidth, h = canvas.clientHeight;
+    let size = sizes.get(canvas);
+    if (!size) { observer.observe(canvas); size = { w: canvas.clientWidth, h: canvas.clientHeight }; sizes.set(canvas, size); }
+    const { w, h } = size;
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
     }
@@ -187,10 +202,7 @@
     fit(w, h);
     const g = mctx;
     g.clearRect(0, 0, w, h);
-    const bg = g.createRadialGradient(w / 2, h / 2, 10, w / 2, h / 2, Math.max(w, h) * 0.7);
-    bg.addColorStop(0, "#13203a"); bg.addColorStop(1, "#0c1424");
-    g.fillStyle = bg; g.fillRect(0, 0, w, h);
-    drawGrid(g, w, h);
+    g.drawImage(background(w, h), 0, 0, w, h);
     drawCells(g);
     drawBackhaul(g);
     drawUes(g, now);
@@ -199,6 +211,24 @@
     drawCloud(g, w);
     drawSelection(g);
     drawScaleBar(g, w, h);
+  }
+
+  // gradient and grid change only with the size or the scale: paint them once into an offscreen canvas
+  let bgCache = null;
+  function background(w, h) {
+    const key = `${w}x${h}@${T.scale.toFixed(4)},${T.cx.toFixed(1)},${T.cy.toFixed(1)}`;
+    if (bgCache && bgCache.key === key) return bgCache.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const bg = g.createRadialGradient(w / 2, h / 2, 10, w / 2, h / 2, Math.max(w, h) * 0.7);
+    bg.addColorStop(0, "#13203a"); bg.addColorStop(1, "#0c1424");
+    g.fillStyle = bg; g.fillRect(0, 0, w, h);
+    drawGrid(g, w, h);
+    bgCache = { key, canvas };
+    return canvas;
   }
 
   function drawGrid(g, w, h) {
@@ -298,7 +328,8 @@
       let list = byCell.get(pos.cell[i]); if (!list) byCell.set(pos.cell[i], list = []);
       list.push(i);
     }
-    const small = n > 2000 ? 1.4 : 2.0, big = n > 2000 ? 2.2 : 2.8;
+    if (n > 1200) { drawUeSquares(g, byCell, pos.xr); S.drawn.ues = n; return; }
+    const small = n > 400 ? 2.0 : 2.8, big = n > 400 ? 2.8 : 3.6;
     for (const [cell, list] of byCell) {
       g.fillStyle = ueColour(cell);
       g.beginPath();
@@ -310,6 +341,21 @@
     for (let i = 0; i < n; i++) if (pos.xr[i]) { const r = big + 1.2; g.moveTo(S.screen.x[i] + r, S.screen.y[i]); g.arc(S.screen.x[i], S.screen.y[i], r, 0, 2 * Math.PI); }
     g.stroke();
     S.drawn.ues = n;
+  }
+
+  // thousands of UEs: squares fill far faster than arcs, and at that density look the same
+  function drawUeSquares(g, byCell, xr) {
+    const X = S.screen.x, Y = S.screen.y;
+    g.fillStyle = "rgba(255,255,255,0.9)";
+    g.beginPath();
+    for (let i = 0; i < X.length; i++) if (xr[i]) g.rect(X[i] - 2.5, Y[i] - 2.5, 5, 5);
+    g.fill();
+    for (const [cell, list] of byCell) {
+      g.fillStyle = ueColour(cell);
+      g.beginPath();
+      for (const i of list) { if (xr[i]) g.rect(X[i] - 1.5, Y[i] - 1.5, 3, 3); else g.rect(X[i] - 1.25, Y[i] - 1.25, 2.5, 2.5); }
+      g.fill();
+    }
   }
 
   function drawSites(g) {
@@ -429,7 +475,9 @@
   map.addEventListener("mousemove", (ev) => {
     const r = map.getBoundingClientRect();
     const px = ev.clientX - r.left, py = ev.clientY - r.top;
-    S.hoverUe = nearestUe(px, py, 8);
+    const hover = nearestUe(px, py, 8);
+    if (hover !== S.hoverUe) S.needsDraw = true;
+    S.hoverUe = hover;
     const tip = $("tooltip");
     if (S.hoverUe >= 0) {
       const i = S.hoverUe;
@@ -442,7 +490,7 @@
   // ------------------------------------------------------------------------------ twin panel
   let twinTimer = null;
   function select(type, id) {
-    S.selected = { type, id };
+    S.selected = { type, id }; S.needsDraw = true;
     if (twinTimer) clearInterval(twinTimer);
     refreshTwin();
     twinTimer = setInterval(refreshTwin, TWIN_EVERY_MS);
@@ -621,9 +669,11 @@
       Y = (v) => h - padB - (Math.log10(Math.max(v, Math.pow(10, lo))) - lo) / (hi - lo) * (h - padT - padB);
       ticks = []; for (let e = lo; e <= hi; e++) ticks.push(Math.pow(10, e));
     } else {
-      ymax = niceCeil(ymax * 1.1 / 4) * 4;
+      if (opts.maxMax) ymax = Math.min(ymax, opts.maxMax);
+      const step = niceCeil(ymax * 1.05 / 4);
+      ymax = step * Math.ceil(ymax * 1.05 / step);
       Y = (v) => h - padB - v / ymax * (h - padT - padB);
-      ticks = [0, 1, 2, 3, 4].map((k) => ymax * k / 4);
+      ticks = []; for (let v = 0; v <= ymax + step / 2; v += step) ticks.push(v);
     }
     ctx.font = "10px system-ui, sans-serif"; ctx.textBaseline = "middle";
     for (const v of ticks) {
@@ -675,7 +725,7 @@
       if (pts.some((p) => p.miss_by && p.miss_by[where] !== undefined))
         miss.push({ name: where, colour: PLACEMENT_COLOUR[where], width: 1, dash: [3, 2], points: pts.map((p) => [p.t_ms, p.miss_by && p.miss_by[where] !== undefined ? p.miss_by[where] * 100 : null]) });
     }
-    lineChart($("chart-miss"), miss, { fmt: (v) => `${fmt(v, 0)}%`, minMax: 5, empty: "no demand outcomes yet" });
+    lineChart($("chart-miss"), miss, { fmt: (v) => `${fmt(v, 0)}%`, minMax: 5, maxMax: 100, empty: "no demand outcomes yet" });
 
     const topics = new Map();
     for (const p of pts) for (const [topic, r] of Object.entries(p.records_per_s || {})) topics.set(topic, Math.max(topics.get(topic) || 0, r));
@@ -718,17 +768,21 @@
   // ------------------------------------------------------------------------------ loops
   let lastDraw = 0, lastCharts = 0;
   function tick(now) {
-    if (now - lastDraw >= 30) {
+    // glide the dots between frames while a draw is cheap; otherwise draw once per frame or interaction
+    S.glide = S.perf.drawMs === null || S.perf.drawMs < 20;
+    const wanted = S.glide ? now - (S.cur ? S.cur.at : 0) < PERIOD_MS * 1.5 || S.needsDraw : S.needsDraw;
+    if (wanted && now - lastDraw >= 30) {
+      S.needsDraw = false;
       const t0 = performance.now();
       drawMap(now);
-      S.drawMs = performance.now() - t0;
+      S.perf.drawMs = ewma(S.perf.drawMs, performance.now() - t0); S.perf.draws++;
       lastDraw = now;
     }
     if (chartsDirty && now - lastCharts > 1000) { drawCharts(); chartsDirty = false; lastCharts = now; }
     requestAnimationFrame(tick);
   }
 
-  window.addEventListener("resize", () => { chartsDirty = true; });
+  window.addEventListener("resize", () => { chartsDirty = true; S.needsDraw = true; });
 
   // for tests and the console: where a UE is drawn (CSS pixels in the map canvas), what was drawn
   window.tiertwinView = {
