@@ -40,6 +40,9 @@ from fastavro.utils import generate_many
 from tiertwin.errors import DecodeError, IncompatibleSchemaError, SchemaError, ValidationError
 
 MAGIC = b"\xc3\x01"
+# Strings longer than this are rejected unless the field declares its own "maxLength":
+# ids and names are short, and an oversized string is garbage or an attack, not telemetry.
+DEFAULT_MAX_STRING = 256
 HEADER_SIZE = 10
 SCHEMA_DIR = Path(__file__).resolve().parent
 NAMESPACE = "tiertwin"
@@ -88,6 +91,8 @@ def _range_checks(fields: list[dict], prefix: str = "") -> list[Check]:
         bounds = f.get("range")
         if is_float or bounds is not None:
             checks.append(_scalar_check(name, label, is_float, bounds))
+        if "string" in branches:
+            checks.append(_length_check(name, label, f.get("maxLength", DEFAULT_MAX_STRING)))
         for b in branches:
             if isinstance(b, dict) and b.get("type") == "array" and isinstance(b["items"], dict) \
                     and b["items"].get("type") == "record":
@@ -107,6 +112,16 @@ def _scalar_check(name: str, label: str, is_float: bool, bounds: list | None) ->
         if not lo <= value <= hi:
             raise ValidationError(f"field {label}={value} outside [{lo:g}, {hi:g}]",
                                   reason="out-of-range-field")
+
+    return check
+
+
+def _length_check(name: str, label: str, max_length: int) -> Check:
+    def check(record: dict) -> None:
+        value = record.get(name)
+        if isinstance(value, str) and len(value) > max_length:
+            raise ValidationError(f"field {label} is {len(value)} characters long (max {max_length})",
+                                  reason="oversized-field")
 
     return check
 

@@ -129,3 +129,39 @@ def test_wrong_type_is_a_validation_error(registry):
     with pytest.raises(ValidationError) as err:
         registry.encode("Demand", example("Demand", kind="teleport"))
     assert err.value.reason == "type-mismatch"
+
+
+def test_oversized_strings_are_rejected(registry):
+    with pytest.raises(ValidationError) as err:
+        registry.encode("Telemetry", example("Telemetry", ue_id="u" * 10_000))
+    assert err.value.reason == "oversized-field"
+    assert registry.encode("DeadLetter", example("DeadLetter", detail="d" * 2000))
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from tiertwin.errors import RecordRejected  # noqa: E402
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoding_arbitrary_bytes_never_raises_anything_but_a_rejection(data):
+    registry = SchemaRegistry.default()
+    try:
+        registry.decode(data)
+    except RecordRejected as exc:
+        assert exc.reason and str(exc)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.binary(min_size=1, max_size=8))
+def test_corrupted_valid_records_are_rejected_or_decode_cleanly(cut, noise):
+    registry = SchemaRegistry.default()
+    data = bytearray(registry.encode("Telemetry", example("Telemetry")))
+    position = 10 + cut % (len(data) - 10)
+    data[position:position + len(noise)] = noise
+    try:
+        name, record = registry.decode(bytes(data))
+    except RecordRejected:
+        return
+    assert name == "tiertwin.Telemetry" and set(record) == set(example("Telemetry"))
