@@ -147,7 +147,7 @@ class AgentConfig(BaseModel):
     dead_letter_topic: str = DEAD_LETTER_TOPIC
     profile: Literal["low-latency", "throughput"] = "low-latency"
     from_beginning: bool = True
-    commit_interval_ms: int = Field(500, ge=10, le=60_000)
+    commit_interval_ms: int = Field(1000, ge=10, le=60_000, description="Checkpoint + commit period; bounds the replay after a crash")
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
     poll_timeout_ms: int = Field(50, ge=0, le=5_000)
     metrics_port: int | None = Field(None, ge=1, le=65535)
@@ -266,8 +266,10 @@ class TwinAgent:
         raise NotImplementedError
 
     def process_side(self, record: KafkaRecord) -> None:
-        if record.schema.endswith("ModelUpdate"):
+        if record.schema == "tiertwin.ModelUpdate":
             self.offer_model(record.value, record)
+        else:
+            self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.ModelUpdate, got {record.schema}")
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def touch(self, key: str, partition: int) -> None:
@@ -276,8 +278,8 @@ class TwinAgent:
 
     def reject(self, record: KafkaRecord, reason: str, detail: str) -> None:
         """Send a record that decoded but makes no sense to the dead-letter topic."""
-        self.dead_letters.reject(value=record.raw, key=record.key, topic=record.topic, partition=record.partition,
-                                 offset=record.offset, error=RecordRejected(detail, reason=reason))
+        self.process_letters.reject(value=record.raw, key=record.key, topic=record.topic, partition=record.partition,
+                                    offset=record.offset, error=RecordRejected(detail, reason=reason))
         self.metrics.dead_letters.labels(self.tier, self.config.instance_id, reason).inc()
 
     def emit(self, topic: str, schema: str, record: dict, key: str | int | None) -> None:
@@ -314,6 +316,7 @@ class TwinAgent:
         client = f"tiertwin-{self.tier}-{c.instance_id}"
         self.sink = KafkaSink(s, self.registry, profile=c.profile, client_id=client)
         self.dead_letters = DeadLetterSink(self.sink, stage=f"{self.tier}-agent/decode", topic=c.dead_letter_topic)
+        self.process_letters = DeadLetterSink(self.sink, stage=f"{self.tier}-agent/process", topic=c.dead_letter_topic)
         rejected = self.metrics.dead_letters
         self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, profile=c.profile,
                                   from_beginning=c.from_beginning, client_id=client,
@@ -374,9 +377,12 @@ class TwinAgent:
         return len(batch)
 
     def commit(self) -> None:
-        """Checkpoint dirty twins, flush decisions and checkpoints, then commit the consumed offsets."""
-        self.checkpoint()
+        """Flush outputs, checkpoint dirty twins, then commit the consumed offsets.
+
+        Outputs first: a checkpoint must never say a summary was sent that a crash then lost.
+        """
         self.sink.flush()
+        self.checkpoint()
         self.changelog.flush()
         try:
             self.source.commit()

@@ -151,19 +151,28 @@ class EdgeTwinAgent(TwinAgent):
         counts: dict[str, int] = {}
         for record in batch:
             counts[record.topic] = counts.get(record.topic, 0) + 1
-            if record.topic == c.summaries_topic:
-                if self.serves(record.value["serving_cell"]):
+            summary = record.topic == c.summaries_topic
+            expected = "tiertwin.LocalSummary" if summary else "tiertwin.EdgeState"
+            if record.schema != expected:
+                self.reject(record, "wrong-schema", f"{record.topic} carries {expected}, got {record.schema}")
+                continue
+            try:
+                if summary and self.serves(record.value["serving_cell"]):
                     self.on_summary(record, received_ns)
-            elif self.serves(record.value["cell_id"]):
-                self.on_cell_report(record, received_ns)
+                elif not summary and self.serves(record.value["cell_id"]):
+                    self.on_cell_report(record, received_ns)
+            except Exception as exc:  # one record must not stop the twin: dead-letter it with the cause
+                self.reject(record, "processing-error", f"{type(exc).__name__}: {exc}")
         for topic, n in counts.items():
             self.metrics.records.labels(self.tier, c.instance_id, topic).inc(n)
 
     def process_side(self, record: KafkaRecord) -> None:
-        if record.topic == self.config.outcomes_topic:
-            self.on_outcome(record.value)
-        else:
+        if record.topic != self.config.outcomes_topic:
             super().process_side(record)
+        elif record.schema != "tiertwin.Outcome":
+            self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.Outcome, got {record.schema}")
+        else:
+            self.on_outcome(record.value)
 
     def _decision(self, kind: str, record: KafkaRecord, received_ns: int, *, target: str, cell_id: int,
                   ue_id: str | None, parameters: dict, model: str, version: int, confidence: float) -> dict:

@@ -248,6 +248,9 @@ class LocalTwinAgent(TwinAgent):
 
     def process_side(self, record: KafkaRecord) -> None:
         if record.topic == self.config.edge_state_topic:
+            if record.schema != "tiertwin.EdgeState":
+                self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.EdgeState, got {record.schema}")
+                return
             state = record.value
             known = self.edge_states.get(state["cell_id"])
             if known is None or known["ts_ms"] <= state["ts_ms"]:
@@ -258,14 +261,19 @@ class LocalTwinAgent(TwinAgent):
     def process(self, batch: list[KafkaRecord], received_ns: int) -> None:
         c = self.config
         count = {c.telemetry_topic: 0, c.demands_topic: 0, c.outcomes_topic: 0}
+        handlers = {c.telemetry_topic: ("tiertwin.Telemetry", self.on_telemetry),
+                    c.demands_topic: ("tiertwin.Demand", lambda r: self.on_demand(r, received_ns)),
+                    c.outcomes_topic: ("tiertwin.Outcome", self.on_outcome)}
         for record in batch:
             count[record.topic] = count.get(record.topic, 0) + 1
-            if record.topic == c.telemetry_topic:
-                self.on_telemetry(record)
-            elif record.topic == c.demands_topic:
-                self.on_demand(record, received_ns)
-            else:
-                self.on_outcome(record)
+            schema, handle = handlers[record.topic]
+            if record.schema != schema:
+                self.reject(record, "wrong-schema", f"{record.topic} carries {schema}, got {record.schema}")
+                continue
+            try:
+                handle(record)
+            except Exception as exc:  # one record must not stop the twin: dead-letter it with the cause
+                self.reject(record, "processing-error", f"{type(exc).__name__}: {exc}")
         for topic, n in count.items():
             if n:
                 self.metrics.records.labels(self.tier, c.instance_id, topic).inc(n)

@@ -47,6 +47,13 @@ class Running:
         self.thread.join(30)
 
 
+def wait_until(condition, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def send(sink: KafkaSink, topic: str, schema: str, records: list[dict], key_field: str = "ue_id") -> None:
     for record in records:
         record["emitted_ns"] = time.time_ns()
@@ -164,10 +171,15 @@ def test_bad_telemetry_is_dead_lettered(local_config, settings):
     with KafkaSink(settings) as sink:
         send(sink, local_config.telemetry_topic, "Telemetry", [good, bad])
         sink.send_raw(local_config.telemetry_topic, b"\x00\x01not-an-avro-record", key="ue-x")
+        sink.send(local_config.telemetry_topic, "Demand", fleet.demand("ue-x", 0, 0), key="ue-x")
         sink.flush()
-    with Running(LocalTwinAgent(local_config, settings)):
-        letters = read_topic(local_config.dead_letter_topic, settings, expect=2, timeout_s=30)
-    assert sorted(r.value["reason"] for r in letters) == ["bad-magic", "serving-cell-in-neighbours"]
+    with Running(LocalTwinAgent(local_config, settings)) as agent:
+        letters = read_topic(local_config.dead_letter_topic, settings, expect=3, timeout_s=30)
+        assert wait_until(lambda: agent.twins.get(good["ue_id"]) is not None)
+    assert sorted((r.value["reason"], r.value["stage"]) for r in letters) == [
+        ("bad-magic", "local-agent/decode"), ("serving-cell-in-neighbours", "local-agent/process"),
+        ("wrong-schema", "local-agent/process")]
+    assert agent.twins[good["ue_id"]].last_seq == good["seq"], "the good record was used, the bad one was not"
 
 
 def test_checkpoint_restores_twins_in_a_new_instance(local_config, settings):
