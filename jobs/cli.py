@@ -187,7 +187,9 @@ def demo(seconds: float = typer.Option(60.0, help="How long the simulated networ
 COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_ops",
     "tiertwin.jobs.twin_api",
+    "tiertwin.jobs.bench_view",
     "tiertwin.jobs.cli_deploy",
+    "tiertwin.jobs.soak",
     "tiertwin.jobs.cli_agents",
     "tiertwin.jobs.cli_sim",
     "tiertwin.jobs.cli_cloud",
