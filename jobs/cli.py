@@ -188,6 +188,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_ops",
     "tiertwin.jobs.twin_api",
     "tiertwin.jobs.bench_view",
+    "tiertwin.jobs.bench_view",
     "tiertwin.jobs.cli_deploy",
     "tiertwin.jobs.soak",
     "tiertwin.jobs.cli_agents",

@@ -10,7 +10,6 @@ A screenshot is saved to ``test-artifacts/twin_view.png``.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
@@ -21,32 +20,20 @@ import pytest
 import uvicorn
 
 from tests.view_feed import NetworkFeed
+from tiertwin.jobs.bench_view import BrowserUnavailable, MovingNetwork, headless_chromium, synthetic_view
 from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
 from tiertwin.jobs.twin_view_routes import layout_from_scenario
 
-pytestmark = pytest.mark.broker
-
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SCENARIO = "dense-urban-xr"
 UES = 600
 
 
 def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    driver_path = shutil.which("chromedriver")
-    if not CHROMIUM.exists() or driver_path is None:
-        pytest.skip("headless Chromium is not installed: apt-get install -y chromium chromium-driver "
-                    "(scripts/setup does it when run as root)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1600,1000", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        return headless_chromium()
+    except BrowserUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _free_port() -> int:
@@ -78,6 +65,7 @@ return null;
 """
 
 
+@pytest.mark.broker
 def test_live_view_in_headless_chromium(new_topic, settings):
     topics = ViewTopics(summaries=new_topic(1), edge_state=new_topic(1), cell_reports=new_topic(1),
                         snapshots=new_topic(1), outcomes=new_topic(1), decisions=(new_topic(1),),
@@ -150,3 +138,42 @@ def test_live_view_in_headless_chromium(new_topic, settings):
         server.should_exit = True
         server_thread.join(timeout=10)
         view.stop()
+
+
+def _serve(app):
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait(lambda: server.started, 10, "the server")
+    return server, thread
+
+
+def test_page_keeps_drawing_and_answering_with_thousands_of_ues():
+    """3 000 moving UEs (applied in-process, no broker): every one drawn, frames keep coming,
+    the render loop keeps running and a click still selects a UE (not a speed test: see bench view)."""
+    ues = 3000
+    layout = layout_from_scenario(SCENARIO)
+    view = synthetic_view(ues, layout, decisions=500)
+    network = MovingNetwork(view, layout, ues).start()
+    server, thread = _serve(create_app(view, layout=layout))
+    driver = None
+    try:
+        driver = _browser()
+        driver.get(f"http://127.0.0.1:{server.config.port}/")
+        perf = lambda: driver.execute_script("return window.tiertwinView.state.perf")  # noqa: E731
+        _wait(lambda: driver.execute_script("return window.tiertwinView.state.drawn.ues") == ues, 20, "3000 UEs drawn")
+        before = perf()
+        _wait(lambda: perf()["frames"] >= before["frames"] + 3 and perf()["draws"] >= before["draws"] + 3, 15,
+              "more frames and draws")
+        ue = "ue-01234"
+        driver.execute_script("window.tiertwinView.select('ue', arguments[0])", ue)
+        _wait(lambda: driver.execute_script(
+            "const e = document.querySelector('#twin-title [data-field=ue_id]'); return e && e.textContent") == ue,
+            10, "the selected twin")
+        assert driver.find_element("id", "kpi-ues").text == "3,000"
+    finally:
+        if driver is not None:
+            driver.quit()
+        network.stop()
+        server.should_exit = True
+        thread.join(timeout=10)
