@@ -264,6 +264,13 @@ class LocalTwinAgent(TwinAgent):
         handlers = {c.telemetry_topic: ("tiertwin.Telemetry", self.on_telemetry),
                     c.demands_topic: ("tiertwin.Demand", lambda r: self.on_demand(r, received_ns)),
                     c.outcomes_topic: ("tiertwin.Outcome", self.on_outcome)}
+        # Decide first, earliest deadline first: demands are what someone is waiting for; telemetry and
+        # outcomes of the same batch only refresh state (at most one poll older for these decisions).
+        demands = [r for r in batch if r.topic == c.demands_topic and r.schema == "tiertwin.Demand"]
+        if demands:
+            demands.sort(key=lambda r: r.value["ts_ms"] + r.value["deadline_ms"])
+            first = set(map(id, demands))
+            batch = demands + [r for r in batch if id(r) not in first]
         for record in batch:
             count[record.topic] = count.get(record.topic, 0) + 1
             schema, handle = handlers[record.topic]
