@@ -140,6 +140,10 @@ def percentiles(values: list[float]) -> dict:
     return {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "n": len(values)}
 
 
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def compact_decision(seq: int, d: dict) -> dict:
     """The fields the feed shows, latency in ms (None when the source time is unknown)."""
     emitted = d.get("source_emitted_ns") or 0
@@ -237,18 +241,19 @@ class StateFeed:
         self.min_period_s = min_period_s
         self.decisions_per_frame = decisions_per_frame
         self._lock = threading.Lock()
-        self._built_at = -1.0
-        self._network: dict = {}
-        self._ue_ids: list[str] = []
+        self._built_at = -math.inf
+        self._cache: tuple[dict, list[str], str, str] = ({}, [], "{}", "[]")  # network, ids, both as JSON
         self._frame_no = 0
 
-    def network(self) -> tuple[dict, list[str]]:
+    def network(self) -> tuple[dict, list[str], str, str]:
+        """The shared part of a frame and the UE ids, as objects and as JSON (serialised once per build)."""
         with self._lock:
             now = time.monotonic()
             if now - self._built_at >= self.min_period_s:
-                self._network, self._ue_ids = self._build(now)
+                network, ue_ids = self._build(now)
+                self._cache = (network, ue_ids, _dumps(network), _dumps(ue_ids))
                 self._built_at = now
-            return self._network, self._ue_ids
+            return self._cache
 
     def _build(self, now: float) -> tuple[dict, list[str]]:
         view = self.view
@@ -280,15 +285,33 @@ class StateFeed:
 
         UE ids are included only when the client's list is out of date (they only grow).
         """
-        network, ue_ids = self.network()
+        network, ue_ids, _, _ = self.network()
         frame = dict(network)
         if len(ue_ids) != known_ues:
             frame["ue_ids"] = ue_ids
+        frame["decisions_total"], frame["decisions"], seq = self._new_decisions(after_seq)
+        return frame, seq
+
+    def frame_json(self, after_seq: int | None, known_ues: int) -> tuple[str, int, int]:
+        """:meth:`frame` as JSON, splicing the once-serialised shared part: ``(json, seq, ue_count)``.
+
+        >>> from tiertwin.jobs.twin_api import TwinView
+        >>> feed = StateFeed(TwinView())
+        >>> text, seq, count = feed.frame_json(None, -1)
+        >>> json.loads(text) == feed.frame(None, -1)[0]
+        True
+        """
+        network, ue_ids, network_json, ids_json = self.network()
+        total, decisions, seq = self._new_decisions(after_seq)
+        ids = f',"ue_ids":{ids_json}' if len(ue_ids) != known_ues else ""
+        text = f'{network_json[:-1]}{ids},"decisions_total":{total},"decisions":{_dumps(decisions)}}}'
+        return text, seq, network["ue_count"] if network else 0
+
+    def _new_decisions(self, after_seq: int | None) -> tuple[int, list[dict], int]:
         seq = after_seq if after_seq is not None else max(0, self.view._seq - self.decisions_per_frame)
         new = self.view.decisions_after(seq, limit=10**9)
-        frame["decisions_total"] = self.view._seq
-        frame["decisions"] = [compact_decision(s, d) for s, d in new[-self.decisions_per_frame:]]
-        return frame, (new[-1][0] if new else seq)
+        compact = [compact_decision(s, d) for s, d in new[-self.decisions_per_frame:]]
+        return self.view._seq, compact, (new[-1][0] if new else seq)
 
 
 # =============================================================================================
@@ -380,10 +403,10 @@ def mount_twin_view(app: FastAPI, view: "TwinView", layout: dict | None = None,
             seq, known = None, -1
             yield "retry: 2000\n\n"
             while True:
-                frame, seq = await run_in_threadpool(feed.frame, seq, known)
-                known = frame["ue_count"]
-                yield f"data: {json.dumps(frame, separators=(',', ':'))}\n\n"
-                await asyncio.sleep(period_ms / 1000)
+                began = time.monotonic()
+                text, seq, known = await run_in_threadpool(feed.frame_json, seq, known)
+                yield f"data: {text}\n\n"
+                await asyncio.sleep(max(0.0, period_ms / 1000 - (time.monotonic() - began)))
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
