@@ -107,6 +107,10 @@ class CloudTwinConfig(BaseModel):
         return window.SlidingWindows(self.window_s, self.slide_s)
 
     def trigger(self) -> trigger.TriggerFn:
+        if not self.early_firing_s and not self.allowed_lateness_s:
+            # Nothing to fire but the on-time pane: the default trigger, which batch runners
+            # execute natively instead of through the (slow) general Python trigger driver.
+            return trigger.DefaultTrigger()
         early = trigger.AfterProcessingTime(self.early_firing_s) if self.early_firing_s else None
         return trigger.AfterWatermark(early=trigger.Repeatedly(early) if early else None,
                                       late=trigger.AfterCount(1))
@@ -603,10 +607,11 @@ def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: Clo
                    settings: Settings) -> dict:
     """A ``tiertwin archive`` folder -> the same cloud twin, bounded (replay / backfill).
 
-    Early (processing-time) firings mean nothing over an archive, and the batch
-    runners have no processing-time clock for them, so they are switched off.
+    Over an archive every record is on time (the watermark stays back until all are
+    read), so early and late firings are switched off; batch runners also have no
+    processing-time clock for early firings.
     """
-    config = config.model_copy(update={"early_firing_s": None})
+    config = config.model_copy(update={"early_firing_s": None, "allowed_lateness_s": 0})
     read = pipeline | "ReadArchive" >> ReadArchive(archive_dir)
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
