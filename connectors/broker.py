@@ -87,9 +87,12 @@ class BrokerPaths:
 class ManagedBroker:
     """Install, format, start, stop and inspect the single-node broker."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, extra_listeners: dict[str, tuple[int, int]] | None = None):
         self.settings = settings or Settings.from_env()
         self.paths = BrokerPaths(self.settings.home / "kafka")
+        # NAME -> (bind port, advertised port) on broker_host, PLAINTEXT; e.g. a listener whose
+        # advertised address is a link-emulation proxy in front of it (tiertwin.connectors.linkemu).
+        self.extra_listeners = dict(extra_listeners or {})
 
     # -- install -------------------------------------------------------------------------------
     def installed(self) -> bool:
@@ -165,6 +168,10 @@ class ManagedBroker:
         }
         if s.broker_security == "scram":
             props.update(self._scram_props())
+        for name, (port, advertised) in self.extra_listeners.items():
+            props["listeners"] += f",{name}://{s.broker_host}:{port}"
+            props["advertised.listeners"] += f",{name}://{s.broker_host}:{advertised}"
+            props["listener.security.protocol.map"] += f",{name}:PLAINTEXT"
         self.paths.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         self.paths.config.chmod(0o600)
         self.paths.log4j.write_text(LOG4J2_XML)

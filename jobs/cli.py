@@ -194,6 +194,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_agents",
     "tiertwin.jobs.cli_sim",
     "tiertwin.jobs.cli_cloud",
+    "tiertwin.jobs.cli_eval",
 ]
 
 
