@@ -23,6 +23,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         realtime: bool = typer.Option(False, "--realtime", help="Pace on the wall clock (live demo) instead of as fast as possible."),
         seed: Optional[int] = typer.Option(None, help="Random seed (default: the scenario's)."),
         telemetry_hz: Optional[float] = typer.Option(None, "--telemetry-hz", help="Telemetry records per UE per second."),
+        decision_timeout_ms: Optional[float] = typer.Option(None, "--decision-timeout-ms", help="How long a demand waits for its placement (overrides compute.decision_timeout_ms)."),
         decisions: bool = typer.Option(True, "--decisions/--no-decisions", help="Consume and apply Decisions from the action topics."),
         offline: bool = typer.Option(False, "--offline", help="No Kafka: encode records and count them only."),
         group_id: str = typer.Option("tiertwin-simulator", help="Consumer group on the action topics."),
@@ -38,7 +39,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                           f"{'' if offline else ' -> Kafka'}{' (applying decisions)' if loop.source else ''}")
 
         summary = run_simulator(load_scenario(scenario), seconds if seconds > 0 else None, realtime=realtime,
-                                seed=seed, ues=ues, telemetry_hz=telemetry_hz, decisions=decisions, offline=offline,
+                                seed=seed, ues=ues, telemetry_hz=telemetry_hz, decision_timeout_ms=decision_timeout_ms,
+                                decisions=decisions, offline=offline,
                                 group_id=group_id, handle_signals=True, on_start=announce)
         console.print(summary_table(summary))
 

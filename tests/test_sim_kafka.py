@@ -51,7 +51,7 @@ def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_to
     runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=30.0)), daemon=True)
     runner.start()
     try:
-        assert loop.ready.wait(30), "the simulator never got its action partitions"
+        assert loop.ready.wait(60) and source.consumer.assignment(), "the simulator never got its action partitions"
         target = (int(world.serving[1]) + 1) % world.layout.n_cells
         with KafkaSink(settings, client_id="test-sim-agent") as agent:
             agent.send(topics.actions[0], "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
@@ -106,12 +106,14 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
                                      "output_bytes": [100, 200], "deadline_ms": 100, "priority": 4}},
         "compute": {"decision_timeout_ms": 5000, "default_placement": "cloud"}})
     world = World(scenario, seed=5)
-    stop_agent = threading.Event()
+    stop_agent, agent_ready = threading.Event(), threading.Event()
 
     def agent() -> None:  # a minimal local twin: every demand to the edge
         with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent") as src, \
                 KafkaSink(settings, client_id="test-agent") as out:
             while not stop_agent.is_set():
+                if src.consumer.assignment():
+                    agent_ready.set()
                 for rec in src.poll(20):
                     d = rec.value
                     out.send(topics.actions[0], "Decision", _decision(f"p-{d['demand_id']}", "placement",
@@ -120,6 +122,7 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
 
     helper = threading.Thread(target=agent, daemon=True)
     helper.start()
+    assert agent_ready.wait(60), "the test agent never got the demands partition"
     sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
     source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim")
     try:

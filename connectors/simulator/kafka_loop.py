@@ -37,6 +37,7 @@ commits. Offline, a :class:`MemorySink` encodes and keeps (or just counts) the r
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -52,7 +53,8 @@ from tiertwin.errors import DecodeError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
-ASSIGNMENT_TIMEOUT_S = 20.0
+ASSIGNMENT_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,9 @@ class SimulatorLoop:
                 self._physics_s += time.perf_counter() - started
                 self._steps += 1
                 self._publish_step()
-                if not self.realtime:
+                if self.realtime:
+                    self._poll_decisions(0)  # also when behind schedule, so decisions never starve
+                else:
                     self._lockstep()
                 self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
                 if self.source is not None and time.monotonic() - last_commit >= self.commit_interval_s:
@@ -202,9 +206,15 @@ class SimulatorLoop:
         """A consumer-group member gets its partitions only after joining; decisions before that are unseen."""
         if self.source is None:
             return
+        consumer = self.source.consumer
         deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-        while not self.source.consumer.assignment() and time.monotonic() < deadline and not self._stop.is_set():
+        while not consumer.assignment() and time.monotonic() < deadline and not self._stop.is_set():
+            for topic in self.topics.actions:  # a group joined before a fresh topic's metadata arrived waits for it
+                consumer.partitions_for_topic(topic)
             self._poll_decisions(100)
+        if not consumer.assignment():
+            log.warning("no partition of %s assigned after %.0f s; running, decisions are applied once assigned",
+                        ", ".join(self.topics.actions), ASSIGNMENT_TIMEOUT_S)
 
     def _wait_until(self, due: float) -> None:
         while not self._stop.is_set():
@@ -307,7 +317,7 @@ class SimulatorLoop:
 
 def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None, *, realtime: bool = True,
                   seed: int | None = None, ues: int | None = None, telemetry_hz: float | None = None,
-                  decisions: bool = True, offline: bool = False, settings: Settings | None = None,
+                  decision_timeout_ms: float | None = None, decisions: bool = True, offline: bool = False, settings: Settings | None = None,
                   topics: SimulatorTopics = SimulatorTopics(), group_id: str = "tiertwin-simulator",
                   handle_signals: bool = False, on_start: Any = None) -> SimSummary:
     """Build a World and its Kafka sink/source, run the loop, close everything; for operators and the CLI.
@@ -322,6 +332,8 @@ def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None
 
     spec = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     spec = spec.with_overrides(ues=ues, telemetry_hz=telemetry_hz)
+    if decision_timeout_ms is not None:
+        spec = spec.with_overrides(compute={**spec.compute.model_dump(), "decision_timeout_ms": decision_timeout_ms})
     registry = fast_registry()
     sink: Any = MemorySink(registry, keep=False) if offline else None
     source = None
