@@ -233,6 +233,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
+    load_before = os.getloadavg()[0]
     tag = uuid.uuid4().hex[:8]
     topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
     out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
@@ -309,7 +310,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
-        "runner": "prism", "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
+        "runner": "prism", "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
         "partitions_per_topic": partitions, "produced": produced, "prism_startup_s": startup_s,
         "windows_measured": len(per_window), "records_in_measured_windows_offered": in_windows,
         "records_fused_on_time": fused, "on_time_completeness": fused / in_windows if in_windows else None,
@@ -501,5 +503,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print)
         path = write_results("cloud", results, out)
-        console.print(results)
+        latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
+        console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
+                      f"window end -> snapshot p50 {latency.get('p50_ms', float('nan')):.0f} ms, "
+                      f"p95 {latency.get('p95_ms', float('nan')):.0f} ms over {latency['count']} windows; "
+                      f"polars ceiling {ceiling['records_per_s']:.0f} records/s "
+                      f"(ratio {results['ratio_beam_to_polars_records_per_s'] or 0:.3f})")
         console.print(f"results in {path}")

@@ -40,6 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import IllegalStateError
 
 from tiertwin.errors import ConfigError, RecordRejected
 from tiertwin.pipelines.parquet_log import event_time_ms, short_name
@@ -193,7 +194,11 @@ class _ReadPartition(beam.DoFn):
         deadline = time.monotonic() + self.spec.max_read_s
         last_claimed = restriction.start - 1
         while time.monotonic() < deadline:
-            messages = consumer.poll(timeout_ms=int(self.spec.poll_interval_s * 1000)).get(tp, [])
+            try:
+                messages = consumer.poll(timeout_ms=int(self.spec.poll_interval_s * 1000)).get(tp, [])
+            except IllegalStateError:  # the worker is shutting down and closed the consumer: resume elsewhere
+                tracker.defer_remainder()
+                return
             if not messages:
                 if restriction.stop != UNBOUNDED and consumer.position(tp) >= restriction.stop:
                     # Offsets left (transaction markers, compacted gaps) hold no records: claim them.

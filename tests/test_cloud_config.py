@@ -1,0 +1,67 @@
+"""Cloud twin pieces that need no broker: options, runners, offset tracking, worker watermarks."""
+
+from __future__ import annotations
+
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.utils.timestamp import Timestamp
+from typer.testing import CliRunner
+
+from tiertwin.errors import ConfigError
+from tiertwin.pipelines.beam_kafka import UNBOUNDED, KafkaOffsetTracker, PartitionOffsets, _WorkerWatermarks
+from tiertwin.pipelines.cloud_twin import CloudTwinConfig, prism_binary, runner_args
+from tiertwin.settings import Settings
+
+
+def test_slide_longer_than_window_is_refused():
+    with pytest.raises(ValueError, match="slide_s"):
+        CloudTwinConfig(window_s=5, slide_s=10)
+
+
+def test_missing_prism_binary_points_to_setup(tmp_path):
+    with pytest.raises(ConfigError, match="scripts/setup"):
+        prism_binary(Settings(home=tmp_path))
+
+
+def test_prism_runner_args_use_the_home_binary(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "prism").write_bytes(b"")
+    args = runner_args("prism", Settings(home=tmp_path), streaming=True, extra=["--job_name=x"])
+    assert args == ["--runner=PrismRunner", "--streaming", f"--prism_location={tmp_path}/bin/prism",
+                    "--environment_type=LOOPBACK", "--job_name=x"]
+    with pytest.raises(ConfigError, match="runner must be one of"):
+        runner_args("spark", Settings(home=tmp_path), streaming=False)
+
+
+def test_open_offset_range_only_checkpoints_and_bounded_range_splits():
+    open_tracker = KafkaOffsetTracker(OffsetRange(10, UNBOUNDED))
+    assert open_tracker.try_claim(10) and not open_tracker.is_bounded()
+    assert open_tracker.try_split(0.5) is None, "a fractional split point of an open range never exists"
+    primary, residual = open_tracker.try_split(0)
+    assert (primary.stop, residual.start, residual.stop) == (11, 11, UNBOUNDED)
+    bounded = KafkaOffsetTracker(OffsetRange(0, 100))
+    assert bounded.try_claim(0) and bounded.is_bounded()
+    primary, residual = bounded.try_split(0.5)
+    assert primary.stop == residual.start and residual.stop == 100
+    assert PartitionOffsets().restriction_size(None, OffsetRange(0, UNBOUNDED)) == 1
+
+
+def test_worker_watermark_is_the_minimum_over_fresh_partitions_of_one_read():
+    marks = _WorkerWatermarks(stale_s=60)
+    assert marks.report("read-1", ("t", 0), Timestamp.of(100)) == Timestamp.of(100)
+    assert marks.report("read-1", ("t", 1), Timestamp.of(50)) == Timestamp.of(50)
+    assert marks.report("read-1", ("t", 0), Timestamp.of(200)) == Timestamp.of(50), "the slow partition holds"
+    assert marks.report("read-2", ("t", 0), Timestamp.of(10)) == Timestamp.of(10), "another read is separate"
+    assert marks.report("read-1", ("t", 0), Timestamp.of(150)) == Timestamp.of(50), "own value never goes back"
+    assert marks.own("read-1", ("t", 0)) == Timestamp.of(200)
+    marks.forget("read-1", ("t", 1))
+    assert marks.report("read-1", ("t", 0), Timestamp.of(200)) == Timestamp.of(200)
+
+
+def test_run_accepts_cloud_beside_the_agent_tiers():
+    from tiertwin.jobs.cli import app
+
+    result = CliRunner().invoke(app, ["run", "nowhere"])
+    assert result.exit_code == 1 and "cloud" in result.output
+    help_text = CliRunner().invoke(app, ["run", "--help"]).output
+    assert "--window-s" in help_text and "--runner" in help_text
