@@ -52,14 +52,34 @@ def _wait(predicate, timeout_s=20.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# Pick a UE drawn at least 14 px from every other UE so the click cannot land on a neighbour.
+# Pick a UE with decisions in the feed, drawn at least 14 px from every other UE so the click
+# cannot land on a neighbour.
 ISOLATED_UE_JS = """
 const v = window.tiertwinView, X = v.state.screen.x, Y = v.state.screen.y, canvas = document.getElementById('map');
+const decided = new Set(v.state.decisions.map((d) => d.ue));
 for (let i = 0; i < X.length; i++) {
+  if (!decided.has(v.state.ueIds[i])) continue;
   if (X[i] < 40 || Y[i] < 90 || X[i] > canvas.clientWidth - 40 || Y[i] > canvas.clientHeight - 70) continue;
   let alone = true;
   for (let j = 0; j < X.length && alone; j++) if (j !== i && Math.hypot(X[i] - X[j], Y[i] - Y[j]) < 14) alone = false;
   if (alone) return {id: v.state.ueIds[i], x: X[i], y: Y[i], w: canvas.clientWidth, h: canvas.clientHeight};
+}
+return null;
+"""
+
+
+# A point inside some cell's sector, at least 16 px from every UE and away from masts and labels.
+EMPTY_CELL_SPOT_JS = """
+const v = window.tiertwinView, X = v.state.screen.x, Y = v.state.screen.y;
+for (const c of v.state.cellPolys) {
+  const [cx, cy] = c.label;
+  for (const [vx, vy] of c.poly) for (const f of [0.3, 0.45, 0.6]) {
+    const x = cx + (vx - cx) * f, y = cy + (vy - cy) * f;
+    let free = Math.hypot(x - cx, y - cy) > 25;
+    for (let i = 0; i < X.length && free; i++) if (Math.hypot(X[i] - x, Y[i] - y) < 16) free = false;
+    for (const b of v.state.edgeBoxes) if (x > b.x - 10 && x < b.x + b.w + 10 && y > b.y - 20 && y < b.y + b.h + 10) free = false;
+    if (free) return {cell: c.id, x, y};
+  }
 }
 return null;
 """
@@ -107,21 +127,53 @@ def test_live_view_in_headless_chromium(new_topic, settings):
         Select(driver.find_element(By.ID, "f-tier")).select_by_visible_text("all tiers")
 
         # click a UE on the map: its twin (as the API holds it) appears in the panel
+        # (dots move while the test aims: a click that lands on a neighbour is aimed again)
         canvas = driver.find_element(By.ID, "map")
-        target = _wait(lambda: driver.execute_script(ISOLATED_UE_JS), 10, "an isolated UE")
-        point = driver.execute_script("return window.tiertwinView.uePoint(arguments[0])", target["id"])
-        ActionChains(driver).move_to_element_with_offset(
-            canvas, int(point["x"] - target["w"] / 2), int(point["y"] - target["h"] / 2)).click().perform()
-        shown_ue = lambda: driver.execute_script(  # noqa: E731
-            "const e = document.querySelector('#twin-title [data-field=ue_id]'); return e && e.textContent")
-        _wait(lambda: shown_ue() == target["id"], 10, f"the twin of {target['id']}")
+        shown = lambda field: driver.execute_script(  # noqa: E731
+            f"const e = document.querySelector('#twin-title [data-field={field}]'); return e && e.textContent")
+
+        def click_at(x: float, y: float) -> None:
+            size = canvas.size
+            ActionChains(driver).move_to_element_with_offset(
+                canvas, int(x - size["width"] / 2), int(y - size["height"] / 2)).click().perform()
+
+        def click_a_ue():
+            target = _wait(lambda: driver.execute_script(ISOLATED_UE_JS), 10, "an isolated UE")
+            point = driver.execute_script("return window.tiertwinView.uePoint(arguments[0])", target["id"])
+            click_at(point["x"], point["y"])
+            try:
+                _wait(lambda: shown("ue_id") == target["id"], 3)
+                return target
+            except AssertionError:
+                return None
+
+        target = _wait(click_a_ue, 20, "a click on a UE to show its twin")
 
         def panel_matches_api():
-            serving = driver.find_element(By.CSS_SELECTOR, '#twin-body [data-field="serving_cell"] .val').text
+            serving = driver.execute_script(  # one call: the panel is re-rendered every 1.5 s
+                "const e = document.querySelector('#twin-body [data-field=serving_cell] .val'); return e && e.textContent")
             return serving == str(httpx.get(f"http://127.0.0.1:{port}/ues/{target['id']}").json()["twin"]["serving_cell"])
 
         _wait(panel_matches_api, 10, "the panel to show the API's serving cell")
         assert driver.find_element(By.ID, "twin-panel").get_attribute("data-id") == target["id"]
+        api_decisions = httpx.get(f"http://127.0.0.1:{port}/ues/{target['id']}").json()["recent_decisions"]
+        assert api_decisions, "the UE was picked for having decisions"
+        assert driver.execute_script("return document.querySelectorAll('#twin-body table tr').length"), \
+            "its recent decisions are listed"
+
+        # click a cell where no UE is drawn: the cell twin with its served UEs appears
+        def click_a_cell():
+            spot = _wait(lambda: driver.execute_script(EMPTY_CELL_SPOT_JS), 10, "a cell area without UEs")
+            click_at(spot["x"], spot["y"])
+            try:
+                _wait(lambda: shown("cell_id") == str(spot["cell"]), 3)
+                return spot
+            except AssertionError:
+                return None
+
+        _wait(click_a_cell, 20, "a click on a cell to show its twin")
+        _wait(lambda: driver.execute_script("return document.querySelectorAll('#twin-body .chip').length"), 10,
+              "the cell's UEs")
 
         # charts get data (latency per tier, records/s) before the screenshot
         _wait(lambda: driver.execute_script("return window.tiertwinView.state.history.points.length") >= 3, 15,
