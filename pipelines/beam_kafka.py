@@ -7,9 +7,10 @@ this machine's runners, so tiertwin reads Kafka with a **splittable DoFn**:
   offset range ``[start, stop)`` tracked by an :class:`OffsetRestrictionTracker`;
   ``stop`` is the partition's end offset (or the offset of a stop timestamp) in
   **bounded** mode and :data:`UNBOUNDED` in **unbounded** mode;
-* each ``process`` call reads for at most ``max_read_s`` and then checkpoints with
-  ``defer_remainder`` (so the runner commits the bundle and downstream windows
-  see the records); an idle partition defers for ``poll_interval_s``;
+* each ``process`` call reads until it has caught up with the partition (or for at
+  most ``max_read_s``) and then checkpoints with ``defer_remainder``, so the runner
+  commits the bundle and downstream windows see the records; a caught-up or idle
+  partition resumes after ``poll_interval_s``;
 * the watermark is set by hand (``ManualWatermarkEstimator``) from the records'
   event times minus ``max_out_of_order_ms``. An idle partition's watermark moves
   on with the wall clock from where its last record left it, so a quiet
@@ -223,6 +224,12 @@ class _ReadPartition(beam.DoFn):
             if newest is not None:
                 self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
             self._last_progress[key] = time.monotonic()
+            highwater = consumer.highwater(tp)
+            if highwater is not None and self._next_offset[key] >= highwater:
+                # Caught up: end the bundle now so its records (and watermark) move on downstream,
+                # instead of waiting out max_read_s for a trickle.
+                tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
+                return
         tracker.defer_remainder(Duration.of(0))
 
     def _decode(self, m):

@@ -24,6 +24,7 @@ from tiertwin.jobs.cli_cloud import STREAMS, produce, tier_traffic
 from tiertwin.pipelines.learners import DEMAND_LATENCY
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
 from tiertwin.pipelines.models import publish_model
+from tiertwin.pipelines import parquet_log
 from tiertwin.pipelines.parquet_log import event_time_ms
 from tiertwin.pipelines.pretrain import SyntheticFleet, load_pretrained
 
@@ -122,6 +123,15 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         got = read_topic(snapshots, settings, timeout_s=120, until=lambda recs: fused(recs) == expected)
         assert fused(got) == expected, f"job log: {(tmp_path / 'cloud.log').read_text()[-2000:]}"
         assert {r.value["pane"] for r in got} <= {"on_time", "late"} and any(r.value["pane"] == "on_time" for r in got)
+        windows = {(r.value["cell_id"], r.value["window_start_ms"]) for r in got}
+        deadline = time.monotonic() + 20  # the Parquet writer finishes its bundle independently of the Kafka one
+        while time.monotonic() < deadline:
+            archived = {(s["cell_id"], s["window_start_ms"])
+                        for s in parquet_log.read_records(tmp_path / "snapshots", "TwinSnapshot")}
+            if archived >= windows:
+                break
+            time.sleep(0.5)
+        assert archived >= windows
 
         updates = read_topic(models, settings, timeout_s=60,
                              until=lambda recs: any(r.value["version"] > live_version for r in recs))
