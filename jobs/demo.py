@@ -19,7 +19,7 @@ from kafka import TopicPartition
 
 from tiertwin.connectors.kafka import KafkaSource
 from tiertwin.errors import TiertwinError
-from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, status_of, stop
+from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
 from tiertwin.settings import Settings
 
 WATCHED = ("tiertwin.local.telemetry", "tiertwin.local.demands", "tiertwin.edge.summaries",
@@ -126,6 +126,10 @@ def run_demo(seconds: float = 60.0, ues: int | None = None, specs_dir: Path = SP
                 stop(name, settings)
         except Exception:
             pass
+    for name in [*agents, "simulator"]:
+        spec = specs[name] if name != "simulator" else simulator
+        if spec.group_id and spec.inputs:  # the demo is about now: skip whatever earlier runs left unread
+            skip_to_latest(spec.group_id, spec.inputs, settings)
     watcher = TopicWatcher(settings)
     started: list[str] = []
     try:

@@ -202,6 +202,23 @@ def consumer_progress(group_id: str, topics: list[str], settings: Settings | Non
     return total, lag
 
 
+def skip_to_latest(group_id: str, topics: list[str], settings: Settings | None = None) -> None:
+    """Move an idle consumer group's committed offsets to the end of ``topics`` (skip a stale backlog)."""
+    from kafka import TopicPartition
+    from kafka.admin import OffsetSpec
+
+    from tiertwin.connectors.kafka import admin_client
+
+    admin = admin_client(settings)
+    try:
+        tps = [TopicPartition(t["name"], p["partition_index"]) for t in admin.describe_topics(topics)
+               for p in t.get("partitions", [])]
+        if tps:
+            admin.reset_group_offsets(group_id, {tp: OffsetSpec.LATEST for tp in tps})
+    finally:
+        admin.close()
+
+
 def job_rows(settings: Settings | None = None, sample_s: float = 1.0) -> list[dict]:
     """Status, uptime, consumer lag and records/s (committed offsets over ``sample_s``) per job."""
     settings = settings or Settings.from_env()

@@ -1,0 +1,21 @@
+"""The quickstart's main job, shortened: the live three-tier demo on the managed broker."""
+
+import pytest
+
+from tiertwin.jobs.demo import run_demo
+from tiertwin.jobs.launcher import status_of
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def test_live_demo_makes_decisions_at_every_agent_tier_and_stops_cleanly(broker, settings):
+    lines = []
+    summary = run_demo(seconds=20, ues=30, with_cloud=True, settings=settings, on_progress=lines.append)
+    tiers = {tier for tier, _ in summary.decisions}
+    assert {"local", "edge"} <= tiers, summary.decisions
+    assert summary.records["tiertwin.local.telemetry"] > 0 and summary.records["tiertwin.outcomes"] > 0
+    assert summary.records["tiertwin.edge.summaries"] > 0 and summary.records["tiertwin.cloud.snapshots"] > 0
+    assert sum(summary.placements.values()) > 0
+    assert any("deployed simulator" in line for line in lines)
+    for name in ("simulator", "local", "edge", "cloud"):
+        assert status_of(name, settings)["running"] == 0
