@@ -54,6 +54,7 @@ from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
 ASSIGNMENT_TIMEOUT_S = 30.0
+DRAIN_LIMIT_S = 2.0  # at the end, wait at most this long for decisions of pending demands
 log = logging.getLogger(__name__)
 
 
@@ -244,11 +245,11 @@ class SimulatorLoop:
         self._poll_decisions(0)  # resource decisions that need no demand
 
     def _drain_pending(self) -> None:
-        """At the end, give pending demands their decision timeout, then the default placement."""
+        """At the end, give pending demands their decision timeout (at most DRAIN_LIMIT_S), then the default."""
         world = self.world
         if not world.pending:
             return
-        deadline = time.monotonic() + world.scenario.compute.decision_timeout_ms / 1000.0
+        deadline = time.monotonic() + min(world.scenario.compute.decision_timeout_ms / 1000.0, DRAIN_LIMIT_S)
         while world.pending and time.monotonic() < deadline and self.source is not None:
             self._poll_decisions(5)
         world.expire_pending()
