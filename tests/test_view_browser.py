@@ -26,7 +26,7 @@ from tiertwin.jobs.twin_view_routes import layout_from_scenario
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SCENARIO = "dense-urban-xr"
-UES = 600
+UES = 400
 
 
 def _browser():
@@ -160,6 +160,13 @@ def test_live_view_in_headless_chromium(new_topic, settings):
         assert api_decisions, "the UE was picked for having decisions"
         assert driver.execute_script("return document.querySelectorAll('#twin-body table tr').length"), \
             "its recent decisions are listed"
+
+        # the UE filter narrows the feed to that UE (back-filled from /decisions)
+        driver.find_element(By.ID, "f-ue").send_keys(target["id"])
+        feed_subjects = lambda: driver.execute_script(  # noqa: E731
+            "return [...document.querySelectorAll('#feed-body tr.decision [data-ue]')].map(e => e.dataset.ue)")
+        _wait(lambda: (ues := feed_subjects()) and set(ues) == {target["id"]}, 10, "only that UE's decisions")
+        driver.find_element(By.ID, "f-ue").clear()
 
         # click a cell where no UE is drawn: the cell twin with its served UEs appears
         def click_a_cell():
