@@ -391,7 +391,9 @@ def mount_twin_view(app: FastAPI, view: "TwinView", layout: dict | None = None,
 
     @app.get("/stats/history")
     def get_history() -> list[dict]:
-        """Chart points (one per second, last five minutes) so a new page starts with a past."""
+        """Chart points (one per second, last five minutes) so a new page starts with a past.
+
+        Points are sampled while frames are built, i.e. while some page or client is reading."""
         feed.network()
         return list(feed.stats.history)
 
