@@ -338,15 +338,31 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @app.command("pretrain")
     @one_line_errors
-    def pretrain(samples: int = typer.Option(20_000, help="Synthetic examples per model."),
+    def pretrain(source: str = typer.Option("simulator", help="simulator (offline run, random placements) or synthetic."),
+                 scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
+                 seconds: float = typer.Option(60.0, help="Simulated seconds of demands to learn latency from."),
+                 ues: int = typer.Option(60, help="UEs in the simulated scenario."),
+                 samples: int = typer.Option(20_000, help="Synthetic examples per model (handover, bandits, and latency if synthetic)."),
                  seed: int = typer.Option(7),
                  out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
                  publish: bool = typer.Option(False, help="Also publish them to the models topic."),
                  models_topic: str = typer.Option("tiertwin.models")):
-        """Train the starting models on simulator-like data and write pipelines/pretrained/*.pkl."""
-        from tiertwin.pipelines.pretrain import PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models, write_pretrained
+        """Train the starting models and write pipelines/pretrained/*.pkl.
 
+        The demand-latency model learns from the simulator's measured outcomes (features built as the
+        local agent builds them); the handover forecaster and the share bandits from synthetic streams.
+        """
+        from tiertwin.errors import ConfigError
+        from tiertwin.pipelines.pretrain import (PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models,
+                                                 pretrain_on_simulator, write_pretrained)
+
+        if source not in ("simulator", "synthetic"):
+            raise ConfigError(f"--source must be simulator or synthetic, not {source!r}")
         models = pretrain_models(samples, seed)
+        if source == "simulator":
+            held_out = pretrain_on_simulator(models, scenario, seconds, seed, ues)
+            console.print("demand-latency on held-out simulator outcomes: " +
+                          ", ".join(f"{k} {v:.2f}" for k, v in held_out.items()))
         for path in write_pretrained(models, out or PRETRAINED_DIR):
             console.print(f"wrote {path}")
         if publish:

@@ -13,7 +13,7 @@ protocol overhead, backhaul) rather than the division itself.
 ...     {"mec_capacity_gcps": 100.0, "mec_queue_gcycles": 1.0, "prb_utilization": 0.5,
 ...      "mec_utilization": 0.25})
 >>> x["uplink_ms"], x["downlink_ms"], x["edge_compute_ms"], x["edge_queue_ms"], x["local_compute_ms"]
-(10.0, 10.0, 5.0, 10.0, 50.0)
+(10.0, 10.0, 5.0, 10.0, 25.0)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def transfer_ms(nbytes: float, mbps: float) -> float:
 
 
 def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None,
-                    local_queue_ms: float = 0.0) -> dict[str, float]:
+                    local_queue_ms: float = 0.0, local_backlog_ms: float | None = None) -> dict[str, float]:
     """Features of one demand given the UE's denoised radio state and its cell's edge state.
 
     The same dict (plus ``tier``) is what :class:`~tiertwin.pipelines.learners.DemandLatencyModel`
@@ -52,7 +52,6 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
     radio = radio or DEFAULT_RADIO
     edge = edge or DEFAULT_EDGE
     gcycles = float(demand["compute_gcycles"])
-    cpu_free = max(1.0 - float(radio.get("cpu_util", 0.3)), 0.05)
     mec_capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
     uplink_ms = transfer_ms(demand["input_bytes"], radio.get("throughput_ul_mbps", 20.0))
     downlink_ms = transfer_ms(demand["output_bytes"], radio.get("throughput_dl_mbps", 100.0))
@@ -63,10 +62,14 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
         # A busy cell stretches every transfer; the product keeps the model linear.
         "congested_transfer_ms": (uplink_ms + downlink_ms) * prb_utilization,
         "rtt_ms": float(radio.get("rtt_ms", 10.0)),
-        "local_compute_ms": gcycles / (DEVICE_CAPACITY_GCPS * cpu_free) * 1000.0,
-        "local_queue_ms": float(local_queue_ms),
+        "local_compute_ms": gcycles / DEVICE_CAPACITY_GCPS * 1000.0,
+        "local_queue_ms": float(local_queue_ms),      # device work ahead of it under EDF
+        "local_backlog_ms": float(local_queue_ms if local_backlog_ms is None else local_backlog_ms),  # all device work
         "edge_compute_ms": gcycles / mec_capacity * 1000.0,
         "edge_queue_ms": float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0,
+        # MEC servers serve urgent work first: the queue delays low-priority demands most.
+        "edge_queue_low_priority_ms": float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0
+                                      * (7 - int(demand.get("priority", 0))) / 7.0,
         "cloud_compute_ms": gcycles / CLOUD_CAPACITY_GCPS * 1000.0,
         "sinr_db": float(radio.get("sinr_db", 10.0)),
         "prb_utilization": prb_utilization,

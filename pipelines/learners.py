@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from river import bandit, base, linear_model, optim, preprocessing
+from river import bandit, base, compose, linear_model, optim, preprocessing
 
 DEMAND_LATENCY = "demand-latency"
 HANDOVER = "handover-sinr"
@@ -33,16 +33,35 @@ MODEL_NAMES = (DEMAND_LATENCY, HANDOVER, PRB_SHARE, MEC_SHARE)
 
 # Which features explain latency at each tier; others would only add noise to a linear fit.
 TIER_FEATURES: dict[str, tuple[str, ...]] = {
-    "local": ("local_compute_ms", "cpu_util", "compute_gcycles"),
-    "edge": ("uplink_ms", "downlink_ms", "congested_transfer_ms", "rtt_ms", "edge_compute_ms", "edge_queue_ms",
+    "local": ("local_compute_ms", "local_queue_ms", "local_backlog_ms", "cpu_util"),
+    "edge": ("uplink_ms", "downlink_ms", "congested_transfer_ms", "rtt_ms", "edge_compute_ms", "edge_queue_ms", "edge_queue_low_priority_ms",
              "prb_utilization", "mec_utilization", "sinr_db"),
-    "cloud": ("uplink_ms", "downlink_ms", "congested_transfer_ms", "rtt_ms", "cloud_compute_ms", "prb_utilization", "sinr_db"),
+    "cloud": ("uplink_ms", "downlink_ms", "congested_transfer_ms", "rtt_ms", "cloud_compute_ms", "prb_utilization",
+              "sinr_db", "input_kb", "output_kb"),
 }
 
 
+STANDARD_CLIP = 20.0
+
+
+def clip_standardized(x: dict) -> dict:
+    """Standardized features beyond +-20 sigma are held there: a linear fit must not extrapolate without bound."""
+    return {k: STANDARD_CLIP if v > STANDARD_CLIP else -STANDARD_CLIP if v < -STANDARD_CLIP else v for k, v in x.items()}
+
+
 def _scaled_linear(lr: float = 0.02) -> base.Regressor:
-    return preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.SGD(lr), intercept_lr=lr * 5)
+    # Latency is heavy-tailed (a 5 MB download on a weak link): clipping the loss gradient keeps
+    # one outlier from throwing the weights off (a Huber-like update).
+    return (preprocessing.StandardScaler() | compose.FuncTransformer(clip_standardized)
+            | linear_model.LinearRegression(optimizer=optim.SGD(lr), intercept_lr=lr * 5, clip_gradient=10.0))
+
+
+# The part of the latency physics alone guarantees: moving the bytes and running the cycles at nominal speed.
+PHYSICS_FLOOR_TERMS: dict[str, tuple[str, ...]] = {
+    "local": ("local_compute_ms",),
+    "edge": ("uplink_ms", "downlink_ms", "edge_compute_ms"),
+    "cloud": ("uplink_ms", "downlink_ms", "cloud_compute_ms"),
+}
 
 
 class DemandLatencyModel(base.Regressor):
@@ -59,11 +78,15 @@ class DemandLatencyModel(base.Regressor):
         Prototype cloned for every tier (default: StandardScaler | LinearRegression).
     error_decay
         Weight of the newest absolute error in the running mean absolute error.
+    floor_factor
+        A prediction is never below this share of the physics estimate (bytes over the link, cycles
+        at nominal speed), so a fit learned on a quiet network cannot promise the impossible on a busy one.
     """
 
-    def __init__(self, regressor: base.Regressor | None = None, error_decay: float = 0.02):
+    def __init__(self, regressor: base.Regressor | None = None, error_decay: float = 0.02, floor_factor: float = 0.5):
         self.regressor = regressor
         self.error_decay = error_decay
+        self.floor_factor = floor_factor
         prototype = regressor if regressor is not None else _scaled_linear()
         self._per_tier = {tier: prototype.clone() for tier in TIER_FEATURES}
         self._mae = {tier: 5.0 for tier in TIER_FEATURES}
@@ -79,23 +102,18 @@ class DemandLatencyModel(base.Regressor):
             raise ValueError(f"x['tier'] must be one of {sorted(self._per_tier)}, got {tier!r}")
         return tier
 
-    @staticmethod
-    def _known_wait(x: Mapping, tier: str) -> float:
-        # The device's EDF queue is known exactly by the twin: add it rather than learn it.
-        return float(x.get("local_queue_ms", 0.0)) if tier == "local" else 0.0
-
     def learn_one(self, x: dict, y: float) -> None:
         tier = self._tier(x)
         features = self._select(x, tier)
-        target = float(y) - self._known_wait(x, tier)
-        error = abs(self._per_tier[tier].predict_one(features) - target)
+        error = abs(self._per_tier[tier].predict_one(features) - y)
         if math.isfinite(error):
             self._mae[tier] += self.error_decay * (error - self._mae[tier])
-        self._per_tier[tier].learn_one(features, target)
+        self._per_tier[tier].learn_one(features, float(y))
         self.n_learned += 1
 
     def _predict(self, x: Mapping, tier: str) -> float:
-        return max(0.0, self._per_tier[tier].predict_one(self._select(x, tier))) + self._known_wait(x, tier)
+        floor = self.floor_factor * sum(float(x.get(k, 0.0)) for k in PHYSICS_FLOOR_TERMS[tier])
+        return max(floor, self._per_tier[tier].predict_one(self._select(x, tier)))
 
     def predict_one(self, x: dict) -> float:
         return self._predict(x, self._tier(x))

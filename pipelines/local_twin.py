@@ -200,6 +200,11 @@ class EdfQueue:
         self._advance(now_ms)
         return float(sum(r for d, r in self.tasks if d <= deadline_ms))
 
+    def backlog_ms(self, now_ms: float) -> float:
+        """All work still queued on the device, whatever its deadline."""
+        self._advance(now_ms)
+        return float(sum(r for _, r in self.tasks))
+
     def add(self, now_ms: float, deadline_ms: float, compute_ms: float) -> None:
         self._advance(now_ms)
         bisect.insort(self.tasks, [float(deadline_ms), float(compute_ms)])
@@ -317,7 +322,8 @@ class LocalTwinAgent(TwinAgent):
         absolute_deadline = now_ms + demand["deadline_ms"]
         critical = demand["priority"] >= c.critical_priority
         wait = twin.device.wait_ms(now_ms, absolute_deadline if critical else float("inf"))
-        x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait)
+        x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait,
+                            twin.device.backlog_ms(now_ms))
         predicted = model.predict_tiers(x)
         costs = c.tier_costs
         if twin.battery_pct < c.low_battery_pct:

@@ -105,7 +105,9 @@ def test_tight_deadline_with_loaded_edge_is_placed_locally(local_config, setting
     ue = fleet.ues[0]
     with KafkaSink(settings) as sink, Running(LocalTwinAgent(local_config, settings)) as agent:
         idle = fleet.cell_report(1, 0, load=0.0)
-        loaded = {**fleet.cell_report(0, 0, load=1.0), "mec_queue_gcycles": 50.0, "mec_capacity_gcps": 100.0}
+        # Loaded: the MEC slice is busy and has little capacity left, the cell's PRBs are all in use.
+        loaded = {**fleet.cell_report(0, 0, load=1.0), "mec_queue_gcycles": 50.0, "mec_capacity_gcps": 2.0,
+                  "mec_utilization": 1.0, "prb_utilization": 1.0}
         send(sink, local_config.edge_state_topic, "EdgeState", [idle, loaded], key_field="cell_id")
         deadline = time.monotonic() + 20
         while len(agent.edge_states) < 2 and time.monotonic() < deadline:
@@ -121,7 +123,7 @@ def test_tight_deadline_with_loaded_edge_is_placed_locally(local_config, setting
         decisions = read_topic(local_config.actions_topic, settings, expect=2, timeout_s=30)
     target = {r.value["subject_id"]: r.value for r in decisions}
     assert target["on-loaded-cell"]["target"] == "local"
-    assert target["on-loaded-cell"]["parameters"]["x_edge_queue_ms"] == pytest.approx(500.0)
+    assert target["on-loaded-cell"]["parameters"]["x_edge_queue_ms"] == pytest.approx(25_000.0)
     assert target["on-loaded-cell"]["parameters"]["predicted_edge_ms"] > 20.0
     assert target["on-idle-cell"]["target"] == "edge", "the same demand offloads when the edge is idle"
 
