@@ -46,6 +46,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
 
 if TYPE_CHECKING:
@@ -127,6 +128,45 @@ def derived_layout(view: "TwinView") -> dict:
     extent = max((math.hypot(x, y) for _, x, y in positions), default=100.0)
     return {"source": "derived", "scenario": None, "isd_m": None, "sectored": False,
             "area_radius_m": float(extent), "ues_configured": None, "sites": sites, "cells": cells}
+
+
+def running_simulator_scenario(settings: Settings | None = None) -> str | None:
+    """The ``--scenario`` of a running deployed simulator job (``tiertwin deploy`` / ``tiertwin demo``), if any.
+
+    >>> import tempfile
+    >>> running_simulator_scenario(Settings(home=Path(tempfile.mkdtemp()))) is None
+    True
+    """
+    from tiertwin.jobs.launcher import deployed, status_of
+
+    for state in deployed(settings):
+        spec = state.get("spec") or {}
+        args = list(spec.get("args") or [])
+        if spec.get("tier") != "simulator" or status_of(state["name"], settings)["running"] == 0:
+            continue
+        for flag in ("--scenario", "-s"):
+            if flag in args[:-1]:
+                return args[args.index(flag) + 1]
+    return None
+
+
+class LayoutSource:
+    """``GET /layout``: the configured layout, else a running simulator job's scenario, else derived."""
+
+    def __init__(self, view: "TwinView", layout: dict | None = None):
+        self.view, self.layout = view, layout
+        self._scenario_layouts: dict[str, dict | None] = {}
+
+    def get(self) -> dict:
+        if self.layout is not None:
+            return self.layout
+        scenario = running_simulator_scenario(self.view.settings)
+        if scenario is not None and scenario not in self._scenario_layouts:
+            try:
+                self._scenario_layouts[scenario] = layout_from_scenario(scenario)
+            except TiertwinError:  # a spec naming a file this process cannot read: fall back to derived
+                self._scenario_layouts[scenario] = None
+        return self._scenario_layouts.get(scenario) or derived_layout(self.view)
 
 
 # =============================================================================================
@@ -366,6 +406,7 @@ def mount_twin_view(app: FastAPI, view: "TwinView", layout: dict | None = None,
     """Add the page and its endpoints to ``app``; returns the shared :class:`StateFeed`."""
     feed = StateFeed(view)
     lag = LagMeter(lag_groups, view.settings)
+    layouts = LayoutSource(view, layout)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -375,8 +416,9 @@ def mount_twin_view(app: FastAPI, view: "TwinView", layout: dict | None = None,
 
     @app.get("/layout")
     def get_layout() -> dict:
-        """Sites and cells with positions in metres (from the scenario, or derived from the twins)."""
-        return layout if layout is not None else derived_layout(view)
+        """Sites and cells in metres: from ``--scenario``, else from a running simulator job's
+        scenario, else derived from the twins."""
+        return layouts.get()
 
     @app.get("/state")
     def get_state() -> dict:

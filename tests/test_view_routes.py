@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,6 +21,7 @@ from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
 from tiertwin.jobs.twin_view_routes import LagMeter, StateFeed, layout_from_scenario, mount_twin_view
 from tiertwin.schemas.examples import example
+from tiertwin.settings import Settings
 
 SCENARIO = "dense-urban-xr"
 
@@ -90,14 +94,39 @@ def test_page_layout_and_state_frame_follow_the_topics(view_topics, settings):
         assert stats["latency_ms"]["local"]["n"] == 3 and stats["latency_ms"]["cloud"]["n"] == 0
         assert stats["miss_rate"] == 0.25 and stats["miss_rate_by_placement"] == {"edge": 0.25}
         assert client.get("/stats/history").json()[-1]["miss_rate"] == 0.25
-
-        derived = TestClient(create_app(view)).get("/layout").json()
-        cells = {c["cell_id"]: c for c in derived["cells"]}
-        assert derived["source"] == "derived" and set(cells) == {3, 4}
-        assert (cells[3]["x_m"], cells[3]["y_m"], cells[3]["site_id"]) == (20.0, 30.0, 1)
-        assert derived["sites"] == [{"site_id": 1, "x_m": -15.0, "y_m": 17.5}]
     finally:
         view.stop()
+
+
+def test_layout_is_derived_from_the_twins_unless_a_simulator_job_runs(tmp_path):
+    view = TwinView(settings=Settings(home=tmp_path))
+    for ue, x, y, cell in [("a", 10.0, 20.0, 3), ("b", 30.0, 40.0, 3), ("c", -50.0, 5.0, 4)]:
+        view.apply(view.topics.summaries, "tiertwin.LocalSummary",
+                   example("LocalSummary", ue_id=ue, x_m=x, y_m=y, serving_cell=cell))
+    for cell in (3, 4):
+        view.apply(view.topics.edge_state, "tiertwin.EdgeState", example("EdgeState", cell_id=cell, site_id=1))
+    client = TestClient(create_app(view))
+    derived = client.get("/layout").json()
+    cells = {c["cell_id"]: c for c in derived["cells"]}
+    assert derived["source"] == "derived" and set(cells) == {3, 4}
+    assert (cells[3]["x_m"], cells[3]["y_m"], cells[3]["site_id"]) == (20.0, 30.0, 1)
+    assert derived["sites"] == [{"site_id": 1, "x_m": -15.0, "y_m": 17.5}]
+
+    # a deployed simulator job (as `tiertwin deploy` records it) that is running: its scenario's layout
+    job = tmp_path / "jobs" / "simulator"
+    job.mkdir(parents=True)
+    state = {"name": "simulator", "tier": "simulator", "started_at": time.time(),
+             "instances": [{"instance": 0, "pid": os.getpid(), "log": "x"}],
+             "spec": {"name": "simulator", "tier": "simulator", "args": ["--scenario", "stadium-event", "--realtime"]}}
+    (job / "state.json").write_text(json.dumps(state))
+    from_sim = client.get("/layout").json()
+    assert from_sim == layout_from_scenario("stadium-event") and from_sim["source"] == "scenario"
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    state["instances"][0]["pid"] = finished.pid
+    (job / "state.json").write_text(json.dumps(state))
+    assert client.get("/layout").json()["source"] == "derived"
 
 
 def test_frames_carry_ue_ids_only_when_they_change_and_each_decision_once():
