@@ -336,8 +336,9 @@ class TwinAgent:
                 self.side.consumer.position(tp)   # resolve the seek now, not at the first poll
         self.changelog = KafkaProducer(**kafka_client_config(s, f"{client}-changelog"),
                                        acks="all", linger_ms=5, retries=2**31 - 1)
+        self._metrics_server = None
         if c.metrics_port:
-            start_http_server(c.metrics_port, registry=self.metrics.registry)
+            self._metrics_server = start_http_server(c.metrics_port, registry=self.metrics.registry)
         self._last_commit = time.monotonic()
         self._records_since_commit = 0
         self._next_lag_check = 0.0
@@ -413,6 +414,8 @@ class TwinAgent:
             self.side.close()
             self.changelog.close(timeout=10)
             self.sink.close()
+            if self._metrics_server:   # prometheus_client >= 0.17 returns (server, thread)
+                self._metrics_server[0].shutdown()
 
     # -- rebalance and restore -----------------------------------------------------------------
     def _apply_rebalance(self) -> None:

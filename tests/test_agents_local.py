@@ -203,3 +203,21 @@ def test_checkpoint_restores_twins_in_a_new_instance(local_config, settings):
     for ue_id, twin in first.twins.items():
         restored = second.twins[ue_id]
         assert (restored.last_seq, restored.radio, list(restored.history)) == (twin.last_seq, twin.radio, list(twin.history))
+
+
+def test_metrics_are_served_on_the_metrics_port(local_config, settings):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    fleet = SyntheticFleet(n_ues=2, n_cells=2, seed=7)
+    _, demands = fleet_records(fleet, 3)
+    config = local_config.model_copy(update={"metrics_port": port})
+    with KafkaSink(settings) as sink, Running(LocalTwinAgent(config, settings)):
+        send(sink, config.demands_topic, "Demand", demands)
+        read_topic(config.actions_topic, settings, expect=len(demands), timeout_s=30)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert f'tiertwin_agent_decisions_total{{instance="{config.instance_id}",kind="placement",tier="local"}} {float(len(demands))}' in text
+    assert "tiertwin_agent_decision_latency_seconds_bucket" in text and "tiertwin_agent_model_version" in text
