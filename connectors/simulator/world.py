@@ -15,6 +15,22 @@ Each :meth:`World.step` advances the simulated clock by ``scenario.step_ms``:
 7. MEC slices drain their queues, most urgent priority first (preemptive), the cloud its FIFO
    queue; new demands arrive (:mod:`.demands`).
 
+Decisions (:meth:`World.apply_decision`; each ``decision_id`` is applied once):
+
+* ``placement`` (``subject_id`` = demand id, ``target`` local / edge / cloud): the pending demand runs
+  there; its Outcome carries the ``decision_id``. After the timeout: a ``late`` decision Outcome.
+* ``handover`` (``ue_id``, ``target`` ``cell:<id>``): immediate; A3 is suspended for
+  ``decision_hold_ms`` (or ``parameters["hold_ms"]``). Effect: SINR / RSRP before and after.
+* ``prb_share`` (``parameters["share"]``): with ``ue_id``, a PRB reservation in the UE's cell (until it
+  hands over); else for ``cell_id``, the fraction of PRBs the cell may use (less interference too).
+* ``mec_share`` (``cell_id``, ``share``): that cell's slice of its site's MEC server; cells without a
+  decided share split the rest equally.
+* ``xr_bitrate`` (``ue_id``, ``parameters["bitrate_mbps"]``): frames get smaller or larger.
+* ``migration``: counted (the twin moves, not the UE).
+
+Anything else (unknown UE / cell, share outside [0, 1]) raises :class:`WorldRejected`
+(reason ``inapplicable-decision``), which the loop dead-letters.
+
 Records are pulled, not pushed: after a step, :meth:`telemetry_records`,
 :meth:`demand_records`, :meth:`cell_reports` and :meth:`outcome_records` return the
 dicts due now, valid against the Avro contracts. :meth:`apply_decision` obeys a
