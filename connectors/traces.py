@@ -157,8 +157,12 @@ def _check_columns(df: pl.DataFrame, mapping: TraceMapping) -> None:
 
 def _time_ms(df: pl.DataFrame, spec: TimeMap) -> pl.Series:
     col = df[spec.column]
-    if col.dtype == pl.String and spec.format:
-        col = col.str.strptime(pl.Datetime("ms"), spec.format, strict=False)
+    if col.dtype == pl.String:
+        numeric = col.cast(pl.Float64, strict=False)
+        if spec.format:
+            col = col.str.strptime(pl.Datetime("ms"), spec.format, strict=False)
+        elif numeric.null_count() > col.null_count():  # not numbers: ISO-8601 text
+            col = col.str.to_datetime(strict=False, time_unit="ms")
     if col.dtype.is_temporal():
         return col.cast(pl.Datetime("ms")).dt.epoch("ms").cast(pl.Float64)
     values = (col.cast(pl.Float64, strict=False) * UNIT_MS[spec.unit]).fill_nan(None).to_frame("v")
