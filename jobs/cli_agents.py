@@ -201,6 +201,12 @@ def _stop(proc: subprocess.Popen) -> str:
     return err or ""
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _fleet_records(fleet, ticks: int, dt_ms: int = 10):
     for tick in range(ticks):
         for kind, record in fleet.step(tick * dt_ms, dt_ms):
@@ -247,6 +253,7 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
                     target=_consume_latencies, args=(topics["actions"], settings.bootstrap, warm + demands, seconds + 60, out_path))
                 reader.start()
                 time.sleep(3.0)  # the reader's imports and assignment, before the clock starts
+                cpu_start = process_cpu_s(proc.pid)
                 start = time.perf_counter()
                 sent = 0
                 while sent < len(records):
@@ -259,6 +266,7 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
                     sent = max(sent, due)
                     time.sleep(0.0005)
                 produced_s = time.perf_counter() - start
+                agent_cpu_share = (process_cpu_s(proc.pid) - cpu_start) / produced_s
                 sink.flush()
                 reader.join(seconds + 90)
                 latencies = json.loads(Path(out_path).read_text())[warm:] if Path(out_path).exists() else []
@@ -273,6 +281,7 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
         "decision_latency": ours, "kafka_end_to_end_latency_one_hop": floor,
         "two_hop_floor": {k: 2 * floor[k] for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")},
         "agent_stderr_tail": agent_log[-400:], "load_average_1m_at_end": os.getloadavg()[0],
+        "agent_cpu_share_while_offered": agent_cpu_share,
         "note": "EndToEndLatency prints whole-millisecond percentiles; a 0 ms floor percentile has no ratio",
     }
     if ours.get("count"):
@@ -304,7 +313,10 @@ def bench_throughput(records: int, demand_every: int, ues: int) -> dict[str, Any
         started = time.perf_counter()
         proc = _start_agent_process(config)
         try:
+            early = read_topic(topics["actions"], settings, expect=1, timeout_s=120)
+            cpu_start, wall_start = process_cpu_s(proc.pid), time.perf_counter()
             decisions = read_topic(topics["actions"], settings, expect=demands, timeout_s=600)
+            cpu_s, window_s = process_cpu_s(proc.pid) - cpu_start, time.perf_counter() - wall_start
             # Startup (imports, group join) counts against us unless we time from the first decision.
             first = min(r.value["decided_ns"] for r in decisions) if decisions else 0
             last = max(r.value["decided_ns"] for r in decisions) if decisions else 0
@@ -316,7 +328,11 @@ def bench_throughput(records: int, demand_every: int, ues: int) -> dict[str, Any
     return {"records": records, "demands": demands, "decisions": len(decisions),
             "records_per_s_first_to_last_decision": records / span_s if decisions else 0.0,
             "records_per_s_including_startup": records / wall, "wall_s_including_startup": wall,
-            "target_20k_met": decisions and records / span_s >= 20_000, "agent_stderr_tail": agent_log[-400:]}
+            # Load-independent view: records per CPU-second the agent process actually got (all its threads).
+            "agent_cpu_share_while_measured": cpu_s / max(window_s, 1e-9),
+            "records_per_agent_cpu_s": (records * (1 - len(early) / max(demands, 1))) / max(cpu_s, 1e-9),
+            "load_average_1m_at_end": os.getloadavg()[0],
+            "target_20k_met": bool(decisions) and records / span_s >= 20_000, "agent_stderr_tail": agent_log[-400:]}
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -396,7 +412,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             console.print("ratio to floor: " + ", ".join(
                 f"{k.removesuffix('_ms')} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in r.items()))
         console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} "
-                      f"on {os.cpu_count()} CPUs")
+                      f"on {os.cpu_count()} CPUs; the agent used {results['agent_cpu_share_while_offered']:.2f} CPUs")
         console.print(f"results: {path}")
 
     @bench_app.command("throughput")
@@ -409,5 +425,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         path = write_results("agents-throughput", results)
         console.print(f"{results['records']} records ({results['demands']} demands -> {results['decisions']} decisions): "
                       f"{results['records_per_s_first_to_last_decision']:.0f} records/s "
-                      f"({results['records_per_s_including_startup']:.0f} with startup)")
+                      f"({results['records_per_s_including_startup']:.0f} with startup); "
+                      f"{results['records_per_agent_cpu_s']:.0f} records per agent CPU-second "
+                      f"(agent got {results['agent_cpu_share_while_measured']:.2f} CPUs; load {results['load_average_1m_at_end']:.1f})")
         console.print(f"results: {path}")
