@@ -16,7 +16,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_tiers(
         scenario: str = typer.Option("dense-urban-xr", "--scenario", "-s", help="Preset name or YAML file."),
         seconds: float = typer.Option(30.0, help="Wall-clock seconds per mode."),
-        ues: int = typer.Option(30, help="UEs in the simulated network."),
+        ues: int = typer.Option(10, help="UEs in the simulated network (keep it small: the simulator must keep up with the wall clock)."),
         seed: int = typer.Option(7, help="Simulator seed (the same for every mode)."),
         warmup: float = typer.Option(2.0, "--warmup", help="Seconds at the start of each mode not counted."),
         local_edge: str = typer.Option("", "--local-edge", help="Link ONE_WAY_MS[:JITTER_MS[:LOSS]] (default 2:0.5:0)."),
