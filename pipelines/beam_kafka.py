@@ -12,9 +12,11 @@ this machine's runners, so tiertwin reads Kafka with a **splittable DoFn**:
   commits the bundle and downstream windows see the records; a caught-up or idle
   partition resumes after ``poll_interval_s``;
 * the watermark is set by hand (``ManualWatermarkEstimator``) from the records'
-  event times minus ``max_out_of_order_ms``. An idle partition's watermark moves
-  on with the wall clock from where its last record left it, so a quiet
-  partition never holds every window open (a never-written one starts at now);
+  event times minus ``max_out_of_order_ms``. A partition that is caught up with
+  its log end and has had no records for ``idle_after_s`` is idle: its watermark
+  moves on with the wall clock from where its last record left it, so a quiet
+  partition never holds every window open (a never-written one starts at now),
+  while a partition with a backlog never counts as idle;
 * records are decoded and validated with tiertwin's :class:`SchemaRegistry`; a
   record that fails goes, whole, to the ``dead_letters`` output as a
   ``DeadLetter`` record: :class:`ReadFromKafka` returns ``records`` and
@@ -207,7 +209,10 @@ class _ReadPartition(beam.DoFn):
                         tracker.try_claim(restriction.stop - 1)
                     _WORKER_WATERMARKS.forget(self.read_id, key)
                     return
-                self._advance_idle(key, watermark)
+                highwater = consumer.highwater(tp)
+                if highwater is not None and self._next_offset[key] >= highwater:
+                    self._advance_idle(key, watermark)
+                # else: records exist that this poll did not bring (a slow fetch, a starved CPU); not idle
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
             newest = None
@@ -273,7 +278,7 @@ class _WorkerWatermarks:
     partition silent for ``stale_s`` (moved to another worker, finished) stops counting.
     """
 
-    def __init__(self, stale_s: float = 10.0):
+    def __init__(self, stale_s: float = 60.0):
         self.stale_s = stale_s
         self._lock = threading.Lock()
         self._own: dict[tuple, tuple[Timestamp, float]] = {}
