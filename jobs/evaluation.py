@@ -53,6 +53,7 @@ PAPER_CLAIM_REDUCTION = 0.42
 MODES = ("baseline", "hierarchical", "centralized")
 ACTION_TOPICS = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
 RESULTS_DIR = Path("bench-results") / "tiers"
+ARCHIVED = ("tiertwin.local.telemetry", "tiertwin.local.demands", "tiertwin.actions.local", "tiertwin.outcomes")
 
 # Defaults and their sources (README "Evaluation"): local<->edge is the radio access plus the
 # metro hop to a MEC host - ITU-R M.2410 asks 1-4 ms one-way user-plane latency of IMT-2020;
@@ -410,6 +411,7 @@ class ModeMetrics:
     demands: int = 0
     by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     placements: dict[str, int] = field(default_factory=dict)
+    by_placement: dict[str, dict[str, float]] = field(default_factory=dict)
     decided: int = 0
     defaulted: int = 0
     decision_ms: dict[str, list[float]] = field(default_factory=dict)   # tier -> input produced -> decided
@@ -425,7 +427,7 @@ class ModeMetrics:
             "demands": self.demands, "demands_per_s": self.demands / self.measured_s if self.measured_s else 0.0,
             "deadline_miss_rate": self.deadline_misses / self.demands if self.demands else float("nan"),
             "demand_latency_ms": stats_ms(self.demand_latency_ms), "by_kind": self.by_kind,
-            "placements": self.placements, "decided": self.decided, "defaulted": self.defaulted,
+            "placements": self.placements, "by_placement": self.by_placement, "decided": self.decided, "defaulted": self.defaulted,
             "decisions_by_kind": self.decisions_by_kind,
             "decisions_per_s": {t: len(v) / self.measured_s for t, v in self.decision_ms.items()} if self.measured_s else {},
             "decision_latency_ms": {t: stats_ms(v) for t, v in self.decision_ms.items()},
@@ -441,6 +443,7 @@ def measure(run: ModeRun, warmup_s: float) -> ModeMetrics:
     kind_of = {d["demand_id"]: d["kind"] for d in run.demands if d["ts_ms"] >= from_ms}
     m = ModeMetrics(run.mode, measured_s=run.measured_s, steps_behind=run.steps_behind, wall_s=run.wall_s)
     per_kind: dict[str, list[tuple[float, bool]]] = {}
+    waits: dict[str, list[tuple[float, float]]] = {}
     placements: Counter = Counter()
     for o in run.outcomes:
         if o["kind"] != "demand" or o["demand_id"] not in kind_of or o["latency_ms"] is None:
@@ -455,22 +458,44 @@ def measure(run: ModeRun, warmup_s: float) -> ModeMetrics:
         else:
             m.defaulted += 1
         per_kind.setdefault(kind_of[o["demand_id"]], []).append((o["latency_ms"], o["deadline_met"]))
+        waits.setdefault(o["placement"], []).append((o["components_ms"]["decision"], o["latency_ms"]))
     m.placements = dict(placements)
+    m.by_placement = {p: {"demands": len(v), "decision_wait_mean_ms": float(np.mean([w for w, _ in v])),
+                          "execution_mean_ms": float(np.mean([x - w for w, x in v]))} for p, v in sorted(waits.items())}
     m.by_kind = {k: {"demands": len(v), "mean_ms": float(np.mean([x for x, _ in v])),
                      "p99_ms": float(np.percentile([x for x, _ in v], 99)),
                      "deadline_miss_rate": 1.0 - float(np.mean([met for _, met in v]))} for k, v in sorted(per_kind.items())}
     kinds: Counter = Counter()
+    wall_ms = event_to_wall(run.demands)
     for decision, applied_ns in run.decisions:
         if decision["source_ts_ms"] < from_ms:
             continue
         tier = decision["tier"]
         kinds[f"{tier}/{decision['kind']}"] += 1
+        observed_ms = wall_ms(decision["source_ts_ms"])
         m.decision_ms.setdefault(tier, []).append((decision["decided_ns"] - decision["source_emitted_ns"]) / 1e6)
-        m.staleness_ms.setdefault(tier, []).append(decision["decided_ns"] / 1e6 - decision["source_ts_ms"])
+        m.staleness_ms.setdefault(tier, []).append(decision["decided_ns"] / 1e6 - observed_ms)
         if tier != "local":   # placements: the simulator's own measure of the wait (above)
-            m.loop_ms.setdefault(tier, []).append(applied_ns / 1e6 - decision["source_ts_ms"])
+            m.loop_ms.setdefault(tier, []).append(applied_ns / 1e6 - observed_ms)
     m.decisions_by_kind = dict(sorted(kinds.items()))
     return m
+
+
+def event_to_wall(demands: list[dict]) -> Callable[[float], float]:
+    """Event time (ms) -> the wall-clock ms at which the simulator emitted records of that time.
+
+    A wall-clock simulator that falls behind stamps event times earlier than the wall clock;
+    ages are measured against when an observation was really made, not its stamp.
+
+    >>> to_wall = event_to_wall([{"ts_ms": 1000, "emitted_ns": 1_005_000_000}, {"ts_ms": 2000, "emitted_ns": 2_050_000_000}])
+    >>> to_wall(1000), to_wall(1500)
+    (1005.0, 1527.5)
+    """
+    pairs = sorted({(d["ts_ms"], d["emitted_ns"] / 1e6) for d in demands})
+    if not pairs:
+        return float
+    ts, wall = np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs])
+    return lambda t: float(np.interp(t, ts, wall))
 
 
 def reduction(hier: float, central: float) -> float:
@@ -486,7 +511,7 @@ def reduction(hier: float, central: float) -> float:
 # The whole evaluation and its report
 # =============================================================================================
 def run_evaluation(config: EvalConfig, out_dir: Path = RESULTS_DIR, on_progress: Callable[[str], None] = print,
-                   broker: EvalBroker | None = None) -> dict[str, Any]:
+                   broker: EvalBroker | None = None, archive: bool = True) -> dict[str, Any]:
     """Run every mode of ``config`` on the same seed; write the report; return the results.
 
     ``broker``: an already started :class:`EvalBroker` with ``config``'s links (else one is
@@ -505,6 +530,13 @@ def run_evaluation(config: EvalConfig, out_dir: Path = RESULTS_DIR, on_progress:
             for mode in controlled:
                 before = os.getloadavg()[0]
                 runs[mode] = run_controlled(mode, config, running, on_progress)
+                if mode == "hierarchical" and archive:
+                    from tiertwin.connectors.archive import archive_topics
+
+                    log = out_dir / "log-hierarchical"
+                    shutil.rmtree(log, ignore_errors=True)
+                    archive_topics(ARCHIVED, log, running.settings)
+                    on_progress(f"hierarchical run archived to {log} (try `tiertwin whatif {log} --a logged --b agent`)")
                 load[mode] = [round(before, 2), round(os.getloadavg()[0], 2)]
                 on_progress(f"{mode}: {len(runs[mode].decisions)} decisions, {len(runs[mode].outcomes)} outcomes "
                             f"in {runs[mode].wall_s:.0f}s")
@@ -639,6 +671,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value * 100:.1f} %"
 
 
+def _change(value: float | None) -> str:
+    """A reduction as words: 0.4 -> '40.0 % lower', -0.1 -> '10.0 % higher'."""
+    if value is None or value != value:
+        return "-"
+    return f"{value * 100:.1f} % lower" if value >= 0 else f"{-value * 100:.1f} % higher"
+
+
 def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
     c, modes, cmp = results["config"], results["modes"], results["comparison"]
     le, ec = c["local_edge"], c["edge_cloud"]
@@ -667,12 +706,13 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {mode} | {s['demands']} | {_f(s['demands_per_s'])} | {_f(d['mean'])} | {_f(d['p50'])} | "
                      f"{_f(d['p99'])} | {_pct(s['deadline_miss_rate'])} | {s['decided']} / {s['defaulted']} |")
     if "end_to_end_mean_reduction" in cmp:
-        lines += ["", f"**Hierarchical vs centralized: mean end-to-end latency {_pct(cmp['end_to_end_mean_reduction'])} "
-                      f"lower, p99 {_pct(cmp['end_to_end_p99_reduction'])} lower** (the paper's summary claims "
-                      f"{_pct(cmp['paper_claim_reduction'])}). Local decision loop: mean "
-                      f"{_pct(cmp['local_loop_mean_reduction'])} lower, p99 {_pct(cmp['local_loop_p99_reduction'])} lower."]
+        lines += ["", f"**Hierarchical vs centralized: mean end-to-end latency {_change(cmp['end_to_end_mean_reduction'])}, "
+                      f"p99 {_change(cmp['end_to_end_p99_reduction'])}** (the paper's summary claims "
+                      f"{_pct(cmp['paper_claim_reduction'])} lower). Local decision loop: mean "
+                      f"{_change(cmp['local_loop_mean_reduction'])}, p99 {_change(cmp['local_loop_p99_reduction'])}."]
     if "hierarchical_vs_baseline_mean_reduction" in cmp:
-        lines.append(f"Hierarchical vs no control (baseline): mean {_pct(cmp['hierarchical_vs_baseline_mean_reduction'])} lower.")
+        lines.append(f"Hierarchical vs no control (baseline, which waits for no decision): mean "
+                     f"{_change(cmp['hierarchical_vs_baseline_mean_reduction'])}.")
     lines += ["", "## Decisions per tier", "",
               "| mode | tier | decisions/s | decision p50 / p99 ms | loop p50 / p99 ms | staleness p50 / p99 ms |",
               "|---|---|---|---|---|---|"]
@@ -683,13 +723,21 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
                          f"{_f(loop['p50'])} / {_f(loop['p99'])} | {_f(st['p50'])} / {_f(st['p99'])} |")
     lines += ["", "Decision latency = input record produced -> decision made; loop latency = input observed -> "
               "decision applied by the network (for placements, the demand's wait for its decision); staleness = "
-              "age of the newest observation behind the decision when it is made (event time -> decided).", "",
+              "age of the newest observation behind the decision when it is made (when the simulator emitted "
+              "it -> decided; for placements that observation is the demand itself, for edge decisions the "
+              "newest telemetry in the local twin's summary).", "",
               "## Deadline misses per demand kind", "", "| mode | kind | demands | mean ms | p99 ms | misses |",
               "|---|---|---|---|---|---|"]
     for mode, s in modes.items():
         for kind, k in s["by_kind"].items():
             lines.append(f"| {mode} | {kind} | {k['demands']} | {_f(k['mean_ms'])} | {_f(k['p99_ms'])} | "
                          f"{_pct(k['deadline_miss_rate'])} |")
+    lines += ["", "## Where demands ran: decision wait vs execution", "",
+              "| mode | placement | demands | mean decision wait ms | mean execution ms |", "|---|---|---|---|---|"]
+    for mode, s in modes.items():
+        for placement, p in s["by_placement"].items():
+            lines.append(f"| {mode} | {placement} | {p['demands']} | {_f(p['decision_wait_mean_ms'])} | "
+                         f"{_f(p['execution_mean_ms'])} |")
     lines += ["", "## Placements and decisions", ""]
     for mode, s in modes.items():
         lines.append(f"- {mode}: placements {s['placements']}; decisions {s['decisions_by_kind'] or '-'}; "

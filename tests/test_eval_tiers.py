@@ -67,3 +67,10 @@ def test_two_modes_produce_a_report_where_hierarchical_local_decisions_are_faste
     for png in ("decision_latency_cdf.png", "demand_latency_cdf.png", "deadlines_staleness.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["comparison"] == results["comparison"]
+    # The hierarchical run is archived: replay it through what the twin decided live vs the agent's code.
+    from tiertwin.jobs.whatif import run_whatif
+
+    whatif = run_whatif(tmp_path / "log-hierarchical", "logged", "default:cloud", out_dir=tmp_path / "whatif")
+    logged = whatif["policies"]["a"]
+    assert logged["demands"] >= modes["hierarchical"]["demands"]
+    assert logged["without_logged_decision"] < 0.5 * logged["demands"]
