@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Iterable, Literal
 
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -148,6 +149,7 @@ class AgentConfig(BaseModel):
     profile: Literal["low-latency", "throughput"] = "low-latency"
     from_beginning: bool = True
     commit_interval_ms: int = Field(1000, ge=10, le=60_000, description="Checkpoint + commit period; bounds the replay after a crash")
+    checkpoint_chunk: int = Field(64, ge=1, le=100_000, description="Twins pickled or sent per loop iteration while checkpointing")
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
     poll_timeout_ms: int = Field(50, ge=0, le=5_000)
     metrics_port: int | None = Field(None, ge=1, le=65535)
@@ -199,6 +201,8 @@ class AgentMetrics:
         self.model_swaps = Counter("tiertwin_agent_model_swaps", "Hot swaps of a model", ["tier", "instance", "model"], registry=r)
         self.checkpoints = Counter("tiertwin_agent_checkpointed_twins", "Twin states written to the changelog",
                                    ["tier", "instance"], registry=r).labels(**labels)
+        self.commit_seconds = Histogram("tiertwin_agent_commit_seconds", "Flush + checkpoint + offset commit (the loop is paused meanwhile)",
+                                        ["tier", "instance"], buckets=self.LATENCY_BUCKETS, registry=r).labels(**labels)
         self.restored = Counter("tiertwin_agent_restored_twins", "Twin states restored from the changelog",
                                 ["tier", "instance"], registry=r).labels(**labels)
         self.learned = Counter("tiertwin_agent_learned", "Examples learned from outcomes", ["tier", "instance", "model"], registry=r)
@@ -340,6 +344,7 @@ class TwinAgent:
         if c.metrics_port:
             self._metrics_server = start_http_server(c.metrics_port, registry=self.metrics.registry)
         self._last_commit = time.monotonic()
+        self._phase: dict | None = None
         self._records_since_commit = 0
         self._next_lag_check = 0.0
         self._opened = True
@@ -368,20 +373,77 @@ class TwinAgent:
             self.process(batch, time.time_ns())
             self._records_since_commit += len(batch)
         now = time.monotonic()
-        if (now - self._last_commit) * 1000 >= self.config.commit_interval_ms:
+        if self._phase is not None:
+            self._advance_checkpoint()
+        elif (now - self._last_commit) * 1000 >= self.config.commit_interval_ms:
             self.metrics.records_per_s.set(self._records_since_commit / max(now - self._last_commit, 1e-9))
             self._records_since_commit = 0
-            self.commit()
+            self._begin_checkpoint()
         if now >= self._next_lag_check:
             self._update_lag()
             self._next_lag_check = now + 5.0
         return len(batch)
 
+    # -- checkpoints spread over the loop ---------------------------------------------------------
+    # Pickling every dirty twin at once would pause decisions for tens of ms each commit interval.
+    # Instead: note the consumed positions P0, pickle the dirty twins a chunk per iteration (their
+    # state may run ahead of P0, which replay tolerates: telemetry is deduplicated by seq and
+    # decisions keep their ids), flush the outputs they reflect, send the pickles a chunk per
+    # iteration, then commit P0 asynchronously.
+    def _begin_checkpoint(self) -> None:
+        consumer = self.source.consumer
+        positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
+        self._phase = {"started": time.perf_counter(), "positions": positions, "keys": list(self._dirty),
+                       "pickled": [], "flushed": False}
+        self._dirty.clear()
+
+    def _advance_checkpoint(self) -> None:
+        phase, chunk = self._phase, self.config.checkpoint_chunk
+        if phase["keys"]:
+            keys, phase["keys"] = phase["keys"][:chunk], phase["keys"][chunk:]
+            for key in keys:
+                twin = self.twins.get(key)
+                if key in self.twin_partition:
+                    value = None if twin is None else pickle.dumps(twin, protocol=pickle.HIGHEST_PROTOCOL)
+                    phase["pickled"].append((key, self.twin_partition[key], value))
+            return
+        if not phase["flushed"]:
+            self.sink.flush()           # outputs (and dead letters) before the states that reflect them
+            phase["flushed"] = True
+            return
+        if phase["pickled"]:
+            batch, phase["pickled"] = phase["pickled"][:chunk], phase["pickled"][chunk:]
+            for key, partition, value in batch:
+                self.changelog.send(self.config.changelog_topic, key=key.encode(), value=value, partition=partition)
+            self.metrics.checkpoints.inc(len(batch))
+            return
+        self.changelog.flush()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in phase["positions"].items()
+                   if tp in self.source.consumer.assignment()}
+        if offsets:
+            self.source.consumer.commit_async(offsets, callback=self._committed)
+        self.metrics.commit_seconds.observe(time.perf_counter() - phase["started"])
+        self._phase = None
+        self._last_commit = time.monotonic()
+
+    def _committed(self, offsets, response) -> None:
+        if isinstance(response, Exception):
+            log.warning("%s: async offset commit failed: %r (records will be reprocessed)", self.config.instance_id, response)
+
+    def _abort_checkpoint(self) -> None:
+        """Give the phase's twins back to the dirty set (a rebalance or a full commit supersedes it)."""
+        if self._phase is not None:
+            self._dirty.update(self._phase["keys"])
+            self._dirty.update(key for key, _, _ in self._phase["pickled"])
+            self._phase = None
+
     def commit(self) -> None:
-        """Flush outputs, checkpoint dirty twins, then commit the consumed offsets.
+        """Flush outputs, checkpoint dirty twins, then commit the consumed offsets (synchronously, all at once).
 
         Outputs first: a checkpoint must never say a summary was sent that a crash then lost.
         """
+        started = time.perf_counter()
+        self._abort_checkpoint()
         self.sink.flush()
         self.checkpoint()
         self.changelog.flush()
@@ -390,10 +452,13 @@ class TwinAgent:
         except BrokerUnavailableError as exc:
             log.warning("%s: %s (records since the last commit will be reprocessed)", self.config.instance_id, exc)
         self._last_commit = time.monotonic()
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
 
     def checkpoint(self) -> int:
         written = 0
         for key in self._dirty:
+            if key not in self.twin_partition:
+                continue
             twin = self.twins.get(key)
             value = None if twin is None else pickle.dumps(twin, protocol=pickle.HIGHEST_PROTOCOL)
             self.changelog.send(self.config.changelog_topic, key=key.encode(), value=value,
@@ -427,6 +492,7 @@ class TwinAgent:
         """
         revoked, assigned = self._rebalance.revoked, self._rebalance.assigned
         self._rebalance.revoked, self._rebalance.assigned = set(), None
+        self._abort_checkpoint()
         if assigned is not None:
             revoked = (revoked | self._held) - assigned
         gone = [k for k, p in self.twin_partition.items() if p in revoked]
