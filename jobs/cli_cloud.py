@@ -178,6 +178,7 @@ def polars_snapshots(archive_dir: Path, window_ms: int) -> list[dict]:
 
 # -- benchmark --------------------------------------------------------------------------------
 STREAMS = ("LocalSummary", "EdgeState", "Decision", "Outcome")
+BENCH_CELLS = 8  # tier_traffic's default
 
 
 def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: float, window_ms: int, seed: int,
@@ -274,7 +275,9 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         while time.monotonic() < deadline:
             for r in source.poll(200):
                 snapshots.append((r.value, time.time() * 1000))
-            if any(v["pane"] == "on_time" and v["window_end_ms"] >= last_window_end for v, _ in snapshots):
+            last_cells = {v["cell_id"] for v, _ in snapshots if v["pane"] == "on_time"
+                          and v["window_end_ms"] >= last_window_end}
+            if len(last_cells) >= BENCH_CELLS:  # every cell's snapshot of the last window is out
                 break
         producer.join(timeout=30)
         produced = done.get(timeout=30)

@@ -163,7 +163,6 @@ class _ReadPartition(beam.DoFn):
         self.registry = SchemaRegistry.default()
         self._consumers: dict[tuple, KafkaConsumer] = {}
         self._next_offset: dict[tuple, int] = {}
-        self._last_progress: dict[tuple, float] = {}
 
     def teardown(self):
         for consumer in getattr(self, "_consumers", {}).values():
@@ -228,7 +227,7 @@ class _ReadPartition(beam.DoFn):
             self.read.inc(len(messages))
             if newest is not None:
                 self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
-            self._last_progress[key] = time.monotonic()
+            _WORKER_WATERMARKS.progressed(self.read_id, key)
             highwater = consumer.highwater(tp)
             if highwater is not None and self._next_offset[key] >= highwater:
                 # Caught up: end the bundle now so its records (and watermark) move on downstream,
@@ -247,7 +246,7 @@ class _ReadPartition(beam.DoFn):
     def _advance_idle(self, key: tuple, watermark) -> None:
         """With no records, event time moves on at the wall clock's pace from the partition's last watermark."""
         now = time.monotonic()
-        since = self._last_progress.setdefault(key, now)
+        since = _WORKER_WATERMARKS.last_progress(self.read_id, key)
         if now - since < self.spec.idle_after_s:
             return
         own = _WORKER_WATERMARKS.own(self.read_id, key)
@@ -258,7 +257,7 @@ class _ReadPartition(beam.DoFn):
         else:
             target = own + Duration.of(now - since)
         self._set_watermark(key, watermark, target)
-        self._last_progress[key] = now
+        _WORKER_WATERMARKS.progressed(self.read_id, key, now)
 
     def _set_watermark(self, key: tuple, watermark, target: Timestamp) -> None:
         bound = _WORKER_WATERMARKS.report(self.read_id, key, target)
@@ -282,6 +281,17 @@ class _WorkerWatermarks:
         self.stale_s = stale_s
         self._lock = threading.Lock()
         self._own: dict[tuple, tuple[Timestamp, float]] = {}
+        # When each partition last moved (records read or an idle step); shared by every DoFn
+        # instance of the worker, since a partition's restriction moves between instances.
+        self._progress: dict[tuple, float] = {}
+
+    def progressed(self, read_id: str, key: tuple, at: float | None = None) -> None:
+        with self._lock:
+            self._progress[(read_id, key)] = time.monotonic() if at is None else at
+
+    def last_progress(self, read_id: str, key: tuple) -> float:
+        with self._lock:
+            return self._progress.setdefault((read_id, key), time.monotonic())
 
     def own(self, read_id: str, key: tuple) -> Timestamp | None:
         with self._lock:
@@ -301,6 +311,7 @@ class _WorkerWatermarks:
     def forget(self, read_id: str, key: tuple) -> None:
         with self._lock:
             self._own.pop((read_id, key), None)
+            self._progress.pop((read_id, key), None)
 
 
 _WORKER_WATERMARKS = _WorkerWatermarks()
