@@ -152,6 +152,8 @@ class AgentConfig(BaseModel):
     checkpoint_chunk: int = Field(64, ge=1, le=100_000, description="Twins pickled or sent per loop iteration while checkpointing")
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
     poll_timeout_ms: int = Field(50, ge=0, le=5_000)
+    fetch_max_wait_ms: int = Field(100, ge=0, le=5_000, description="Broker-side wait when there is no data (fetch_min_bytes is 1, so data never waits for it)")
+    side_poll_interval_ms: int = Field(20, ge=0, le=60_000, description="How often models / edge state / outcomes read by every instance are polled")
     metrics_port: int | None = Field(None, ge=1, le=65535)
     pretrained_dir: Path = PRETRAINED_DIR
 
@@ -325,11 +327,12 @@ class TwinAgent:
         self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, profile=c.profile,
                                   from_beginning=c.from_beginning, client_id=client,
                                   on_rejected=lambda e: rejected.labels(self.tier, c.instance_id, e.reason).inc(),
-                                  session_timeout_ms=c.session_timeout_ms)
+                                  session_timeout_ms=c.session_timeout_ms, fetch_max_wait_ms=c.fetch_max_wait_ms)
         self._rebalance = _Rebalance()
         self.source.consumer.subscribe(self.group_topics(), listener=self._rebalance)
+        # Side topics are not on the decision path: long fetch waits keep their IO thread quiet.
         self.side = KafkaSource([], None, s, self.registry, self.dead_letters, profile="low-latency",
-                                client_id=f"{client}-side")
+                                client_id=f"{client}-side", fetch_max_wait_ms=200)
         side_partitions = {t: [TopicPartition(t, p) for p in sorted(self.side.consumer.partitions_for_topic(t))]
                            for t in self.side_topics()}
         self.side.consumer.assign([tp for tps in side_partitions.values() for tp in tps])
@@ -347,6 +350,7 @@ class TwinAgent:
         self._phase: dict | None = None
         self._records_since_commit = 0
         self._next_lag_check = 0.0
+        self._next_side_poll = 0.0
         self._opened = True
 
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None) -> None:
@@ -363,9 +367,14 @@ class TwinAgent:
             self.close()
 
     def step(self) -> int:
-        """One iteration: side topics, one group batch, maybe a commit. Returns the batch size."""
-        for record in self.side.poll(0):
-            self.process_side(record)
+        """One iteration: side topics (every ``side_poll_interval_ms``), one group batch, maybe a commit.
+        Returns the batch size."""
+        now = time.monotonic()
+        if now >= self._next_side_poll:
+            # Even an empty poll(0) costs about a millisecond in kafka-python 3: not on every record.
+            self._next_side_poll = now + self.config.side_poll_interval_ms / 1000
+            for record in self.side.poll(0):
+                self.process_side(record)
         batch = self.source.poll(self.config.poll_timeout_ms)
         if self._rebalance.revoked or self._rebalance.assigned is not None:
             self._apply_rebalance()
