@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tiertwin.errors import BrokerSetupError, BrokerUnavailableError
+from tiertwin.procs import pid_alive
 from tiertwin.settings import Settings
 
 POM = Path(__file__).resolve().parent / "kafka-broker-pom.xml"
@@ -243,19 +244,7 @@ class ManagedBroker:
             pid = int(self.paths.pid.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            # Reap it if this very process started it and it has exited (else a zombie looks alive).
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return None
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if pid_alive(pid) else None
 
     def port_open(self) -> bool:
         with socket.socket() as sock:

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.errors import ConfigError, TiertwinError
+from tiertwin.procs import pid_alive
 from tiertwin.settings import Settings
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -112,24 +113,6 @@ def _jobs_dir(settings: Settings) -> Path:
     return settings.home / "jobs"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie whose parent is gone counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def deploy(spec: JobSpec, settings: Settings | None = None, spec_path: Path | None = None) -> dict:
     """Start every instance of ``spec`` detached; returns the job's state record."""
     settings = settings or Settings.from_env()
@@ -168,7 +151,7 @@ def status_of(name: str, settings: Settings | None = None) -> dict:
     if not path.exists():
         raise JobNotFoundError(f"no job named {name!r}; see `tiertwin jobs`")
     state = json.loads(path.read_text())
-    alive = [i for i in state["instances"] if _alive(i["pid"])]
+    alive = [i for i in state["instances"] if pid_alive(i["pid"])]
     return {**state, "running": len(alive), "uptime_s": time.time() - state["started_at"] if alive else 0.0}
 
 
@@ -248,13 +231,13 @@ def job_rows(settings: Settings | None = None, sample_s: float = 1.0) -> list[di
 def stop(name: str, settings: Settings | None = None, timeout_s: float = 30.0) -> int:
     """SIGTERM every instance (they flush, commit and checkpoint), SIGKILL after ``timeout_s``."""
     state = status_of(name, settings)
-    pids = [i["pid"] for i in state["instances"] if _alive(i["pid"])]
+    pids = [i["pid"] for i in state["instances"] if pid_alive(i["pid"])]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     return len(pids)

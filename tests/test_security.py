@@ -1,7 +1,5 @@
 """A second managed broker with SASL/SCRAM and the StandardAuthorizer: tiers as principals, ACLs enforced."""
 
-import socket
-
 import pytest
 
 from tiertwin.connectors.broker import ManagedBroker
@@ -10,19 +8,10 @@ from tiertwin.connectors.security import apply_security, credential_file
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError
 from tiertwin.schemas.examples import example
+from tiertwin.procs import free_ports
 from tiertwin.settings import Settings
 
 pytestmark = pytest.mark.broker
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +19,7 @@ def secure_broker(tmp_path_factory, broker):
     home = tmp_path_factory.mktemp("secure-home")
     (home / "kafka").mkdir()
     (home / "kafka" / "libs").symlink_to(broker.paths.libs)  # reuse the jars the session broker resolved
-    port, controller = _free_ports(2)
+    port, controller = free_ports(2)
     secure = ManagedBroker(Settings(home=home, broker_port=port, controller_port=controller,
                                     broker_security="scram", connect_timeout_s=5))
     secure.start()
