@@ -52,10 +52,6 @@ def make_agent(tier: str, config_file: Path | None = None, **overrides: Any):
 def run_until_signalled(agent) -> None:
     """Run ``agent`` in this thread until SIGTERM / SIGINT; then checkpoint, flush, commit and exit."""
     stop = threading.Event()
-    if agent.config.profile == "low-latency":
-        # kafka-python sends from its own thread; with the default 5 ms GIL switch interval a decision
-        # can wait that long behind the busy decision loop before it reaches the socket.
-        sys.setswitchinterval(0.0005)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
