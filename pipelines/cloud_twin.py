@@ -74,7 +74,7 @@ class CloudTwinConfig(BaseModel):
     <apache_beam.transforms.window.SlidingWindows object at ...>
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     window_s: float = Field(10.0, gt=0, description="Window size (event time).")
     slide_s: float | None = Field(None, gt=0, description="Slide period; None = fixed windows.")
