@@ -88,12 +88,19 @@ class CloudTwinConfig(BaseModel):
     models_topic: str | None = MODELS_TOPIC
     train: bool = True
     train_window_s: float = Field(10.0, gt=0, description="Training window (fixed, event time).")
-    model_names: tuple[str, ...] = ("demand-latency",)
+    model_names: tuple[str, ...] = ("demand-latency", "handover-sinr")
     min_examples: int = Field(50, ge=1, description="Examples learned since the last publish before a candidate is judged.")
     min_improvement: float = Field(0.0, ge=0, lt=1, description="Relative MAE gain over the live model needed to publish.")
     start: str = Field("latest", pattern="^(earliest|latest)$")
     max_out_of_order_ms: int = Field(200, ge=0, description="Watermark = newest event time read minus this.")
     idle_after_s: float = Field(0.5, gt=0, description="A partition this long without records is idle.")
+
+    @model_validator(mode="after")
+    def _trainable_models(self):
+        unknown = [name for name in self.model_names if name not in ("demand-latency", "handover-sinr")]
+        if unknown:
+            raise ValueError(f"model_names: cannot train {unknown}; trainable: demand-latency, handover-sinr")
+        return self
 
     @model_validator(mode="after")
     def _slide_within_window(self):
@@ -311,6 +318,48 @@ def join_examples(placements: Iterable[tuple[str, dict]], latencies: Iterable[tu
     return [(x, latency[did]) for did, x in placements if did in latency]
 
 
+def forecast_fields(summary: dict) -> tuple:
+    """What the SINR forecaster learns from in a LocalSummary."""
+    return (summary["ue_id"], summary["serving_cell"], summary["window_end_ms"], summary["sinr_db"],
+            summary["sinr_trend_db_per_s"], summary["speed_mps"])
+
+
+def forecast_examples(summaries: Iterable[tuple]) -> list[tuple[dict, float]]:
+    """``(x, y)`` for the handover SINR forecaster, as the edge twin learns it: each UE's
+    consecutive summaries in the same cell, 0 < dt <= 5 s apart; x from the earlier one
+    (:func:`~tiertwin.pipelines.features.sinr_forecast_features` with horizon dt), y = the later SINR.
+
+    >>> forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])
+    [({'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}, 9.0)]
+    """
+    from tiertwin.pipelines.features import sinr_forecast_features
+
+    by_ue: dict[str, list[tuple]] = {}
+    for summary in summaries:
+        by_ue.setdefault(summary[0], []).append(summary)
+    examples = []
+    for series in by_ue.values():
+        series.sort(key=lambda f: f[2])
+        for (_, cell, t0, sinr, trend, speed), (_, next_cell, t1, next_sinr, _, _) in zip(series, series[1:]):
+            dt = (t1 - t0) / 1000.0
+            if next_cell == cell and 0 < dt <= 5.0:
+                examples.append((sinr_forecast_features(sinr, trend, speed, dt), float(next_sinr)))
+    return examples
+
+
+# The unit of each model's error, in its metric names (mae_ms, live_mae_db, …).
+ERROR_UNITS = {"demand-latency": "ms", "handover-sinr": "db"}
+# Which fused streams each trainable model learns from, and how its examples are made.
+TRAINING_INPUTS = {
+    "demand-latency": {DECISIONS: placement_features, OUTCOMES: measured_latency},
+    "handover-sinr": {SUMMARIES: forecast_fields},
+}
+TRAINING_EXAMPLES = {
+    "demand-latency": lambda groups: join_examples(groups.get(DECISIONS, ()), groups.get(OUTCOMES, ())),
+    "handover-sinr": lambda groups: forecast_examples(groups.get(SUMMARIES, ())),
+}
+
+
 def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> list[tuple[dict, float]]:
     """``(x, y)`` for each placement decision that has a measured outcome (joined by decision_id).
 
@@ -478,9 +527,10 @@ class _TrainModel(beam.DoFn):
         from tiertwin.pipelines.models import model_update
 
         version = state.live_version + 1
-        details = dict(metrics={"mae_ms": candidate_mae, "live_mae_ms": live_mae, "live_version": state.live_version,
-                                "prequential_mae_ms": state.prequential_mae,
-                                "evaluated_on": len(batch.examples)},
+        unit = ERROR_UNITS.get(state.name, "")
+        details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
+                                f"prequential_mae_{unit}": state.prequential_mae,
+                                "live_version": state.live_version, "evaluated_on": len(batch.examples)},
                        window_start_ms=state.first_window_start_ms or batch.start_ms,
                        window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
         if self._sink is not None:
@@ -508,9 +558,11 @@ def _models_consumer(settings: Settings, topic: str):
 
 
 class TrainGlobalModels(beam.PTransform):
-    """Per training window, update the global models from joined decisions and outcomes.
+    """Per training window, update the global models from the fused streams.
 
-    Input: ``{"decisions": …, "outcomes": …}``. Output: the ModelUpdate records published.
+    ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
+    from each UE's consecutive summaries (:data:`TRAINING_INPUTS`). Input: the stream
+    dict of :class:`SplitBySchema`. Output: the ModelUpdate records published.
     """
 
     def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
@@ -529,15 +581,14 @@ class TrainGlobalModels(beam.PTransform):
 
         def to_batches(element, win=beam.DoFn.WindowParam):
             _, groups = element
-            batch = Batch(win.start.micros // 1000, win.end.micros // 1000,
-                          join_examples(groups[DECISIONS], groups[OUTCOMES]))
             for name in config.model_names:
-                yield name, batch
+                yield name, Batch(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](groups))
 
-        tagged = {
-            DECISIONS: streams[DECISIONS] | "Placements" >> beam.FlatMap(keyed(placement_features)),
-            OUTCOMES: streams[OUTCOMES] | "Measured" >> beam.FlatMap(keyed(measured_latency)),
-        }
+        projections = {}
+        for name in config.model_names:
+            projections.update(TRAINING_INPUTS[name])
+        tagged = {stream: streams[stream] | f"Project {stream}" >> beam.FlatMap(keyed(project))
+                  for stream, project in projections.items()}
         windowed = {name: pc | f"TrainWindow {name}" >> beam.WindowInto(window.FixedWindows(config.train_window_s))
                     for name, pc in tagged.items()}
         return (windowed

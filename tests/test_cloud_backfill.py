@@ -108,14 +108,18 @@ def test_training_over_an_archive_publishes_better_versions_in_order(tier_topics
     config = CloudTwinConfig(train_window_s=2, min_examples=50, models_topic=None, snapshots_topic=None,
                              early_firing_s=None)
 
-    def check(updates):
-        updates = sorted(updates, key=lambda u: u["version"])
-        assert [u["version"] for u in updates] == list(range(1, len(updates) + 1)) and len(updates) >= 2, updates
-        windows = [u["training_window_end_ms"] for u in updates]
-        assert windows == sorted(windows), "trained in event-time order"
-        for u in updates:
-            assert u["model_name"] == "demand-latency" and u["metrics"]["mae_ms"] < u["metrics"]["live_mae_ms"]
-        assert updates[-1]["metrics"]["mae_ms"] < updates[0]["metrics"]["mae_ms"]
+    def check(all_updates):
+        assert {u["model_name"] for u in all_updates} == {"demand-latency", "handover-sinr"}
+        for name in ("demand-latency", "handover-sinr"):
+            updates = sorted((u for u in all_updates if u["model_name"] == name), key=lambda u: u["version"])
+            assert [u["version"] for u in updates] == list(range(1, len(updates) + 1)), updates
+            windows = [u["training_window_end_ms"] for u in updates]
+            assert windows == sorted(windows), "trained in event-time order"
+            unit = {"demand-latency": "ms", "handover-sinr": "db"}[name]
+            for u in updates:
+                assert u["metrics"][f"mae_{unit}"] < u["metrics"][f"live_mae_{unit}"]
+        latency = sorted((u for u in all_updates if u["model_name"] == "demand-latency"), key=lambda u: u["version"])
+        assert len(latency) >= 2 and latency[-1]["metrics"]["mae_ms"] < latency[0]["metrics"]["mae_ms"]
 
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
         read = p | ReadArchive(tmp_path / "log")

@@ -134,8 +134,9 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         assert archived >= windows
 
         updates = read_topic(models, settings, timeout_s=60,
-                             until=lambda recs: any(r.value["version"] > live_version for r in recs))
-        newer = [r.value for r in updates if r.value["version"] > live_version]
+                             until=lambda recs: any(r.value["model_name"] == DEMAND_LATENCY
+                                                    and r.value["version"] > live_version for r in recs))
+        newer = [r.value for r in updates if r.value["model_name"] == DEMAND_LATENCY and r.value["version"] > live_version]
         assert newer, "the cloud trainer published no model better than the live one"
         first = min(newer, key=lambda u: u["version"])
         assert first["version"] == live_version + 1 and first["producer"] == "cloud-twin"
