@@ -259,6 +259,27 @@ class RecordingSource:
         self.source.close()
 
 
+def _polling_loop_class():
+    from tiertwin.connectors.simulator import SimulatorLoop
+
+    class PromptDecisionLoop(SimulatorLoop):
+        """The wall-clock loop, applying the decisions that have arrived once per step even when behind.
+
+        ``SimulatorLoop`` polls decisions only while waiting for the next step, so a loop that has
+        fallen behind the wall clock (a loaded machine) would leave arrived decisions unapplied and
+        charge its own lag to the decision wait of every demand, in both modes.
+        """
+
+        def _wait_until(self, due: float) -> None:
+            if due - time.monotonic() <= 0.001:
+                self._poll_decisions(0)
+                self._publish(self.topics.outcomes, "Outcome", self.world.outcome_records())
+                return
+            super()._wait_until(due)
+
+    return PromptDecisionLoop
+
+
 @dataclass
 class ModeRun:
     """What one mode produced: the records the network saw, and the run's bounds."""
@@ -341,7 +362,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker,
                    on_progress: Callable[[str], None] = lambda _: None) -> ModeRun:
     """Run the agents placed as ``mode`` says and the simulator on the wall clock; record what happens."""
     from tiertwin.connectors.kafka import KafkaSink, KafkaSource
-    from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World
+    from tiertwin.connectors.simulator import SimulatorTopics, World
     from tiertwin.jobs.launcher import deploy, stop
     from tiertwin.pipelines.agent import fast_registry
 
@@ -369,7 +390,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker,
         world = World(config.scenario_spec(), seed=config.seed)
         # Commits and flushes are bookkeeping for restarts; inside a run they would block the
         # wall-clock loop for a round trip, an artefact of this loop rather than of the distance.
-        loop = SimulatorLoop(world, sink, source, SimulatorTopics(), realtime=True, commit_interval_s=3600.0)
+        loop = _polling_loop_class()(world, sink, source, SimulatorTopics(), realtime=True, commit_interval_s=3600.0)
         wall = time.monotonic()
         summary = loop.run(config.seconds)
         wall = time.monotonic() - wall

@@ -13,7 +13,8 @@ from tiertwin.schemas.examples import example
 
 pytestmark = pytest.mark.broker
 
-LINKS = {"local_edge": Link(2.0, 0.2), "edge_cloud": Link(15.0, 1.0)}
+# A long edge<->cloud link, so the two modes differ by more than a loaded machine's noise between runs.
+LINKS = {"local_edge": Link(2.0, 0.2), "edge_cloud": Link(40.0, 2.0)}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_every_request_of_a_tier_client_pays_its_path(eval_broker):
     # After bootstrap the client reconnects to the advertised address: if that bypassed the
     # proxy, later produce round trips would be as fast as the direct ones.
     assert min(far) >= 2 * path_ms - 1.0
-    assert statistics.median(far) < 2 * path_ms + statistics.median(near) + 30.0
+    assert statistics.median(far) < 2 * path_ms + statistics.median(near) + 60.0   # loaded 2-core machine
     assert statistics.median(near) < statistics.median(far) - path_ms
 
 
