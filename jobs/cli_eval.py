@@ -15,7 +15,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @one_line_errors
     def bench_tiers(
         scenario: str = typer.Option("dense-urban-xr", "--scenario", "-s", help="Preset name or YAML file."),
-        seconds: float = typer.Option(30.0, help="Wall-clock seconds per mode."),
+        seconds: float = typer.Option(20.0, help="Wall-clock seconds per mode and round."),
+        rounds: int = typer.Option(2, min=1, help="Rounds; the order of the modes alternates between rounds."),
         ues: int = typer.Option(10, help="UEs in the simulated network (keep it small: the simulator must keep up with the wall clock)."),
         seed: int = typer.Option(7, help="Simulator seed (the same for every mode)."),
         warmup: float = typer.Option(2.0, "--warmup", help="Seconds at the start of each mode not counted."),
@@ -34,7 +35,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         unknown = [m for m in modes if m not in MODES]
         if unknown:
             raise ConfigError(f"--mode {unknown[0]!r}: choose from {', '.join(MODES)}")
-        config = EvalConfig(scenario=scenario, seconds=seconds, ues=ues, seed=seed, warmup_s=warmup,
+        config = EvalConfig(scenario=scenario, seconds=seconds, ues=ues, seed=seed, warmup_s=warmup, rounds=rounds,
                             decision_timeout_ms=decision_timeout_ms,
                             local_edge=Link.parse(local_edge) if local_edge else LOCAL_EDGE,
                             edge_cloud=Link.parse(edge_cloud) if edge_cloud else EDGE_CLOUD,

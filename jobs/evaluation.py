@@ -82,6 +82,7 @@ class EvalConfig:
     seed: int = 7
     warmup_s: float = 2.0
     decision_timeout_ms: float = 1000.0
+    rounds: int = 1
     local_edge: Link = LOCAL_EDGE
     edge_cloud: Link = EDGE_CLOUD
     modes: tuple[str, ...] = MODES
@@ -458,46 +459,48 @@ class ModeMetrics:
         }
 
 
-def measure(run: ModeRun, warmup_s: float) -> ModeMetrics:
-    """Metrics of one run, counting only demands and decisions whose input came after the warm-up."""
-    from_ms = run.start_ms + warmup_s * 1000.0
-    kind_of = {d["demand_id"]: d["kind"] for d in run.demands if d["ts_ms"] >= from_ms}
-    m = ModeMetrics(run.mode, measured_s=run.measured_s, steps_behind=run.steps_behind, wall_s=run.wall_s)
+def measure(runs: list[ModeRun], warmup_s: float) -> ModeMetrics:
+    """Metrics of one mode's runs (pooled), counting only inputs that came after each run's warm-up."""
+    m = ModeMetrics(runs[0].mode, measured_s=sum(r.measured_s for r in runs),
+                    steps_behind=sum(r.steps_behind for r in runs), wall_s=sum(r.wall_s for r in runs))
     per_kind: dict[str, list[tuple[float, bool]]] = {}
     waits: dict[str, list[tuple[float, float]]] = {}
     placements: Counter = Counter()
-    for o in run.outcomes:
-        if o["kind"] != "demand" or o["demand_id"] not in kind_of or o["latency_ms"] is None:
-            continue
-        m.demand_latency_ms.append(o["latency_ms"])
-        m.demands += 1
-        m.deadline_misses += not o["deadline_met"]
-        placements[o["placement"]] += 1
-        if o["decision_id"]:
-            m.decided += 1
-            m.loop_ms.setdefault("local", []).append(o["components_ms"]["decision"])
-        else:
-            m.defaulted += 1
-        per_kind.setdefault(kind_of[o["demand_id"]], []).append((o["latency_ms"], o["deadline_met"]))
-        waits.setdefault(o["placement"], []).append((o["components_ms"]["decision"], o["latency_ms"]))
+    kinds: Counter = Counter()
+    for run in runs:
+        from_ms = run.start_ms + warmup_s * 1000.0
+        kind_of = {d["demand_id"]: d["kind"] for d in run.demands if d["ts_ms"] >= from_ms}
+        for o in run.outcomes:
+            if o["kind"] != "demand" or o["demand_id"] not in kind_of or o["latency_ms"] is None:
+                continue
+            m.demand_latency_ms.append(o["latency_ms"])
+            m.demands += 1
+            m.deadline_misses += not o["deadline_met"]
+            placements[o["placement"]] += 1
+            if o["decision_id"]:
+                m.decided += 1
+                m.loop_ms.setdefault("local", []).append(o["components_ms"]["decision"])
+            else:
+                m.defaulted += 1
+            per_kind.setdefault(kind_of[o["demand_id"]], []).append((o["latency_ms"], o["deadline_met"]))
+            waits.setdefault(o["placement"], []).append((o["components_ms"]["decision"], o["latency_ms"]))
+        wall_ms = event_to_wall(run.demands)
+        for decision, applied_ns in run.decisions:
+            if decision["source_ts_ms"] < from_ms:
+                continue
+            tier = decision["tier"]
+            kinds[f"{tier}/{decision['kind']}"] += 1
+            observed_ms = wall_ms(decision["source_ts_ms"])
+            m.decision_ms.setdefault(tier, []).append((decision["decided_ns"] - decision["source_emitted_ns"]) / 1e6)
+            m.staleness_ms.setdefault(tier, []).append(decision["decided_ns"] / 1e6 - observed_ms)
+            if tier != "local":   # placements: the simulator's own measure of the wait (above)
+                m.loop_ms.setdefault(tier, []).append(applied_ns / 1e6 - observed_ms)
     m.placements = dict(placements)
     m.by_placement = {p: {"demands": len(v), "decision_wait_mean_ms": float(np.mean([w for w, _ in v])),
                           "execution_mean_ms": float(np.mean([x - w for w, x in v]))} for p, v in sorted(waits.items())}
     m.by_kind = {k: {"demands": len(v), "mean_ms": float(np.mean([x for x, _ in v])),
                      "p99_ms": float(np.percentile([x for x, _ in v], 99)),
                      "deadline_miss_rate": 1.0 - float(np.mean([met for _, met in v]))} for k, v in sorted(per_kind.items())}
-    kinds: Counter = Counter()
-    wall_ms = event_to_wall(run.demands)
-    for decision, applied_ns in run.decisions:
-        if decision["source_ts_ms"] < from_ms:
-            continue
-        tier = decision["tier"]
-        kinds[f"{tier}/{decision['kind']}"] += 1
-        observed_ms = wall_ms(decision["source_ts_ms"])
-        m.decision_ms.setdefault(tier, []).append((decision["decided_ns"] - decision["source_emitted_ns"]) / 1e6)
-        m.staleness_ms.setdefault(tier, []).append(decision["decided_ns"] / 1e6 - observed_ms)
-        if tier != "local":   # placements: the simulator's own measure of the wait (above)
-            m.loop_ms.setdefault(tier, []).append(applied_ns / 1e6 - observed_ms)
     m.decisions_by_kind = dict(sorted(kinds.items()))
     return m
 
@@ -538,30 +541,32 @@ def run_evaluation(config: EvalConfig, out_dir: Path = RESULTS_DIR, on_progress:
     ``broker``: an already started :class:`EvalBroker` with ``config``'s links (else one is
     started and stopped here).
     """
-    runs: dict[str, ModeRun] = {}
+    runs: dict[str, list[ModeRun]] = {}
     if "baseline" in config.modes:
-        runs["baseline"] = run_baseline(config)
-        on_progress(f"baseline: {len(runs['baseline'].outcomes)} outcomes (default policy, no agents)")
+        runs["baseline"] = [run_baseline(config)]
+        on_progress(f"baseline: {len(runs['baseline'][0].outcomes)} outcomes (default policy, no agents)")
     controlled = [m for m in config.modes if m in PLACEMENT]
-    load: dict[str, list[float]] = {}
+    load: dict[str, list[list[float]]] = {}
     if controlled:
         if broker is None:
             on_progress("starting the evaluation broker and link emulators")
         with (EvalBroker(config.links()) if broker is None else _kept(broker)) as running:
-            for mode in controlled:
+            # Rounds alternate the order of the modes, so drifting load on a shared machine hits both alike.
+            schedule = [m for r in range(config.rounds) for m in (controlled if r % 2 == 0 else controlled[::-1])]
+            for mode in schedule:
                 before = os.getloadavg()[0]
-                runs[mode] = run_controlled(mode, config, running, on_progress)
-                if mode == "hierarchical" and archive:
+                run = run_controlled(mode, config, running, on_progress)
+                runs.setdefault(mode, []).append(run)
+                if mode == "hierarchical" and archive and len(runs[mode]) == 1:
                     from tiertwin.connectors.archive import archive_topics
 
                     log = out_dir / "log-hierarchical"
                     shutil.rmtree(log, ignore_errors=True)
                     archive_topics(ARCHIVED, log, running.settings)
                     on_progress(f"hierarchical run archived to {log} (try `tiertwin whatif {log} --a logged --b agent`)")
-                load[mode] = [round(before, 2), round(os.getloadavg()[0], 2)]
-                on_progress(f"{mode}: {len(runs[mode].decisions)} decisions, {len(runs[mode].outcomes)} outcomes "
-                            f"in {runs[mode].wall_s:.0f}s")
-    metrics = {mode: measure(run, config.warmup_s) for mode, run in runs.items()}
+                load.setdefault(mode, []).append([round(before, 2), round(os.getloadavg()[0], 2)])
+                on_progress(f"{mode}: {len(run.decisions)} decisions, {len(run.outcomes)} outcomes in {run.wall_s:.0f}s")
+    metrics = {mode: measure(mode_runs, config.warmup_s) for mode, mode_runs in runs.items()}
     results = {"config": _config_dict(config), "modes": {m: x.summary() for m, x in metrics.items()},
                "machine": {"cpus": os.cpu_count(), "load_average_before_after": load}}
     results["comparison"] = compare(metrics)
@@ -704,7 +709,8 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
     le, ec = c["local_edge"], c["edge_cloud"]
     lines = [
         "# Hierarchical vs centralized twin", "",
-        f"Scenario `{c['scenario']}`, {c['ues']} UEs, seed {c['seed']}, {c['seconds']:g} s per mode on the wall clock "
+        f"Scenario `{c['scenario']}`, {c['ues']} UEs, seed {c['seed']}, {c['rounds']} round(s) of {c['seconds']:g} s "
+        "per mode on the wall clock, the order of the modes alternating between rounds "
         f"(first {c['warmup_s']:g} s not counted); decision timeout {c['decision_timeout_ms']:g} ms.",
         f"Links (one way): local<->edge {le['one_way_ms']:g} ms +- {le['jitter_ms']:g} ms, loss {le['loss']:g}; "
         f"edge<->cloud {ec['one_way_ms']:g} ms +- {ec['jitter_ms']:g} ms, loss {ec['loss']:g} "
@@ -717,7 +723,8 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
     load = results.get("machine", {}).get("load_average_before_after", {})
     if load:
         lines += ["", f"Machine: {results['machine']['cpus']} CPUs shared with other work; 1-minute load average "
-                      "before / after each mode: " + ", ".join(f"{m} {a} / {b}" for m, (a, b) in load.items())
+                      "before / after each run: " + ", ".join(f"{m} {a} / {b}" for m, pairs in load.items()
+                                                              for a, b in pairs)
                   + " (a loaded machine stretches every latency here, in both modes)."]
     lines += ["", "## End-to-end demand latency", "",
               "| mode | demands | demands/s | mean ms | p50 ms | p99 ms | deadline misses | decided / default |",
