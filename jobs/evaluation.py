@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from tiertwin.connectors.linkemu import Link, LinkPath, wait_listening
 from tiertwin.errors import TiertwinError
@@ -365,7 +366,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker,
     from tiertwin.connectors.kafka import KafkaSink, KafkaSource
     from tiertwin.connectors.simulator import SimulatorTopics, World
     from tiertwin.jobs.launcher import deploy, stop
-    from tiertwin.pipelines.agent import fast_registry
+    from tiertwin.schemas import SchemaRegistry
 
     placement = PLACEMENT[mode]
     broker.reset_topics()
@@ -381,7 +382,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker,
         where = ", ".join(f"{tier} {'+'.join(path) or 'beside the broker'}" for tier, path in placement.items())
         on_progress(f"{mode}: agents ready ({where})")
         sim_settings = broker.settings_for(placement["simulator"])
-        registry = fast_registry()
+        registry = SchemaRegistry.default()
         sink = RecordingSink(KafkaSink(sim_settings, registry, profile="low-latency", client_id=f"eval-{mode}-simulator"))
         # A long poll: a fetch waits at the broker for the next decision instead of returning empty
         # every few ms, so a remote client pays one one-way delay per decision, not a polling cycle.
@@ -563,7 +564,10 @@ def run_evaluation(config: EvalConfig, out_dir: Path = RESULTS_DIR, on_progress:
                     log = out_dir / "log-hierarchical"
                     shutil.rmtree(log, ignore_errors=True)
                     archive_topics(ARCHIVED, log, running.settings)
-                    on_progress(f"hierarchical run archived to {log} (try `tiertwin whatif {log} --a logged --b agent`)")
+                    scenario_file = out_dir / "scenario.yaml"
+                    scenario_file.write_text(yaml.safe_dump(config.scenario_spec().model_dump(mode="json"), sort_keys=False))
+                    on_progress(f"hierarchical run archived to {log} (try `tiertwin whatif {log} --scenario "
+                                f"{scenario_file} --a logged --b agent`)")
                 load.setdefault(mode, []).append([round(before, 2), round(os.getloadavg()[0], 2)])
                 on_progress(f"{mode}: {len(run.decisions)} decisions, {len(run.outcomes)} outcomes in {run.wall_s:.0f}s")
     metrics = {mode: measure(mode_runs, config.warmup_s) for mode, mode_runs in runs.items()}
