@@ -105,13 +105,13 @@ def apply_topology(topology: Topology, settings: Settings | None = None) -> dict
                 actions[t.name] = f"kept {existing[t.name]} partitions (Kafka cannot shrink to {t.partitions})"
             else:
                 actions[t.name] = "up to date"
-        _wait_for_leaders(admin, list(missing))
+        wait_for_leaders(admin, list(missing))
         return actions
     finally:
         admin.close()
 
 
-def _wait_for_leaders(admin, names: list[str], timeout_s: float = 30.0) -> None:
+def wait_for_leaders(admin, names: list[str], timeout_s: float = 30.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout_s

@@ -143,10 +143,10 @@ def bench_kafka(scenario: str, ues: int, seconds: float) -> dict:
     from tiertwin.connectors.kafka import KafkaSink, admin_client
     from tiertwin.connectors.simulator import MemorySink, SimulatorLoop, SimulatorTopics, World, load_scenario
 
-    from tiertwin.pipelines.agent import fast_registry
+    from tiertwin.schemas import SchemaRegistry
 
     spec = load_scenario(scenario).with_overrides(ues=ues)
-    registry = fast_registry()  # what run_simulator (and so `tiertwin sim`) encodes with
+    registry = SchemaRegistry.default()
     prefix = f"bench.sim.{uuid.uuid4().hex[:8]}"
     topics = SimulatorTopics(telemetry=f"{prefix}.telemetry", demands=f"{prefix}.demands",
                              cell_reports=f"{prefix}.cell-reports", outcomes=f"{prefix}.outcomes",

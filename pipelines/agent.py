@@ -20,7 +20,6 @@ implement :meth:`TwinAgent.process` and :meth:`TwinAgent.process_side`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import socket
@@ -46,93 +45,6 @@ from tiertwin.settings import Settings
 
 log = logging.getLogger("tiertwin.agent")
 OUTCOMES_TOPIC = "tiertwin.outcomes"
-
-
-def fast_registry(base: SchemaRegistry | None = None) -> SchemaRegistry:
-    """The same contracts as ``base``, with schemas parsed the way fastavro caches them.
-
-    ``SchemaRegistry`` parses with ``_write_hint=False``, which makes fastavro re-parse
-    the schema on every read and write (about 3x the cost of the record itself); the
-    agents' hot path uses this copy. Same fingerprints, checks and errors.
-
-    >>> from tiertwin.schemas.examples import example
-    >>> registry = fast_registry()
-    >>> registry.decode(registry.encode("Demand", example("Demand")))[1] == example("Demand")
-    True
-    """
-    import dataclasses
-
-    from fastavro import parse_schema
-
-    base = base or SchemaRegistry.default()
-    fast = SchemaRegistry()
-
-    def faster(schema):
-        checks = schema.checks
-        if all(_known_check(c) for c in checks):   # else keep the registry's checks as they are
-            checks = (_one_pass_check(schema.raw["fields"], schema.checks),)
-        return dataclasses.replace(schema, parsed=parse_schema(schema.raw), checks=checks)
-
-    swapped = {id(s): faster(s) for s in base._by_fingerprint.values()}
-    for s in base._current.values():
-        swapped.setdefault(id(s), faster(s))
-    fast._by_fingerprint = {fp: swapped[id(s)] for fp, s in base._by_fingerprint.items()}
-    fast._current = {name: swapped[id(s)] for name, s in base._current.items()}
-    return fast
-
-
-_KNOWN_CHECKS = ("_scalar_check.", "_array_check.", "_length_check.")
-
-
-def _known_check(check: Any) -> bool:
-    return getattr(check, "__qualname__", "").startswith(_KNOWN_CHECKS)
-
-
-def _one_pass_check(fields: list[dict], precise: tuple) -> Any:
-    """One generated function testing every range of a contract; on any doubt it runs the
-    registry's own per-field checks, which raise the precise ValidationError."""
-    from tiertwin.schemas import codec
-
-    max_string = getattr(codec, "DEFAULT_MAX_STRING", None)
-    lines, constants = ["def ok(r):"], {"isfinite": math.isfinite}
-
-    def emit(fields, record, indent):
-        pad = " " * indent
-        for i, f in enumerate(fields):
-            branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
-            is_float = any(b in ("float", "double") for b in branches)
-            bounds = f.get("range")
-            var = f"v{indent}_{i}"
-            if is_float or bounds is not None:
-                lines.append(f"{pad}{var} = {record}.get({f['name']!r})")
-                test = []
-                if bounds is not None:
-                    test.append(f"not ({float(bounds[0])!r} <= {var} <= {float(bounds[1])!r})")
-                if is_float:
-                    test.append(f"not isfinite({var})")
-                lines.append(f"{pad}if {var} is not None and not isinstance({var}, bool) and ({' or '.join(test)}): return False")
-            if "string" in branches and max_string is not None:
-                limit = int(f.get("maxLength", max_string))
-                lines.append(f"{pad}s{indent}_{i} = {record}.get({f['name']!r})")
-                lines.append(f"{pad}if isinstance(s{indent}_{i}, str) and len(s{indent}_{i}) > {limit}: return False")
-            for b in branches:
-                if isinstance(b, dict) and b.get("type") == "array" and isinstance(b["items"], dict) \
-                        and b["items"].get("type") == "record":
-                    item = f"item{indent}_{i}"
-                    lines.append(f"{pad}for {item} in {record}.get({f['name']!r}) or ():")
-                    emit(b["items"]["fields"], item, indent + 4)
-
-    emit(fields, "r", 4)
-    lines.append("    return True")
-    exec("\n".join(lines), constants)  # noqa: S102  (source generated from our own .avsc files)
-    ok = constants["ok"]
-
-    def check(record: dict) -> None:
-        if not ok(record):
-            for precise_check in precise:
-                precise_check(record)
-
-    return check
 
 
 class AgentConfig(BaseModel):
@@ -247,7 +159,7 @@ class TwinAgent:
     def __init__(self, config: AgentConfig, settings: Settings | None = None):
         self.config = config
         self.settings = settings or Settings.from_env()
-        self.registry = fast_registry()
+        self.registry = SchemaRegistry.default()
         self.metrics = AgentMetrics(self.tier, config.instance_id)
         self.slots = {name: ModelSlot(name, *load_pretrained(name, config.pretrained_dir)) for name in self.model_names}
         for slot in self.slots.values():

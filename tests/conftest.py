@@ -39,6 +39,7 @@ def broker(settings):
 def new_topic(broker, settings):
     """Factory: ``new_topic(partitions=3)`` creates a uniquely named topic and returns its name."""
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.topics import wait_for_leaders
 
     admin = admin_client(settings)
     created: list[str] = []
@@ -46,6 +47,7 @@ def new_topic(broker, settings):
     def make(partitions: int = 3, prefix: str = "test") -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
         admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=30_000)
+        wait_for_leaders(admin, [name])  # else a consumer group may form before the topic is known
         created.append(name)
         return name
 

@@ -329,13 +329,13 @@ def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None
     """
     from tiertwin.connectors.simulator.scenarios import Scenario, load_scenario
 
-    from tiertwin.pipelines.agent import fast_registry  # same contracts, schemas parsed once (3x faster encode)
+    from tiertwin.schemas import SchemaRegistry
 
     spec = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     spec = spec.with_overrides(ues=ues, telemetry_hz=telemetry_hz)
     if decision_timeout_ms is not None:
         spec = spec.with_overrides(compute={**spec.compute.model_dump(), "decision_timeout_ms": decision_timeout_ms})
-    registry = fast_registry()
+    registry = SchemaRegistry.default()
     sink: Any = MemorySink(registry, keep=False) if offline else None
     source = None
     try:

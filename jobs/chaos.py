@@ -1,0 +1,309 @@
+"""``tiertwin chaos``: kill agents and restart the broker mid-stream, then account for every record.
+
+Runs on a private managed broker (its own home and ports; the shared broker is never
+touched): a producer streams Telemetry and Demand records of a synthetic fleet, with
+a few malformed records among them, while local and edge agent processes are
+SIGKILLed and restarted and the broker itself is restarted. Afterwards:
+
+* every telemetry record is accounted for: per UE, the distinct LocalSummary windows
+  plus the samples of the twin's open window (its checkpoint) equal the records sent;
+* every demand is decided, and a demand decided more than once (reprocessing after a
+  kill) always gets the same decision id; likewise every edge decision id names one
+  source record and one kind;
+* every malformed record is in the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from tiertwin.connectors.broker import ManagedBroker
+from tiertwin.connectors.kafka import KafkaSink
+from tiertwin.connectors.topics import apply_topology, load_topology
+from tiertwin.errors import TiertwinError
+from tiertwin.procs import free_ports
+from tiertwin.settings import Settings
+
+TOPICS = {"telemetry": "tiertwin.local.telemetry", "demands": "tiertwin.local.demands",
+          "cell_reports": "tiertwin.edge.cell-reports",
+          "summaries": "tiertwin.edge.summaries", "local_actions": "tiertwin.actions.local",
+          "edge_actions": "tiertwin.actions.edge", "dead_letters": "tiertwin.deadletters",
+          "local_changelog": "tiertwin.state.local-changelog"}
+
+
+class ChaosError(TiertwinError):
+    """The chaos run could not be carried out (an agent would not come back, the broker would not restart)."""
+
+
+@dataclass
+class ChaosReport:
+    telemetry_sent: int = 0
+    demands_sent: int = 0
+    malformed_sent: int = 0
+    kills: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    broker_restarts: int = 0
+    telemetry_accounted: int = 0
+    unaccounted_ues: dict[str, int] = field(default_factory=dict)
+    demands_decided: int = 0
+    local_decisions: int = 0
+    conflicting_local_ids: int = 0
+    edge_decisions: int = 0
+    conflicting_edge_ids: int = 0
+    dead_lettered_malformed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return (self.telemetry_accounted == self.telemetry_sent and not self.unaccounted_ues
+                and self.demands_decided == self.demands_sent and self.conflicting_local_ids == 0
+                and self.conflicting_edge_ids == 0 and self.dead_lettered_malformed == self.malformed_sent)
+
+
+class PrivateBroker:
+    """A managed broker in ``home`` on free ports, reusing the jars the main broker resolved."""
+
+    def __init__(self, home: Path, main: Settings | None = None):
+        main_broker = ManagedBroker(main or Settings.from_env())
+        main_broker.install()
+        (home / "kafka").mkdir(parents=True, exist_ok=True)
+        libs = home / "kafka" / "libs"
+        if not libs.exists():
+            libs.symlink_to(main_broker.paths.libs.resolve())
+        port, controller = free_ports(2)
+        self.broker = ManagedBroker(Settings(home=home, broker_port=port, controller_port=controller,
+                                             connect_timeout_s=10))
+
+    @property
+    def settings(self) -> Settings:
+        return self.broker.settings
+
+    def env(self) -> dict[str, str]:
+        import os
+
+        s = self.settings
+        return {**os.environ, "TIERTWIN_HOME": str(s.home), "TIERTWIN_BROKER_PORT": str(s.broker_port),
+                "TIERTWIN_CONTROLLER_PORT": str(s.controller_port), "TIERTWIN_CONNECT_TIMEOUT_S": "10"}
+
+
+class AgentProcess:
+    def __init__(self, tier: str, config: dict, folder: Path, env: dict[str, str]):
+        self.tier, self.env = tier, env
+        self.config_path = folder / f"{tier}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = folder / f"{tier}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tiertwin.jobs.cli", "run", self.tier, "--config",
+                                      str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+def _stream(sink: KafkaSink, report: ChaosReport, stop: threading.Event, rate_ticks_s: float, seed: int,
+            errors: list) -> None:
+    from tiertwin.pipelines.pretrain import SyntheticFleet
+
+    fleet = SyntheticFleet(n_ues=8, n_cells=4, seed=seed, demand_every=3)
+    tick = 0
+    try:
+        while not stop.is_set():
+            for kind, record in fleet.step(1_767_225_600_000 + tick * 10):
+                record["emitted_ns"] = time.time_ns()
+                if kind == "telemetry":
+                    sink.send(TOPICS["telemetry"], "Telemetry", record, key=record["ue_id"])
+                    report.telemetry_sent += 1
+                elif kind == "demand":
+                    sink.send(TOPICS["demands"], "Demand", record, key=record["ue_id"])
+                    report.demands_sent += 1
+                else:
+                    sink.send(TOPICS["cell_reports"], "EdgeState", record, key=record["cell_id"])
+            if tick % 50 == 25:
+                sink.send_raw(TOPICS["telemetry"], b"\x00chaos-garbage-%d" % tick, key="ue-0000")
+                report.malformed_sent += 1
+            tick += 1
+            sink.flush()
+            time.sleep(1 / rate_ticks_s)
+    except Exception as exc:  # surfaced by run_chaos
+        errors.append(exc)
+
+
+def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_kills: int = 2,
+              broker_restarts: int = 1, seed: int = 5, main: Settings | None = None,
+              on_progress=print) -> ChaosReport:
+    folder.mkdir(parents=True, exist_ok=True)
+    private = PrivateBroker(folder / "home", main)
+    report = ChaosReport()
+    private.broker.start()
+    agents: list[AgentProcess] = []
+    try:
+        apply_topology(load_topology(), private.settings)
+        common = {"commit_interval_ms": 1000, "session_timeout_ms": 6000}
+        local = AgentProcess("local", {**common, "group_id": "tiertwin-local", "instance_id": "chaos-local"},
+                             folder, private.env())
+        edge = AgentProcess("edge", {**common, "group_id": "tiertwin-edge", "instance_id": "chaos-edge"},
+                            folder, private.env())
+        agents = [local, edge]
+        for agent in agents:
+            agent.start()
+        time.sleep(3)
+        stop, errors = threading.Event(), []
+        sink = KafkaSink(private.settings, client_id="chaos-producer")
+        producer = threading.Thread(target=_stream, args=(sink, report, stop, 20.0, seed, errors), daemon=True)
+        producer.start()
+        events = ([("local", i) for i in range(local_kills)] + [("edge", i) for i in range(edge_kills)]
+                  + [("broker", i) for i in range(broker_restarts)])
+        events.sort(key=lambda e: (e[1], e[0]))
+        gap = seconds / (len(events) + 1)
+        for what, _ in events:
+            time.sleep(gap)
+            if what == "broker":
+                on_progress("chaos: restarting the broker")
+                private.broker.stop(timeout_s=20)
+                time.sleep(1)
+                private.broker.start()
+                report.broker_restarts += 1
+            else:
+                agent = local if what == "local" else edge
+                on_progress(f"chaos: SIGKILL {what} agent (pid {agent.proc.pid}) and restart it")
+                agent.kill()
+                report.kills[what] += 1
+                agent.start()
+        time.sleep(gap)
+        stop.set()
+        producer.join(60)
+        sink.close()
+        if errors:
+            raise ChaosError(f"the producer failed: {errors[0]!r}")
+        on_progress(f"chaos: produced {report.telemetry_sent} telemetry, {report.demands_sent} demands, "
+                    f"{report.malformed_sent} malformed; letting the agents catch up")
+        _wait_for_catch_up(private.settings, report, timeout_s=120)
+        for agent in agents:
+            code = agent.terminate()
+            if code != 0:
+                raise ChaosError(f"{agent.tier} agent exited with {code} on SIGTERM; see {agent.log_path}")
+        agents = []
+        _account(private.settings, report)
+    finally:
+        for agent in agents:
+            if agent.proc and agent.proc.poll() is None:
+                agent.proc.kill()
+        private.broker.stop()
+    return report
+
+
+def _records(settings: Settings, topic: str) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for messages in consumer.poll(timeout_ms=500).values():
+                out.extend(messages)
+        return out
+    finally:
+        consumer.close()
+
+
+def _decoded(settings: Settings, topic: str) -> list[dict]:
+    from tiertwin.schemas import SchemaRegistry
+
+    registry = SchemaRegistry.default()
+    return [registry.decode(m.value)[1] for m in _records(settings, topic)]
+
+
+def _wait_for_catch_up(settings: Settings, report: ChaosReport, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        decided = {d["subject_id"] for d in _decoded(settings, TOPICS["local_actions"])}
+        if len(decided) >= report.demands_sent:
+            return
+        time.sleep(1)
+
+
+def _account(settings: Settings, report: ChaosReport) -> None:
+    sent_per_ue: dict[str, int] = defaultdict(int)
+    demand_ids = set()
+    for m in _records(settings, TOPICS["telemetry"]):
+        if m.value[:2] == b"\xc3\x01":
+            sent_per_ue[m.key.decode()] += 1
+    for d in _decoded(settings, TOPICS["demands"]):
+        demand_ids.add(d["demand_id"])
+
+    windows: dict[str, dict[int, int]] = defaultdict(dict)
+    for s in _decoded(settings, TOPICS["summaries"]):
+        windows[s["ue_id"]].setdefault(s["window_start_ms"], s["samples"])
+    open_samples: dict[str, int] = {}
+    for m in _records(settings, TOPICS["local_changelog"]):
+        if m.value is not None:
+            open_samples[m.key.decode()] = pickle.loads(m.value).samples
+    for ue, sent in sent_per_ue.items():
+        accounted = sum(windows[ue].values()) + open_samples.get(ue, 0)
+        report.telemetry_accounted += min(accounted, sent)
+        if accounted != sent:
+            report.unaccounted_ues[ue] = sent - accounted
+
+    ids_by_demand: dict[str, set] = defaultdict(set)
+    for d in _decoded(settings, TOPICS["local_actions"]):
+        report.local_decisions += 1
+        ids_by_demand[d["subject_id"]].add(d["decision_id"])
+    report.demands_decided = len(demand_ids & set(ids_by_demand))
+    report.conflicting_local_ids = sum(1 for ids in ids_by_demand.values() if len(ids) > 1)
+
+    ids_by_source: dict[tuple, set] = defaultdict(set)
+    for d in _decoded(settings, TOPICS["edge_actions"]):
+        report.edge_decisions += 1
+        ids_by_source[(d["source_topic"], d["source_partition"], d["source_offset"], d["kind"], d["ue_id"],
+                       d["cell_id"])].add(d["decision_id"])
+    report.conflicting_edge_ids = sum(1 for ids in ids_by_source.values() if len(ids) > 1)
+
+    report.dead_lettered_malformed = len({(l["partition"], l["offset"]) for l in _decoded(settings, TOPICS["dead_letters"])
+                                          if l["original"].startswith(b"\x00chaos-garbage")})
+
+
+def register(app, bench_app) -> None:
+    import tempfile
+
+    import typer
+
+    from tiertwin.jobs.cli import console, one_line_errors
+
+    @app.command("chaos")
+    @one_line_errors
+    def chaos_cmd(seconds: float = typer.Option(40.0, help="How long the fleet streams while things break."),
+                  local_kills: int = typer.Option(3, help="SIGKILLs of the local agent."),
+                  edge_kills: int = typer.Option(2, help="SIGKILLs of the edge agent."),
+                  broker_restarts: int = typer.Option(1, help="Broker restarts mid-run."),
+                  keep: Path = typer.Option(None, help="Keep the private broker, configs and agent logs here.")):
+        """Kill agents and restart a private broker mid-stream; then account for every record."""
+        folder = keep or Path(tempfile.mkdtemp(prefix="tiertwin-chaos-"))
+        report = run_chaos(folder, seconds, local_kills, edge_kills, broker_restarts, on_progress=console.print)
+        for key, value in report.__dict__.items():
+            console.print(f"{key:26} {dict(value) if isinstance(value, defaultdict) else value}")
+        if not report.ok:
+            raise ChaosError(f"records unaccounted for or decision ids not idempotent; logs in {folder}")
+        console.print("[green]every record accounted for; decision ids idempotent[/green]")
