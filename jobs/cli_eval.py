@@ -15,11 +15,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @one_line_errors
     def bench_tiers(
         scenario: str = typer.Option("dense-urban-xr", "--scenario", "-s", help="Preset name or YAML file."),
-        seconds: float = typer.Option(20.0, help="Wall-clock seconds per mode and round."),
+        seconds: float = typer.Option(25.0, help="Wall-clock seconds per mode and round."),
         rounds: int = typer.Option(2, min=1, help="Rounds; the order of the modes alternates between rounds."),
         ues: int = typer.Option(10, help="UEs in the simulated network (keep it small: the simulator must keep up with the wall clock)."),
         seed: int = typer.Option(7, help="Simulator seed (the same for every mode)."),
-        warmup: float = typer.Option(2.0, "--warmup", help="Seconds at the start of each mode not counted."),
+        warmup: float = typer.Option(6.0, "--warmup", help="Seconds at the start of each run not counted (start-up transients)."),
         local_edge: str = typer.Option("", "--local-edge", help="Link ONE_WAY_MS[:JITTER_MS[:LOSS]] (default 2:0.5:0)."),
         edge_cloud: str = typer.Option("", "--edge-cloud", help="Link ONE_WAY_MS[:JITTER_MS[:LOSS]] (default 20:3:0.0001)."),
         decision_timeout_ms: float = typer.Option(1000.0, help="How long a demand waits for its placement."),

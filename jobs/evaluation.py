@@ -78,10 +78,10 @@ class EvaluationError(TiertwinError):
 @dataclass(frozen=True)
 class EvalConfig:
     scenario: str = "dense-urban-xr"
-    seconds: float = 30.0
+    seconds: float = 25.0
     ues: int = 10
     seed: int = 7
-    warmup_s: float = 2.0
+    warmup_s: float = 6.0    # the first seconds of a run are start-up transients (first fetches, caches, metadata)
     decision_timeout_ms: float = 1000.0
     rounds: int = 1
     local_edge: Link = LOCAL_EDGE
