@@ -76,6 +76,20 @@ def semantic_problem(telemetry: dict) -> tuple[str, str] | None:
     return None
 
 
+def is_replay(twin: "UETwin", telemetry: dict) -> bool:
+    """Was ``telemetry`` already folded into ``twin`` (redelivered after a crash or rebalance)?
+
+    A lower sequence number with a newer event time is a restarted device (or simulator),
+    whose records must not be mistaken for replays.
+
+    >>> twin = UETwin("ue-1", history_length=4)
+    >>> twin.last_seq, twin.last_ts_ms = 100, 5_000
+    >>> is_replay(twin, {"seq": 100, "ts_ms": 5_000}), is_replay(twin, {"seq": 3, "ts_ms": 9_000})
+    (True, False)
+    """
+    return telemetry["seq"] <= twin.last_seq and telemetry["ts_ms"] <= twin.last_ts_ms
+
+
 DENOISED = ("sinr_db", "rsrp_dbm", "throughput_dl_mbps", "throughput_ul_mbps", "rtt_ms", "cpu_util")
 
 
@@ -304,7 +318,7 @@ class LocalTwinAgent(TwinAgent):
             self.reject(record, *problem)
             return
         twin = self.twin(t["ue_id"])
-        if t["seq"] <= twin.last_seq:
+        if is_replay(twin, t):
             self.metrics.replayed.inc()     # already folded into the restored twin
             return
         twin.observe(t, self.config.ewma_alpha)

@@ -42,8 +42,10 @@ def test_every_request_of_a_tier_client_pays_its_path(eval_broker):
     far = _ack_times_ms(eval_broker.settings_for(("local_edge", "edge_cloud")))
     near = _ack_times_ms(eval_broker.settings_for(()))
     # After bootstrap the client reconnects to the advertised address: if that bypassed the
-    # proxy, later produce round trips would be as fast as the direct ones.
-    assert min(far) >= 2 * path_ms - 1.0
+    # proxy, later produce round trips would be as fast as the direct ones. A round trip crosses
+    # each link twice, each crossing jittered (normal, per-link sigma): allow 4 sigma below.
+    round_trip_sigma = (2 * sum(link.jitter_ms ** 2 for link in LINKS.values())) ** 0.5
+    assert min(far) >= 2 * path_ms - 4 * round_trip_sigma
     assert statistics.median(far) < 2 * path_ms + statistics.median(near) + 60.0   # loaded 2-core machine
     assert statistics.median(near) < statistics.median(far) - path_ms
 
