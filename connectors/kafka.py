@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Literal
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import AuthorizationError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 
@@ -256,3 +256,26 @@ class KafkaSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_topic(topic: str, settings: Settings | None = None, expect: int | None = None, timeout_s: float = 30.0,
+               until=None) -> list:
+    """Every record of ``topic`` from the beginning (KafkaRecords), until ``expect`` records,
+    ``until(records)`` is true, or ``timeout_s`` passes."""
+    records: list = []
+    with KafkaSource([], None, settings, client_id="tiertwin-reader") as source:
+        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
+        source.consumer.assign(tps)
+        source.consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            records.extend(source.poll(200))
+            if expect is not None and len(records) >= expect:
+                break
+            if until is not None and until(records):
+                break
+            if expect is None and until is None:
+                end = source.consumer.end_offsets(tps)
+                if all(source.consumer.position(tp) >= end[tp] for tp in tps):
+                    break
+    return records

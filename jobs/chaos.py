@@ -29,7 +29,7 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from tiertwin.connectors.broker import ManagedBroker
-from tiertwin.connectors.kafka import KafkaSink
+from tiertwin.connectors.kafka import KafkaSink, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
 from tiertwin.procs import free_ports
@@ -230,10 +230,7 @@ def _records(settings: Settings, topic: str) -> list:
 
 
 def _decoded(settings: Settings, topic: str) -> list[dict]:
-    from tiertwin.schemas import SchemaRegistry
-
-    registry = SchemaRegistry.default()
-    return [registry.decode(m.value)[1] for m in _records(settings, topic)]
+    return [r.value for r in read_topic(topic, settings)]
 
 
 def _wait_for_catch_up(settings: Settings, report: ChaosReport, timeout_s: float) -> None:

@@ -30,7 +30,8 @@ from typing import Any
 import typer
 import yaml
 
-from tiertwin.errors import BrokerSetupError, TiertwinError
+from tiertwin.connectors.kafka import read_topic
+from tiertwin.errors import BrokerSetupError
 
 
 class Tier(str, enum.Enum):
@@ -80,33 +81,6 @@ def delete_topics(settings, names: list[str]) -> None:
         pass
     finally:
         admin.close()
-
-
-def read_topic(topic: str, settings=None, expect: int | None = None, timeout_s: float = 30.0,
-               until=None) -> list:
-    """Every record of ``topic`` from the beginning (KafkaRecords), until ``expect`` records,
-    ``until(records)`` is true, or ``timeout_s`` passes."""
-    from kafka import TopicPartition
-
-    from tiertwin.connectors.kafka import KafkaSource
-
-    records: list = []
-    with KafkaSource([], None, settings, client_id="tiertwin-reader") as source:
-        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
-        source.consumer.assign(tps)
-        source.consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            records.extend(source.poll(200))
-            if expect is not None and len(records) >= expect:
-                break
-            if until is not None and until(records):
-                break
-            if expect is None and until is None:
-                end = source.consumer.end_offsets(tps)
-                if all(source.consumer.position(tp) >= end[tp] for tp in tps):
-                    break
-    return records
 
 
 # -- benchmarks --------------------------------------------------------------------------------

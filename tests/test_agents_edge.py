@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.edge_twin import EdgeAgentConfig, EdgeTwinAgent
 from tiertwin.pipelines.learners import HANDOVER, PRB_SHARE
 from tiertwin.pipelines.pretrain import EPOCH_MS, SyntheticFleet

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
 from tiertwin.pipelines.models import parameters_to_features, publish_model

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tiertwin.connectors.kafka import KafkaSink, admin_client
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.pretrain import SyntheticFleet
 
 pytestmark = pytest.mark.broker

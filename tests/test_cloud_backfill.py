@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that
 
 from tiertwin.connectors.archive import archive_topics
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.jobs.cli_cloud import polars_snapshots, produce, tier_traffic
 from tiertwin.pipelines import parquet_log
 from tiertwin.pipelines.beam_kafka import ReadFromKafka, ReadSpec, WriteToKafka, dead_letter_key

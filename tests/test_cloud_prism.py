@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.jobs.cli_cloud import STREAMS, produce, tier_traffic
 from tiertwin.pipelines.learners import DEMAND_LATENCY
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent

@@ -15,7 +15,7 @@ import pytest
 from fastavro import schemaless_writer
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.cli_agents import read_topic
+from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
 from tiertwin.pipelines.pretrain import SyntheticFleet
 from tiertwin.schemas import MAGIC, SchemaRegistry
