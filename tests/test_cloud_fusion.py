@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
@@ -25,7 +25,7 @@ def outcome(cell: int | None, ts_ms: int, latency: float, met: bool) -> Timestam
     return TimestampedValue(("Outcome", record), ts_ms / 1000)
 
 
-def fuse(stream: TestStream, config: CloudTwinConfig, check) -> None:
+def fuse(stream: test_stream.TestStream, config: CloudTwinConfig, check) -> None:
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(runner="DirectRunner", options=options) as p:
@@ -35,7 +35,7 @@ def fuse(stream: TestStream, config: CloudTwinConfig, check) -> None:
 
 def test_early_on_time_and_late_panes_accumulate():
     config = CloudTwinConfig(window_s=10, early_firing_s=2, allowed_lateness_s=60, train=False)
-    stream = (TestStream()
+    stream = (test_stream.TestStream()
               .advance_watermark_to(T0 / 1000)
               .add_elements([summary("ue-1", 7, T0 + 1_000, 10.0), outcome(7, T0 + 1_500, 12.0, True)])
               .advance_processing_time(3)                              # -> early pane
@@ -61,7 +61,7 @@ def test_early_on_time_and_late_panes_accumulate():
 
 def test_record_later_than_allowed_lateness_is_not_in_any_pane():
     config = CloudTwinConfig(window_s=10, early_firing_s=None, allowed_lateness_s=5, train=False)
-    stream = (TestStream()
+    stream = (test_stream.TestStream()
               .advance_watermark_to(T0 / 1000)
               .add_elements([summary("ue-1", 3, T0 + 1_000, 5.0)])
               .advance_watermark_to((T0 + 16_000) / 1000)            # past end + lateness: window closed
@@ -76,7 +76,7 @@ def test_record_later_than_allowed_lateness_is_not_in_any_pane():
 
 def test_sliding_windows_put_a_record_in_every_window_covering_it():
     config = CloudTwinConfig(window_s=10, slide_s=5, early_firing_s=None, train=False)
-    stream = (TestStream()
+    stream = (test_stream.TestStream()
               .advance_watermark_to(T0 / 1000)
               .add_elements([summary("ue-1", 2, T0 + 7_000, 9.0)])
               .advance_watermark_to_infinity())
