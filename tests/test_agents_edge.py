@@ -2,53 +2,25 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
-from tiertwin.pipelines.edge_twin import EdgeAgentConfig, EdgeTwinAgent
+from tiertwin.pipelines.edge_twin import EdgeTwinAgent
 from tiertwin.pipelines.learners import HANDOVER, PRB_SHARE
 from tiertwin.pipelines.pretrain import EPOCH_MS, SyntheticFleet
 from tiertwin.schemas.examples import example
 
-pytestmark = pytest.mark.broker
+from tests.agent_support import Running, edge_agent_config, wait_until
 
-TOPIC_NAMES = ("summaries", "cell_reports", "edge_state", "actions", "outcomes", "models", "changelog", "dead_letter")
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
 def edge_config(new_topic, group_id):
-    topics = {name: new_topic(1, prefix=f"test.edge.{name}") for name in TOPIC_NAMES}
-    return EdgeAgentConfig(
-        instance_id=f"test-{group_id}", group_id=group_id, summaries_topic=topics["summaries"],
-        cell_reports_topic=topics["cell_reports"], edge_state_topic=topics["edge_state"], actions_topic=topics["actions"],
-        outcomes_topic=topics["outcomes"], models_topic=topics["models"], changelog_topic=topics["changelog"],
-        dead_letter_topic=topics["dead_letter"], commit_interval_ms=200, session_timeout_ms=6000)
-
-
-class Running:
-    def __init__(self, agent):
-        self.agent, self.stop = agent, threading.Event()
-        self.thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.agent.started.wait(30)
-        return self.agent
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-
-
-def wait_for(condition, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
+    return edge_agent_config(new_topic, group_id)
 
 
 def send(sink, topic, schema, records, key_field):
@@ -86,13 +58,13 @@ def test_bandits_learn_from_outcomes(edge_config, settings):
     fleet = SyntheticFleet(n_cells=1, seed=2)
     with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)) as agent:
         send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 0)], "cell_id")
-        assert wait_for(lambda: "0" in agent.twins and agent.twins["0"].allocations.get("prb_share"))
+        assert wait_until(lambda: "0" in agent.twins and agent.twins["0"].allocations.get("prb_share"))
         before = agent.slots[PRB_SHARE].model.n_updates
         outcomes = [example("Outcome", outcome_id=f"o{i}", cell_id=0, deadline_met=i % 3 != 0) for i in range(9)]
         send(sink, edge_config.outcomes_topic, "Outcome", outcomes, "ue_id")
-        assert wait_for(lambda: agent.twins["0"].allocations["prb_share"][4] == 9)
+        assert wait_until(lambda: agent.twins["0"].allocations["prb_share"][4] == 9)
         send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 2000)], "cell_id")
-        assert wait_for(lambda: agent.slots[PRB_SHARE].model.n_updates == before + 1)
+        assert wait_until(lambda: agent.slots[PRB_SHARE].model.n_updates == before + 1)
 
 
 def test_handover_when_neighbour_forecast_beats_serving_by_hysteresis(edge_config, settings):
@@ -115,7 +87,7 @@ def test_twin_migrates_when_ue_moves_to_another_site(edge_config, settings):
     reports = [fleet.cell_report(0, 0), fleet.cell_report(3, 0)]    # cell 0 on site 0, cell 3 on site 1
     with KafkaSink(settings) as sink, Running(EdgeTwinAgent(edge_config, settings)) as agent:
         send(sink, edge_config.cell_reports_topic, "EdgeState", reports, "cell_id")
-        assert wait_for(lambda: len(agent.site_of) == 2)
+        assert wait_until(lambda: len(agent.site_of) == 2)
         moves = [summary("ue-m", 0, 100 * i, 10.0, 0.0, None, None) for i in range(3)]
         moves.append(summary("ue-m", 3, 400, 10.0, 0.0, None, None))
         send(sink, edge_config.summaries_topic, "LocalSummary", moves, "serving_cell")
@@ -134,8 +106,8 @@ def test_edge_checkpoint_restores_cell_twins(edge_config, settings):
         send(sink, edge_config.summaries_topic, "LocalSummary", [summary("ue-r", 1, 100, 9.0, 0.0, None, None)], "serving_cell")
     first = EdgeTwinAgent(edge_config, settings)
     with Running(first):
-        assert wait_for(lambda: "ue-r" in getattr(first.twins.get("1"), "ues", {}))
+        assert wait_until(lambda: "ue-r" in getattr(first.twins.get("1"), "ues", {}))
     second = EdgeTwinAgent(edge_config.model_copy(update={"instance_id": "restored"}), settings)
     with Running(second):
-        assert wait_for(lambda: len(second.twins) == 2)
+        assert wait_until(lambda: len(second.twins) == 2)
     assert second.twins["1"].ues["ue-r"].sinr_db == 9.0 and second.site_of == first.site_of

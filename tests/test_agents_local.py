@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -10,48 +9,18 @@ import pytest
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
-from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
+from tiertwin.pipelines.local_twin import LocalTwinAgent
 from tiertwin.pipelines.models import parameters_to_features, publish_model
 from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet
 
-pytestmark = pytest.mark.broker
+from tests.agent_support import Running, local_agent_config, wait_until
 
-TOPIC_NAMES = ("telemetry", "demands", "outcomes", "edge_state", "summaries", "actions", "models", "changelog", "dead_letter")
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
 def local_config(new_topic, group_id):
-    topics = {name: new_topic(1 if name == "models" else 3, prefix=f"test.local.{name}") for name in TOPIC_NAMES}
-    return LocalAgentConfig(
-        instance_id=f"test-{group_id}", group_id=group_id, telemetry_topic=topics["telemetry"],
-        demands_topic=topics["demands"], outcomes_topic=topics["outcomes"], edge_state_topic=topics["edge_state"],
-        summaries_topic=topics["summaries"], actions_topic=topics["actions"], models_topic=topics["models"],
-        changelog_topic=topics["changelog"], dead_letter_topic=topics["dead_letter"], commit_interval_ms=200,
-        session_timeout_ms=6000)
-
-
-class Running:
-    """An agent running in a thread for the duration of a ``with`` block."""
-
-    def __init__(self, agent):
-        self.agent, self.stop = agent, threading.Event()
-        self.thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.agent.started.wait(30)
-        return self.agent
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-
-
-def wait_until(condition, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
+    return local_agent_config(new_topic, group_id)
 
 
 def send(sink: KafkaSink, topic: str, schema: str, records: list[dict], key_field: str = "ue_id") -> None:

@@ -16,12 +16,13 @@ from fastavro import schemaless_writer
 
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
-from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
+from tiertwin.pipelines.local_twin import LocalTwinAgent
 from tiertwin.pipelines.pretrain import SyntheticFleet
 from tiertwin.schemas import MAGIC, SchemaRegistry
 from tiertwin.schemas.examples import example
 
-from tests.test_agents_local import TOPIC_NAMES, Running, fleet_records
+from tests.agent_support import Running, local_agent_config
+from tests.test_agents_local import fleet_records
 
 pytestmark = pytest.mark.broker
 MALFORMED = 10_000
@@ -63,13 +64,7 @@ def malformed_values(n: int, seed: int = 7) -> list[bytes]:
 
 @pytest.fixture
 def fuzz_config(new_topic, group_id):
-    topics = {name: new_topic(1 if name == "models" else 3, prefix=f"test.fuzz.{name}") for name in TOPIC_NAMES}
-    return LocalAgentConfig(
-        instance_id=f"fuzz-{group_id}", group_id=group_id, telemetry_topic=topics["telemetry"],
-        demands_topic=topics["demands"], outcomes_topic=topics["outcomes"], edge_state_topic=topics["edge_state"],
-        summaries_topic=topics["summaries"], actions_topic=topics["actions"], models_topic=topics["models"],
-        changelog_topic=topics["changelog"], dead_letter_topic=topics["dead_letter"], commit_interval_ms=200,
-        session_timeout_ms=6000, profile="throughput")
+    return local_agent_config(new_topic, group_id, prefix="test.fuzz", profile="throughput")
 
 
 def test_ten_thousand_malformed_records_are_dead_lettered_and_good_ones_decided(fuzz_config, settings):
