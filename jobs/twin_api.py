@@ -142,9 +142,19 @@ class TwinView:
             return {"twin": state, "source": "edge" if cell_id in self.cells else "cell-report",
                     "ues": ues, "snapshot": self.snapshots.get(cell_id), "recent_decisions": decisions}
 
-    def edges(self) -> dict[int, dict]:
+    def merged_cell_states(self) -> dict[int, dict]:
+        """Every cell's latest state: the edge twin's where it has one, else the gNB's report.
+
+        The caller holds ``_lock`` (so it can read other state in the same consistent moment).
+        """
+        return {**self.cell_reports, **self.cells}
+
+    def cell_states(self) -> dict[int, dict]:
         with self._lock:
-            states = {**self.cell_reports, **self.cells}
+            return self.merged_cell_states()
+
+    def edges(self) -> dict[int, dict]:
+        states = self.cell_states()
         sites: dict[int, dict] = {}
         for cell_id, s in sorted(states.items()):
             site = sites.setdefault(s["site_id"], {"site_id": s["site_id"], "cells": [], "attached_ues": 0,
@@ -210,8 +220,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
 
     @app.get("/cells")
     def list_cells() -> list[dict]:
-        with view._lock:
-            states = {**view.cell_reports, **view.cells}
+        states = view.cell_states()
         return [states[c] for c in sorted(states)]
 
     @app.get("/cells/{cell_id}")

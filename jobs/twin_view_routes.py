@@ -104,7 +104,7 @@ def derived_layout(view: "TwinView") -> dict:
     [(1, 5.0), (2, 50.0)]
     """
     with view._lock:
-        states = {**view.cell_reports, **view.cells}
+        states = view.merged_cell_states()
         positions = [(s["serving_cell"], s["x_m"], s["y_m"]) for s in view.ues.values()]
     sums: dict[int, list[float]] = {}
     for cell, x, y in positions:
@@ -300,7 +300,7 @@ class StateFeed:
         with view._lock:
             ue_ids = list(view.ues)  # insertion order: TwinView only ever adds UEs
             twins = [view.ues[u] for u in ue_ids]
-            states = {**view.cell_reports, **view.cells}
+            states = view.merged_cell_states()
             snapshots = len(view.snapshots)
         stats = self.stats.update(now)
         self._frame_no += 1
