@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import heapq
 import json
+import multiprocessing
+import queue
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka import TopicPartition
 
-from tiertwin.connectors.kafka import KafkaSink, KafkaSource
-from tiertwin.errors import ConfigError, RecordRejected
+from tiertwin.connectors.kafka import KafkaSink, KafkaSource, KeyHashCachePartitioner, admin_client
+from tiertwin.errors import ConfigError, RecordRejected, TiertwinError
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
@@ -142,14 +144,16 @@ def parse_speed(speed: str) -> float | None:
 
 
 def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | None = None,
-           speed: float | None = None, on_progress: Callable[[int], None] | None = None) -> int:
+           speed: float | None = None, on_progress: Callable[[int], None] | None = None,
+           origin_ts_ms: int | None = None) -> int:
     """Re-publish ``records`` in order, keeping inter-arrival times divided by ``speed``.
 
+    The pace is measured from ``origin_ts_ms`` (default: the first record's timestamp).
     The original record timestamps are kept, so event time survives the replay.
     Returns the number of records published (all acknowledged).
     """
     count = 0
-    first_ts, started = None, time.perf_counter()
+    first_ts, started = origin_ts_ms, time.perf_counter()
     for record in records:
         if speed is not None:
             first_ts = record.timestamp_ms if first_ts is None else first_ts
@@ -163,3 +167,121 @@ def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | N
             on_progress(1)
     sink.flush()
     return count
+
+
+def read_archives(log_dir: Path, topics: Iterable[str]) -> Iterator[ArchivedRecord]:
+    """The archived records of several topics, merged by timestamp (ties: topic, partition, offset)."""
+    streams = [((r.timestamp_ms, r.topic, r.partition, r.offset, r) for r in read_archive(log_dir, t)) for t in sorted(topics)]
+    for *_, record in heapq.merge(*streams, key=lambda item: item[:4]):
+        yield record
+
+
+def replay_worker_of(record: ArchivedRecord, to_topic: str | None, partitions: dict[str, int], workers: int,
+                     partitioner: KeyHashCachePartitioner) -> int:
+    """Which of ``workers`` replays ``record``: the one owning its target partition, so that each
+    target partition (and so each key) is written by one process, in archive order."""
+    if record.key is None:
+        return record.partition % workers
+    return partitioner.key_partition(record.key, partitions[to_topic or record.topic]) % workers
+
+
+def _replay_worker(index: int, workers: int, log_dir: Path, topics: list[str], to_topic: str | None,
+                   partitions: dict[str, int], speed: float | None, settings: Settings, profile: str,
+                   start: "multiprocessing.synchronize.Barrier", done: "multiprocessing.sharedctypes.Synchronized",
+                   results: "multiprocessing.Queue") -> None:
+    """Child process: replay this worker's share of the archive, starting with the others."""
+    try:
+        records = list(read_archives(log_dir, topics))
+        origin = records[0].timestamp_ms if records else None
+        partitioner = KeyHashCachePartitioner()
+        mine = [r for r in records if replay_worker_of(r, to_topic, partitions, workers, partitioner) == index]
+        del records
+        pending = 0
+
+        def progress(n: int) -> None:
+            nonlocal pending
+            pending += n
+            if pending >= 1000:
+                with done.get_lock():
+                    done.value += pending
+                pending = 0
+
+        with KafkaSink(settings, profile=profile, client_id=f"tiertwin-replay-{index}") as sink:
+            start.wait()
+            count = replay(mine, sink, to_topic, speed, on_progress=progress, origin_ts_ms=origin)
+        with done.get_lock():
+            done.value += pending
+        results.put((index, count, None))
+    except BaseException as exc:  # the parent reports it; a worker must never hang the barrier
+        start.abort()
+        results.put((index, 0, f"{type(exc).__name__}: {exc}"))
+
+
+class ReplayFailed(TiertwinError):
+    """A replay worker failed; nothing it had not acknowledged is counted."""
+
+
+def replay_parallel(log_dir: Path, topics: Iterable[str], to_topic: str | None = None, speed: float | None = None,
+                    workers: int = 2, settings: Settings | None = None,
+                    on_progress: Callable[[int], None] | None = None,
+                    on_start: Callable[[], None] | None = None) -> int:
+    """Replay archived ``topics`` with ``workers`` producer processes; returns the records published.
+
+    kafka-python spends most of a send in Python, so one process tops out well below
+    the broker; several processes share the work by *target partition*: each partition
+    is written by exactly one worker, in archive order, so per-key order and the
+    content of every partition are the same as with one process (and on every run).
+    With a ``speed``, every worker paces from the same origin (the archive's first
+    timestamp) and starts at the same moment. ``on_start`` runs when they start.
+    """
+    settings = settings or Settings.from_env()
+    topics = sorted(topics)
+    targets = {to_topic} if to_topic else set(topics)
+    admin = admin_client(settings)
+    try:
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(sorted(targets))
+                     if not t.get("error_code")}
+    finally:
+        admin.close()
+    missing = targets - described.keys()
+    if missing:
+        raise ConfigError(f"target topic(s) {sorted(missing)} do not exist; see `tiertwin topics list`")
+    ctx = multiprocessing.get_context("spawn")
+    start, done, results = ctx.Barrier(workers + 1), ctx.Value("q", 0), ctx.Queue()
+    profile = "throughput" if speed is None else "low-latency"
+    procs = [ctx.Process(target=_replay_worker, daemon=True,
+                         args=(i, workers, Path(log_dir), topics, to_topic, described, speed, settings, profile,
+                               start, done, results)) for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    outcomes: dict[int, tuple[int, str | None]] = {}
+    try:
+        try:
+            start.wait(timeout=300)
+        except Exception:   # BrokenBarrierError: a worker failed while loading
+            pass
+        if on_start:
+            on_start()
+        reported = 0
+        while len(outcomes) < workers:
+            try:
+                index, count, error = results.get(timeout=0.1)
+                outcomes[index] = (count, error)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+            if on_progress and done.value > reported:
+                on_progress(done.value - reported)
+                reported = done.value
+        if on_progress and done.value > reported:
+            on_progress(done.value - reported)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    errors = [f"worker {i}: {e}" for i, (_, e) in sorted(outcomes.items()) if e]
+    lost = [i for i in range(workers) if i not in outcomes]
+    if errors or lost:
+        raise ReplayFailed("; ".join(errors + [f"worker {i} died (exit code {procs[i].exitcode})" for i in lost]))
+    return sum(count for count, _ in outcomes.values())

@@ -118,7 +118,8 @@ def kafka_end_to_end_latency(settings, records: int, record_size: int = 200) -> 
 
 
 def _consume_latencies(topic: str, bootstrap: str, expect: int, timeout_s: float, out_path: str) -> None:
-    """Child process: consume decisions, write (consumed_ns - source_emitted_ns) per decision."""
+    """Child process: consume decisions, write per decision ``[total, to_agent, in_agent, to_reader]`` in ms:
+    source emitted -> reader consumed, and its three legs (emitted -> agent received -> decided -> consumed)."""
     from kafka import TopicPartition
 
     from tiertwin.connectors.kafka import KafkaSource
@@ -133,8 +134,9 @@ def _consume_latencies(topic: str, bootstrap: str, expect: int, timeout_s: float
         deadline = time.monotonic() + timeout_s
         while len(latencies) < expect and time.monotonic() < deadline:
             for record in source.poll(50):
-                now = time.time_ns()
-                latencies.append((now - record.value["source_emitted_ns"]) / 1e6)
+                now, v = time.time_ns(), record.value
+                emitted, received, decided = v["source_emitted_ns"], v["received_ns"], v["decided_ns"]
+                latencies.append(((now - emitted) / 1e6, (received - emitted) / 1e6, (decided - received) / 1e6, (now - decided) / 1e6))
     Path(out_path).write_text(json.dumps(latencies))
 
 
@@ -266,11 +268,13 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
             agent_log = _stop(proc)
     delete_topics(settings, list(topics.values()))
     floor = kafka_end_to_end_latency(settings, e2e_records)
-    ours = _percentiles(latencies)
+    ours = _percentiles([row[0] for row in latencies])
+    legs = {leg: _percentiles([row[i] for row in latencies])
+            for i, leg in ((1, "emitted_to_agent"), (2, "in_agent"), (3, "decided_to_consumed")) if latencies}
     result = {
         "offered_rate_records_per_s": rate, "achieved_rate_records_per_s": len(records) / produced_s,
         "records": len(records), "demands": demands, "decisions_measured": ours.get("count", 0),
-        "decision_latency": ours, "kafka_end_to_end_latency_one_hop": floor,
+        "decision_latency": ours, "decision_latency_legs": legs, "kafka_end_to_end_latency_one_hop": floor,
         "two_hop_floor": {k: 2 * floor[k] for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")},
         "agent_stderr_tail": agent_log[-400:], "load_average_1m_at_end": os.getloadavg()[0],
         "agent_cpu_share_while_offered": agent_cpu_share,
@@ -399,6 +403,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                       f"p99.9 {ours.get('p999_ms', float('nan')):.2f} ms ({ours.get('count', 0)} decisions)")
         console.print(f"two-hop floor (2 x EndToEndLatency): p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms, "
                       f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
+        for leg, pct in results["decision_latency_legs"].items():
+            console.print(f"  {leg:20} p50 {pct['p50_ms']:.2f} ms, p99 {pct['p99_ms']:.2f} ms")
         if "ratio_to_two_hop_floor" in results:
             r = results["ratio_to_two_hop_floor"]
             console.print("ratio to floor: " + ", ".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -78,21 +79,32 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         to: Optional[str] = typer.Option(None, "--to", help="Topic to publish to (default: each record's original topic)."),
         topic: Optional[list[str]] = typer.Option(None, "--topic", help="Archived topic(s) to replay (default: all)."),
         speed: str = typer.Option("max", "--speed", help="1x (original pace), 10x, 0.5x … or max."),
+        workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", min=1, max=64,
+                                    help="Producer processes; each owns a share of the target partitions."),
     ):
-        """Re-publish archived records in their original order per key, keeping inter-arrival times (scaled)."""
-        from tiertwin.connectors.archive import archived_topics, parse_speed, read_archive, replay
+        """Re-publish archived records in their original order per key, keeping inter-arrival times (scaled).
+
+        Several topics are merged by timestamp. With more than one worker, each target
+        partition is written by one worker process in archive order, so every partition
+        gets the same records in the same order as with one.
+        """
+        from tiertwin.connectors.archive import archived_topics, parse_speed, read_archives, replay, replay_parallel
         from tiertwin.connectors.kafka import KafkaSink
 
         factor = parse_speed(speed)
         selected = topic or archived_topics(log_dir)
-        total = 0
-        with KafkaSink(profile="throughput" if factor is None else "low-latency",
-                       client_id="tiertwin-replay") as sink, _progress() as progress:
-            for name in selected:
-                records = list(read_archive(log_dir, name))
-                task = progress.add_task(name, total=len(records))
-                total += replay(records, sink, to, factor, on_progress=lambda n: progress.advance(task, n))
-        console.print(f"replayed {total} records from {log_dir} at {speed}")
+        with _progress() as progress:
+            if workers > 1:
+                task = progress.add_task(f"{', '.join(selected)} ({workers} workers)", total=None)
+                total = replay_parallel(log_dir, selected, to, factor, workers,
+                                        on_progress=lambda n: progress.advance(task, n))
+            else:
+                records = list(read_archives(log_dir, selected))
+                task = progress.add_task(", ".join(selected), total=len(records))
+                with KafkaSink(profile="throughput" if factor is None else "low-latency",
+                               client_id="tiertwin-replay") as sink:
+                    total = replay(records, sink, to, factor, on_progress=lambda n: progress.advance(task, n))
+        console.print(f"replayed {total} records from {log_dir} at {speed} with {workers} worker(s)")
 
     @app.command("report")
     @one_line_errors
@@ -133,13 +145,14 @@ def _table_row(rec) -> str:
         " ".join(f"{k}={val}" for k, val in list(short.items())[:12])
 
 
-def bench_replay(records: int = 100_000, settings=None) -> dict:
-    """Replay ``records`` archived Telemetry records at max speed beside Kafka's ProducerPerformance."""
+def bench_replay(records: int = 100_000, workers: int = 2, settings=None) -> dict:
+    """Replay ``records`` archived Telemetry records at max speed, with one producer process and with
+    ``workers``, beside Kafka's ProducerPerformance (same broker, same run, same record size and acks)."""
     import tempfile
     import time
     import uuid
 
-    from tiertwin.connectors.archive import archive_topics, read_archive, replay
+    from tiertwin.connectors.archive import archive_topics, read_archive, replay, replay_parallel
     from tiertwin.connectors.kafka import KafkaSink, admin_client
     from tiertwin.connectors.kafka_tools import producer_performance
     from tiertwin.schemas import SchemaRegistry
@@ -148,7 +161,7 @@ def bench_replay(records: int = 100_000, settings=None) -> dict:
 
     settings = settings or Settings.from_env()
     registry = SchemaRegistry.default()
-    names = [f"bench.replay.{kind}.{uuid.uuid4().hex[:8]}" for kind in ("source", "target", "ceiling")]
+    names = [f"bench.replay.{kind}.{uuid.uuid4().hex[:8]}" for kind in ("source", "one", "many", "ceiling")]
     admin = admin_client(settings)
     admin.create_topics({n: {"num_partitions": 6, "replication_factor": 1} for n in names}, timeout_ms=30_000)
     try:
@@ -162,16 +175,22 @@ def bench_replay(records: int = 100_000, settings=None) -> dict:
             with KafkaSink(settings, profile="throughput", client_id="bench-replay") as sink:
                 started = time.perf_counter()
                 replay(log, sink, names[1], speed=None)
-                replay_s = time.perf_counter() - started
-        ceiling = producer_performance(names[2], records, len(value), settings)
+                one_s = time.perf_counter() - started
+            started = [0.0]
+            replay_parallel(Path(tmp), [names[0]], names[2], None, workers, settings,
+                            on_start=lambda: started.__setitem__(0, time.perf_counter()))
+            many_s = time.perf_counter() - started[0]
+        ceiling = producer_performance(names[3], records, len(value), settings)
     finally:
         admin.delete_topics(names)
         admin.close()
-    replay_rps = records / replay_s
-    return {"records": records, "record_bytes": len(value), "replay_records_per_s": round(replay_rps),
-            "producer_performance_records_per_s": ceiling["records_per_s"],
-            "ratio_replay_to_producer_performance": round(replay_rps / ceiling["records_per_s"], 3),
-            "target_ratio": 0.5, "acks": "all"}
+    one_rps, many_rps, java_rps = records / one_s, records / many_s, ceiling["records_per_s"]
+    return {"records": records, "record_bytes": len(value), "acks": "all", "workers": workers,
+            "replay_records_per_s": round(many_rps), "replay_one_process_records_per_s": round(one_rps),
+            "producer_performance_records_per_s": java_rps,
+            "ratio_replay_to_producer_performance": round(many_rps / java_rps, 3),
+            "ratio_one_process_to_producer_performance": round(one_rps / java_rps, 3),
+            "target_ratio": 0.5, "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0]}
 
 
 def _register_bench(bench_app: typer.Typer) -> None:
@@ -180,9 +199,12 @@ def _register_bench(bench_app: typer.Typer) -> None:
 
     @bench_app.command("replay")
     @one_line_errors
-    def bench_replay_cmd(records: int = typer.Option(100_000, help="Records to replay.")):
-        """Records/s from a Parquet archive into Kafka, beside Kafka's ProducerPerformance (same broker, same run)."""
-        results = bench_replay(records)
+    def bench_replay_cmd(records: int = typer.Option(100_000, help="Records to replay."),
+                         workers: int = typer.Option(min(4, os.cpu_count() or 1), min=2, max=64,
+                                                     help="Producer processes of the parallel replay.")):
+        """Records/s from a Parquet archive into Kafka (one process, and `--workers`), beside Kafka's
+        ProducerPerformance (same broker, same run)."""
+        results = bench_replay(records, workers)
         path = write_results("replay", results)
         for key, value in results.items():
             console.print(f"{key:40} {value}")

@@ -113,3 +113,46 @@ def test_archive_then_replay_reproduces_records_in_order_and_report_plots(new_to
     latency = {row["tier"]: row for row in report.decision_latency.iter_rows(named=True)}
     assert latency["local"]["n"] == 10 and latency["edge"]["n"] == 10
     assert latency["edge"]["p50_ms"] == pytest.approx(10.0)  # edge ids 1,3,...,19 -> latencies 1..19 ms
+
+
+def _partition_contents(topic, settings, expect):
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    contents = defaultdict(list)
+    for m in consumer:
+        contents[m.partition].append((m.key, m.value, m.timestamp))
+        if sum(map(len, contents.values())) >= expect:
+            break
+    consumer.close()
+    return dict(contents)
+
+
+def test_parallel_replay_writes_every_partition_exactly_as_one_process_does(new_topic, settings, tmp_path):
+    from tiertwin.connectors.archive import read_archives, replay_parallel
+
+    source, other = new_topic(partitions=3), new_topic(partitions=2)
+    one, many = new_topic(partitions=4), new_topic(partitions=4)
+    _produce(source, [example("Telemetry", ue_id=f"ue-{i % 11}", seq=i) for i in range(400)], "Telemetry", settings)
+    _produce(other, [example("Telemetry", ue_id=f"ue-{i % 5}", seq=1000 + i) for i in range(100)], "Telemetry",
+             settings, ts0=1_767_225_600_005)
+    archive_topics([source, other], tmp_path / "log", settings)
+
+    with KafkaSink(settings) as sink:
+        assert replay(read_archives(tmp_path / "log", [source, other]), sink, to_topic=one) == 500
+    progressed = []
+    assert replay_parallel(tmp_path / "log", [source, other], many, workers=3, settings=settings,
+                           on_progress=progressed.append) == 500
+    assert sum(progressed) == 500
+    expected = _partition_contents(one, settings, 500)
+    assert len(expected) == 4 and _partition_contents(many, settings, 500) == expected
+
+
+def test_parallel_replay_to_a_missing_topic_is_a_config_error(new_topic, settings, tmp_path):
+    from tiertwin.connectors.archive import replay_parallel
+    from tiertwin.errors import ConfigError
+
+    source = new_topic(partitions=1)
+    _produce(source, [example("Telemetry", seq=i) for i in range(3)], "Telemetry", settings)
+    archive_topics([source], tmp_path / "log", settings)
+    with pytest.raises(ConfigError, match="do not exist"):
+        replay_parallel(tmp_path / "log", [source], "no.such.topic.here", workers=2, settings=settings)
