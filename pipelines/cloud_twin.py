@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,7 +45,7 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC
@@ -179,8 +179,116 @@ class ReadArchive(beam.PTransform):
 
 
 # -- fusion ------------------------------------------------------------------------------------
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+@dataclass
+class CellAggregate:
+    """What a TwinSnapshot of one cell and window is computed from, as partial sums that merge.
+
+    Each bundle folds its records into one aggregate per (cell, window) before the shuffle,
+    so a few aggregates cross it instead of every record; the aggregates of a window merge
+    into what folding all its records at once gives. The p95 needs the values themselves,
+    so the latencies are kept (one float per outcome), everything else is counts and sums.
+
+    >>> from tiertwin.schemas.examples import example
+    >>> a, b = CellAggregate(), CellAggregate()
+    >>> a.add_summary(example("LocalSummary", ue_id="ue-1", sinr_db=10.0))
+    >>> b.add_summary(example("LocalSummary", ue_id="ue-2", sinr_db=20.0))
+    >>> b.add_outcome(example("Outcome", ue_id="ue-1", latency_ms=12.0, deadline_met=False))
+    >>> total = a.merge(b)
+    >>> total.summaries, total.sinr_sum, sorted(total.ues), total.latencies, total.missed
+    (2, 30.0, ['ue-1', 'ue-2'], [12.0], 1)
+    """
+
+    summaries: int = 0
+    sinr_sum: float = 0.0
+    edge_states: int = 0
+    prb_sum: float = 0.0
+    queue_sum: float = 0.0
+    decisions_by_tier: dict = field(default_factory=dict)
+    outcomes: int = 0
+    latencies: list = field(default_factory=list)
+    judged: int = 0
+    missed: int = 0
+    ues: set = field(default_factory=set)
+
+    def add_summary(self, r: dict) -> None:
+        self.summaries += 1
+        self.sinr_sum += r["sinr_db"]
+        self.ues.add(r["ue_id"])
+
+    def add_edge_state(self, r: dict) -> None:
+        self.edge_states += 1
+        self.prb_sum += r["prb_utilization"]
+        self.queue_sum += r["mec_queue_gcycles"]
+
+    def add_decision(self, r: dict) -> None:
+        tier = r["tier"]
+        self.decisions_by_tier[tier] = self.decisions_by_tier.get(tier, 0) + 1
+        if r.get("ue_id"):
+            self.ues.add(r["ue_id"])
+
+    def add_outcome(self, r: dict) -> None:
+        self.outcomes += 1
+        if r.get("latency_ms") is not None:
+            self.latencies.append(r["latency_ms"])
+        if r.get("deadline_met") is not None:
+            self.judged += 1
+            self.missed += not r["deadline_met"]
+        if r.get("ue_id"):
+            self.ues.add(r["ue_id"])
+
+    def merge(self, other: "CellAggregate") -> "CellAggregate":
+        """Add ``other`` into this aggregate (and return it)."""
+        self.summaries += other.summaries
+        self.sinr_sum += other.sinr_sum
+        self.edge_states += other.edge_states
+        self.prb_sum += other.prb_sum
+        self.queue_sum += other.queue_sum
+        for tier, n in other.decisions_by_tier.items():
+            self.decisions_by_tier[tier] = self.decisions_by_tier.get(tier, 0) + n
+        self.outcomes += other.outcomes
+        self.latencies += other.latencies
+        self.judged += other.judged
+        self.missed += other.missed
+        self.ues |= other.ues
+        return self
+
+
+class CellAggregateCoder(beam.coders.Coder):
+    """A CellAggregate as a tuple of primitives (Beam's compiled primitives coder), not a pickle."""
+
+    FIELDS = tuple(f.name for f in fields(CellAggregate))
+
+    def __init__(self):
+        self._tuple = beam.coders.FastPrimitivesCoder()
+
+    def encode(self, value: CellAggregate) -> bytes:
+        return self._tuple.encode(tuple(getattr(value, name) for name in self.FIELDS))
+
+    def decode(self, encoded: bytes) -> CellAggregate:
+        return CellAggregate(*self._tuple.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return False  # a value, never a key
+
+    def to_type_hint(self):
+        return CellAggregate
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+beam.coders.registry.register_coder(CellAggregate, CellAggregateCoder)
+
+# How each stream's record is folded into its cell's aggregate.
+ADD_TO_AGGREGATE = {SUMMARIES: CellAggregate.add_summary, EDGE_STATES: CellAggregate.add_edge_state,
+                    DECISIONS: CellAggregate.add_decision, OUTCOMES: CellAggregate.add_outcome}
+
+
+def _mean(total: float, n: int) -> float | None:
+    return total / n if n else None
 
 
 def _p95(values: list[float]) -> float | None:
@@ -194,65 +302,74 @@ def _p95(values: list[float]) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-# Only these fields of each record cross the shuffle: small tuples encode far faster than
-# the full records, and the join needs nothing else.
-def _summary_fields(r: dict) -> tuple:
-    return r["ue_id"], r["sinr_db"]
-
-
-def _edge_fields(r: dict) -> tuple:
-    return r["prb_utilization"], r["mec_queue_gcycles"]
-
-
-def _decision_fields(r: dict) -> tuple:
-    return r.get("ue_id"), r["tier"]
-
-
-def _outcome_fields(r: dict) -> tuple:
-    return r.get("ue_id"), r.get("latency_ms"), r.get("deadline_met")
-
-
-FUSED_FIELDS = {SUMMARIES: _summary_fields, EDGE_STATES: _edge_fields, DECISIONS: _decision_fields,
-                OUTCOMES: _outcome_fields}
-
-
-def snapshot(cell: int, window_start_ms: int, window_end_ms: int, groups: dict[str, Iterable[tuple]],
+def snapshot(cell: int, window_start_ms: int, window_end_ms: int, total: CellAggregate,
              pane: str = "unknown") -> dict:
-    """A TwinSnapshot of one cell over one window from its grouped records (as :data:`FUSED_FIELDS`).
+    """A TwinSnapshot of one cell over one window from the merged aggregate of its records.
 
     >>> from tiertwin.schemas.examples import example
-    >>> records = {SUMMARIES: [example("LocalSummary")], EDGE_STATES: [],
-    ...            DECISIONS: [example("Decision")], OUTCOMES: [example("Outcome")]}
-    >>> groups = {k: [FUSED_FIELDS[k](r) for r in v] for k, v in records.items()}
-    >>> s = snapshot(7, 0, 1000, groups, "on_time")
+    >>> total = CellAggregate()
+    >>> total.add_summary(example("LocalSummary")); total.add_decision(example("Decision"))
+    >>> total.add_outcome(example("Outcome"))
+    >>> s = snapshot(7, 0, 1000, total, "on_time")
     >>> s["ues"], s["summaries"], s["mean_sinr_db"], s["mean_latency_ms"], s["decisions_by_tier"]
     (1, 1, 14.25, 13.25, {'local': 1})
     """
-    summaries, edge_states = list(groups.get(SUMMARIES, ())), list(groups.get(EDGE_STATES, ()))
-    decisions, outcomes = list(groups.get(DECISIONS, ())), list(groups.get(OUTCOMES, ()))
-    ues = {ue for ue, _ in summaries} | {ue for ue, _ in decisions if ue} | {o[0] for o in outcomes if o[0]}
-    latencies = [o[1] for o in outcomes if o[1] is not None]
-    judged = [o[2] for o in outcomes if o[2] is not None]
-    by_tier: dict[str, int] = {}
-    for _, tier in decisions:
-        by_tier[tier] = by_tier.get(tier, 0) + 1
+    latencies = total.latencies
     return {
         "cell_id": int(cell), "window_start_ms": int(window_start_ms), "window_end_ms": int(window_end_ms),
-        "pane": pane, "ues": len(ues), "summaries": len(summaries), "edge_states": len(edge_states),
-        "decisions": len(decisions), "outcomes": len(outcomes),
-        "mean_sinr_db": _mean([sinr for _, sinr in summaries]),
-        "mean_prb_utilization": _mean([prb for prb, _ in edge_states]),
-        "mean_mec_queue_gcycles": _mean([queue for _, queue in edge_states]),
-        "mean_latency_ms": _mean(latencies), "p95_latency_ms": _p95(latencies),
-        "deadline_miss_rate": (sum(1 for met in judged if not met) / len(judged)) if judged else None,
-        "decisions_by_tier": by_tier, "emitted_ns": time.time_ns(),
+        "pane": pane, "ues": len(total.ues), "summaries": total.summaries, "edge_states": total.edge_states,
+        "decisions": sum(total.decisions_by_tier.values()), "outcomes": total.outcomes,
+        "mean_sinr_db": _mean(total.sinr_sum, total.summaries),
+        "mean_prb_utilization": _mean(total.prb_sum, total.edge_states),
+        "mean_mec_queue_gcycles": _mean(total.queue_sum, total.edge_states),
+        "mean_latency_ms": _mean(sum(latencies), len(latencies)), "p95_latency_ms": _p95(latencies),
+        "deadline_miss_rate": _mean(total.missed, total.judged),
+        "decisions_by_tier": dict(total.decisions_by_tier), "emitted_ns": time.time_ns(),
     }
+
+
+class _AggregatePerBundle(beam.DoFn):
+    """Fold a bundle's records of one stream into one CellAggregate per (cell, window).
+
+    The aggregates leave at the end of the bundle, in their window, timestamped with
+    their earliest record (so they are exactly as late as that record).
+    """
+
+    def __init__(self, stream: str):
+        self.stream = stream
+        self.without_cell = Metrics.counter("cloud-fusion", "records_without_cell")
+
+    def setup(self):
+        self._cell_field, self._add = CELL_FIELDS[self.stream], ADD_TO_AGGREGATE[self.stream]
+
+    def start_bundle(self):
+        self._open: dict[tuple, list] = {}
+
+    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
+        cell = record.get(self._cell_field)
+        if cell is None:
+            self.without_cell.inc()
+            return
+        entry = self._open.get((cell, win))
+        if entry is None:
+            entry = self._open[(cell, win)] = [timestamp, CellAggregate()]
+        elif timestamp < entry[0]:
+            entry[0] = timestamp
+        self._add(entry[1], record)
+
+    def finish_bundle(self):
+        for (cell, win), (timestamp, aggregate) in self._open.items():
+            yield WindowedValue((int(cell), aggregate), timestamp, (win,))
+        self._open = {}
 
 
 class _ToSnapshot(beam.DoFn):
     def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        cell, groups = element
-        yield snapshot(cell, win.start.micros // 1000, win.end.micros // 1000, groups,
+        cell, partials = element
+        total = CellAggregate()
+        for partial in partials:
+            total.merge(partial)
+        yield snapshot(cell, win.start.micros // 1000, win.end.micros // 1000, total,
                        PANES.get(pane.timing, "unknown"))
 
 
@@ -262,8 +379,9 @@ class FuseTiers(beam.PTransform):
     Input: ``{"summaries", "edge_states", "decisions", "outcomes"}`` PCollections of
     record dicts with event-time timestamps. Output: TwinSnapshot dicts, one per cell,
     window and pane (early panes every ``early_firing_s`` of processing time, the
-    on-time pane when the watermark passes the window end, one late pane per late
-    record within ``allowed_lateness_s``; panes accumulate, so each is the full view).
+    on-time pane when the watermark passes the window end, a late pane per late
+    bundle within ``allowed_lateness_s``; panes accumulate, so each is the full view).
+    Records are folded into :class:`CellAggregate` per bundle before the shuffle.
     """
 
     def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
@@ -273,25 +391,18 @@ class FuseTiers(beam.PTransform):
     def expand(self, streams: dict):
         config = self.config
         windowing, firing = config.windowing(), config.trigger()  # one instance: the join needs equal windowing
-        keyed = {}
+        partials = []
         for stream, records in streams.items():
-            cell_field, fields = CELL_FIELDS[stream], FUSED_FIELDS[stream]
-
-            def by_cell(record, cell_field=cell_field, fields=fields):
-                cell = record.get(cell_field)
-                if cell is None:
-                    Metrics.counter("cloud-fusion", "records_without_cell").inc()
-                    return
-                yield int(cell), fields(record)
-
-            keyed[stream] = (records
-                             | f"KeyByCell {stream}" >> beam.FlatMap(by_cell)
-                             | f"Window {stream}" >> beam.WindowInto(
-                                 windowing, trigger=firing,
-                                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                                 allowed_lateness=config.allowed_lateness_s))
-        return (keyed
-                | "JoinByCellAndWindow" >> beam.CoGroupByKey()
+            partials.append(records
+                            | f"Window {stream}" >> beam.WindowInto(
+                                windowing, trigger=firing,
+                                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                                allowed_lateness=config.allowed_lateness_s)
+                            | f"Aggregate {stream}" >> beam.ParDo(_AggregatePerBundle(stream)).with_output_types(
+                                tuple[int, CellAggregate]))
+        return (partials
+                | "AllTiers" >> beam.Flatten()
+                | "ByCellAndWindow" >> beam.GroupByKey()
                 | "Snapshot" >> beam.ParDo(_ToSnapshot()))
 
 
@@ -557,6 +668,37 @@ def _models_consumer(settings: Settings, topic: str):
     return consumer
 
 
+class _ProjectPerBundle(beam.DoFn):
+    """What training needs of each record (``project``; None = nothing), one list per bundle and window.
+
+    Keyed ``"all"``: every model sees the whole window. The lists leave at the end of the
+    bundle, timestamped with their earliest record.
+    """
+
+    def __init__(self, project):
+        self.project = project
+
+    def start_bundle(self):
+        self._open: dict = {}
+
+    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
+        row = self.project(record)
+        if row is None:
+            return
+        entry = self._open.get(win)
+        if entry is None:
+            self._open[win] = [timestamp, [row]]
+            return
+        entry[1].append(row)
+        if timestamp < entry[0]:
+            entry[0] = timestamp
+
+    def finish_bundle(self):
+        for win, (timestamp, rows) in self._open.items():
+            yield WindowedValue(("all", rows), timestamp, (win,))
+        self._open = {}
+
+
 class TrainGlobalModels(beam.PTransform):
     """Per training window, update the global models from the fused streams.
 
@@ -572,25 +714,20 @@ class TrainGlobalModels(beam.PTransform):
     def expand(self, streams: dict):
         config = self.config
 
-        def keyed(project):
-            def key_all(record):
-                projected = project(record)
-                if projected is not None:
-                    yield "all", projected
-            return key_all
-
         def to_batches(element, win=beam.DoFn.WindowParam):
             _, groups = element
+            rows = {stream: [row for bundle in bundles for row in bundle] for stream, bundles in groups.items()}
             for name in config.model_names:
-                yield name, Batch(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](groups))
+                yield name, Batch(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](rows))
 
         projections = {}
         for name in config.model_names:
             projections.update(TRAINING_INPUTS[name])
-        tagged = {stream: streams[stream] | f"Project {stream}" >> beam.FlatMap(keyed(project))
-                  for stream, project in projections.items()}
-        windowed = {name: pc | f"TrainWindow {name}" >> beam.WindowInto(window.FixedWindows(config.train_window_s))
-                    for name, pc in tagged.items()}
+        training_window = window.FixedWindows(config.train_window_s)
+        windowed = {stream: (streams[stream]
+                             | f"TrainWindow {stream}" >> beam.WindowInto(training_window)
+                             | f"Project {stream}" >> beam.ParDo(_ProjectPerBundle(project)))
+                    for stream, project in projections.items()}
         return (windowed
                 | "JoinWindow" >> beam.CoGroupByKey()
                 | "Examples" >> beam.FlatMap(to_batches)
