@@ -3,8 +3,10 @@
 ``tiertwin bench latency`` produces Telemetry + Demand records at a fixed rate into
 fresh topics, runs one local agent process on them and measures *record produced ->
 decision consumed* (two Kafka hops plus the agent) in a separate consumer process;
-in the same run it runs Kafka's own ``EndToEndLatency`` tool (one hop) against the
-same broker, and reports the ratio to the two-hop floor. ``tiertwin bench
+in the same run it repeats the measurement with a kafka-python relay in place of the agent
+(same client settings, answers each demand at once: the floor of the client) and runs
+Kafka's own ``EndToEndLatency`` tool (one hop) against the same broker, and reports the
+ratios to both. ``tiertwin bench
 throughput`` preloads a backlog and measures records/s through one agent process.
 """
 
@@ -53,6 +55,7 @@ def make_agent(tier: str, config_file: Path | None = None, **overrides: Any):
 def run_until_signalled(agent) -> None:
     """Run ``agent`` in this thread until SIGTERM / SIGINT; then checkpoint, flush, commit and exit."""
     stop = threading.Event()
+    sys.setswitchinterval(agent.config.gil_switch_interval_ms / 1000)   # process-wide: only here, not in library code
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
@@ -223,17 +226,71 @@ def _wait_for_agent(sink, topics, settings, fleet) -> None:
     raise BrokerSetupError("the local agent did not answer within 90 s")
 
 
-def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int, ues: int) -> dict[str, Any]:
+def relay_demands(topics: dict[str, str], bootstrap: str, group_id: str, stop_event) -> None:
+    """Child process: the kafka-python floor of the decision path. Consumes the same topics with the
+    agent's client settings (low-latency profile, one group member, decode + validate every record)
+    and answers each Demand with a fixed Decision at once: the agent's Kafka I/O without its twin."""
+    from tiertwin.connectors.kafka import DeadLetterSink, KafkaSink, KafkaSource
+    from tiertwin.pipelines.agent import decision_id, decision_stamps
+    from tiertwin.schemas.examples import example
+    from tiertwin.settings import Settings
+
+    settings = Settings(bootstrap_servers=bootstrap)
+    template = example("Decision")
+    with KafkaSink(settings, client_id="bench-relay") as sink:
+        letters = DeadLetterSink(sink, stage="bench-relay", topic=topics["deadletters"])
+        with KafkaSource([topics["telemetry"], topics["demands"]], group_id, settings, sink.registry, letters,
+                         fetch_max_wait_ms=100) as source:
+            while not stop_event.is_set():
+                batch = source.poll(50)
+                received = time.time_ns()
+                for record in batch:
+                    if record.topic == topics["demands"]:
+                        decision = {**template, "decision_id": decision_id("local", "placement", record),
+                                    "ue_id": record.value["ue_id"], "subject_id": record.value["demand_id"],
+                                    **decision_stamps(record, received)}
+                        decision["decided_ns"] = time.time_ns()
+                        sink.send(topics["actions"], "Decision", decision, key=record.value["ue_id"])
+
+
+class _Relay:
+    """:func:`relay_demands` in a spawned process, shaped like the agent's ``Popen`` for the harness."""
+
+    def __init__(self, topics: dict[str, str], bootstrap: str):
+        ctx = multiprocessing.get_context("spawn")
+        self.stop_event = ctx.Event()
+        self.process = ctx.Process(target=relay_demands, daemon=True,
+                                   args=(topics, bootstrap, f"bench-relay-{uuid.uuid4().hex[:8]}", self.stop_event))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def stop(self) -> str:
+        self.stop_event.set()
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+        return ""
+
+
+def _offer_and_measure(decider: str, rate: int, seconds: float, demand_every: int, ues: int,
+                       agent_overrides: dict[str, Any]) -> dict[str, Any]:
+    """Offer ``rate`` records/s for ``seconds`` to fresh topics served by ``decider`` (``"agent"`` or
+    ``"relay"``) and measure record emitted -> decision consumed in a separate reader process."""
     from tiertwin.connectors.kafka import KafkaSink
     from tiertwin.pipelines.pretrain import SyntheticFleet
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
-    topics = _bench_topics("bench.latency")
+    topics = _bench_topics(f"bench.latency.{decider}")
     create_topics(settings, {**{t: 3 for t in topics.values()}, topics["models"]: 1}, compacted=(topics["changelog"],))
     fleet = SyntheticFleet(n_ues=ues, n_cells=4, seed=3, demand_every=demand_every)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = _start_agent_process(_agent_config_file(topics, Path(tmp), commit_interval_ms=1000))
+        if decider == "agent":
+            proc = _start_agent_process(_agent_config_file(topics, Path(tmp), commit_interval_ms=1000, **agent_overrides))
+            stop = lambda: _stop(proc)   # noqa: E731
+        else:
+            proc = _Relay(topics, settings.bootstrap)
+            stop = proc.stop
         try:
             with KafkaSink(settings, client_id="bench-latency-producer") as sink:
                 _wait_for_agent(sink, topics, settings, fleet)
@@ -260,29 +317,46 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
                     sent = max(sent, due)
                     time.sleep(0.0005)
                 produced_s = time.perf_counter() - start
-                agent_cpu_share = (process_cpu_s(proc.pid) - cpu_start) / produced_s
+                cpu_share = (process_cpu_s(proc.pid) - cpu_start) / produced_s
                 sink.flush()
                 reader.join(seconds + 90)
                 latencies = json.loads(Path(out_path).read_text())[warm:] if Path(out_path).exists() else []
         finally:
-            agent_log = _stop(proc)
+            log_tail = stop()
     delete_topics(settings, list(topics.values()))
-    floor = kafka_end_to_end_latency(settings, e2e_records)
-    ours = _percentiles([row[0] for row in latencies])
     legs = {leg: _percentiles([row[i] for row in latencies])
             for i, leg in ((1, "emitted_to_agent"), (2, "in_agent"), (3, "decided_to_consumed")) if latencies}
+    return {"achieved_rate_records_per_s": len(records) / produced_s, "records": len(records), "demands": demands,
+            "decision_latency": _percentiles([row[0] for row in latencies]), "legs": legs,
+            "cpu_share_while_offered": cpu_share, "stderr_tail": log_tail[-400:]}
+
+
+def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int, ues: int,
+                  **agent_overrides: Any) -> dict[str, Any]:
+    """The agent, then the kafka-python relay, then Kafka's EndToEndLatency, in one run on one broker."""
+    from tiertwin.settings import Settings
+
+    agent = _offer_and_measure("agent", rate, seconds, demand_every, ues, agent_overrides)
+    relay = _offer_and_measure("relay", rate, seconds, demand_every, ues, {})
+    floor = kafka_end_to_end_latency(Settings.from_env(), e2e_records)
+    ours, client = agent["decision_latency"], relay["decision_latency"]
+    keys = ("mean_ms", "p50_ms", "p99_ms", "p999_ms")
     result = {
-        "offered_rate_records_per_s": rate, "achieved_rate_records_per_s": len(records) / produced_s,
-        "records": len(records), "demands": demands, "decisions_measured": ours.get("count", 0),
-        "decision_latency": ours, "decision_latency_legs": legs, "kafka_end_to_end_latency_one_hop": floor,
-        "two_hop_floor": {k: 2 * floor[k] for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")},
-        "agent_stderr_tail": agent_log[-400:], "load_average_1m_at_end": os.getloadavg()[0],
-        "agent_cpu_share_while_offered": agent_cpu_share,
+        "offered_rate_records_per_s": rate, "achieved_rate_records_per_s": agent["achieved_rate_records_per_s"],
+        "records": agent["records"], "demands": agent["demands"], "decisions_measured": ours.get("count", 0),
+        "decision_latency": ours, "decision_latency_legs": agent["legs"],
+        "kafka_python_relay": {"decision_latency": client, "legs": relay["legs"],
+                               "cpu_share_while_offered": relay["cpu_share_while_offered"]},
+        "kafka_end_to_end_latency_one_hop": floor,
+        "two_hop_floor": {k: 2 * floor[k] for k in keys},
+        "agent_stderr_tail": agent["stderr_tail"], "load_average_1m_at_end": os.getloadavg()[0],
+        "agent_cpu_share_while_offered": agent["cpu_share_while_offered"],
         "note": "EndToEndLatency prints whole-millisecond percentiles; a 0 ms floor percentile has no ratio",
     }
     if ours.get("count"):
-        result["ratio_to_two_hop_floor"] = {
-            k: (ours[k] / (2 * floor[k]) if floor[k] > 0 else None) for k in ("mean_ms", "p50_ms", "p99_ms", "p999_ms")}
+        result["ratio_to_two_hop_floor"] = {k: (ours[k] / (2 * floor[k]) if floor[k] > 0 else None) for k in keys}
+        if client.get("count"):
+            result["ratio_to_kafka_python_relay"] = {k: ours[k] / client[k] for k in keys}
         result["target_p99_le_10ms"] = ours["p99_ms"] <= 10.0
         p99_ratio = result["ratio_to_two_hop_floor"]["p99_ms"]
         result["target_p99_le_1_5x_floor"] = p99_ratio is not None and p99_ratio <= 1.5
@@ -393,9 +467,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 seconds: float = typer.Option(10.0, help="How long to offer them."),
                 demand_every: int = typer.Option(4, help="One demand per this many telemetry records per UE."),
                 e2e_records: int = typer.Option(5_000, help="Records for Kafka's EndToEndLatency."),
-                ues: int = typer.Option(200)):
-        """Record produced -> local decision consumed, beside Kafka's EndToEndLatency (two hops = floor)."""
-        results = bench_latency(rate, seconds, demand_every, e2e_records, ues)
+                ues: int = typer.Option(200),
+                agent_set: list[str] = typer.Option([], "--agent-set", help="Agent config KEY=VALUE (YAML value), repeatable.")):
+        """Record produced -> local decision consumed, beside a kafka-python relay in the same harness (the
+        client's floor) and Kafka's EndToEndLatency (two hops = the broker's floor)."""
+        overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in agent_set)}
+        results = bench_latency(rate, seconds, demand_every, e2e_records, ues, **overrides)
+        results["agent_overrides"] = overrides
         path = write_results("agents-latency", results)
         ours, floor = results["decision_latency"], results["two_hop_floor"]
         console.print(f"local decision latency at {results['achieved_rate_records_per_s']:.0f} rec/s: "
@@ -405,6 +483,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                       f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
         for leg, pct in results["decision_latency_legs"].items():
             console.print(f"  {leg:20} p50 {pct['p50_ms']:.2f} ms, p99 {pct['p99_ms']:.2f} ms")
+        relay = results["kafka_python_relay"]["decision_latency"]
+        if relay.get("count"):
+            console.print(f"kafka-python relay (same harness, no twin): p50 {relay['p50_ms']:.2f} ms, "
+                          f"p99 {relay['p99_ms']:.2f} ms, p99.9 {relay['p999_ms']:.2f} ms")
         if "ratio_to_two_hop_floor" in results:
             r = results["ratio_to_two_hop_floor"]
             console.print("ratio to floor: " + ", ".join(

@@ -67,6 +67,9 @@ class AgentConfig(BaseModel):
     fetch_max_wait_ms: int = Field(100, ge=0, le=5_000, description="Broker-side wait when there is no data (fetch_min_bytes is 1, so data never waits for it)")
     side_poll_interval_ms: int = Field(20, ge=0, le=60_000, description="How often models / edge state / outcomes read by every instance are polled")
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description=(
+        "Python's GIL switch interval in an agent process (`tiertwin run`); kafka-python hands every "
+        "record between the agent thread and its IO threads, and each handoff can wait this long"))
     pretrained_dir: Path = PRETRAINED_DIR
 
     @classmethod
