@@ -85,6 +85,13 @@ class KeyHashCachePartitioner(Partitioner):
 
 
 def _unreachable(settings: Settings, exc: Exception) -> BrokerUnavailableError:
+    credentials = settings.sasl_credentials()
+    if credentials is not None:
+        # kafka-python retries a refused SASL handshake until the bootstrap times out, so a wrong
+        # password looks exactly like a broker that is down: name both.
+        return BrokerUnavailableError(
+            f"cannot reach Kafka at {settings.bootstrap} as {credentials[0]!r} within {settings.connect_timeout_s:g}s "
+            f"({type(exc).__name__}); is the broker running, and is the password for {credentials[0]!r} right?")
     return BrokerUnavailableError(
         f"cannot reach Kafka at {settings.bootstrap} within {settings.connect_timeout_s:g}s "
         f"({type(exc).__name__}); is the broker running? try `tiertwin broker start`")

@@ -78,7 +78,7 @@ def test_wrong_password_is_refused(secure_broker, tmp_path):
     bad.write_text("not-the-password")
     settings = secure_broker.settings.model_copy(update={"sasl_username": "tiertwin-local",
                                                          "sasl_password_file": bad, "connect_timeout_s": 3})
-    with pytest.raises((BrokerUnavailableError, AccessDeniedError)):
+    with pytest.raises((BrokerUnavailableError, AccessDeniedError), match="tiertwin-local"):
         with KafkaSink(settings) as sink:
             sink.send("tiertwin.actions.local", "Decision", example("Decision"), key="k")
 
