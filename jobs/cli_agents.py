@@ -2,7 +2,9 @@
 
 ``tiertwin bench latency`` produces Telemetry + Demand records at a fixed rate into
 fresh topics, runs one local agent process on them and measures *record produced ->
-decision consumed* (two Kafka hops plus the agent) in a separate consumer process;
+decision consumed* (two Kafka hops plus the agent); both ends are Kafka's Java client
+(``connectors/java/LatencyProbe.java``), as in Kafka's ``EndToEndLatency``, so the only
+kafka-python on the measured path is the agent's;
 in the same run it repeats the measurement with a kafka-python relay in place of the agent
 (same client settings, answers each demand at once: the floor of the client) and runs
 Kafka's own ``EndToEndLatency`` tool (one hop) against the same broker, and reports the
@@ -118,29 +120,6 @@ def kafka_end_to_end_latency(settings, records: int, record_size: int = 200) -> 
         raise BrokerSetupError(f"EndToEndLatency output not understood: {text[-500:]}")
     return {"records": records, "acks": "1", "record_size": record_size, "mean_ms": float(avg.group(1)),
             "p50_ms": float(pct.group(1)), "p99_ms": float(pct.group(2)), "p999_ms": float(pct.group(3))}
-
-
-def _consume_latencies(topic: str, bootstrap: str, expect: int, timeout_s: float, out_path: str) -> None:
-    """Child process: consume decisions, write per decision ``[total, to_agent, in_agent, to_reader]`` in ms:
-    source emitted -> reader consumed, and its three legs (emitted -> agent received -> decided -> consumed)."""
-    from kafka import TopicPartition
-
-    from tiertwin.connectors.kafka import KafkaSource
-    from tiertwin.settings import Settings
-
-    settings = Settings(bootstrap_servers=bootstrap)
-    latencies: list[float] = []
-    with KafkaSource([], None, settings, client_id="bench-latency-reader", fetch_max_wait_ms=1) as source:
-        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
-        source.consumer.assign(tps)
-        source.consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while len(latencies) < expect and time.monotonic() < deadline:
-            for record in source.poll(50):
-                now, v = time.time_ns(), record.value
-                emitted, received, decided = v["source_emitted_ns"], v["received_ns"], v["decided_ns"]
-                latencies.append(((now - emitted) / 1e6, (received - emitted) / 1e6, (decided - received) / 1e6, (now - decided) / 1e6))
-    Path(out_path).write_text(json.dumps(latencies))
 
 
 def _bench_topics(prefix: str) -> dict[str, str]:
@@ -272,10 +251,49 @@ class _Relay:
         return ""
 
 
+PROBE_SOURCE = Path(__file__).resolve().parent.parent / "connectors" / "java" / "LatencyProbe.java"
+
+
+def _probe_source() -> Path:
+    from importlib.resources import files
+
+    installed = Path(str(files("tiertwin.connectors") / "java" / "LatencyProbe.java"))
+    return installed if installed.exists() else PROBE_SOURCE
+
+
+def _write_frames(path: Path, frames: list[tuple[str, bytes, bytes]]) -> None:
+    """The probe's input: ``[u8 len][topic][u16 len][key][u32 len][body]`` per record."""
+    with path.open("wb") as out:
+        for topic, key, body in frames:
+            name = topic.encode()
+            out.write(len(name).to_bytes(1, "big") + name + len(key).to_bytes(2, "big") + key
+                      + len(body).to_bytes(4, "big") + body)
+
+
+def run_latency_probe(settings, frames: list[tuple[str, bytes, bytes]], rate: int, decisions_topic: str,
+                      expect: int, timeout_s: float, workdir: Path) -> tuple[int, float, list[tuple[int, int, int]]]:
+    """Offer ``frames`` at ``rate`` and note each decision's arrival with Kafka's Java clients
+    (``connectors/java/LatencyProbe.java``, source-file mode). Returns ``(produced, seconds,
+    [(partition, offset, consumed_epoch_ns)])``."""
+    libs = settings.home / "kafka" / "libs"
+    if not libs.exists():
+        raise BrokerSetupError(f"no Kafka jars in {libs}; run `tiertwin broker install`")
+    frames_path, out_path = workdir / "frames.bin", workdir / "arrivals.txt"
+    _write_frames(frames_path, frames)
+    done = subprocess.run(["java", "-Xmx512m", "-cp", f"{libs}/*", str(_probe_source()), settings.bootstrap,
+                           str(frames_path), str(rate), decisions_topic, str(expect), str(timeout_s), str(out_path)],
+                          capture_output=True, text=True, timeout=timeout_s + 120)
+    if done.returncode != 0 or not out_path.exists():
+        raise BrokerSetupError(f"LatencyProbe failed: {(done.stdout + done.stderr)[-1500:]}")
+    header, *rows = out_path.read_text().splitlines()
+    _, produced, _, seconds = header.split()
+    return int(produced), float(seconds), [tuple(map(int, row.split())) for row in rows]
+
+
 def _offer_and_measure(decider: str, rate: int, seconds: float, demand_every: int, ues: int,
                        agent_overrides: dict[str, Any]) -> dict[str, Any]:
     """Offer ``rate`` records/s for ``seconds`` to fresh topics served by ``decider`` (``"agent"`` or
-    ``"relay"``) and measure record emitted -> decision consumed in a separate reader process."""
+    ``"relay"``) and measure record emitted -> decision consumed, both ends in Kafka's Java client."""
     from tiertwin.connectors.kafka import KafkaSink
     from tiertwin.pipelines.pretrain import SyntheticFleet
     from tiertwin.settings import Settings
@@ -295,38 +313,32 @@ def _offer_and_measure(decider: str, rate: int, seconds: float, demand_every: in
             with KafkaSink(settings, client_id="bench-latency-producer") as sink:
                 _wait_for_agent(sink, topics, settings, fleet)
                 warm = len(read_topic(topics["actions"], settings, timeout_s=3.0))
-                total = int(rate * seconds)
-                records = list(_fleet_records(fleet, int(total / (ues * (1 + 1 / demand_every))) + 2))[:total]
-                demands = sum(1 for kind, _ in records if kind == "demand")
-                out_path = str(Path(tmp) / "latencies.json")
-                reader = multiprocessing.get_context("spawn").Process(
-                    target=_consume_latencies, args=(topics["actions"], settings.bootstrap, warm + demands, seconds + 60, out_path))
-                reader.start()
-                time.sleep(3.0)  # the reader's imports and assignment, before the clock starts
-                encoded = [(topics["telemetry"] if kind == "telemetry" else topics["demands"], record["ue_id"].encode(),
-                            *pre_encoded(sink.registry, "Telemetry" if kind == "telemetry" else "Demand", record))
-                           for kind, record in records]
-                cpu_start = process_cpu_s(proc.pid)
-                start = time.perf_counter()
-                sent = 0
-                while sent < len(encoded):
-                    # Send what is due, then sleep: a spinning producer would steal the agent's core.
-                    due = min(len(encoded), int((time.perf_counter() - start) * rate) + 1)
-                    for topic, key, body, _ in encoded[sent:due]:
-                        sink.send_raw(topic, body + _zigzag_varint(time.time_ns()), key=key)
-                    sent = max(sent, due)
-                    time.sleep(0.0005)
-                produced_s = time.perf_counter() - start
-                cpu_share = (process_cpu_s(proc.pid) - cpu_start) / produced_s
-                sink.flush()
-                reader.join(seconds + 90)
-                latencies = json.loads(Path(out_path).read_text())[warm:] if Path(out_path).exists() else []
+                registry = sink.registry
+            total = int(rate * seconds)
+            records = list(_fleet_records(fleet, int(total / (ues * (1 + 1 / demand_every))) + 2))[:total]
+            demands = sum(1 for kind, _ in records if kind == "demand")
+            frames = [(topics["telemetry"] if kind == "telemetry" else topics["demands"], record["ue_id"].encode(),
+                       pre_encoded(registry, "Telemetry" if kind == "telemetry" else "Demand", record)[0])
+                      for kind, record in records]
+            cpu_start = process_cpu_s(proc.pid)
+            produced, produced_s, arrivals = run_latency_probe(settings, frames, rate, topics["actions"], demands,
+                                                               seconds + 60, Path(tmp))
+            cpu_share = (process_cpu_s(proc.pid) - cpu_start) / produced_s
+            decided = {(r.partition, r.offset): r.value
+                       for r in read_topic(topics["actions"], settings, expect=warm + len(arrivals), timeout_s=60)}
         finally:
             log_tail = stop()
     delete_topics(settings, list(topics.values()))
+    latencies = []
+    for partition, offset, consumed in arrivals:
+        v = decided.get((partition, offset))
+        if v is not None:
+            emitted, received, made = v["source_emitted_ns"], v["received_ns"], v["decided_ns"]
+            latencies.append(((consumed - emitted) / 1e6, (received - emitted) / 1e6, (made - received) / 1e6,
+                              (consumed - made) / 1e6))
     legs = {leg: _percentiles([row[i] for row in latencies])
             for i, leg in ((1, "emitted_to_agent"), (2, "in_agent"), (3, "decided_to_consumed")) if latencies}
-    return {"achieved_rate_records_per_s": len(records) / produced_s, "records": len(records), "demands": demands,
+    return {"achieved_rate_records_per_s": produced / produced_s, "records": produced, "demands": demands,
             "decision_latency": _percentiles([row[0] for row in latencies]), "legs": legs,
             "cpu_share_while_offered": cpu_share, "stderr_tail": log_tail[-400:]}
 
