@@ -43,7 +43,7 @@ def run_soak(minutes: float = 10.0, ues: int = 200, sample_s: float = 5.0, setti
         JobSpec(name=f"soak-local-{run}", tier="local", group_id=f"tiertwin-local-soak-{run}",
                 inputs=["tiertwin.local.telemetry", "tiertwin.local.demands"], config={"from_beginning": False}),
         JobSpec(name=f"soak-edge-{run}", tier="edge", group_id=f"tiertwin-edge-soak-{run}",
-                inputs=["tiertwin.edge.summaries", "tiertwin.edge.cell-reports"], config={"from_beginning": False}),
+                inputs=["tiertwin.edge.summaries", "tiertwin.edge.cell-reports", "tiertwin.edge.migrations"], config={"from_beginning": False}),
     ]
     simulator = JobSpec(name=f"soak-sim-{run}", tier="simulator",
                         args=["--scenario", "dense-urban-xr", "--realtime", "--seconds", str(minutes * 60 + 30),

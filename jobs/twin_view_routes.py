@@ -57,7 +57,7 @@ TIERS = ("local", "edge", "cloud")
 # The agents' consumer groups and what they consume (defaults of pipelines/local_twin.py, edge_twin.py).
 DEFAULT_LAG_GROUPS: dict[str, list[str]] = {
     "tiertwin-local": ["tiertwin.local.telemetry", "tiertwin.local.demands"],
-    "tiertwin-edge": ["tiertwin.edge.summaries", "tiertwin.edge.cell-reports"],
+    "tiertwin-edge": ["tiertwin.edge.summaries", "tiertwin.edge.cell-reports", "tiertwin.edge.migrations"],
 }
 
 

@@ -123,6 +123,8 @@ class AgentMetrics:
         self.restored = Counter("tiertwin_agent_restored_twins", "Twin states restored from the changelog",
                                 ["tier", "instance"], registry=r).labels(**labels)
         self.learned = Counter("tiertwin_agent_learned", "Examples learned from outcomes", ["tier", "instance", "model"], registry=r)
+        self.handoffs = Counter("tiertwin_agent_twin_handoffs", "UE twins handed to another instance (sent) or taken from one (adopted)",
+                                ["tier", "instance", "direction"], registry=r)
         self._labels = labels
 
     def value(self, name: str, **labels: str) -> float:

@@ -39,6 +39,12 @@ _EXAMPLES: dict[str, dict] = {
         "cell_load_mbps": 850.0, "mean_sinr_db": 12.5, "mec_queue_gcycles": 3.5, "mec_utilization": 0.75,
         "mec_capacity_gcps": 400.0, "handovers": 1, "emitted_ns": 1_767_225_600_100_000_000,
     },
+    "TwinMigration": {
+        "ue_id": "ue-0001", "from_cell": 7, "from_site": 2, "to_cell": 11, "reason": "handover-decided",
+        "ts_ms": 1_767_225_600_100, "sinr_db": 4.5, "sinr_trend_db_per_s": -2.5, "speed_mps": 15.0,
+        "neighbour_cell": 11, "neighbour_sinr_db": 9.25, "neighbour_trend_db_per_s": 1.5,
+        "last_handover_ms": 1_767_225_590_000, "summaries": 42, "emitted_ns": 1_767_225_600_100_000_000,
+    },
     "TwinSnapshot": {
         "cell_id": 7, "window_start_ms": 1_767_225_600_000, "window_end_ms": 1_767_225_601_000,
         "pane": "on_time", "ues": 25, "summaries": 250, "edge_states": 10, "decisions": 400, "outcomes": 380,

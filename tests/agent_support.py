@@ -10,7 +10,8 @@ from tiertwin.pipelines.local_twin import LocalAgentConfig
 
 LOCAL_TOPICS = ("telemetry", "demands", "outcomes", "edge_state", "summaries", "actions", "models", "changelog",
                 "dead_letter")
-EDGE_TOPICS = ("summaries", "cell_reports", "edge_state", "actions", "outcomes", "models", "changelog", "dead_letter")
+EDGE_TOPICS = ("summaries", "cell_reports", "migrations", "edge_state", "actions", "outcomes", "models", "changelog",
+               "dead_letter")
 
 
 class Running:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.broker
 def test_agents_close_the_loop_with_the_simulator(new_topic, group_id, settings):
     t = {name: new_topic(1 if name == "models" else 2, prefix=f"test.loop.{name}")
          for name in ("telemetry", "demands", "cell_reports", "outcomes", "summaries", "edge_state", "local_actions",
-                      "edge_actions", "models", "local_changelog", "edge_changelog", "dead_letters")}
+                      "edge_actions", "models", "local_changelog", "edge_changelog", "dead_letters", "migrations")}
     common = {"models_topic": t["models"], "outcomes_topic": t["outcomes"], "dead_letter_topic": t["dead_letters"],
               "commit_interval_ms": 300, "session_timeout_ms": 6000}
     local = LocalTwinAgent(LocalAgentConfig(
@@ -27,7 +27,8 @@ def test_agents_close_the_loop_with_the_simulator(new_topic, group_id, settings)
         actions_topic=t["local_actions"], changelog_topic=t["local_changelog"], **common), settings)
     edge = EdgeTwinAgent(EdgeAgentConfig(
         instance_id="loop-edge", group_id=f"{group_id}-edge", summaries_topic=t["summaries"],
-        cell_reports_topic=t["cell_reports"], edge_state_topic=t["edge_state"], actions_topic=t["edge_actions"],
+        cell_reports_topic=t["cell_reports"], migrations_topic=t["migrations"], edge_state_topic=t["edge_state"],
+        actions_topic=t["edge_actions"],
         changelog_topic=t["edge_changelog"], allocation_interval_ms=500, **common), settings)
     topics = SimulatorTopics(telemetry=t["telemetry"], demands=t["demands"], cell_reports=t["cell_reports"],
                              outcomes=t["outcomes"], actions=(t["local_actions"], t["edge_actions"]),

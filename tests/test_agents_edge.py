@@ -77,6 +77,7 @@ def test_handover_when_neighbour_forecast_beats_serving_by_hysteresis(edge_confi
         decisions = read_topic(edge_config.actions_topic, settings, timeout_s=5)
     handovers = [d.value for d in decisions if d.value["kind"] == "handover"]
     assert [(h["ue_id"], h["target"]) for h in handovers] == [("ue-a", "cell:1")], "one, thanks to the cooldown"
+    assert read_topic(edge_config.migrations_topic, settings, timeout_s=2) == [], "cell 1 is this instance's: no hand-off"
     h = handovers[0]
     assert h["parameters"]["margin_db"] > 0 and h["model_name"] == HANDOVER
     assert h["parameters"]["neighbour_forecast_db"] - h["parameters"]["serving_forecast_db"] > edge_config.hysteresis_db
@@ -97,6 +98,39 @@ def test_twin_migrates_when_ue_moves_to_another_site(edge_config, settings):
     assert [(m["ue_id"], m["target"], m["cell_id"]) for m in migration] == [("ue-m", "site:1", 3)]
     assert "ue-m" not in agent.twins["0"].ues
     assert agent.twins["3"].ues["ue-m"].summaries == 4, "the UE's twin state followed it"
+
+
+def test_twin_follows_a_ue_to_the_edge_instance_of_another_site(edge_config, settings):
+    """Two instances, one per site (cells 0 and 3): the first hands the UE's twin over while the
+    neighbour is close; the second adopts it at the UE's first summary there and decides the migration."""
+    fleet = SyntheticFleet(n_cells=4, seed=3)
+    site0 = edge_config.model_copy(update={"cells": [0], "instance_id": "site-0", "group_id": edge_config.group_id + "-0"})
+    site1 = edge_config.model_copy(update={"cells": [3], "instance_id": "site-1", "group_id": edge_config.group_id + "-1"})
+    nearing = [summary("ue-x", 0, 100 * i, 10.0, 0.0, 3, 8.5) for i in range(3)]   # neighbour 3 within 3 dB, no handover
+    with KafkaSink(settings) as sink, Running(EdgeTwinAgent(site0, settings)) as first, \
+            Running(EdgeTwinAgent(site1, settings)) as second:
+        send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 0), fleet.cell_report(3, 0)], "cell_id")
+        assert wait_until(lambda: first.site_of == {0: 0} and second.site_of == {3: 1})
+        send(sink, edge_config.summaries_topic, "LocalSummary", nearing, "serving_cell")
+        handed = read_topic(edge_config.migrations_topic, settings, expect=2, timeout_s=30)
+        assert wait_until(lambda: second.handed_in.get("ue-x", {}).get("summaries") == 3)
+        send(sink, edge_config.summaries_topic, "LocalSummary", [summary("ue-x", 3, 400, 11.0, 2.0, 0, 7.0)], "serving_cell")
+        decisions = read_topic(edge_config.actions_topic, settings, timeout_s=30,
+                               until=lambda rs: any(r.value["kind"] == "migration" for r in rs))
+        # The first site's cell forgets the UE once it has been silent there for ue_timeout_ms.
+        send(sink, edge_config.cell_reports_topic, "EdgeState", [fleet.cell_report(0, 200 + site0.ue_timeout_ms + 1)], "cell_id")
+        assert wait_until(lambda: "ue-x" not in first.twins["0"].ues and "ue-x" not in first.ue_cell)
+    assert [(h.value["ue_id"], h.value["from_cell"], h.value["from_site"], h.value["to_cell"], h.value["reason"],
+             h.value["ts_ms"] - EPOCH_MS, h.value["summaries"]) for h in handed] == [
+        ("ue-x", 0, 0, 3, "neighbour-close", 0, 1), ("ue-x", 0, 0, 3, "neighbour-close", 200, 3)], \
+        "at most one hand-off per handoff_interval_ms (200 ms)"
+    migration = [d.value for d in decisions if d.value["kind"] == "migration"]
+    assert [(m["ue_id"], m["target"], m["cell_id"]) for m in migration] == [("ue-x", "site:1", 3)]
+    assert migration[0]["parameters"]["handed_over"] == 1.0 and migration[0]["parameters"]["from_cell"] == 0.0
+    view = second.twins["3"].ues["ue-x"]
+    assert view.summaries == 4 and "ue-x" not in second.handed_in, "the twin state followed the UE across instances"
+    assert first.metrics.value("tiertwin_agent_twin_handoffs_total", direction="sent") == 2
+    assert second.metrics.value("tiertwin_agent_twin_handoffs_total", direction="adopted") == 1
 
 
 def test_edge_checkpoint_restores_cell_twins(edge_config, settings):
