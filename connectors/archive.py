@@ -152,8 +152,9 @@ def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | N
     The original record timestamps are kept, so event time survives the replay.
     Returns the number of records published (all acknowledged).
     """
-    count = 0
+    count = reported = 0
     first_ts, started = origin_ts_ms, time.perf_counter()
+    send = sink.send_raw
     for record in records:
         if speed is not None:
             first_ts = record.timestamp_ms if first_ts is None else first_ts
@@ -161,10 +162,13 @@ def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | N
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        sink.send_raw(to_topic or record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms)
+        send(to_topic or record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms)
         count += 1
-        if on_progress:
-            on_progress(1)
+        if on_progress and (count - reported >= 256 or speed is not None):
+            on_progress(count - reported)
+            reported = count
+    if on_progress and count > reported:
+        on_progress(count - reported)
     sink.flush()
     return count
 

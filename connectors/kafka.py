@@ -157,6 +157,7 @@ class KafkaSink:
         self._marks: collections.deque = collections.deque()   # every _mark_every-th future, for flow control
         self._mark_every = max(1, min(1024, max_in_flight // 4))
         self._errors: list[Exception] = []
+        self._note_error = self._errors.append
         config = {**_base_config(self.settings, client_id), "acks": "all", "enable_idempotence": True,
                   "retries": 2**31 - 1, "partitioner": KeyHashCachePartitioner(),
                   **PRODUCER_PROFILES[profile], **overrides}
@@ -172,8 +173,10 @@ class KafkaSink:
 
     def send_raw(self, topic: str, value: bytes, key: str | int | bytes | None = None,
                  timestamp_ms: int | None = None) -> None:
-        future = self._producer.send(topic, value=value, key=encode_key(key), timestamp_ms=timestamp_ms)
-        future.add_errback(self._errors.append)
+        if key is not None and not isinstance(key, bytes):
+            key = str(key).encode()
+        future = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
+        future.add_errback(self._note_error)
         self._unflushed += 1
         if self._unflushed % self._mark_every == 0:
             self._marks.append(future)
