@@ -232,13 +232,51 @@ def relay_demands(topics: dict[str, str], bootstrap: str, group_id: str, stop_ev
                         sink.send(topics["actions"], "Decision", decision, key=record.value["ue_id"])
 
 
-class _Relay:
-    """:func:`relay_demands` in a spawned process, shaped like the agent's ``Popen`` for the harness."""
+def relay_demands_librdkafka(topics: dict[str, str], bootstrap: str, group_id: str, stop_event) -> None:
+    """:func:`relay_demands` on confluent-kafka (librdkafka, C) instead of kafka-python: what the
+    decision path's Kafka I/O costs with a C client. Not a tiertwin dependency (the design names
+    kafka-python); ``bench latency --c-client-relay`` runs it only if ``confluent_kafka`` is installed."""
+    from confluent_kafka import Consumer, Producer
 
-    def __init__(self, topics: dict[str, str], bootstrap: str):
+    from tiertwin.pipelines.agent import decision_id, decision_stamps
+    from tiertwin.schemas import SchemaRegistry
+    from tiertwin.connectors.kafka import KafkaRecord
+    from tiertwin.schemas.examples import example
+
+    registry, template = SchemaRegistry.default(), example("Decision")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100, "socket.nagle.disable": True})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 0, "socket.nagle.disable": True})
+    consumer.subscribe([topics["telemetry"], topics["demands"]])
+    try:
+        while not stop_event.is_set():
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            received = time.time_ns()
+            for m in [first, *consumer.consume(1000, 0)]:
+                if m.error() is not None or m.topic() != topics["demands"]:
+                    continue
+                schema, value = registry.decode(m.value())
+                record = KafkaRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), schema, value, m.value())
+                decision = {**template, "decision_id": decision_id("local", "placement", record), "ue_id": value["ue_id"],
+                            "subject_id": value["demand_id"], **decision_stamps(record, received)}
+                decision["decided_ns"] = time.time_ns()
+                producer.produce(topics["actions"], registry.encode("Decision", decision), key=value["ue_id"].encode())
+            producer.poll(0)
+    finally:
+        producer.flush(10)
+        consumer.close()
+
+
+class _Relay:
+    """A relay function in a spawned process, shaped like the agent's ``Popen`` for the harness."""
+
+    def __init__(self, topics: dict[str, str], bootstrap: str, target=relay_demands):
         ctx = multiprocessing.get_context("spawn")
         self.stop_event = ctx.Event()
-        self.process = ctx.Process(target=relay_demands, daemon=True,
+        self.process = ctx.Process(target=target, daemon=True,
                                    args=(topics, bootstrap, f"bench-relay-{uuid.uuid4().hex[:8]}", self.stop_event))
         self.process.start()
         self.pid = self.process.pid
@@ -307,7 +345,7 @@ def _offer_and_measure(decider: str, rate: int, seconds: float, demand_every: in
             proc = _start_agent_process(_agent_config_file(topics, Path(tmp), commit_interval_ms=1000, **agent_overrides))
             stop = lambda: _stop(proc)   # noqa: E731
         else:
-            proc = _Relay(topics, settings.bootstrap)
+            proc = _Relay(topics, settings.bootstrap, relay_demands if decider == "relay" else relay_demands_librdkafka)
             stop = proc.stop
         try:
             with KafkaSink(settings, client_id="bench-latency-producer") as sink:
@@ -344,12 +382,13 @@ def _offer_and_measure(decider: str, rate: int, seconds: float, demand_every: in
 
 
 def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int, ues: int,
-                  **agent_overrides: Any) -> dict[str, Any]:
+                  c_client_relay: bool = False, **agent_overrides: Any) -> dict[str, Any]:
     """The agent, then the kafka-python relay, then Kafka's EndToEndLatency, in one run on one broker."""
     from tiertwin.settings import Settings
 
     agent = _offer_and_measure("agent", rate, seconds, demand_every, ues, agent_overrides)
     relay = _offer_and_measure("relay", rate, seconds, demand_every, ues, {})
+    c_relay = _offer_and_measure("c-relay", rate, seconds, demand_every, ues, {}) if c_client_relay else None
     floor = kafka_end_to_end_latency(Settings.from_env(), e2e_records)
     ours, client = agent["decision_latency"], relay["decision_latency"]
     keys = ("mean_ms", "p50_ms", "p99_ms", "p999_ms")
@@ -359,6 +398,8 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
         "decision_latency": ours, "decision_latency_legs": agent["legs"],
         "kafka_python_relay": {"decision_latency": client, "legs": relay["legs"],
                                "cpu_share_while_offered": relay["cpu_share_while_offered"]},
+        **({"librdkafka_relay": {"decision_latency": c_relay["decision_latency"], "legs": c_relay["legs"],
+                                 "cpu_share_while_offered": c_relay["cpu_share_while_offered"]}} if c_relay else {}),
         "kafka_end_to_end_latency_one_hop": floor,
         "two_hop_floor": {k: 2 * floor[k] for k in keys},
         "agent_stderr_tail": agent["stderr_tail"], "load_average_1m_at_end": os.getloadavg()[0],
@@ -480,11 +521,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 demand_every: int = typer.Option(4, help="One demand per this many telemetry records per UE."),
                 e2e_records: int = typer.Option(5_000, help="Records for Kafka's EndToEndLatency."),
                 ues: int = typer.Option(200),
-                agent_set: list[str] = typer.Option([], "--agent-set", help="Agent config KEY=VALUE (YAML value), repeatable.")):
+                agent_set: list[str] = typer.Option([], "--agent-set", help="Agent config KEY=VALUE (YAML value), repeatable."),
+                c_client_relay: bool = typer.Option(False, "--c-client-relay", help=(
+                    "Also measure the relay on confluent-kafka (librdkafka), if installed: the decision "
+                    "path's Kafka I/O with a C client, for comparison (not a tiertwin dependency)."))):
         """Record produced -> local decision consumed, beside a kafka-python relay in the same harness (the
         client's floor) and Kafka's EndToEndLatency (two hops = the broker's floor)."""
         overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in agent_set)}
-        results = bench_latency(rate, seconds, demand_every, e2e_records, ues, **overrides)
+        if c_client_relay:
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError:
+                raise BrokerSetupError("--c-client-relay needs confluent-kafka: pip install confluent-kafka") from None
+        results = bench_latency(rate, seconds, demand_every, e2e_records, ues, c_client_relay, **overrides)
         results["agent_overrides"] = overrides
         path = write_results("agents-latency", results)
         ours, floor = results["decision_latency"], results["two_hop_floor"]
@@ -495,10 +544,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                       f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
         for leg, pct in results["decision_latency_legs"].items():
             console.print(f"  {leg:20} p50 {pct['p50_ms']:.2f} ms, p99 {pct['p99_ms']:.2f} ms")
-        relay = results["kafka_python_relay"]["decision_latency"]
-        if relay.get("count"):
-            console.print(f"kafka-python relay (same harness, no twin): p50 {relay['p50_ms']:.2f} ms, "
-                          f"p99 {relay['p99_ms']:.2f} ms, p99.9 {relay['p999_ms']:.2f} ms")
+        for key, label in (("kafka_python_relay", "kafka-python relay (same harness, no twin)"),
+                           ("librdkafka_relay", "confluent-kafka relay (C client, no twin)")):
+            relay = results.get(key, {}).get("decision_latency", {})
+            if relay.get("count"):
+                console.print(f"{label}: p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms, "
+                              f"p99.9 {relay['p999_ms']:.2f} ms")
         if "ratio_to_two_hop_floor" in results:
             r = results["ratio_to_two_hop_floor"]
             console.print("ratio to floor: " + ", ".join(
