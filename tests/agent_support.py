@@ -45,6 +45,12 @@ def edge_agent_config(new_topic, group_id: str, prefix: str = "test.edge", **ove
         **{f"{name}_topic": topic for name, topic in topics.items()}, **overrides)
 
 
+def wait_until_or_fail(condition, timeout_s: float = 20.0) -> None:
+    """:func:`wait_until`, failing the test if ``condition`` never holds."""
+    if not wait_until(condition, timeout_s):
+        raise AssertionError(f"timed out after {timeout_s:g}s waiting for {getattr(condition, '__name__', condition)}")
+
+
 def wait_until(condition, timeout_s: float = 20.0) -> bool:
     """Poll ``condition`` until it holds or ``timeout_s`` passes; return its last value."""
     deadline = time.monotonic() + timeout_s

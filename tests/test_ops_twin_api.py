@@ -3,7 +3,6 @@
 import json
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -12,27 +11,15 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
+from tiertwin.jobs.twin_api import TwinView, create_app
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.schemas.examples import example
+
+from tests.agent_support import wait_until_or_fail
 
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture
-def view_topics(new_topic):
-    return ViewTopics(summaries=new_topic(1), edge_state=new_topic(1), cell_reports=new_topic(1),
-                      snapshots=new_topic(1), outcomes=new_topic(1),
-                      decisions=(new_topic(1), new_topic(1)), cloud_actions=new_topic(1))
-
-
-def _wait(predicate, timeout_s=20):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_api_serves_ue_cell_edge_twins_and_decisions(view_topics, settings, monkeypatch):
@@ -49,7 +36,7 @@ def test_api_serves_ue_cell_edge_twins_and_decisions(view_topics, settings, monk
             sink.send(view_topics.decisions[1], "Decision",
                       example("Decision", tier="edge", kind="handover", ue_id="ue-1", target="cell:8",
                               decision_id="b"))
-        _wait(lambda: len(view.ues) == 3 and len(view.decisions) == 2 and len(view.cell_reports) == 1)
+        wait_until_or_fail(lambda: len(view.ues) == 3 and len(view.decisions) == 2 and len(view.cell_reports) == 1)
         client = TestClient(create_app(view))
 
         ue = client.get("/ues/ue-1").json()
@@ -97,7 +84,7 @@ def test_decision_stream_delivers_new_decisions_as_server_sent_events(view_topic
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: server.started and view.ready.is_set())
+        wait_until_or_fail(lambda: server.started and view.ready.is_set())
         received, connected = [], threading.Event()
 
         def read_stream():

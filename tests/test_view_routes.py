@@ -18,21 +18,15 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
+from tiertwin.jobs.twin_api import TwinView, create_app
 from tiertwin.jobs.twin_view_routes import LagMeter, StateFeed, layout_from_scenario, mount_twin_view
 from tiertwin.schemas.examples import example
+
+from tests.agent_support import wait_until_or_fail
 from tiertwin.settings import Settings
 
 SCENARIO = "dense-urban-xr"
 
-
-def _wait(predicate, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def _decision(decision_id: str, tier: str, latency_ms: float, ue: str, kind: str = "placement") -> dict:
@@ -40,12 +34,6 @@ def _decision(decision_id: str, tier: str, latency_ms: float, ue: str, kind: str
     return example("Decision", decision_id=decision_id, tier=tier, kind=kind, ue_id=ue,
                    source_emitted_ns=decided - int(latency_ms * 1e6), received_ns=decided - 1000, decided_ns=decided)
 
-
-@pytest.fixture
-def view_topics(new_topic):
-    return ViewTopics(summaries=new_topic(1), edge_state=new_topic(1), cell_reports=new_topic(1),
-                      snapshots=new_topic(1), outcomes=new_topic(1), decisions=(new_topic(1), new_topic(1)),
-                      cloud_actions=new_topic(1))
 
 
 @pytest.mark.broker
@@ -65,7 +53,7 @@ def test_page_layout_and_state_frame_follow_the_topics(view_topics, settings):
             for i, met in enumerate([True, True, True, False]):
                 sink.send(view_topics.outcomes, "Outcome",
                           example("Outcome", outcome_id=f"o{i}", deadline_met=met, placement="edge"))
-        _wait(lambda: len(view.ues) == 3 and len(view.decisions) == 4 and len(view.outcomes) == 4
+        wait_until_or_fail(lambda: len(view.ues) == 3 and len(view.decisions) == 4 and len(view.outcomes) == 4
               and len(view.cell_reports) == 1 and len(view.cells) == 1)
 
         layout = layout_from_scenario(SCENARIO)
@@ -158,7 +146,7 @@ def test_state_stream_sends_frames_as_server_sent_events():
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: server.started)
+        wait_until_or_fail(lambda: server.started)
         frames = []
         with httpx.stream("GET", f"http://127.0.0.1:{port}/stream/state", params={"period_ms": 100},
                           timeout=10) as response:
