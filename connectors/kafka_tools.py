@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 from tiertwin.connectors.broker import ManagedBroker
 from tiertwin.errors import BrokerSetupError

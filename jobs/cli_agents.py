@@ -15,7 +15,6 @@ throughput`` preloads a backlog and measures records/s through one agent process
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import multiprocessing
 import os

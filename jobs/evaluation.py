@@ -46,7 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from tiertwin.connectors.linkemu import Link, LinkPath, wait_listening
+from tiertwin.connectors.linkemu import Link, wait_listening
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
 

@@ -36,7 +36,6 @@ def topic_for(schema: str) -> str:
 
 def run_roundtrip(count: int = 100, settings: Settings | None = None, timeout_s: float = 30.0) -> list[RoundTripResult]:
     settings = settings or Settings.from_env()
-    results = []
     # Scratch copies of the declared topics: example records must never reach live agents
     # (an example ModelUpdate on tiertwin.models would be hot-swapped in).
     scratch = {name: f"tiertwin.roundtrip.{uuid.uuid4().hex[:8]}.{name}" for name in EXAMPLE_NAMES}
