@@ -64,7 +64,8 @@ class AgentConfig(BaseModel):
     checkpoint_chunk: int = Field(64, ge=1, le=100_000, description="Twins pickled or sent per loop iteration while checkpointing")
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
     poll_timeout_ms: int = Field(50, ge=0, le=5_000)
-    fetch_max_wait_ms: int = Field(100, ge=0, le=5_000, description="Broker-side wait when there is no data (fetch_min_bytes is 1, so data never waits for it)")
+    fetch_max_wait_ms: int = Field(100, ge=0, le=5_000, description="Broker-side wait for fetch_min_bytes of data")
+    fetch_min_bytes: int = Field(1, ge=1, le=10_000_000, description="Data a fetch waits for (up to fetch_max_wait_ms); 1 = answer as soon as anything arrives")
     side_poll_interval_ms: int = Field(20, ge=0, le=60_000, description="How often models / edge state / outcomes read by every instance are polled")
     metrics_port: int | None = Field(None, ge=1, le=65535)
     gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description=(
@@ -244,7 +245,8 @@ class TwinAgent:
         self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, profile=c.profile,
                                   from_beginning=c.from_beginning, client_id=client,
                                   on_rejected=lambda e: rejected.labels(self.tier, c.instance_id, e.reason).inc(),
-                                  session_timeout_ms=c.session_timeout_ms, fetch_max_wait_ms=c.fetch_max_wait_ms)
+                                  session_timeout_ms=c.session_timeout_ms, fetch_max_wait_ms=c.fetch_max_wait_ms,
+                                  fetch_min_bytes=c.fetch_min_bytes)
         self._rebalance = _Rebalance()
         self.source.consumer.subscribe(self.group_topics(), listener=self._rebalance)
         # Side topics are not on the decision path: long fetch waits keep their IO thread quiet.
