@@ -183,31 +183,43 @@ BENCH_CELLS = 8  # tier_traffic's default
 
 def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: float, window_ms: int, seed: int,
                    done) -> None:
-    """Producer process: ``tier_traffic`` with event time = wall clock, paced to ``rate``, from the next
-    window boundary once it is ready (puts ``start_ms``, then the count sent, on ``done``)."""
+    """Producer process: ``tier_traffic`` with event time = wall clock, paced to ``rate``, from a window
+    boundary (puts ``start_ms`` on ``done``, then ``(count sent, most ms any send was behind its event time)``).
+
+    The records are made and Avro-encoded before that boundary (about 25 µs each), so while the job is
+    measured this process only sends: on a 2-core machine a producer that also built and encoded
+    records took a third of a core from the job it measures.
+    """
     import os
 
     os.environ.update(bootstrap_env)
     from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.pipelines.parquet_log import event_time_ms
+    from tiertwin.schemas import SchemaRegistry
 
-    chunk_s = 0.02
-    sent = 0
+    count = int(rate * seconds)
+    prepare_s = 1.0 + count * 60e-6  # generous: a loaded machine encodes slower
+    start_ms = (int((time.time() + prepare_s) * 1000) // window_ms + 1) * window_ms
+    registry = SchemaRegistry.default()
+    encoded = [(topics[schema], registry.encode(schema, record), record[KEY_FIELD[schema]],
+                event_time_ms(schema, record))
+               for schema, record in tier_traffic(start_ms, count, rate, seed=seed)]
+    done.put(start_ms)
+    chunk = max(1, int(rate * 0.02))
+    sent, behind_ms = 0, 0.0
     with KafkaSink(profile="throughput", client_id="tiertwin-bench-cloud") as sink:
-        start_ms = (int(time.time() * 1000) // window_ms + 1) * window_ms
-        done.put(start_ms)
-        gen = tier_traffic(start_ms, int(rate * seconds), rate, seed=seed)
-        while True:
-            chunk = [r for _, r in zip(range(max(1, int(rate * chunk_s))), gen)]
-            if not chunk:
-                break
-            from tiertwin.pipelines.parquet_log import event_time_ms
-
-            wait = event_time_ms(*chunk[-1]) / 1000 - time.time()
+        for first in range(0, count, chunk):
+            batch = encoded[first:first + chunk]
+            wait = batch[-1][3] / 1000 - time.time()
             if wait > 0:
                 time.sleep(wait)
-            sent += produce(sink, chunk, topics)
+            else:
+                behind_ms = max(behind_ms, -wait * 1000)
+            for topic, value, key, ts_ms in batch:
+                sink.send_raw(topic, value, key=key, timestamp_ms=ts_ms)
+            sent += len(batch)
         sink.flush()
-    done.put(sent)
+    done.put((sent, behind_ms))
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -219,6 +231,36 @@ def _percentiles(values: list[float]) -> dict:
         return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
     return {"count": len(ordered), "p50_ms": at(0.5), "p95_ms": at(0.95), "max_ms": ordered[-1]}
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process (the LOOPBACK SDK worker runs in it), by the Prism
+    process it started, and by the whole machine (Linux /proc; empty elsewhere)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def prism_pids() -> list[int]:
+        pids = []
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            try:
+                for child in (task / "children").read_text().split():
+                    if b"prism" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        pids.append(int(child))
+            except OSError:  # a thread or child that just ended
+                continue
+        return pids
+
+    try:
+        machine = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return {"sdk_worker": of(os.getpid()), "prism": sum(of(pid) for pid in prism_pids()),
+                "machine": (sum(machine) - machine[3] - machine[4]) / tick}
+    except OSError:
+        return {}
 
 
 def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2) -> dict:
@@ -251,7 +293,10 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         started = time.perf_counter()
         result = run_streaming(config, settings, "prism")
         startup_s = time.perf_counter() - started
-        source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read")
+        # Long-polling fetches (answered as soon as a snapshot arrives): this reader shares the process,
+        # and so the GIL, with the LOOPBACK SDK worker, and 5 ms fetch waits took a third of a core.
+        source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read",
+                             fetch_max_wait_ms=500)
         # Warm up: the job is live once a window of a few records has come out as a snapshot.
         ctx = multiprocessing.get_context("spawn")
         env = {k: v for k, v in os.environ.items() if k.startswith("TIERTWIN_")}
@@ -265,9 +310,13 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         done.get(), done.get()
         log(f"prism job live after {time.perf_counter() - started:.1f} s (startup {startup_s:.1f} s)")
         # Measure: windows entirely inside the production period.
-        producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds, window_ms, 1, done))
+        # Traffic goes on for a window after the measured ones, as in a stream that does not stop: the
+        # last measured window closes on records after it, not on the idle timeout of a silent topic.
+        tail_s = window_s + 1.0
+        producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds + tail_s, window_ms, 1, done))
         producer.start()
         start_ms = done.get(timeout=60)
+        cpu_before, wall_before = _cpu_seconds(), time.monotonic()
         end_ms = start_ms + int(seconds * 1000)
         snapshots: list[tuple[dict, float]] = []
         deadline = time.monotonic() + seconds + 60 + 3 * window_s
@@ -279,8 +328,10 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                           and v["window_end_ms"] >= last_window_end}
             if len(last_cells) >= BENCH_CELLS:  # every cell's snapshot of the last window is out
                 break
+        cpu_after, wall_s = _cpu_seconds(), time.monotonic() - wall_before
+        handled = int(rate * min(seconds + tail_s, (time.time() * 1000 - start_ms) / 1000))  # produced so far
         producer.join(timeout=30)
-        produced = done.get(timeout=30)
+        produced, producer_behind_ms = done.get(timeout=30)
         source.close()
     finally:
         if result is not None:
@@ -312,17 +363,25 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     admin.delete_topics([*topics.values(), *out.values()])
     admin.close()
     beam_rate = fused / span_s if span_s else 0.0
+    # From the first record until the last snapshot: what the job cost, beside what the machine had.
+    cpu = {f"{name}_s": cpu_after[name] - cpu_before[name] for name in cpu_before if name in cpu_after}
+    cpu.update(wall_s=wall_s, machine_capacity_s=wall_s * (os.cpu_count() or 1),
+               sdk_worker_ms_per_1k_records=1000 * cpu["sdk_worker_s"] / (handled / 1000)
+               if "sdk_worker_s" in cpu and handled > 0 else None)
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
         "runner": "prism", "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
-        "partitions_per_topic": partitions, "produced": produced, "prism_startup_s": startup_s,
+        "partitions_per_topic": partitions, "produced": produced,
+        "producer_max_behind_ms": producer_behind_ms, "prism_startup_s": startup_s,
         "windows_measured": len(per_window), "records_in_measured_windows_offered": in_windows,
         "records_fused_on_time": fused, "on_time_completeness": fused / in_windows if in_windows else None,
         "late_panes_with_new_records": late_with_data,
         "beam_prism_records_per_s": beam_rate,
         "window_end_to_snapshot_ms": snapshot_latency,
+        "window_end_to_snapshot_ms_by_window": [round(per_window[end]) for end in sorted(per_window)],
+        "cpu_while_measured": cpu,
         "target_snapshot_within_2s_at_10k": bool(rate >= 10_000 and snapshot_latency.get("p95_ms", 1e9) <= 2000),
         "polars_ceiling": {"records": archived, "seconds": polars_s, "records_per_s": polars_rate,
                            "snapshots": len(reference), "archive_seconds": archive_s},

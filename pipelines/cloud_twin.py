@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -328,15 +329,36 @@ def snapshot(cell: int, window_start_ms: int, window_end_ms: int, total: CellAgg
     }
 
 
-class _AggregatePerBundle(beam.DoFn):
-    """Fold a bundle's records of one stream into one CellAggregate per (cell, window).
+def window_slices_us(windowing: window.WindowFn) -> tuple[int, int]:
+    """``(length, offset)`` in µs of the slices of time whose instants all lie in the same windows.
 
-    The aggregates leave at the end of the bundle, in their window, timestamped with
-    their earliest record (so they are exactly as late as that record).
+    Every boundary of fixed or sliding windows is ``offset`` plus a multiple of the greatest
+    common divisor of size and period, so records can be folded per slice and the slices
+    windowed afterwards: each lands in exactly the windows of its records.
+
+    >>> window_slices_us(window.FixedWindows(2)), window_slices_us(window.SlidingWindows(10, 4))
+    ((2000000, 0), (2000000, 0))
+    """
+    if isinstance(windowing, window.FixedWindows):
+        return windowing.size.micros, windowing.offset.micros % windowing.size.micros
+    if isinstance(windowing, window.SlidingWindows):
+        length = math.gcd(windowing.size.micros, windowing.period.micros)
+        return length, windowing.offset.micros % length
+    raise ConfigError(f"fusion needs fixed or sliding windows, not {type(windowing).__name__}")
+
+
+class _AggregatePerBundle(beam.DoFn):
+    """Fold a bundle's records of one stream into one CellAggregate per cell and window slice.
+
+    A slice (:func:`window_slices_us`) is the finest unit of the windowing: folding per slice
+    and windowing the aggregates after gives every window exactly the records it would get
+    if each record were windowed, at the cost of a WindowInto per aggregate instead of one
+    per record (most of the per-record cost in the Python SDK). Each aggregate leaves at the
+    end of the bundle timestamped with its earliest record, so it is as late as that record.
     """
 
-    def __init__(self, stream: str):
-        self.stream = stream
+    def __init__(self, stream: str, slice_us: int, offset_us: int):
+        self.stream, self.slice_us, self.offset_us = stream, slice_us, offset_us
         self.without_cell = Metrics.counter("cloud-fusion", "records_without_cell")
 
     def setup(self):
@@ -345,21 +367,23 @@ class _AggregatePerBundle(beam.DoFn):
     def start_bundle(self):
         self._open: dict[tuple, list] = {}
 
-    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
+    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam):
         cell = record.get(self._cell_field)
         if cell is None:
             self.without_cell.inc()
             return
-        entry = self._open.get((cell, win))
+        micros = timestamp.micros
+        key = (cell, micros - (micros - self.offset_us) % self.slice_us)
+        entry = self._open.get(key)
         if entry is None:
-            entry = self._open[(cell, win)] = [timestamp, CellAggregate()]
-        elif timestamp < entry[0]:
-            entry[0] = timestamp
+            entry = self._open[key] = [micros, CellAggregate()]
+        elif micros < entry[0]:
+            entry[0] = micros
         self._add(entry[1], record)
 
     def finish_bundle(self):
-        for (cell, win), (timestamp, aggregate) in self._open.items():
-            yield WindowedValue((int(cell), aggregate), timestamp, (win,))
+        for (cell, _), (earliest, aggregate) in self._open.items():
+            yield WindowedValue((int(cell), aggregate), Timestamp(micros=earliest), (window.GlobalWindow(),))
         self._open = {}
 
 
@@ -390,18 +414,16 @@ class FuseTiers(beam.PTransform):
 
     def expand(self, streams: dict):
         config = self.config
-        windowing, firing = config.windowing(), config.trigger()  # one instance: the join needs equal windowing
-        partials = []
-        for stream, records in streams.items():
-            partials.append(records
-                            | f"Window {stream}" >> beam.WindowInto(
-                                windowing, trigger=firing,
-                                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                                allowed_lateness=config.allowed_lateness_s)
-                            | f"Aggregate {stream}" >> beam.ParDo(_AggregatePerBundle(stream)).with_output_types(
-                                tuple[int, CellAggregate]))
+        windowing = config.windowing()
+        slice_us, offset_us = window_slices_us(windowing)
+        partials = [records | f"Aggregate {stream}" >> beam.ParDo(
+                        _AggregatePerBundle(stream, slice_us, offset_us)).with_output_types(tuple[int, CellAggregate])
+                    for stream, records in streams.items()]
         return (partials
                 | "AllTiers" >> beam.Flatten()
+                | "Window" >> beam.WindowInto(windowing, trigger=config.trigger(),
+                                              accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                                              allowed_lateness=config.allowed_lateness_s)
                 | "ByCellAndWindow" >> beam.GroupByKey()
                 | "Snapshot" >> beam.ParDo(_ToSnapshot()))
 
@@ -490,11 +512,26 @@ def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
 
 @dataclass
 class Batch:
-    """The training examples of one window."""
+    """The training examples of one window, pickled once.
+
+    A batch waits in Beam state until the watermark passes its window; as one bytes
+    value it is stored and read back without walking (and sizing, for the state cache)
+    every example dict.
+
+    >>> Batch.of(0, 1000, [({"rtt_ms": 8.0}, 13.25)]).examples()
+    [({'rtt_ms': 8.0}, 13.25)]
+    """
 
     start_ms: int
     end_ms: int
-    examples: list = field(default_factory=list)
+    pickled_examples: bytes
+
+    @classmethod
+    def of(cls, start_ms: int, end_ms: int, examples: list) -> "Batch":
+        return cls(start_ms, end_ms, pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def examples(self) -> list:
+        return pickle.loads(self.pickled_examples)
 
 
 @dataclass
@@ -531,6 +568,9 @@ class _TrainModel(beam.DoFn):
         self.published = Metrics.counter("cloud-training", "models_published")
 
     def setup(self):
+        # River pulls in scipy (seconds of import): pay it at start-up, not at the first window.
+        from tiertwin.pipelines import learners  # noqa: F401
+
         self._sink = self._models = None
         self._live_updates: dict[str, dict] = {}
         if self.config.models_topic:
@@ -616,32 +656,34 @@ class _TrainModel(beam.DoFn):
             state.learned_since_publish = 0
 
     def _train(self, state: TrainerState, batch: Batch):
-        if not batch.examples:
+        examples = batch.examples()
+        if not examples:
             return
         self._follow_live(state)
         if state.learned_since_publish >= self.config.min_examples:
-            candidate_mae = mean_absolute_error(state.candidate, batch.examples)
-            live_mae = mean_absolute_error(state.live_model, batch.examples)
+            candidate_mae = mean_absolute_error(state.candidate, examples)
+            live_mae = mean_absolute_error(state.live_model, examples)
             if candidate_mae < live_mae * (1 - self.config.min_improvement):
-                yield self._publish(state, batch, candidate_mae, live_mae)
+                yield self._publish(state, batch, len(examples), candidate_mae, live_mae)
         errors = 0.0
-        for x, y in batch.examples:  # prequential: predict, then learn
+        for x, y in examples:  # prequential: predict, then learn
             errors += abs((state.candidate.predict_one(x) or 0.0) - y)
             state.candidate.learn_one(x, y)
-        state.prequential_mae = errors / len(batch.examples)
-        state.trained_on += len(batch.examples)
-        state.learned_since_publish += len(batch.examples)
+        state.prequential_mae = errors / len(examples)
+        state.trained_on += len(examples)
+        state.learned_since_publish += len(examples)
         if state.first_window_start_ms is None:
             state.first_window_start_ms = batch.start_ms
 
-    def _publish(self, state: TrainerState, batch: Batch, candidate_mae: float, live_mae: float) -> dict:
+    def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
+                 live_mae: float) -> dict:
         from tiertwin.pipelines.models import model_update
 
         version = state.live_version + 1
         unit = ERROR_UNITS.get(state.name, "")
         details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
                                 f"prequential_mae_{unit}": state.prequential_mae,
-                                "live_version": state.live_version, "evaluated_on": len(batch.examples)},
+                                "live_version": state.live_version, "evaluated_on": evaluated_on},
                        window_start_ms=state.first_window_start_ms or batch.start_ms,
                        window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
         if self._sink is not None:
@@ -671,31 +713,36 @@ def _models_consumer(settings: Settings, topic: str):
 class _ProjectPerBundle(beam.DoFn):
     """What training needs of each record (``project``; None = nothing), one list per bundle and window.
 
-    Keyed ``"all"``: every model sees the whole window. The lists leave at the end of the
-    bundle, timestamped with their earliest record.
+    Keyed ``"all"``: every model sees the whole window. The training window is fixed, so
+    each record's window is its timestamp rounded down, computed here rather than by a
+    WindowInto per record; each list leaves at the end of the bundle timestamped with its
+    earliest record, which lies in the list's window, so a WindowInto of the lists
+    puts each one back in it.
     """
 
-    def __init__(self, project):
-        self.project = project
+    def __init__(self, project, window_s: float):
+        self.project, self.window_us = project, round(window_s * 1_000_000)
 
     def start_bundle(self):
-        self._open: dict = {}
+        self._open: dict[int, list] = {}
 
-    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
+    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam):
         row = self.project(record)
         if row is None:
             return
-        entry = self._open.get(win)
+        micros = timestamp.micros
+        start = micros - micros % self.window_us
+        entry = self._open.get(start)
         if entry is None:
-            self._open[win] = [timestamp, [row]]
+            self._open[start] = [micros, [row]]
             return
         entry[1].append(row)
-        if timestamp < entry[0]:
-            entry[0] = timestamp
+        if micros < entry[0]:
+            entry[0] = micros
 
     def finish_bundle(self):
-        for win, (timestamp, rows) in self._open.items():
-            yield WindowedValue(("all", rows), timestamp, (win,))
+        for earliest, rows in self._open.values():
+            yield WindowedValue(("all", rows), Timestamp(micros=earliest), (window.GlobalWindow(),))
         self._open = {}
 
 
@@ -718,15 +765,15 @@ class TrainGlobalModels(beam.PTransform):
             _, groups = element
             rows = {stream: [row for bundle in bundles for row in bundle] for stream, bundles in groups.items()}
             for name in config.model_names:
-                yield name, Batch(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](rows))
+                yield name, Batch.of(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](rows))
 
         projections = {}
         for name in config.model_names:
             projections.update(TRAINING_INPUTS[name])
         training_window = window.FixedWindows(config.train_window_s)
         windowed = {stream: (streams[stream]
-                             | f"TrainWindow {stream}" >> beam.WindowInto(training_window)
-                             | f"Project {stream}" >> beam.ParDo(_ProjectPerBundle(project)))
+                             | f"Project {stream}" >> beam.ParDo(_ProjectPerBundle(project, config.train_window_s))
+                             | f"TrainWindow {stream}" >> beam.WindowInto(training_window))
                     for stream, project in projections.items()}
         return (windowed
                 | "JoinWindow" >> beam.CoGroupByKey()

@@ -86,3 +86,24 @@ def test_sliding_windows_put_a_record_in_every_window_covering_it():
         assert windows == [(0, 10_000), (5_000, 15_000)], windows
 
     fuse(stream, config, check)
+
+
+def test_aggregating_per_slice_then_windowing_matches_windowing_each_record():
+    # 10 s windows every 4 s: boundaries every 2 s, so records are folded per 2 s slice first.
+    config = CloudTwinConfig(window_s=10, slide_s=4, early_firing_s=None, train=False)
+    offsets_ms = [0, 1_999, 2_000, 3_500, 6_100, 9_999, 10_000, 13_000]
+    stream = (test_stream.TestStream()
+              .advance_watermark_to(T0 / 1000)
+              .add_elements([summary(f"ue-{i}", 4, T0 + t, float(i)) for i, t in enumerate(offsets_ms)])
+              .advance_watermark_to_infinity())
+    expected = {}
+    for i, t in enumerate(offsets_ms):
+        for start in range(-8_000, t + 1, 4_000):  # every window [start, start + 10 s) covering t
+            if start <= t < start + 10_000:
+                expected.setdefault(start, []).append(float(i))
+
+    def check(snapshots):
+        got = {s["window_start_ms"] - T0: (s["summaries"], s["mean_sinr_db"]) for s in snapshots}
+        assert got == {start: (len(v), sum(v) / len(v)) for start, v in expected.items()}, got
+
+    fuse(stream, config, check)
