@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -335,7 +336,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         source.close()
     finally:
         if result is not None:
-            result.cancel()
+            stopped = result.stop()
+            log(f"prism job {stopped}")
     measured = [(v, t) for v, t in snapshots if start_ms <= v["window_start_ms"] and v["window_end_ms"] <= end_ms]
     on_time = [(v, t) for v, t in measured if v["pane"] == "on_time"]
     per_window: dict[int, float] = {}
@@ -427,7 +429,7 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
               window_s: Optional[float] = None, slide_s: Optional[float] = None, lateness_s: Optional[float] = None,
               early_s: Optional[int] = None, start: Optional[str] = None, snapshots_dir: Optional[Path] = None,
               train: Optional[bool] = None, say=print) -> None:
-    """Start the streaming cloud twin and block until SIGINT / SIGTERM, then cancel it (Prism stops with us)."""
+    """Start the streaming cloud twin and block until SIGINT / SIGTERM, then drain it (cancel if that stalls)."""
     from tiertwin.pipelines.cloud_twin import run_streaming
     from tiertwin.settings import Settings
 
@@ -438,19 +440,20 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
     if early_s is not None:
         fields["early_firing_s"] = early_s or None
     cloud = _config(fields)
-    result = run_streaming(cloud, Settings.from_env(), runner, [*_beam_flags(runner_options), *extra_args])
+    job = run_streaming(cloud, Settings.from_env(), runner, [*_beam_flags(runner_options), *extra_args])
     say(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> {cloud.snapshots_topic}; "
         f"models: {cloud.models_topic if cloud.train else 'not trained'}")
 
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        result.wait_until_finish()
-    except KeyboardInterrupt:
-        result.cancel()
-        say("cloud twin stopped")
+    # Wait on an event, not inside wait_until_finish: a signal raised into its gRPC stream leaves
+    # the stream unusable, and stop() needs to wait on it for the drained job to end.
+    stop_requested = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_requested.set())
+    while not stop_requested.wait(1.0):
+        if job.ended():
+            job.wait_until_finish()  # raises if it failed
+            return
+    say(f"cloud twin {job.stop()}")
 
 
 CLOUD_RUN_OPTIONS = [

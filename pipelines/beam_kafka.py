@@ -197,6 +197,10 @@ class _ReadPartition(beam.DoFn):
         if restriction.start >= restriction.stop:
             return
         tp, key = TopicPartition(element.topic, element.partition), (element.topic, element.partition)
+        if restriction.stop == UNBOUNDED and self.read_id in _DRAINED_READS:
+            tracker.try_claim(UNBOUNDED - 1)  # the last offset of the range: all of it is done
+            _WORKER_WATERMARKS.forget(self.read_id, key)
+            return
         consumer = self._consumer_at(tp, restriction.start)
         deadline = time.monotonic() + self.spec.max_read_s
         last_claimed = restriction.start - 1
@@ -320,6 +324,18 @@ class _WorkerWatermarks:
 
 
 _WORKER_WATERMARKS = _WorkerWatermarks()
+_DRAINED_READS: set[str] = set()
+
+
+def drain(read_id: str) -> None:
+    """Make the unbounded read ``read_id`` finish in this process (the SDK worker, with LOOPBACK).
+
+    At its next step each of the read's restrictions gives up the rest of its open offset
+    range (claims it without reading it), so the read's watermark reaches the end of time,
+    every window fires its last pane, stateful steps flush, and the job ends by itself:
+    no bundle is cut off mid-flight as a cancel does. Records not yet read stay in Kafka.
+    """
+    _DRAINED_READS.add(read_id)
 
 
 class _ReadOpenPartition(_ReadPartition):
@@ -367,11 +383,12 @@ class ReadFromKafka(beam.PTransform):
         super().__init__()
         self.topics, self.spec, self.stage = list(topics), spec, stage
         self.settings = settings or Settings.from_env()
+        self.read_id = uuid.uuid4().hex  # what :func:`drain` names
 
     def expand(self, pbegin):
         settings, topics, spec = self.settings, self.topics, self.spec
         reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage,
-                                                                                  uuid.uuid4().hex)
+                                                                                  self.read_id)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
                 | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec))

@@ -827,15 +827,19 @@ def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings
                                                         settings)
 
 
-def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> dict:
-    """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs."""
-    read = pipeline | "ReadTiers" >> ReadFromKafka(
-        list(config.input_topics), ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
-                                                  idle_after_s=config.idle_after_s),
-        settings)
+def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> str:
+    """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs.
+
+    Returns the id of its Kafka read (what :func:`tiertwin.pipelines.beam_kafka.drain` stops).
+    """
+    reader = ReadFromKafka(list(config.input_topics),
+                           ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
+                                    idle_after_s=config.idle_after_s),
+                           settings)
+    read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
-    return outputs
+    return reader.read_id
 
 
 def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: CloudTwinConfig,
@@ -904,13 +908,51 @@ def backfill(archive_dir: str | Path, config: CloudTwinConfig, settings: Setting
         build_backfill(pipeline, archive_dir, config, settings)
 
 
+@dataclass
+class StreamingRun:
+    """A started streaming cloud twin: its Beam ``PipelineResult`` and how to stop it."""
+
+    result: Any
+    read_id: str
+
+    def wait_until_finish(self):
+        return self.result.wait_until_finish()
+
+    def ended(self) -> bool:
+        from apache_beam.runners.runner import PipelineState
+
+        return PipelineState.is_terminal(self.result.state)
+
+    def stop(self, timeout_s: float = 30.0) -> str:
+        """Drain the job (the Kafka read finishes, windows fire, the trainer flushes) and wait for it to
+        end; cancel it if it has not within ``timeout_s``. Returns ``"drained"`` or ``"cancelled"``.
+
+        Draining reaches the SDK worker only when it runs in this process (LOOPBACK: Prism,
+        Flink's default here); a cancel cuts off the bundles in flight, which the worker
+        reports as errors (closed state channel, unknown instruction).
+        """
+        from apache_beam.runners.runner import PipelineState
+
+        from tiertwin.pipelines.beam_kafka import drain
+
+        drain(self.read_id)
+        try:
+            state = self.result.wait_until_finish(duration=int(timeout_s * 1000))
+        except RuntimeError:  # ended other than DONE
+            state = None
+        if state == PipelineState.DONE:
+            return "drained"
+        self.result.cancel()
+        return "cancelled"
+
+
 def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, runner: str = "prism",
-                  extra_args: Iterable[str] = ()):
-    """Start the streaming cloud twin and return its ``PipelineResult`` (``cancel()`` stops it)."""
+                  extra_args: Iterable[str] = ()) -> StreamingRun:
+    """Start the streaming cloud twin; ``stop()`` the returned run to end it."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     settings = settings or Settings.from_env()
     options = PipelineOptions(runner_args(runner, settings, streaming=True, extra=extra_args))
     pipeline = beam.Pipeline(options=options)
-    build_streaming(pipeline, config, settings)
-    return pipeline.run()
+    read_id = build_streaming(pipeline, config, settings)
+    return StreamingRun(pipeline.run(), read_id)

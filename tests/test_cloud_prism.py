@@ -173,4 +173,6 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
     assert job.returncode == 0, (tmp_path / "cloud.log").read_text()[-2000:]
+    # SIGTERM drains the job (the read finishes, the job ends by itself) instead of cancelling bundles mid-flight.
+    assert "cloud twin drained" in (tmp_path / "cloud.log").read_text()
     assert prism_pids and not leaked, f"Prism processes left running: {leaked}"
