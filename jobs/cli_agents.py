@@ -15,7 +15,6 @@ throughput`` preloads a backlog and measures records/s through one agent process
 from __future__ import annotations
 
 import enum
-import gc
 import logging
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ import yaml
 
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.errors import BrokerSetupError
+from tiertwin.procs import freeze_heap
 
 
 class Tier(str, enum.Enum):
@@ -66,15 +66,6 @@ def run_until_signalled(agent) -> None:
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
 
-
-def freeze_heap() -> None:
-    """Collect once, then exclude every object alive now from later collections (``gc.freeze``).
-
-    An agent's heap is mostly what it loaded at start; each full collection walked all of it and
-    paused decisions for 80-250 ms at 5k records/s. Only garbage made before the freeze is kept.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 # -- record helpers for benches and tests ------------------------------------------------------

@@ -30,6 +30,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ):
         """Run the simulated 6G network: publish Telemetry, Demands, cell reports and Outcomes; obey Decisions."""
         from tiertwin.connectors.simulator import load_scenario, run_simulator
+        from tiertwin.procs import freeze_heap
 
         def announce(loop) -> None:
             world, spec = loop.world, loop.world.scenario
@@ -37,6 +38,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                           f"{world.layout.n_cells} cells, seed {world.seed}, "
                           f"{'real time' if realtime else 'as fast as possible'}"
                           f"{'' if offline else ' -> Kafka'}{' (applying decisions)' if loop.source else ''}")
+            if realtime and not offline:   # a live run: keep full garbage collections off the loaded world
+                freeze_heap()
 
         summary = run_simulator(load_scenario(scenario), seconds if seconds > 0 else None, realtime=realtime,
                                 seed=seed, ues=ues, telemetry_hz=telemetry_hz, decision_timeout_ms=decision_timeout_ms,
