@@ -264,7 +264,8 @@ def _cpu_seconds() -> dict[str, float]:
         return {}
 
 
-def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2) -> dict:
+def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2,
+                     train: bool = True) -> dict:
     """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
     import multiprocessing
     import os
@@ -288,7 +289,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
-                             train_window_s=max(window_s, 5.0), min_examples=100)
+                             train_window_s=max(window_s, 5.0), min_examples=100, train=train)
     result = None
     try:
         started = time.perf_counter()
@@ -373,7 +374,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
-        "runner": "prism", "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "runner": "prism", "trains_models": train, "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
         "partitions_per_topic": partitions, "produced": produced,
         "producer_max_behind_ms": producer_behind_ms, "prism_startup_s": startup_s,
@@ -563,12 +564,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         seconds: float = typer.Option(30.0, help="How long to produce."),
         window_s: float = typer.Option(2.0, help="Window size in s."),
         out: Path = typer.Option(Path("bench-results"), help="Results folder."),
+        train: bool = typer.Option(True, "--train/--no-train", help="Also train the global models (as `run cloud` does)."),
     ):
         """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
         from tiertwin.jobs.bench import write_results
         run_cloud_bench = _run_cloud_bench
 
-        results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print)
+        results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train)
         path = write_results("cloud", results, out)
         latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
         console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
