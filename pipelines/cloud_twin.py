@@ -6,10 +6,12 @@ Read top to bottom, the cloud tier is::
           │ ReadFromKafka (splittable DoFn)                       │ ReadArchive (bounded)
           ▼                                                       ▼
     SplitBySchema ── summaries / edge_states / decisions / outcomes ──┬─► FuseTiers ─► TwinSnapshot
-                                                                      │      (event-time windows by cell,
-                                                                      │       CoGroupByKey, early/on-time/late panes)
+                                                                      │      (per bundle: one CellAggregate per cell
+                                                                      │       and window slice; then event-time windows,
+                                                                      │       GroupByKey by cell, early/on-time/late panes)
                                                                       └─► TrainGlobalModels ─► ModelUpdate
-                                                                             (Decision ⨝ Outcome by decision_id,
+                                                                             (per bundle: one list of projected rows per
+                                                                              window; Decision ⨝ Outcome by decision_id,
                                                                               one global stateful trainer per model)
 
 Snapshots go to ``tiertwin.cloud.snapshots`` and to Parquet partitioned by date/hour;
