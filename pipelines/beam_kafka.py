@@ -64,7 +64,7 @@ class ReadSpec:
 
     Every ``process`` call is a bundle, and on Prism a bundle costs milliseconds of CPU
     in the runner and the SDK worker whatever it carries: a caught-up partition resumes
-    after ``poll_interval_s`` (not sooner, or idle partitions alone keep a core busy),
+    after ``poll_interval_s`` (at 50 ms, 8 idle partitions kept Prism and the worker at 0.75 core),
     and a partition with a backlog hands its records on every ``max_read_s``.
     """
 
