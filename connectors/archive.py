@@ -12,6 +12,7 @@ polars, the decoded top-level fields as columns (maps and arrays as JSON text).
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import multiprocessing
 import queue
@@ -145,24 +146,27 @@ def parse_speed(speed: str) -> float | None:
 
 def replay(records: Iterable[ArchivedRecord], sink: KafkaSink, to_topic: str | None = None,
            speed: float | None = None, on_progress: Callable[[int], None] | None = None,
-           origin_ts_ms: int | None = None) -> int:
+           origin_ts_ms: int | None = None, partitions: Iterable[int | None] | None = None) -> int:
     """Re-publish ``records`` in order, keeping inter-arrival times divided by ``speed``.
 
     The pace is measured from ``origin_ts_ms`` (default: the first record's timestamp).
+    ``partitions``, if given, is each record's target partition, already computed as Kafka's
+    default partitioner would (it saves the producer that work).
     The original record timestamps are kept, so event time survives the replay.
     Returns the number of records published (all acknowledged).
     """
     count = reported = 0
     first_ts, started = origin_ts_ms, time.perf_counter()
     send = sink.send_raw
-    for record in records:
+    targets = iter(partitions) if partitions is not None else itertools.repeat(None)
+    for record, partition in zip(records, targets):
         if speed is not None:
             first_ts = record.timestamp_ms if first_ts is None else first_ts
             due = started + (record.timestamp_ms - first_ts) / 1000 / speed
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        send(to_topic or record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms)
+        send(to_topic or record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms, partition=partition)
         count += 1
         if on_progress and (count - reported >= 256 or speed is not None):
             on_progress(count - reported)
@@ -180,13 +184,16 @@ def read_archives(log_dir: Path, topics: Iterable[str]) -> Iterator[ArchivedReco
         yield record
 
 
-def replay_worker_of(record: ArchivedRecord, to_topic: str | None, partitions: dict[str, int], workers: int,
-                     partitioner: KeyHashCachePartitioner) -> int:
-    """Which of ``workers`` replays ``record``: the one owning its target partition, so that each
-    target partition (and so each key) is written by one process, in archive order."""
+def target_partition(record: ArchivedRecord, to_topic: str | None, partitions: dict[str, int],
+                     partitioner: KeyHashCachePartitioner) -> int | None:
+    """The partition Kafka's default partitioner gives ``record`` in its target topic (None if keyless).
+
+    Each replay worker owns the target partitions ``p`` with ``p % workers == index`` (keyless
+    records: their source partition), so every partition, and so every key, is written by one
+    process in archive order."""
     if record.key is None:
-        return record.partition % workers
-    return partitioner.key_partition(record.key, partitions[to_topic or record.topic]) % workers
+        return None
+    return partitioner.key_partition(record.key, partitions[to_topic or record.topic])
 
 
 def _replay_worker(index: int, workers: int, log_dir: Path, topics: list[str], to_topic: str | None,
@@ -198,8 +205,9 @@ def _replay_worker(index: int, workers: int, log_dir: Path, topics: list[str], t
         records = list(read_archives(log_dir, topics))
         origin = records[0].timestamp_ms if records else None
         partitioner = KeyHashCachePartitioner()
-        mine = [r for r in records if replay_worker_of(r, to_topic, partitions, workers, partitioner) == index]
-        del records
+        targets = [target_partition(r, to_topic, partitions, partitioner) for r in records]
+        mine = [(r, p) for r, p in zip(records, targets) if (r.partition if p is None else p) % workers == index]
+        del records, targets
         pending = 0
 
         def progress(n: int) -> None:
@@ -212,7 +220,8 @@ def _replay_worker(index: int, workers: int, log_dir: Path, topics: list[str], t
 
         with KafkaSink(settings, profile=profile, client_id=f"tiertwin-replay-{index}") as sink:
             start.wait()
-            count = replay(mine, sink, to_topic, speed, on_progress=progress, origin_ts_ms=origin)
+            count = replay([r for r, _ in mine], sink, to_topic, speed, on_progress=progress, origin_ts_ms=origin,
+                           partitions=[p for _, p in mine])
         with done.get_lock():
             done.value += pending
         results.put((index, count, None))

@@ -172,10 +172,11 @@ class KafkaSink:
         self.send_raw(topic, self.registry.encode(schema, record), key, timestamp_ms)
 
     def send_raw(self, topic: str, value: bytes, key: str | int | bytes | None = None,
-                 timestamp_ms: int | None = None) -> None:
+                 timestamp_ms: int | None = None, partition: int | None = None) -> None:
+        """Produce bytes as they are; ``partition`` only if the caller already knows the key's partition."""
         if key is not None and not isinstance(key, bytes):
             key = str(key).encode()
-        future = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
+        future = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition)
         future.add_errback(self._note_error)
         self._unflushed += 1
         if self._unflushed % self._mark_every == 0:
