@@ -107,6 +107,12 @@ def archived_topics(log_dir: Path) -> list[str]:
     return sorted(p.name.removeprefix("topic=") for p in Path(log_dir).glob("topic=*") if p.is_dir())
 
 
+def archived_count(log_dir: Path, topics: Iterable[str]) -> int:
+    """How many records the archive holds for ``topics`` (from the Parquet footers, nothing read)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows
+               for topic in topics for path in (Path(log_dir) / f"topic={topic}").glob("date=*/hour=*/*.parquet"))
+
+
 def read_archive(log_dir: Path, topic: str) -> Iterator[ArchivedRecord]:
     """The archived records of ``topic`` in replay order.
 

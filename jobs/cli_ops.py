@@ -88,14 +88,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         partition is written by one worker process in archive order, so every partition
         gets the same records in the same order as with one.
         """
-        from tiertwin.connectors.archive import archived_topics, parse_speed, read_archives, replay, replay_parallel
+        from tiertwin.connectors.archive import (archived_count, archived_topics, parse_speed, read_archives, replay,
+                                                 replay_parallel)
         from tiertwin.connectors.kafka import KafkaSink
 
         factor = parse_speed(speed)
         selected = topic or archived_topics(log_dir)
         with _progress() as progress:
             if workers > 1:
-                task = progress.add_task(f"{', '.join(selected)} ({workers} workers)", total=None)
+                task = progress.add_task(f"{', '.join(selected)} ({workers} workers)", total=archived_count(log_dir, selected))
                 total = replay_parallel(log_dir, selected, to, factor, workers,
                                         on_progress=lambda n: progress.advance(task, n))
             else:

@@ -128,7 +128,7 @@ def _partition_contents(topic, settings, expect):
 
 
 def test_parallel_replay_writes_every_partition_exactly_as_one_process_does(new_topic, settings, tmp_path):
-    from tiertwin.connectors.archive import read_archives, replay_parallel
+    from tiertwin.connectors.archive import archived_count, read_archives, replay_parallel
 
     source, other = new_topic(partitions=3), new_topic(partitions=2)
     one, many = new_topic(partitions=4), new_topic(partitions=4)
@@ -136,6 +136,7 @@ def test_parallel_replay_writes_every_partition_exactly_as_one_process_does(new_
     _produce(other, [example("Telemetry", ue_id=f"ue-{i % 5}", seq=1000 + i) for i in range(100)], "Telemetry",
              settings, ts0=1_767_225_600_005)
     archive_topics([source, other], tmp_path / "log", settings)
+    assert archived_count(tmp_path / "log", [source, other]) == 500
 
     with KafkaSink(settings) as sink:
         assert replay(read_archives(tmp_path / "log", [source, other]), sink, to_topic=one) == 500
