@@ -174,9 +174,8 @@ class KafkaSink:
     def send_raw(self, topic: str, value: bytes, key: str | int | bytes | None = None,
                  timestamp_ms: int | None = None, partition: int | None = None) -> None:
         """Produce bytes as they are; ``partition`` only if the caller already knows the key's partition."""
-        if key is not None and not isinstance(key, bytes):
-            key = str(key).encode()
-        future = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition)
+        future = self._producer.send(topic, value=value, key=encode_key(key), timestamp_ms=timestamp_ms,
+                                     partition=partition)
         future.add_errback(self._note_error)
         self._unflushed += 1
         if self._unflushed % self._mark_every == 0:

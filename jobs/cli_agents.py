@@ -210,12 +210,21 @@ def _wait_for_agent(sink, topics, settings, fleet) -> None:
     raise BrokerSetupError("the local agent did not answer within 90 s")
 
 
+def fixed_decision(template: dict, demand, received_ns: int) -> dict:
+    """The relays' answer to ``demand``: ``template`` with the demand's id and stamps, decided now."""
+    from tiertwin.pipelines.agent import decision_id, decision_stamps
+
+    decision = {**template, "decision_id": decision_id("local", "placement", demand), "ue_id": demand.value["ue_id"],
+                "subject_id": demand.value["demand_id"], **decision_stamps(demand, received_ns)}
+    decision["decided_ns"] = time.time_ns()
+    return decision
+
+
 def relay_demands(topics: dict[str, str], bootstrap: str, group_id: str, stop_event) -> None:
     """Child process: the kafka-python floor of the decision path. Consumes the same topics with the
     agent's client settings (low-latency profile, one group member, decode + validate every record)
     and answers each Demand with a fixed Decision at once: the agent's Kafka I/O without its twin."""
     from tiertwin.connectors.kafka import DeadLetterSink, KafkaSink, KafkaSource
-    from tiertwin.pipelines.agent import decision_id, decision_stamps
     from tiertwin.schemas.examples import example
     from tiertwin.settings import Settings
 
@@ -231,11 +240,8 @@ def relay_demands(topics: dict[str, str], bootstrap: str, group_id: str, stop_ev
                 received = time.time_ns()
                 for record in batch:
                     if record.topic == topics["demands"]:
-                        decision = {**template, "decision_id": decision_id("local", "placement", record),
-                                    "ue_id": record.value["ue_id"], "subject_id": record.value["demand_id"],
-                                    **decision_stamps(record, received)}
-                        decision["decided_ns"] = time.time_ns()
-                        sink.send(topics["actions"], "Decision", decision, key=record.value["ue_id"])
+                        sink.send(topics["actions"], "Decision", fixed_decision(template, record, received),
+                                  key=record.value["ue_id"])
 
 
 def relay_demands_librdkafka(topics: dict[str, str], bootstrap: str, group_id: str, stop_event) -> None:
@@ -244,9 +250,8 @@ def relay_demands_librdkafka(topics: dict[str, str], bootstrap: str, group_id: s
     kafka-python); ``bench latency --c-client-relay`` runs it only if ``confluent_kafka`` is installed."""
     from confluent_kafka import Consumer, Producer
 
-    from tiertwin.pipelines.agent import decision_id, decision_stamps
-    from tiertwin.schemas import SchemaRegistry
     from tiertwin.connectors.kafka import KafkaRecord
+    from tiertwin.schemas import SchemaRegistry
     from tiertwin.schemas.examples import example
 
     registry, template = SchemaRegistry.default(), example("Decision")
@@ -267,10 +272,8 @@ def relay_demands_librdkafka(topics: dict[str, str], bootstrap: str, group_id: s
                     continue
                 schema, value = registry.decode(m.value())
                 record = KafkaRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), schema, value, m.value())
-                decision = {**template, "decision_id": decision_id("local", "placement", record), "ue_id": value["ue_id"],
-                            "subject_id": value["demand_id"], **decision_stamps(record, received)}
-                decision["decided_ns"] = time.time_ns()
-                producer.produce(topics["actions"], registry.encode("Decision", decision), key=value["ue_id"].encode())
+                producer.produce(topics["actions"], registry.encode("Decision", fixed_decision(template, record, received)),
+                                 key=value["ue_id"].encode())
             producer.poll(0)
     finally:
         producer.flush(10)
@@ -320,16 +323,15 @@ def run_latency_probe(settings, frames: list[tuple[str, bytes, bytes]], rate: in
     """Offer ``frames`` at ``rate`` and note each decision's arrival with Kafka's Java clients
     (``connectors/java/LatencyProbe.java``, source-file mode). Returns ``(produced, seconds,
     [(partition, offset, consumed_epoch_ns)])``."""
-    libs = settings.home / "kafka" / "libs"
-    if not libs.exists():
-        raise BrokerSetupError(f"no Kafka jars in {libs}; run `tiertwin broker install`")
+    from tiertwin.connectors.kafka_tools import run_tool
+
     frames_path, out_path = workdir / "frames.bin", workdir / "arrivals.txt"
     _write_frames(frames_path, frames)
-    done = subprocess.run(["java", "-Xmx512m", "-cp", f"{libs}/*", str(_probe_source()), settings.bootstrap,
-                           str(frames_path), str(rate), decisions_topic, str(expect), str(timeout_s), str(out_path)],
-                          capture_output=True, text=True, timeout=timeout_s + 120)
-    if done.returncode != 0 or not out_path.exists():
-        raise BrokerSetupError(f"LatencyProbe failed: {(done.stdout + done.stderr)[-1500:]}")
+    # Java runs a .java file given in place of a main class in source-file mode.
+    run_tool(str(_probe_source()), [settings.bootstrap, str(frames_path), str(rate), decisions_topic, str(expect),
+                                    str(timeout_s), str(out_path)], settings, timeout_s=timeout_s + 120)
+    if not out_path.exists():
+        raise BrokerSetupError(f"LatencyProbe wrote no {out_path.name}")
     header, *rows = out_path.read_text().splitlines()
     _, produced, _, seconds = header.split()
     return int(produced), float(seconds), [tuple(map(int, row.split())) for row in rows]
