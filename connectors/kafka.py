@@ -14,19 +14,23 @@ decision path, ``throughput`` (5 ms linger, large batches) for bulk movement.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
-from kafka.errors import AuthorizationError, KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import (AuthorizationError, CommitFailedError, IllegalGenerationError, KafkaConnectionError,
+                          KafkaError, KafkaTimeoutError, RebalanceInProgressError, UnknownMemberIdError)
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Profile = Literal["low-latency", "throughput"]
 DEAD_LETTER_TOPIC = "tiertwin.deadletters"
@@ -243,6 +247,8 @@ class DeadLetterSink:
         self.sink.send(self.topic, "DeadLetter", letter, key=f"{topic}:{partition}")
         self.count += 1
 
+_REBALANCE_ERRORS = (RebalanceInProgressError, CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
+
 
 class KafkaSource:
     """A consumer-group member yielding decoded, validated batches.
@@ -274,7 +280,12 @@ class KafkaSource:
         except (KafkaTimeoutError, KafkaConnectionError) as exc:
             raise _unreachable(self.settings, exc) from None
         if self.topics:
+            # kafka-python can lead a group join with no partition metadata for a topic created
+            # moments ago; it then assigns nothing and may never rebalance (dpkp/kafka-python#2377).
+            # Knowing every topic's partitions before the first poll joins the group closes that window.
             self._consumer.subscribe(self.topics)
+            for topic in self.topics:
+                self._consumer.partitions_for_topic(topic)
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -303,15 +314,24 @@ class KafkaSource:
         self.dead_letters.reject(value=message.value, key=message.key, topic=message.topic,
                                  partition=message.partition, offset=message.offset, error=error)
 
-    def commit(self) -> None:
-        """Commit everything polled so far. Call only after the batch is processed and outputs flushed."""
+    def commit(self) -> bool:
+        """Commit everything polled so far. Call only after the batch is processed and outputs flushed.
+
+        Returns False when a group rebalance refused the commit: the records since the last commit
+        are redelivered (at-least-once) and the caller goes on polling, which completes the rebalance.
+        Any other failure raises :class:`BrokerUnavailableError`.
+        """
         if self.dead_letters is not None:
             self.dead_letters.sink.flush()
         try:
             self._consumer.commit()
+        except _REBALANCE_ERRORS as exc:
+            log.warning("offset commit skipped during a group rebalance (%s); records since the last commit "
+                        "will be redelivered", type(exc).__name__)
+            return False
         except KafkaError as exc:
-            # A rebalance took partitions away: their records will be redelivered (at-least-once).
             raise BrokerUnavailableError(f"offset commit failed: {exc!r}") from exc
+        return True
 
     def __iter__(self) -> Iterator[list[KafkaRecord]]:
         while True:

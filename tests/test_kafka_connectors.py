@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -67,6 +68,36 @@ def test_sigkilled_consumer_restarts_in_its_group_and_loses_nothing(new_topic, g
     counts = Counter(_lines(out))
     assert set(counts) == set(keys)
     assert sum(counts.values()) >= 1000
+
+
+def test_a_commit_refused_by_a_rebalance_is_skipped_and_the_member_goes_on(new_topic, group_id, settings):
+    topic = new_topic(partitions=3)
+    members = [KafkaSource([topic], group_id, settings, client_id=name) for name in ("first", "idle", "joiner")]
+    first, idle, joiner = members
+    stop = threading.Event()
+    joining = threading.Thread(target=lambda: [joiner.poll(100) for _ in iter(stop.is_set, True)], daemon=True)
+    try:
+        _wait_for(lambda: [first.poll(50), idle.poll(50)] and first.consumer.assignment()
+                  and idle.consumer.assignment(), 30, "two members with partitions")
+        assert first.commit() is True
+        # A third member joins. The rebalance cannot finish until the idle member polls again,
+        # so the first member, once it polls, is a member between generations.
+        joining.start()
+        refused = False
+        deadline = time.monotonic() + 30
+        while not refused and time.monotonic() < deadline:
+            first.poll(50)
+            refused = first.commit() is False
+        assert refused, "no commit was refused while the group rebalanced"
+        idle.close()  # it leaves the group, so the rebalance completes without it
+        _wait_for(lambda: first.poll(50) is not None and first.commit(), 30, "the first member to commit again")
+        _wait_for(lambda: bool(joiner.consumer.assignment()), 30, "the joining member to get a partition")
+    finally:
+        stop.set()
+        if joining.is_alive():
+            joining.join(10)
+        for member in members:
+            member.close()
 
 
 def test_malformed_records_are_dead_lettered_and_good_ones_processed(new_topic, group_id, settings):
