@@ -234,9 +234,10 @@ def _percentiles(values: list[float]) -> dict:
     return {"count": len(ordered), "p50_ms": at(0.5), "p95_ms": at(0.95), "max_ms": ordered[-1]}
 
 
-def _cpu_seconds() -> dict[str, float]:
+def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
     """CPU seconds used so far by this process (the LOOPBACK SDK worker runs in it), by the Prism
-    process it started, and by the whole machine (Linux /proc; empty elsewhere)."""
+    process it started, by the training job's process with its Prism (when training runs in its own
+    process) and by the whole machine (Linux /proc; empty elsewhere)."""
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
@@ -245,9 +246,9 @@ def _cpu_seconds() -> dict[str, float]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / tick
 
-    def prism_pids() -> list[int]:
+    def prism_pids(parent: int) -> list[int]:
         pids = []
-        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for task in Path(f"/proc/{parent}/task").iterdir():
             try:
                 for child in (task / "children").read_text().split():
                     if b"prism" in Path(f"/proc/{child}/cmdline").read_bytes():
@@ -258,14 +259,17 @@ def _cpu_seconds() -> dict[str, float]:
 
     try:
         machine = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return {"sdk_worker": of(os.getpid()), "prism": sum(of(pid) for pid in prism_pids()),
+        used = {"sdk_worker": of(os.getpid()), "prism": sum(of(pid) for pid in prism_pids(os.getpid())),
                 "machine": (sum(machine) - machine[3] - machine[4]) / tick}
+        if trainer_pid is not None:
+            used["training_job"] = of(trainer_pid) + sum(of(pid) for pid in prism_pids(trainer_pid))
+        return used
     except OSError:
         return {}
 
 
 def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2,
-                     train: bool = True) -> dict:
+                     train: bool = True, train_in_own_process: bool = True) -> dict:
     """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
     import multiprocessing
     import os
@@ -289,7 +293,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
-                             train_window_s=max(window_s, 5.0), min_examples=100, train=train)
+                             train_window_s=max(window_s, 5.0), min_examples=100, train=train,
+                             train_in_own_process=train_in_own_process)
     result = None
     try:
         started = time.perf_counter()
@@ -318,7 +323,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         producer = ctx.Process(target=_produce_paced, args=(env, topics, rate, seconds + tail_s, window_ms, 1, done))
         producer.start()
         start_ms = done.get(timeout=60)
-        cpu_before, wall_before = _cpu_seconds(), time.monotonic()
+        trainer_pid = result.trainer.pid if result.trainer is not None else None
+        cpu_before, wall_before = _cpu_seconds(trainer_pid), time.monotonic()
         end_ms = start_ms + int(seconds * 1000)
         snapshots: list[tuple[dict, float]] = []
         deadline = time.monotonic() + seconds + 60 + 3 * window_s
@@ -330,7 +336,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                           and v["window_end_ms"] >= last_window_end}
             if len(last_cells) >= BENCH_CELLS:  # every cell's snapshot of the last window is out
                 break
-        cpu_after, wall_s = _cpu_seconds(), time.monotonic() - wall_before
+        cpu_after, wall_s = _cpu_seconds(trainer_pid), time.monotonic() - wall_before
         handled = int(rate * min(seconds + tail_s, (time.time() * 1000 - start_ms) / 1000))  # produced so far
         producer.join(timeout=30)
         produced, producer_behind_ms = done.get(timeout=30)
@@ -374,7 +380,10 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
-        "runner": "prism", "trains_models": train, "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "runner": "prism", "trains_models": train,
+        "training": ("own process" if result is not None and result.trainer is not None
+                     else "in the fusing job" if train else "off"),
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
         "partitions_per_topic": partitions, "produced": produced,
         "producer_max_behind_ms": producer_behind_ms, "prism_startup_s": startup_s,
@@ -429,21 +438,26 @@ def _beam_flags(options: dict) -> list[str]:
 def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Path] = None,
               window_s: Optional[float] = None, slide_s: Optional[float] = None, lateness_s: Optional[float] = None,
               early_s: Optional[int] = None, start: Optional[str] = None, snapshots_dir: Optional[Path] = None,
-              train: Optional[bool] = None, say=print) -> None:
+              train: Optional[bool] = None, fuse: Optional[bool] = None,
+              train_in_own_process: Optional[bool] = None, say=print) -> None:
     """Start the streaming cloud twin and block until SIGINT / SIGTERM, then drain it (cancel if that stalls)."""
+    from tiertwin.errors import JobFailedError
     from tiertwin.pipelines.cloud_twin import run_streaming
     from tiertwin.settings import Settings
 
     fields, runner_options = _load_config_file(config)
     overrides = {"window_s": window_s, "slide_s": slide_s, "allowed_lateness_s": lateness_s, "start": start,
-                 "snapshots_dir": snapshots_dir, "train": train}
+                 "snapshots_dir": snapshots_dir, "train": train, "fuse": fuse,
+                 "train_in_own_process": train_in_own_process}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if early_s is not None:
         fields["early_firing_s"] = early_s or None
     cloud = _config(fields)
     job = run_streaming(cloud, Settings.from_env(), runner, [*_beam_flags(runner_options), *extra_args])
-    say(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> {cloud.snapshots_topic}; "
-        f"models: {cloud.models_topic if cloud.train else 'not trained'}")
+    trained = (f"{cloud.models_topic} (training job pid {job.trainer.pid})" if job.trainer is not None
+               else cloud.models_topic if cloud.train else "not trained")
+    say(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> "
+        f"{cloud.snapshots_topic if cloud.fuse else 'not fused'}; models: {trained}")
 
     # Wait on an event, not inside wait_until_finish: a signal raised into its gRPC stream leaves
     # the stream unusable, and stop() needs to wait on it for the drained job to end.
@@ -452,6 +466,10 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
         signal.signal(sig, lambda signum, frame: stop_requested.set())
     while not stop_requested.wait(1.0):
         if job.ended():
+            failure = job.failure()
+            if failure is not None:
+                say(f"cloud twin: the training job failed ({failure}); stopping the fusing job: {job.stop()}")
+                raise JobFailedError(f"cloud twin training job: {failure}")
             job.wait_until_finish()  # raises if it failed
             return
     say(f"cloud twin {job.stop()}")
@@ -466,6 +484,11 @@ CLOUD_RUN_OPTIONS = [
     ("start", Optional[str], typer.Option(None, help="cloud: earliest | latest (default latest).")),
     ("snapshots_dir", Optional[Path], typer.Option(None, help="cloud: also write snapshots as Parquet here.")),
     ("train", Optional[bool], typer.Option(None, "--train/--no-train", help="cloud: train and publish models.")),
+    ("fuse", Optional[bool], typer.Option(None, "--fuse/--no-fuse", help="cloud: fuse the tiers into snapshots.")),
+    ("train_in_own_process", Optional[bool],
+     typer.Option(None, "--train-in-own-process/--train-in-job",
+                  help="cloud, LOOPBACK runners: training as a second job in a child process (default) or in the "
+                       "fusing job.")),
 ]
 
 
@@ -521,7 +544,8 @@ def _install_run_cloud(app: typer.Typer, one_line_errors, say) -> None:
 
     run.__signature__ = inspect.Signature(params)
     run.__doc__ = ((agents_run.__doc__ or "Run a tier's job until SIGTERM / SIGINT.").strip()
-                   + " `run cloud` starts the cloud twin's streaming Beam job (fusion + training).")
+                   + " `run cloud` starts the cloud twin's streaming Beam job (fusion; training as a second job in a"
+                   " child process).")
     if existing is not None:
         app.registered_commands.remove(existing)
     app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
@@ -565,12 +589,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         window_s: float = typer.Option(2.0, help="Window size in s."),
         out: Path = typer.Option(Path("bench-results"), help="Results folder."),
         train: bool = typer.Option(True, "--train/--no-train", help="Also train the global models (as `run cloud` does)."),
+        train_in_own_process: bool = typer.Option(
+            True, "--train-in-own-process/--train-in-job",
+            help="Training as a second job in a child process (as `run cloud` does) or inside the fusing job."),
     ):
         """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
         from tiertwin.jobs.bench import write_results
         run_cloud_bench = _run_cloud_bench
 
-        results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train)
+        results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
+                                  train_in_own_process=train_in_own_process)
         path = write_results("cloud", results, out)
         latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
         console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "

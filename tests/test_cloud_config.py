@@ -65,3 +65,46 @@ def test_run_accepts_cloud_beside_the_agent_tiers():
     assert result.exit_code == 1 and "cloud" in result.output
     help_text = CliRunner().invoke(app, ["run", "--help"]).output
     assert "--window-s" in help_text and "--runner" in help_text
+
+
+def test_a_job_that_neither_fuses_nor_trains_is_refused():
+    with pytest.raises(ValueError, match="fuse and train are both off"):
+        CloudTwinConfig(fuse=False, train=False)
+
+
+def _labels(pipeline) -> set[str]:
+    from apache_beam.pipeline import PipelineVisitor
+
+    seen: set[str] = set()
+
+    class Collect(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            seen.add(node.full_label)
+
+        def visit_transform(self, node):
+            seen.add(node.full_label)
+
+    pipeline.visit(Collect())
+    return seen
+
+
+def test_the_training_job_beside_a_fusing_job_only_trains_and_leaves_dead_letters_to_it():
+    import apache_beam as beam
+
+    from tiertwin.pipelines.cloud_twin import CloudTwin, write_outputs
+
+    def build(config: CloudTwinConfig):
+        pipeline = beam.Pipeline()  # built, never run
+        records = pipeline | "Records" >> beam.Create([])
+        letters = pipeline | "Letters" >> beam.Create([])
+        outputs = records | "CloudTwin" >> CloudTwin(config, Settings())
+        write_outputs(outputs, letters, config, Settings())
+        return outputs, _labels(pipeline)
+
+    both, both_labels = build(CloudTwinConfig())
+    assert set(both) == {"snapshots", "model_updates"}
+    assert "CloudTwin/Fuse" in both_labels and "DeadLettersToKafka" in both_labels
+    trainer, trainer_labels = build(CloudTwinConfig(fuse=False, dead_letter_topic=None))
+    assert set(trainer) == {"model_updates"}
+    assert "CloudTwin/Train" in trainer_labels
+    assert not {label for label in trainer_labels if label.startswith(("CloudTwin/Fuse", "Snapshots", "DeadLetters"))}

@@ -7,6 +7,7 @@ starts once; the job is stopped with SIGTERM and the test checks no Prism proces
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,8 +104,14 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
     prism_pids: list[int] = []
     try:
         assert agent.started.wait(30)
-        time.sleep(3)  # let the job start reading; records produced before are read as backlog anyway
+        deadline = time.monotonic() + 120  # both jobs started (records produced before are read as backlog anyway)
+        while "cloud twin running" not in (tmp_path / "cloud.log").read_text() and time.monotonic() < deadline:
+            assert job.poll() is None, (tmp_path / "cloud.log").read_text()[-2000:]
+            time.sleep(0.5)
         prism_pids = _descendants(job.pid)
+        # Training runs as its own job in a child process (its own SDK worker), beside the fusing job.
+        started = re.search(r"training job pid (\d+)", (tmp_path / "cloud.log").read_text())
+        assert started and int(started.group(1)) in prism_pids, (tmp_path / "cloud.log").read_text()[-2000:]
         records = _produce_live(settings, tiers, seconds=6, rate=300)
 
         expected: Counter = Counter()

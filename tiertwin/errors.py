@@ -21,6 +21,10 @@ class BrokerSetupError(TiertwinError):
     """The managed broker could not be installed, formatted or started."""
 
 
+class JobFailedError(TiertwinError):
+    """A streaming job (or a process it runs beside it) failed to start or ended by itself."""
+
+
 class SchemaError(TiertwinError):
     """A schema is missing, malformed, or an evolution of it is incompatible."""
 
