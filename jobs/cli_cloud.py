@@ -277,7 +277,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     import uuid
 
     from tiertwin.connectors.archive import archive_topics
-    from tiertwin.connectors.kafka import KafkaSource, admin_client
+    from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
     from tiertwin.pipelines.cloud_twin import CloudTwinConfig, run_streaming
     from tiertwin.settings import Settings
 
@@ -369,6 +369,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         reference = polars_snapshots(Path(tmp), window_ms)
         polars_s = time.perf_counter() - polars_started
     archived = sum(counts.values())
+    # Proof that training ran: what the trainer published (a model is published when it beats the live one).
+    updates = [r.value for r in read_topic(out["models"], settings, timeout_s=3.0)] if train else []
     admin.delete_topics([*topics.values(), *out.values()])
     admin.close()
     beam_rate = fused / span_s if span_s else 0.0
@@ -395,6 +397,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         "window_end_to_snapshot_ms_by_window": [round(per_window[end]) for end in sorted(per_window)],
         "cpu_while_measured": cpu,
         "target_snapshot_within_2s_at_10k": bool(rate >= 10_000 and snapshot_latency.get("p95_ms", 1e9) <= 2000),
+        "model_updates_published": {name: sum(1 for u in updates if u["model_name"] == name)
+                                    for name in config.model_names} if train else None,
         "polars_ceiling": {"records": archived, "seconds": polars_s, "records_per_s": polars_rate,
                            "snapshots": len(reference), "archive_seconds": archive_s},
         "ratio_beam_to_polars_records_per_s": beam_rate / polars_rate if polars_rate else None,

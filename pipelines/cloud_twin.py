@@ -103,6 +103,9 @@ class CloudTwinConfig(BaseModel):
     start: str = Field("latest", pattern="^(earliest|latest)$")
     max_out_of_order_ms: int = Field(200, ge=0, description="Watermark = newest event time read minus this.")
     idle_after_s: float = Field(0.5, gt=0, description="A partition this long without records is idle.")
+    read_interval_s: float = Field(0.15, gt=0, description="A caught-up partition is read again after this long "
+                                                           "(every read is a bundle, which costs CPU on Prism).")
+    read_max_s: float = Field(0.1, gt=0, description="A partition with a backlog hands its records on this often.")
 
     @model_validator(mode="after")
     def _trainable_models(self):
@@ -856,7 +859,8 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
     """
     reader = ReadFromKafka(list(config.input_topics),
                            ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
-                                    idle_after_s=config.idle_after_s),
+                                    idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
+                                    max_read_s=config.read_max_s),
                            settings)
     read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
@@ -991,7 +995,8 @@ class TrainerProcess:
     records/s, window end -> snapshot p95 1.9–4.3 s with training in the job, 1.1 s without).
     In a child process training has its own worker and GIL, and runs ``nice``d
     (:data:`TRAINER_NICENESS`), so it takes the CPU fusion leaves. It reads the same topics with
-    its own Kafka read; the fusing job writes the dead letters.
+    its own Kafka read, in larger bundles (:data:`TRAINER_READ_INTERVAL_S`); the fusing job writes
+    the dead letters.
     """
 
     def __init__(self, config: CloudTwinConfig, settings: Settings, runner: str, extra_args: Iterable[str]):
@@ -1050,7 +1055,10 @@ class TrainerProcess:
         return self._outcome[1] if self._outcome and self._outcome[0] == "stopped" else "failed"
 
 
-TRAINER_NICENESS = 5
+TRAINER_NICENESS = 10
+# Training windows last seconds, so the training job reads in fewer, larger bundles: on Prism each
+# bundle costs CPU in the runner and the worker whatever it carries.
+TRAINER_READ_INTERVAL_S = 1.0
 
 
 def _trainer_main(config: CloudTwinConfig, settings: Settings, runner: str, extra_args: list[str],
@@ -1096,8 +1104,10 @@ def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, run
     loopback = "--environment_type=LOOPBACK" in args
     trainer = None
     if loopback and config.fuse and config.train and config.train_in_own_process:
-        trainer = TrainerProcess(config.model_copy(update={"fuse": False, "dead_letter_topic": None}),
-                                 settings, runner, extra_args)
+        trainer = TrainerProcess(config.model_copy(update={
+            "fuse": False, "dead_letter_topic": None,
+            "read_interval_s": max(config.read_interval_s, TRAINER_READ_INTERVAL_S),
+            "read_max_s": max(config.read_max_s, TRAINER_READ_INTERVAL_S / 2)}), settings, runner, extra_args)
         config = config.model_copy(update={"train": False})
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(args))
