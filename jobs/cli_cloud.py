@@ -278,7 +278,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
 
     from tiertwin.connectors.archive import archive_topics
     from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
-    from tiertwin.pipelines.cloud_twin import CloudTwinConfig, run_streaming
+    from tiertwin.pipelines.cloud_twin import CloudTwinConfig, run_streaming, training_schemas
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
@@ -295,6 +295,9 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train,
                              train_in_own_process=train_in_own_process)
+    # These topics are not in the topology, so say which of them the training job needs.
+    config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
+                                                                in sorted(training_schemas(config.model_names)))})
     result = None
     try:
         started = time.perf_counter()

@@ -94,6 +94,9 @@ class CloudTwinConfig(BaseModel):
     train: bool = Field(True, description="Train the global models and publish the better ones.")
     train_in_own_process: bool = Field(True, description="Where the SDK worker runs in the launching process "
                                        "(LOOPBACK), run training as a second streaming job in a child process.")
+    training_topics: tuple[str, ...] | None = Field(None, description="What that training job reads; None: the "
+                                                    "input topics, less those the topology gives a schema training "
+                                                    "does not use.")
     train_window_s: float = Field(10.0, gt=0, description="Training window (fixed, event time).")
     model_names: tuple[str, ...] = ("demand-latency", "handover-sinr")
     min_examples: int = Field(50, ge=1, description="Examples learned since the last publish before a candidate is judged.")
@@ -125,6 +128,25 @@ class CloudTwinConfig(BaseModel):
         if self.slide_s is not None and self.slide_s > self.window_s:
             raise ValueError(f"slide_s={self.slide_s} is larger than window_s={self.window_s}")
         return self
+
+    def training_input_topics(self) -> tuple[str, ...]:
+        """The input topics a training-only job needs (EdgeState, for one, trains no model).
+
+        >>> CloudTwinConfig().training_input_topics()  # doctest: +NORMALIZE_WHITESPACE
+        ('tiertwin.edge.summaries', 'tiertwin.actions.local', 'tiertwin.actions.edge', 'tiertwin.actions.cloud',
+         'tiertwin.outcomes')
+        """
+        if self.training_topics is not None:
+            return self.training_topics
+        from tiertwin.connectors.topics import load_topology
+
+        used = training_schemas(self.model_names)
+        schemas = {t.name: t.schema_ for t in load_topology().topics}
+        topics = tuple(t for t in self.input_topics if schemas.get(t) is None or schemas[t] in used)
+        if not topics:
+            raise ConfigError(f"training {', '.join(self.model_names)} needs {', '.join(sorted(used))} records; "
+                              f"no input topic carries them")
+        return topics
 
     def windowing(self) -> window.WindowFn:
         if self.slide_s is None:
@@ -504,6 +526,17 @@ TRAINING_INPUTS = {
     "demand-latency": {DECISIONS: placement_features, OUTCOMES: measured_latency},
     "handover-sinr": {SUMMARIES: forecast_fields},
 }
+
+
+def training_schemas(model_names: Iterable[str]) -> set[str]:
+    """The record schemas the given models learn from.
+
+    >>> sorted(training_schemas(["demand-latency"]))
+    ['Decision', 'Outcome']
+    """
+    return {schema for schema, stream in STREAMS.items() for name in model_names if stream in TRAINING_INPUTS[name]}
+
+
 TRAINING_EXAMPLES = {
     "demand-latency": lambda groups: join_examples(groups.get(DECISIONS, ()), groups.get(OUTCOMES, ())),
     "handover-sinr": lambda groups: forecast_examples(groups.get(SUMMARIES, ())),
@@ -995,8 +1028,8 @@ class TrainerProcess:
     records/s, window end -> snapshot p95 1.9–4.3 s with training in the job, 1.1 s without).
     In a child process training has its own worker and GIL, and runs ``nice``d
     (:data:`TRAINER_NICENESS`), so it takes the CPU fusion leaves. It reads the same topics with
-    its own Kafka read, in larger bundles (:data:`TRAINER_READ_INTERVAL_S`); the fusing job writes
-    the dead letters.
+    its own Kafka read of the topics training uses (:meth:`CloudTwinConfig.training_input_topics`),
+    in larger bundles (:data:`TRAINER_READ_INTERVAL_S`); the fusing job writes the dead letters.
     """
 
     def __init__(self, config: CloudTwinConfig, settings: Settings, runner: str, extra_args: Iterable[str]):
@@ -1105,7 +1138,7 @@ def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, run
     trainer = None
     if loopback and config.fuse and config.train and config.train_in_own_process:
         trainer = TrainerProcess(config.model_copy(update={
-            "fuse": False, "dead_letter_topic": None,
+            "fuse": False, "dead_letter_topic": None, "input_topics": config.training_input_topics(),
             "read_interval_s": max(config.read_interval_s, TRAINER_READ_INTERVAL_S),
             "read_max_s": max(config.read_max_s, TRAINER_READ_INTERVAL_S / 2)}), settings, runner, extra_args)
         config = config.model_copy(update={"train": False})

@@ -108,3 +108,13 @@ def test_the_training_job_beside_a_fusing_job_only_trains_and_leaves_dead_letter
     assert set(trainer) == {"model_updates"}
     assert "CloudTwin/Train" in trainer_labels
     assert not {label for label in trainer_labels if label.startswith(("CloudTwin/Fuse", "Snapshots", "DeadLetters"))}
+
+
+def test_the_training_job_reads_only_topics_whose_records_train_a_model():
+    config = CloudTwinConfig(model_names=("handover-sinr",))
+    assert config.training_input_topics() == ("tiertwin.edge.summaries",)
+    unknown = CloudTwinConfig(input_topics=("mine.a", "tiertwin.cloud.edge-state"))
+    assert unknown.training_input_topics() == ("mine.a",)  # not in the topology: it may carry anything
+    assert CloudTwinConfig(training_topics=("x",)).training_input_topics() == ("x",)
+    with pytest.raises(ConfigError, match="no input topic carries them"):
+        CloudTwinConfig(input_topics=("tiertwin.cloud.edge-state",)).training_input_topics()
