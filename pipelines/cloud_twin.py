@@ -1027,9 +1027,9 @@ class TrainerProcess:
     window takes 0.2–0.7 s of CPU per model in one go, and snapshots waited behind it (at 10k
     records/s, window end -> snapshot p95 1.9–4.3 s with training in the job, 1.1 s without).
     In a child process training has its own worker and GIL, and runs ``nice``d
-    (:data:`TRAINER_NICENESS`), so it takes the CPU fusion leaves. It reads the same topics with
-    its own Kafka read of the topics training uses (:meth:`CloudTwinConfig.training_input_topics`),
-    in larger bundles (:data:`TRAINER_READ_INTERVAL_S`); the fusing job writes the dead letters.
+    (:data:`TRAINER_NICENESS`), so it takes the CPU fusion leaves. It has its own Kafka read of the
+    topics training uses (:meth:`CloudTwinConfig.training_input_topics`), in larger bundles
+    (:data:`TRAINER_READ_INTERVAL_S`); the fusing job writes the dead letters.
     """
 
     def __init__(self, config: CloudTwinConfig, settings: Settings, runner: str, extra_args: Iterable[str]):
