@@ -247,13 +247,12 @@ class SimulatorLoop:
     def _drain_pending(self) -> None:
         """At the end, give pending demands their decision timeout (at most DRAIN_LIMIT_S), then the default."""
         world = self.world
-        if not world.pending:
-            return
         deadline = time.monotonic() + min(world.scenario.compute.decision_timeout_ms / 1000.0, DRAIN_LIMIT_S)
         while world.pending and time.monotonic() < deadline and self.source is not None:
             self._poll_decisions(5)
         world.expire_pending()
         world.resolve_pending()
+        world.finish_local_work()   # the devices' queued work completes: every demand gets its Outcome
         self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
 
     # -- records ------------------------------------------------------------------------------
