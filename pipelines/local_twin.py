@@ -273,7 +273,17 @@ def choose_tier(predicted: dict[str, float], deadline_ms: float, costs: dict[str
 # The local twin: data and service modules for a set of UEs, no Kafka inside
 # =============================================================================================
 _PREDICTED_KEYS = {tier: f"predicted_{tier}_ms" for tier in TIERS}
-_FEATURE_KEYS: dict[str, str] = {}     # feature name -> its Decision parameter name, filled as features appear
+
+
+class _ParameterNames(dict):
+    """Feature name -> its Decision parameter name (``x_<name>``, see models.features_to_parameters), built once per name."""
+
+    def __missing__(self, name: str) -> str:
+        self[name] = key = FEATURE_PREFIX + name
+        return key
+
+
+_FEATURE_KEYS = _ParameterNames()
 
 
 class LocalTwin:
@@ -410,11 +420,8 @@ class LocalTwin:
         parameters = {"predicted_latency_ms": predicted[tier], "deadline_ms": float(deadline_ms), "edf_wait_ms": wait}
         for t, v in predicted.items():
             parameters[_PREDICTED_KEYS[t]] = v
-        for k, v in x.items():      # the features travel with the decision: the cloud learns from them
-            key = _FEATURE_KEYS.get(k)
-            if key is None:
-                key = _FEATURE_KEYS[k] = FEATURE_PREFIX + k
-            parameters[key] = float(v)
+        # The features travel with the decision (the cloud learns from them); demand_features gives floats.
+        parameters.update({_FEATURE_KEYS[k]: v for k, v in x.items()})
         did = decision_id or f"local/placement/{demand['demand_id']}"
         decision = {
             "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": demand["serving_cell"],
