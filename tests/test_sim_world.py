@@ -279,3 +279,19 @@ def test_device_work_is_conserved_and_the_device_never_idles_while_work_waits():
         assert sum(o["components_ms"]["compute"] for o in outcomes if o["ue_id"] == ue_id) == pytest.approx(work)
     assert world.device_backlog_ms.sum() == 0.0 and not world.device_tasks
     assert all(o["latency_ms"] >= o["components_ms"]["compute"] - 1e-9 for o in outcomes)
+
+
+def test_no_control_baseline_is_the_same_world_with_nobody_deciding():
+    from tiertwin.connectors.simulator import no_control
+
+    spec = load_scenario("dense-urban-xr").with_overrides(ues=30)
+    baseline = no_control(spec, seconds=3.0, seed=12)
+    loop = SimulatorLoop(World(spec, seed=12)).run(3.0)   # the full loop, every record built and encoded
+    assert baseline.steps == loop.steps == 300 and baseline.demands_by_placement == loop.demands_by_placement
+    assert baseline.demands_by_placement["cloud"] > 100
+    assert (baseline.deadline_miss_rate, baseline.latency_mean_ms, baseline.latency_p99_ms) == \
+        (loop.deadline_miss_rate, loop.latency_mean_ms, loop.latency_p99_ms)
+    assert no_control(spec, seconds=3.0, seed=13).latency_mean_ms != baseline.latency_mean_ms
+    # no control means the cloud, whatever the scenario's default policy explores
+    explore = parse_scenario({**spec.model_dump(), "compute": {**spec.compute.model_dump(), "default_placement": "random"}})
+    assert no_control(explore, seconds=1.0, seed=12).demands_by_placement.keys() == {"cloud"}
