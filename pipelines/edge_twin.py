@@ -230,7 +230,7 @@ class EdgeTwinAgent(TwinAgent):
         return {"decision_id": decision_id("edge", kind, record), "tier": "edge", "kind": kind, "ue_id": ue_id,
                 "cell_id": cell_id, "subject_id": None, "target": target, "parameters": parameters,
                 "model_name": model, "model_version": version, "confidence": min(1.0, max(0.0, confidence)),
-                **decision_stamps(record, received_ns)}
+                **decision_stamps(record, received_ns), "twin_site": "edge"}
 
     # -- summaries: UE views, migration, handover ----------------------------------------------
     def on_summary(self, record: KafkaRecord, received_ns: int) -> None:

@@ -57,6 +57,7 @@ def test_decisions_for_demands_carry_provenance(local_config, settings):
         assert d["source_ts_ms"] == demand["ts_ms"] and d["source_emitted_ns"] == demand["emitted_ns"]
         assert d["source_emitted_ns"] <= d["received_ns"] <= d["decided_ns"]
         assert d["kind"] == "placement" and d["tier"] == "local" and d["target"] in ("local", "edge", "cloud")
+        assert d["twin_site"] == local_config.site == "edge", "the service deployment runs at the edge by default"
         assert (d["model_name"], d["model_version"]) == (DEMAND_LATENCY, PRETRAINED_VERSION)
         assert d["parameters"]["predicted_latency_ms"] == d["parameters"][f"predicted_{d['target']}_ms"]
         x = parameters_to_features(d["parameters"])
