@@ -42,3 +42,14 @@ def test_import_trace_dry_run(tmp_path):
     result = CliRunner().invoke(_app(), ["import-trace", str(path), "--format", "lumos5g", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "2 rows, 1 Telemetry mapped" in result.output and "unmappable-row: 1" in result.output
+
+
+def test_sim_offline_with_the_local_twins_on_the_device():
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--local-twin", "device", "--seconds", "1", "--ues", "10",
+                                         "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "local twins: device" in result.output and "place() p50 / p99" in result.output
+    decided = next(line for line in result.output.splitlines() if "demands decided / default policy" in line)
+    assert decided.split("│")[2].split("/")[1].strip() == "0"       # every demand placed by its twin, none defaulted
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--local-twin", "phone"])
+    assert result.exit_code == 1 and "--local-twin" in result.output

@@ -35,6 +35,10 @@ Decisions (:meth:`World.apply_decision`; each ``decision_id`` is applied once):
 Anything else (unknown UE / cell, share outside [0, 1]) raises :class:`WorldRejected`
 (reason ``inapplicable-decision``), which the loop dead-letters.
 
+An in-process placer (the UEs' device twins): with ``world.placer = place``, where
+``place(demand) -> (target, decision_id, decision_wait_ms)``, every demand is placed the moment
+it arises, inside :meth:`demand_records`; nothing waits and no decision is late.
+
 Records are pulled, not pushed: after a step, :meth:`telemetry_records`,
 :meth:`demand_records`, :meth:`cell_reports` and :meth:`outcome_records` return the
 dicts due now, valid against the Avro contracts. :meth:`apply_decision` obeys a
@@ -149,6 +153,7 @@ class World:
         self.wall_clock_ns = wall_clock_ns
         self.t_ms = 0.0
         self.await_decisions = False
+        self.placer: Callable[[dict], tuple[str, str | None, float]] | None = None
         self.stats = WorldStats()
         n, sites, cells = scenario.ues, self.layout.n_sites, self.layout.n_cells
         self.ue_ids = [f"ue-{i:04d}" for i in range(n)]
@@ -397,7 +402,8 @@ class World:
 
     # -- demands ------------------------------------------------------------------------------
     def demand_records(self) -> list[dict]:
-        """Demands issued in the last step. Without a decision source they run at once on the default placement."""
+        """Demands issued in the last step. With a :attr:`placer` they are placed at once; else, without a
+        decision source, they run at once on the default placement."""
         new, out = self._new, []
         if not len(new):
             return out
@@ -412,7 +418,11 @@ class World:
                       "deadline_ms": deadline, "priority": prio, "serving_cell": int(self.serving[ue]),
                       "emitted_ns": emitted}
             out.append(record)
-            if self.await_decisions:
+            if self.placer is not None:   # decided in-process, the moment the demand arises
+                target, decision_id, wait_ms = self.placer(record)
+                self.stats.decisions["placement"] += 1
+                self._resolve(record, target, decision_id, wait_ms)
+            elif self.await_decisions:
                 self.pending[record["demand_id"]] = _Pending(record, ue)
             else:
                 self._resolve(record, self.default_placement(), None, 0.0)
