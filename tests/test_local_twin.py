@@ -73,6 +73,37 @@ def test_placement_picks_the_cheapest_feasible_tier():
     assert roomy["parameters"]["predicted_latency_ms"] == 12.0 and roomy["parameters"]["predicted_cloud_ms"] == 15.0
 
 
+def test_tight_deadline_with_loaded_edge_is_placed_locally():
+    fleet = SyntheticFleet(n_ues=1, n_cells=2, seed=2)
+    ue = fleet.ues[0]
+    twin = LocalTwin()
+    twin.update_edge_state(fleet.cell_report(1, 0, load=0.0))
+    # Loaded: the MEC slice is busy and has little capacity left, the cell's PRBs are all in use.
+    twin.update_edge_state({**fleet.cell_report(0, 0, load=1.0), "mec_queue_gcycles": 50.0, "mec_capacity_gcps": 2.0,
+                            "mec_utilization": 1.0, "prb_utilization": 1.0})
+    radio = {**fleet.telemetry(ue, 0), "sinr_db": 25.0, "throughput_ul_mbps": 200.0, "throughput_dl_mbps": 800.0,
+             "rtt_ms": 4.0, "cpu_util": 0.1, "neighbours": []}
+    assert twin.observe(radio)
+    # 10 ms: too tight for the cloud's backhaul, so the choice is between the edge and the device.
+    frame = {"ue_id": ue["ue_id"], "ts_ms": radio["ts_ms"] + 1, "kind": "xr_frame", "compute_gcycles": 0.05,
+             "input_bytes": 20_000, "output_bytes": 100_000, "deadline_ms": 10.0, "priority": 6}
+    loaded = twin.place({**frame, "demand_id": "on-loaded-cell", "serving_cell": 0})
+    idle = twin.place({**frame, "demand_id": "on-idle-cell", "serving_cell": 1})
+    assert loaded["target"] == "local"
+    assert loaded["parameters"]["x_edge_queue_ms"] == pytest.approx(25_000.0)
+    assert loaded["parameters"]["predicted_edge_ms"] > 10.0
+    assert idle["target"] == "edge", "the same demand offloads when the edge is idle"
+
+
+def test_newest_edge_state_per_cell_wins():
+    twin = LocalTwin()
+    fleet = SyntheticFleet(n_cells=1, seed=3)
+    newer, older = fleet.cell_report(0, 100), fleet.cell_report(0, 50)
+    twin.update_edge_state(newer)
+    twin.update_edge_state(older)
+    assert twin.edge_states[0] is newer
+
+
 def test_edf_wait_grows_with_queued_critical_work():
     twin = LocalTwin(LocalTwinConfig(), FixedLatencies(local=1.0, edge=500.0, cloud=800.0))
     waits = [twin.place(demand(i, deadline_ms=100.0))["parameters"]["edf_wait_ms"] for i in range(3)]
