@@ -127,7 +127,8 @@ def test_resource_decisions_change_the_state():
     cell = int(world.serving[7])
     mec = world.apply_decision({"decision_id": "m", "kind": "mec_share", "cell_id": cell, "target": "",
                                 "parameters": {"share": 0.8}})
-    assert mec["effect"]["capacity_after_gcps"] == pytest.approx(0.8 * world.scenario.compute.mec_gcps)
+    # 3 cells a site: 0.8 decided + an equal third claimed by each undecided cell is over the server: scaled
+    assert mec["effect"]["capacity_after_gcps"] == pytest.approx(0.8 / (0.8 + 2 / 3) * world.scenario.compute.mec_gcps)
     rate = world.apply_decision({"decision_id": "x", "kind": "xr_bitrate", "ue_id": ue, "target": "",
                                  "parameters": {"bitrate_mbps": 5.0}})
     assert world.xr_bitrate[7] == 5.0 and rate["effect"]["bitrate_after_mbps"] == 5.0
@@ -295,3 +296,18 @@ def test_no_control_baseline_is_the_same_world_with_nobody_deciding():
     # no control means the cloud, whatever the scenario's default policy explores
     explore = parse_scenario({**spec.model_dump(), "compute": {**spec.compute.model_dump(), "default_placement": "random"}})
     assert no_control(explore, seconds=1.0, seed=12).demands_by_placement.keys() == {"cloud"}
+
+
+def test_mec_shares_that_fit_are_granted_and_undecided_cells_never_starve():
+    world = World(load_scenario("dense-urban-xr").with_overrides(ues=10), seed=4)   # 3 sectors a site
+    a, b, c = (int(x) for x in np.flatnonzero(world.layout.cell_site == 0))
+    mec = world.scenario.compute.mec_gcps
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx([mec / 3] * 3)
+    world.apply_decision({"decision_id": "m1", "kind": "mec_share", "cell_id": a, "target": "", "parameters": {"share": 0.2}})
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx([0.2 * mec, 0.4 * mec, 0.4 * mec])   # fits: granted
+    for i, cell in enumerate((a, b)):
+        world.apply_decision({"decision_id": f"m{i + 2}", "kind": "mec_share", "cell_id": cell, "target": "",
+                              "parameters": {"share": 1.0}})
+    # 1 + 1 + the undecided cell's third: over the server, scaled together; cell c keeps a slice
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx(np.array([1.0, 1.0, 1 / 3]) / (7 / 3) * mec)
+    assert world.mec_capacity_gcps[world.layout.cell_site == 0].sum() == pytest.approx(mec)

@@ -28,7 +28,8 @@ Decisions (:meth:`World.apply_decision`; each ``decision_id`` is applied once):
 * ``prb_share`` (``parameters["share"]``): with ``ue_id``, a PRB reservation in the UE's cell (until it
   hands over); else for ``cell_id``, the fraction of PRBs the cell may use (less interference too).
 * ``mec_share`` (``cell_id``, ``share``): that cell's slice of its site's MEC server; cells without a
-  decided share split the rest equally.
+  decided share split the rest equally. Claims over the server (a cell without a decision claims an
+  equal split) are scaled down together, so no cell starves because its neighbours were decided for.
 * ``xr_bitrate`` (``ue_id``, ``parameters["bitrate_mbps"]``): frames get smaller or larger.
 * ``migration``: counted (the twin moves, not the UE).
 
@@ -374,15 +375,22 @@ class World:
 
     # -- compute ------------------------------------------------------------------------------
     def _update_mec_capacity(self) -> None:
-        """Each site's MEC server is sliced among its cells: decided shares first, the rest split equally."""
+        """Each site's MEC server is sliced among its cells. A decided share is a claim; a cell nobody
+        decided for claims an equal split. Claims that fit are granted (undecided cells share whatever
+        the decided ones leave); claims over the server are scaled down together, so a cell that was
+        never decided for keeps a slice instead of starving behind its neighbours' decisions."""
         site = self.layout.cell_site
-        explicit = np.nan_to_num(self.mec_share_explicit, nan=0.0)
+        n_sites = self.layout.n_sites
         has = ~np.isnan(self.mec_share_explicit)
-        explicit_sum = np.bincount(site, weights=explicit, minlength=self.layout.n_sites)
-        scale = np.where(explicit_sum > 1.0, 1.0 / np.maximum(explicit_sum, 1e-12), 1.0)
-        rest = 1.0 - explicit_sum * scale
-        implicit = np.bincount(site, weights=~has, minlength=self.layout.n_sites)
-        share = np.where(has, explicit * scale[site], rest[site] / np.maximum(implicit[site], 1.0))
+        explicit = np.nan_to_num(self.mec_share_explicit, nan=0.0)
+        cells_at = np.bincount(site, minlength=n_sites).astype(float)
+        claim = np.where(has, explicit, 1.0 / cells_at[site])
+        claimed = np.bincount(site, weights=claim, minlength=n_sites)
+        explicit_sum = np.bincount(site, weights=explicit, minlength=n_sites)
+        implicit = np.bincount(site, weights=~has, minlength=n_sites)
+        fits = claimed <= 1.0 + 1e-12
+        granted = np.where(has, explicit, (1.0 - explicit_sum)[site] / np.maximum(implicit[site], 1.0))
+        share = np.where(fits[site], granted, claim / np.maximum(claimed[site], 1e-12))
         self.mec_share = share
         self.mec_capacity_gcps = share * self.scenario.compute.mec_gcps
 
