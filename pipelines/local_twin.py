@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tiertwin.connectors.kafka import KafkaRecord
 from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
+from tiertwin.pipelines.edf import edf_key
 from tiertwin.pipelines.features import TIERS, demand_features
 from tiertwin.pipelines.learners import DEMAND_LATENCY, DemandLatencyModel, deadline_confidence
 from tiertwin.pipelines.models import FEATURE_PREFIX, ModelSlot
@@ -209,7 +210,8 @@ class EdfQueue:
     """The device's queue of local work, run earliest-deadline-first (preemptive).
 
     ``wait_ms(now, deadline)`` is how long a new task with that absolute deadline
-    would wait behind work with earlier deadlines.
+    would wait behind work with earlier deadlines. The twin queues a demand under its
+    :func:`~tiertwin.pipelines.edf.edf_key`, the order the (simulated) device runs it in.
 
     >>> q = EdfQueue()
     >>> q.add(now_ms=0, deadline_ms=50, compute_ms=10); q.add(now_ms=0, deadline_ms=20, compute_ms=5)
@@ -405,17 +407,19 @@ class LocalTwin:
         twin = self.twins.get(ue_id) or self.twin(ue_id)
         model, version = self.slot.current()
         now_ms, deadline_ms = demand["ts_ms"], demand["deadline_ms"]
+        # The device runs local work in edf_key order (the simulated device too); background work
+        # (below critical_priority) waits behind everything queued.
+        key = edf_key(now_ms, deadline_ms, demand["priority"], c.critical_priority)
         critical = demand["priority"] >= c.critical_priority
-        absolute_deadline = now_ms + deadline_ms if critical else _INFINITY
         queue = twin.device
-        wait = queue.wait_ms(now_ms, absolute_deadline)
+        wait = queue.wait_ms(now_ms, key if critical else _INFINITY)
         x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait,
                             queue.backlog_ms(now_ms))
         predicted = model.predict_tiers(x)
         costs = self._low_battery_costs if twin.battery_pct < c.low_battery_pct else self._costs
         tier = choose_tier(predicted, deadline_ms, costs, c.deadline_margin)
         if tier == "local":
-            queue.add(now_ms, absolute_deadline if critical else now_ms + 1e9, x["local_compute_ms"])
+            queue.add(now_ms, key, x["local_compute_ms"])
         twin.placed[tier] += 1
         parameters = {"predicted_latency_ms": predicted[tier], "deadline_ms": float(deadline_ms), "edf_wait_ms": wait}
         for t, v in predicted.items():
