@@ -201,7 +201,6 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_sim",
     "tiertwin.jobs.cli_cloud",
     "tiertwin.jobs.cli_eval",
-    "tiertwin.jobs.bench_local",
 ]
 
 
