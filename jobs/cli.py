@@ -201,6 +201,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_sim",
     "tiertwin.jobs.cli_cloud",
     "tiertwin.jobs.cli_eval",
+    "tiertwin.jobs.bench_local",
 ]
 
 

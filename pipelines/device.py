@@ -371,7 +371,7 @@ class DeviceRuntime:
         self._spill: SpillFile | None = None
         self._retry: collections.deque = collections.deque()     # encoded records that go before all others
         self._inflight: list = []                                # encoded records handed to the producer
-        self._inflight_spill: tuple[int, int] | None = None      # (offset, records) read from the spill for it
+        self._spill_reads: list[tuple[int, int]] = []            # (offset, records) read from the spill, unconfirmed
         self._sink = None
         self._close_deadline = float("inf")
         self._uplink_idle = threading.Event()
@@ -621,7 +621,7 @@ class DeviceRuntime:
             batch.append(self._retry.popleft())
         if len(batch) < limit and self._spill.unread:
             records, offset = self._spill.read(limit - len(batch))
-            self._inflight_spill = (offset, len(records))
+            self._spill_reads.append((offset, len(records)))
             batch.extend(records)
             return batch   # memory only after the spill is drained (its records are newer)
         outbox, encode = self._outbox, self._encode
@@ -632,7 +632,6 @@ class DeviceRuntime:
         return batch
 
     def _send_batch(self) -> bool:
-        self._inflight_spill = None
         batch = self._next_batch()
         if not batch:
             return True
@@ -667,11 +666,13 @@ class DeviceRuntime:
             return False
         batch, self._inflight = self._inflight, []
         self.stats.sent += len(batch)
-        if self._inflight_spill is not None:
-            offset, records = self._inflight_spill
-            self._spill.commit(offset, records)
-            self.stats.resent += records
-            self._inflight_spill = None
+        # Spill reads are confirmed once nothing read is waiting to be sent again (the retries go out
+        # first, so the next confirmation without any covers every read so far).
+        if not self._retry:
+            for offset, records in self._spill_reads:
+                self._spill.commit(offset, records)
+                self.stats.resent += records
+            self._spill_reads = []
         if not self.stats.connected:
             self.stats.connected = True
             if self.stats.send_errors:
@@ -690,11 +691,8 @@ class DeviceRuntime:
         unsent = list(self._inflight) + list(self._retry)
         spill = self._spill
         if spill is not None and (unsent or self._outbox):
-            if self._inflight_spill is not None:
-                # records read from the spill are in ``unsent`` already: keep only what follows them
-                spill_rest = spill.drain_all()[self._inflight_spill[1]:]
-            else:
-                spill_rest = spill.drain_all()
+            # records read from the spill but not confirmed are in ``unsent`` already: keep what follows them
+            spill_rest = spill.drain_all()[sum(n for _, n in self._spill_reads):]
             memory = [e for e in (self._encode(entry) for entry in list(self._outbox)) if e is not None]
             self._outbox.clear()
             spill.rewrite(unsent + spill_rest + memory)
