@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +32,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             None, "--local-twin", help="Where the UEs' local twins run: 'device' (in this process: each demand placed "
             "the moment it arises) or 'service' (`tiertwin run local`, over Kafka). Default: device with --realtime, "
             "else service."),
+        summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the run's summary "
+                                                    "to this file as JSON when it ends (the demo reads it)."),
     ):
         """Run the simulated 6G network: publish Telemetry, Demands, cell reports and Outcomes; obey Decisions."""
         from tiertwin.connectors.simulator import load_scenario, run_simulator
@@ -56,6 +59,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                 decisions=decisions, offline=offline, group_id=group_id, handle_signals=True,
                                 on_start=announce, local_twin=where)
         console.print(summary_table(summary))
+        if summary_json is not None:
+            summary_json.parent.mkdir(parents=True, exist_ok=True)
+            partial = summary_json.with_suffix(".partial")
+            partial.write_text(json.dumps(summary.as_dict(), indent=1))
+            partial.replace(summary_json)   # readers never see half a file
 
     @app.command("import-trace")
     @one_line_errors

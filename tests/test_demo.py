@@ -21,7 +21,9 @@ def test_live_demo_makes_decisions_at_every_agent_tier_and_stops_cleanly(broker,
     # every local placement was made in the simulator's process, and the run is set beside no control
     assert len(summary.place_us) == summary.decisions[("local", "placement")] > 0
     assert summary.baseline is not None and summary.baseline.seed == 7 and summary.baseline.ues == 30
-    assert summary.baseline.sim_seconds == pytest.approx(summary.sim_seconds, abs=0.01)
+    assert summary.simulator is not None and summary.simulator["local_twin"] == "device"
+    assert summary.simulator["late_decisions"] == 0 and summary.simulator["demands_defaulted"] == 0
+    assert summary.baseline.sim_seconds == pytest.approx(summary.simulator["sim_seconds"], abs=0.01)
     assert summary.baseline.demands_by_placement.keys() == {"cloud"}
     for name in ("simulator", "edge", "cloud"):
         assert status_of(name, settings)["running"] == 0
