@@ -12,6 +12,8 @@ as fast as the runtime goes (not paced to the wall clock). Measured:
   demand-latency model's regressor of each tier, on the same features the run's
   decisions were made from, selected beforehand), timed the same way, after the
   uplink has drained;
+* the same run with ``connect=False`` first (no uplink, same world): what the uplink's threads
+  cost the decision path (they share the GIL with it);
 * CPU: the caller thread's CPU while observing and placing (``time.thread_time``
   around each step's two phases; generating the world is not counted) plus every
   other Python thread of the process (uplink, downlink, kafka-python's IO threads;
@@ -25,6 +27,7 @@ shared percentile helper yet).
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 import uuid
@@ -80,7 +83,7 @@ def _floor(model: Any, xs: list[dict]) -> list[int]:
 
 def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, warmup_s: float = 0.2,
              drain_timeout_s: float = 180.0, floor_samples: int = 20_000, log: Callable[[str], None] = print,
-             device: dict | None = None) -> dict:
+             device: dict | None = None, connect: bool = True) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
     from tiertwin.jobs.cli_agents import create_topics, delete_topics
@@ -89,12 +92,13 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
 
     tag = uuid.uuid4().hex[:8]
     topics = DeviceTopics(**{field: f"bench.local.{field}.{tag}" for field in DeviceTopics.model_fields})
-    create_topics(settings, {name: 1 if field in ("models", "edge_state") else 3
-                             for field, name in topics.model_dump().items()})
+    if connect:
+        create_topics(settings, {name: 1 if field in ("models", "edge_state") else 3
+                                 for field, name in topics.model_dump().items()})
     world = World(load_scenario(scenario).with_overrides(ues=ues), seed=seed)
     config = DeviceConfig(device_id=f"bench-local-{ues}-{tag}", topics=topics,
                           spill_dir=settings.home / "device" / f"bench-local-{tag}", **(device or {}))
-    device = DeviceRuntime(config, settings).start()
+    device = DeviceRuntime(config, settings, connect=connect).start()
     try:
         observe, place = device.observe, device.place
         clock, cpu = time.perf_counter_ns, time.thread_time
@@ -108,7 +112,10 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
             world.outcome_records()
         device.drain(60)
         durations: list[int] = []
-        decisions: list[dict] = []
+        # Only the last decisions are kept (for the floor's features): holding them all would grow the heap
+        # the garbage collector walks, and its pauses would land in place().
+        decisions: collections.deque = collections.deque(maxlen=floor_samples)
+        decided = 0
         observe_cpu = place_cpu = 0.0
         telemetry = 0
         main_tid = __import__("threading").get_native_id()
@@ -128,6 +135,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
                 decision = place(d)
                 durations.append(clock() - started)
                 decisions.append(decision)
+            decided += len(demands)
             place_cpu += cpu() - t1
             observe_cpu += t1 - t0
             telemetry += len(records)
@@ -137,28 +145,30 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         drain_s = time.perf_counter() - drain_started
         after = _thread_cpu_s()
         background = sum(after[tid] - before.get(tid, 0.0) for tid in after if tid != main_tid)
-        xs = [parameters_to_features(d["parameters"]) for d in decisions[-floor_samples:]]
+        xs = [parameters_to_features(d["parameters"]) for d in decisions]
         floor = _floor(device.twin.model, xs)
         stats = stats_dict(device.stats)
     finally:
         device.close(timeout_s=30)
-        delete_topics(settings, list(topics.model_dump().values()))
+        if connect:
+            delete_topics(settings, list(topics.model_dump().values()))
     runtime_cpu = observe_cpu + place_cpu + background
     ours, floor_pct = percentiles_ms(durations), percentiles_ms(floor)
     result = {
-        "ues": ues, "simulated_s": simulated_s, "telemetry": telemetry, "decisions": len(decisions),
+        "ues": ues, "simulated_s": simulated_s, "telemetry": telemetry, "decisions": decided,
         "summaries": stats["summaries"], "place": ours, "floor": floor_pct,
         "p99_to_floor_p99": ours["p99_ms"] / floor_pct["p99_ms"] if floor_pct.get("p99_ms") else None,
+        "p50_to_floor_p50": ours["p50_ms"] / floor_pct["p50_ms"] if floor_pct.get("p50_ms") else None,
         "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "background_threads_s": background,
                 "runtime_total_s": runtime_cpu},
-        "decisions_per_place_cpu_s": len(decisions) / place_cpu if place_cpu else None,
-        "decisions_per_runtime_cpu_s": len(decisions) / runtime_cpu if runtime_cpu else None,
+        "decisions_per_place_cpu_s": decided / place_cpu if place_cpu else None,
+        "decisions_per_runtime_cpu_s": decided / runtime_cpu if runtime_cpu else None,
         "cpu_s_per_simulated_s": runtime_cpu / simulated_s,
         "fed_wall_s": fed_wall_s, "uplink_drained": drained, "uplink_drain_s": drain_s, "device_stats": stats,
     }
-    log(f"{ues:>6} UEs: {len(decisions)} decisions, place p50 {ours['p50_ms']:.3f} ms, p99 {ours['p99_ms']:.3f} ms, "
-        f"p99.9 {ours['p999_ms']:.3f} ms | floor p99 {floor_pct['p99_ms']:.3f} ms "
-        f"({result['p99_to_floor_p99']:.1f}x) | {result['decisions_per_place_cpu_s']:.0f} decisions per place CPU-s, "
+    log(f"{ues:>6} UEs{'' if connect else ' (no uplink)'}: {decided} decisions, place p50 {ours['p50_ms']:.3f} ms, p99 {ours['p99_ms']:.3f} ms, "
+        f"p99.9 {ours['p999_ms']:.3f} ms | floor p50 {floor_pct['p50_ms']:.3f} ms ({result['p50_to_floor_p50']:.1f}x), "
+        f"p99 {floor_pct['p99_ms']:.3f} ms ({result['p99_to_floor_p99']:.1f}x) | {result['decisions_per_place_cpu_s']:.0f} decisions per place CPU-s, "
         f"{result['decisions_per_runtime_cpu_s']:.0f} per runtime CPU-s | {result['cpu_s_per_simulated_s']:.2f} "
         f"CPU-s per simulated s (observe {observe_cpu:.1f}, place {place_cpu:.1f}, uplink/downlink/kafka "
         f"{background:.1f}) | uplink sent {stats['sent']}, spilled {stats['spilled']}, drained {drained} in {drain_s:.1f} s")
@@ -175,7 +185,11 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
     sizes = {}
     for ues in ue_counts:
         seconds = simulated_s[ues] if isinstance(simulated_s, dict) else simulated_s
+        offline = run_size(ues, seconds, scenario, seed, settings, log=log, device=device, connect=False)
         sizes[str(ues)] = run_size(ues, seconds, scenario, seed, settings, log=log, device=device)
+        sizes[str(ues)]["without_uplink"] = {k: offline[k] for k in (
+            "place", "floor", "p99_to_floor_p99", "p50_to_floor_p50", "cpu", "decisions_per_place_cpu_s",
+            "cpu_s_per_simulated_s")}
     load_1m = os.getloadavg()[0]
     checks: dict[str, Any] = {}
     if "1000" in sizes:

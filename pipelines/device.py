@@ -490,6 +490,8 @@ class DeviceRuntime:
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until everything queued so far has reached Kafka (True) or ``timeout_s`` passes (False)."""
+        if not self.connect or not self.started:
+            return True     # nothing leaves an offline runtime
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._outbox or self._inflight or self._retry or self.spill_pending:
