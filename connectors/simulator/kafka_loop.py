@@ -334,7 +334,7 @@ class SimulatorLoop:
         decision = self.runtime.place(demand)
         took = time.perf_counter_ns() - started
         self._place_ns.append(took)
-        self.world.applied_ids[decision["decision_id"]] = None   # a copy read back from Kafka is a duplicate
+        self.world.remember_applied(decision["decision_id"])   # a copy read back from Kafka is a duplicate
         return decision["target"], decision["decision_id"], took / 1e6
 
     def _outcomes(self, outcomes: list[dict]) -> None:

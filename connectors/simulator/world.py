@@ -610,13 +610,17 @@ class World:
             self.stats.duplicate_decisions += 1
             return None
         outcome = handler(decision)
-        self.applied_ids[decision_id] = None
-        if len(self.applied_ids) > RECENTLY_RESOLVED:
-            self.applied_ids.popitem(last=False)
+        self.remember_applied(decision_id)
         if outcome is not None and kind != "placement":
             self.stats.decisions[kind] += 1
             self._outbox.append(outcome)
         return outcome
+
+    def remember_applied(self, decision_id: str) -> None:
+        """Count ``decision_id`` as applied: a redelivery of it is then a duplicate (the last 100 000 are kept)."""
+        self.applied_ids[decision_id] = None
+        if len(self.applied_ids) > RECENTLY_RESOLVED:
+            self.applied_ids.popitem(last=False)
 
     def _decide_placement(self, decision: dict) -> dict | None:
         demand_id, target = decision.get("subject_id"), decision.get("target")
