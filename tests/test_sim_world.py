@@ -311,3 +311,30 @@ def test_mec_shares_that_fit_are_granted_and_undecided_cells_never_starve():
     # 1 + 1 + the undecided cell's third: over the server, scaled together; cell c keeps a slice
     assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx(np.array([1.0, 1.0, 1 / 3]) / (7 / 3) * mec)
     assert world.mec_capacity_gcps[world.layout.cell_site == 0].sum() == pytest.approx(mec)
+
+
+def test_the_device_twin_predicts_the_wait_the_simulated_device_gives():
+    from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
+
+    world = World(_corridor(), seed=3)                 # device 20 Gcycles/s, as the twin's features assume
+    twin = LocalTwin(LocalTwinConfig(tier_costs={"local": 0.1, "edge": 5.0, "cloud": 5.0}))   # keep it all local
+    world.step()
+    predicted, outcomes = {}, {}
+    plan = [("bulk", 1.0, 2, 1000.0), ("frame", 0.4, 6, 100.0), ("infer", 0.2, 6, 300.0), ("late-bulk", 0.2, 2, 1000.0)]
+    for name, gcycles, priority, deadline in plan:    # one arrival per 10 ms step
+        demand = {**_demand(world), "demand_id": name, "compute_gcycles": gcycles, "priority": priority,
+                  "deadline_ms": deadline}
+        decision = twin.place(demand)
+        assert decision["target"] == "local"
+        predicted[name] = decision["parameters"]["edf_wait_ms"]
+        world.submit_demand(demand, "local", decision["decision_id"])
+        world.step()
+        outcomes.update({o["demand_id"]: o for o in _local_outcomes(world)})
+    world.finish_local_work()
+    outcomes.update({o["demand_id"]: o for o in _local_outcomes(world)})
+    queue = {name: o["components_ms"]["queue"] for name, o in outcomes.items()}
+    # the frame preempts the bulk job; the inference queues behind the frame only; the late bulk behind all
+    assert predicted == pytest.approx({"bulk": 0.0, "frame": 0.0, "infer": 10.0, "late-bulk": 50.0})
+    for name in ("frame", "infer", "late-bulk"):      # nothing more urgent arrived after them: the twin was exact
+        assert queue[name] == pytest.approx(predicted[name], abs=1e-9)
+    assert queue["bulk"] == pytest.approx(20.0 + 10.0)   # preempted by the frame and the inference that came later
