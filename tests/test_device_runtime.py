@@ -77,6 +77,27 @@ def test_decides_with_no_broker_at_all_and_keeps_or_counts_the_uplink(tmp_path):
     assert not list(tmp_path.iterdir())   # offline: no spill file, no threads
 
 
+def test_report_learns_from_the_outcome_of_its_own_decision_and_sends_it_up():
+    from tiertwin.schemas import SchemaRegistry
+    from tiertwin.schemas.examples import example
+
+    device = DeviceRuntime(DeviceConfig(device_id="offline-report", offline_uplink="keep"), connect=False)
+    decisions = feed(device, fleet_records(2, 40))
+    first = decisions[0]
+    outcome = example("Outcome", decision_id=first["decision_id"], demand_id=first["subject_id"],
+                      ue_id=first["ue_id"], placement=first["target"], latency_ms=12.5)
+    device.report(outcome)
+    device.report(example("Outcome", decision_id="local/placement/someone-else", demand_id="x/d/1"))
+    assert (device.stats.outcomes, device.stats.learned) == (2, 1)
+    sent = [record for topic, record in device.pending_records() if topic == "tiertwin.outcomes"]
+    assert [o["decision_id"] for o in sent] == [first["decision_id"], "local/placement/someone-else"]
+    registry = SchemaRegistry.default()   # what the uplink will encode: every queued record is valid
+    for topic, record in device.pending_records():
+        schema = {"tiertwin.actions.local": "Decision", "tiertwin.edge.summaries": "LocalSummary",
+                  "tiertwin.outcomes": "Outcome"}[topic]
+        registry.encode(schema, record)
+
+
 def test_rejected_telemetry_raises_and_is_counted_and_dead_lettered():
     device = DeviceRuntime(DeviceConfig(device_id="offline-bad", offline_uplink="keep"), connect=False)
     _, telemetry = next(fleet_records(1, 1))
