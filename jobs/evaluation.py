@@ -501,14 +501,14 @@ def _recording_runtime(settings: Settings, device_id: str, topics: Any) -> Any:
             self.decisions: list[tuple[dict, int]] = []
             self.outcomes: list[dict] = []
 
-        def place(self, demand: dict) -> dict:
-            decision = super().place(demand)
+        def place(self, demand: dict, *args: Any, **kwargs: Any) -> dict:
+            decision = super().place(demand, *args, **kwargs)
             self.decisions.append((decision, decision["decided_ns"]))
             return decision
 
-        def report(self, outcome: dict) -> None:
+        def report(self, outcome: dict, *args: Any, **kwargs: Any) -> Any:
             self.outcomes.append(outcome)
-            super().report(outcome)
+            return super().report(outcome, *args, **kwargs)
 
     return RecordingRuntime(DeviceConfig(device_id=device_id, topics=topics.device_topics()), settings, connect=True)
 
