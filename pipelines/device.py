@@ -387,6 +387,8 @@ class DeviceRuntime:
         if self.started:
             return self
         self.started = True
+        self._stop.clear()
+        self._close_deadline = float("inf")
         if self.connect:
             self._spill = SpillFile(self.spill_dir)
             self._threads.append(threading.Thread(target=self._uplink_loop, name=f"device-uplink-{self.config.device_id}",
