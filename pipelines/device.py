@@ -68,6 +68,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
 from tiertwin.errors import BrokerUnavailableError, RecordRejected, TiertwinError
+from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
@@ -77,12 +78,6 @@ log = logging.getLogger("tiertwin.device")
 # =============================================================================================
 # Configuration
 # =============================================================================================
-def _device_twin_config():
-    from tiertwin.pipelines.local_twin import LocalTwinConfig
-
-    return LocalTwinConfig(site="device")
-
-
 class DeviceTopics(BaseModel):
     """Where the device's records go and what it reads (the topology's names by default)."""
 
@@ -99,11 +94,12 @@ class DeviceTopics(BaseModel):
 class DeviceConfig(BaseModel):
     """One device runtime's knobs; the twin's own knobs are in ``twin``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     device_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
                            pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Names the spill folder and the Kafka clients")
-    twin: Any = Field(default_factory=_device_twin_config, description="LocalTwinConfig (site 'device')")
+    twin: LocalTwinConfig = Field(default_factory=lambda: LocalTwinConfig(site="device"),
+                                  description="The local twin's knobs (its site stays 'device' unless set)")
     topics: DeviceTopics = DeviceTopics()
     queue_limit: int = Field(100_000, ge=1, description="Records waiting in memory before the oldest go to the spill file")
     spill_dir: Path | None = Field(None, description="Default: TIERTWIN_HOME/device/<device_id>")
@@ -352,8 +348,6 @@ class DeviceRuntime:
 
     def __init__(self, config: DeviceConfig | None = None, settings: Settings | None = None, *,
                  connect: bool = True, twin: Any | None = None):
-        from tiertwin.pipelines.local_twin import LocalTwin
-
         self.config = config or DeviceConfig()
         self.settings = settings or Settings.from_env()
         self.connect = connect
