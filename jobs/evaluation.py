@@ -567,7 +567,8 @@ class ModeMetrics:
 def measure(runs: list[ModeRun], warmup_s: float) -> ModeMetrics:
     """Metrics of one mode's runs (pooled), counting only inputs that came after each run's warm-up.
 
-    Demands whose outcome the run did not see (still running at its end) are not counted.
+    Every demand has its Outcome: at the end the loop gives pending demands their timeout and runs
+    the devices' queued work to completion.
     """
     m = ModeMetrics(runs[0].mode, measured_s=sum(r.measured_s for r in runs),
                     steps_behind=sum(r.steps_behind for r in runs), wall_s=sum(r.wall_s for r in runs))
