@@ -70,3 +70,19 @@ def test_targets_are_judged_pooled_and_within_each_round():
     assert judged["mean_vs_cloud"]["value"] == pytest.approx(0.71) and judged["mean_vs_cloud"]["met"]   # 29 vs 100 ms
     assert judged["mean_vs_cloud"]["rounds_met"] == 1 and judged["mean_vs_cloud"]["rounds"] == 2
     assert not judged["mean_vs_no_control"]["met"]      # 29 ms vs 45 ms: a third lower
+
+
+def test_bench_tiers_cli_runs_the_baselines_alone_and_names_a_bad_mode(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tiertwin.jobs.cli import app
+
+    monkeypatch.chdir(tmp_path)   # bench results are written under the working directory
+    args = ["bench", "tiers", "--seconds", "3", "--warmup", "1", "--rounds", "1", "--out", str(tmp_path / "tiers")]
+    result = CliRunner().invoke(app, [*args, "--mode", "no-control", "--mode", "always-edge"])
+    assert result.exit_code == 0, result.output
+    assert "no-control:" in result.output and "always-edge:" in result.output and "device:" not in result.output
+    assert json.loads((tmp_path / "bench-results" / "tiers.json").read_text())["results"]["modes"].keys() == {
+        "no-control", "always-edge"}
+    bad = CliRunner().invoke(app, [*args, "--mode", "hierarchical"])
+    assert bad.exit_code != 0 and "hierarchical" in bad.output and "device" in bad.output
