@@ -471,7 +471,8 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         # wall-clock loop for a round trip, an artefact of this loop rather than of the distance.
         loop = _polling_loop_class()(world, sink, source, topics, realtime=True, commit_interval_s=3600.0, **device)
         wall = time.monotonic()
-        summary = loop.run(config.seconds)
+        with _frozen_heap():
+            summary = loop.run(config.seconds)
         wall = time.monotonic() - wall
     finally:
         if runtime is not None:
@@ -489,6 +490,22 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         raise EvaluationError(f"{mode}: the network received no decisions; agent logs under {broker.home}/jobs")
     return ModeRun(mode, sink.demands, outcomes, decisions, dict(sink.published), world.start_ms,
                    config.seconds - config.warmup_s, wall, summary.steps_behind, round_index, seed)
+
+
+@contextlib.contextmanager
+def _frozen_heap():
+    """The heap frozen for a live run, as ``tiertwin sim`` freezes it (full collections walking everything the
+    process loaded, and here every record of the earlier runs, would pause the simulator and the device twins'
+    placements for tens of ms); unfrozen after it, since this process goes on."""
+    import gc
+
+    from tiertwin.procs import freeze_heap
+
+    freeze_heap()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _recording_runtime(settings: Settings, device_id: str, topics: Any) -> Any:
