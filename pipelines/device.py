@@ -151,6 +151,8 @@ class DeviceStats:
     reconnects: int = 0          # broker back after it was lost
     retried_batches: int = 0     # batches sent again after the producer gave up on them (at least once)
     encode_errors: int = 0       # records that did not encode (dead-lettered)
+    queued: int = 0              # records waiting in memory, as of the uplink's last turn (live: runtime.queued)
+    spill_pending: int = 0       # records in the spill file not yet acknowledged, as of the same turn
     connected: bool = False
     # the downlink thread
     downlink_records: int = 0
@@ -531,6 +533,7 @@ class DeviceRuntime:
             while True:
                 stopping = self._stop.is_set()
                 self._admit()
+                self.stats.queued, self.stats.spill_pending = len(self._outbox), self._spill.pending
                 if stopping and (not self._has_work() or time.monotonic() >= self._close_deadline):
                     break
                 if self._sink is None and not self._connect_sink():
@@ -705,7 +708,9 @@ class DeviceRuntime:
             log.warning("%s: %d records not sent; kept in %s for the next start", self.config.device_id,
                         spill.pending, spill.path)
         self._inflight, self._retry = [], collections.deque()
+        self.stats.queued = len(self._outbox)
         if spill is not None:
+            self.stats.spill_pending = spill.pending
             spill.close()
         if self._sink is not None:
             try:

@@ -126,6 +126,7 @@ def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_
     wait_until_or_fail(lambda: device.stats.spilled > 0 and device.queued <= config.queue_limit, 20)
     assert device.stats.sent == 0 and not device.stats.connected
     device.close(timeout_s=1)
+    assert device.stats.spill_pending == len(decisions) + summaries and device.stats.queued == 0
     spill = SpillFile(tmp_path / "spill")
     assert spill.pending == len(decisions) + summaries
     spill.close()
