@@ -161,10 +161,12 @@ def consumer_progress(group_id: str, topics: list[str], settings: Settings | Non
     from kafka.admin import OffsetSpec
 
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import wait_out
 
     admin = admin_client(settings)
     try:
-        committed = admin.list_group_offsets({group_id: None}).get(group_id, {}) or {}
+        committed = wait_out(lambda: admin.list_group_offsets({group_id: None}),
+                             f"the coordinator of consumer group {group_id!r}", settings).get(group_id, {}) or {}
         tps = []
         for t in admin.describe_topics(topics):
             tps += [TopicPartition(t["name"], p["partition_index"]) for p in t.get("partitions", [])]
@@ -189,15 +191,24 @@ def skip_to_latest(group_id: str, topics: list[str], settings: Settings | None =
     """Move an idle consumer group's committed offsets to the end of ``topics`` (skip a stale backlog)."""
     from kafka import TopicPartition
     from kafka.admin import OffsetSpec
+    from kafka.errors import KafkaError
 
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import raise_errors, wait_out
 
-    admin = admin_client(settings)
-    try:
+    def reset() -> None:
         tps = [TopicPartition(t["name"], p["partition_index"]) for t in admin.describe_topics(topics)
                for p in t.get("partitions", [])]
         if tps:
-            admin.reset_group_offsets(group_id, {tp: OffsetSpec.LATEST for tp in tps})
+            done = admin.reset_group_offsets(group_id, {tp: OffsetSpec.LATEST for tp in tps})
+            raise_errors((r["error"] for r in done.values()), f"consumer group {group_id!r}")
+
+    admin = admin_client(settings)
+    try:  # on a broker formatted a moment ago, the group's coordinator is still loading (issue 13)
+        wait_out(reset, f"the coordinator of consumer group {group_id!r}", settings)
+    except KafkaError as exc:  # not retriable: e.g. UnknownMemberIdError while a member is still in the group
+        raise TiertwinError(f"cannot move consumer group {group_id!r} to the end of {', '.join(topics)}: {exc}; "
+                            "is a member of the group still running? (`tiertwin jobs`)") from None
     finally:
         admin.close()
 

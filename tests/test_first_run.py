@@ -1,0 +1,56 @@
+"""What a new user has: a broker formatted a moment ago, then the quickstart's commands.
+
+Every other test runs on the session's broker, which earlier tests have warmed up: its
+``__consumer_offsets`` exists and its group coordinators are loaded. Here each test gets a
+private broker in a new ``TIERTWIN_HOME`` on free ports (the session broker's jars), so the
+first group request of the test is the broker's first one too (issue 13).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tiertwin.connectors.broker import ManagedBroker
+from tiertwin.settings import Settings
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@pytest.fixture
+def fresh_home(tmp_path, settings, monkeypatch):
+    """A private, not yet started broker home (jars and Prism linked from the session's home), with
+    the environment pointing at it so the demo's detached jobs use it too."""
+    from tiertwin.jobs.chaos import PrivateBroker
+
+    private = PrivateBroker(tmp_path / "home", settings)
+    prism = settings.home / "bin" / "prism"
+    if prism.exists():
+        (tmp_path / "home" / "bin").mkdir(parents=True)
+        (tmp_path / "home" / "bin" / "prism").symlink_to(prism.resolve())
+    for key, value in private.env().items():
+        if key.startswith("TIERTWIN_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TIERTWIN_BOOTSTRAP_SERVERS", raising=False)
+    yield private.broker
+    private.broker.stop()
+
+
+def _start_and_apply_topics(broker: ManagedBroker) -> Settings:
+    from tiertwin.connectors.topics import apply_topology, load_topology
+
+    broker.start()
+    apply_topology(load_topology(), broker.settings)
+    return broker.settings
+
+
+def test_demo_runs_on_a_broker_formatted_a_moment_ago(fresh_home):
+    from tiertwin.jobs.demo import run_demo
+    from tiertwin.jobs.launcher import status_of
+
+    settings = _start_and_apply_topics(fresh_home)
+    lines: list[str] = []
+    summary = run_demo(seconds=8, ues=10, with_cloud=True, settings=settings, on_progress=lines.append)
+    tiers = {tier for tier, _ in summary.decisions}
+    assert {"local", "edge"} <= tiers, (summary.decisions, lines)
+    for name in ("simulator", "local", "edge", "cloud"):
+        assert status_of(name, settings)["running"] == 0
