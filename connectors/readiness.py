@@ -51,8 +51,10 @@ def raise_errors(errors: Iterable[type[KafkaError] | KafkaError | None], what: s
 
 
 class _WaitLine:
-    """What is being waited for, on stderr: redrawn in place on a terminal (at most twice a second),
-    else one line when the wait begins and one when it ends."""
+    """What is being waited for, on stderr, once the wait has lasted ``SHOW_AFTER_S``: redrawn in place
+    on a terminal (at most twice a second), else one line when it is first shown and one at the end."""
+
+    SHOW_AFTER_S = 0.5
 
     def __init__(self, what: str, bootstrap: str, quiet: bool):
         self.what, self.bootstrap, self.quiet = what, bootstrap, quiet
@@ -64,7 +66,7 @@ class _WaitLine:
         return sys.stderr
 
     def waiting(self, elapsed_s: float, error: BaseException) -> None:
-        if self.quiet:
+        if self.quiet or elapsed_s < self.SHOW_AFTER_S:
             return
         text = f"waiting for {self.what} on Kafka at {self.bootstrap} ({type(error).__name__}, {elapsed_s:.1f}s)"
         if self._stream.isatty():
