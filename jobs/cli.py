@@ -172,15 +172,21 @@ def roundtrip(count: int = typer.Option(100, help="Records per schema.")):
 def demo(seconds: float = typer.Option(60.0, help="How long the simulated network runs (wall clock)."),
          ues: int = typer.Option(None, help="Number of UEs (default: the scenario's)."),
          cloud: bool = typer.Option(True, help="Also run the cloud job (Beam on Prism)."),
-         api: bool = typer.Option(False, help="Also serve the twin API and live view on :8080 during the demo.")):
+         api: bool = typer.Option(False, help="Also serve the twin API and live view on :8080 during the demo."),
+         summary_json: Path = typer.Option(None, "--summary-json",
+                                           help="Also write the summary as JSON to this file (for scripts and CI).")):
     """The live three-tier demo: simulator, local, edge and cloud jobs on the managed broker, then a summary."""
+    import json
+
     from tiertwin.jobs.demo import run_demo, summary_tables
 
     summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print)
     for table in summary_tables(summary):
         console.print(table)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.as_dict(), indent=2, allow_nan=False, default=str) + "\n")
     if not summary.decisions:
-        raise TiertwinError("no decisions were made; see the job logs under .tiertwin/jobs/")
+        raise TiertwinError(f"no decisions were made; see the job logs under {Settings.from_env().home / 'jobs'}/")
 
 
 # Each area registers its commands from its own module: ``register(app, bench_app)``.

@@ -43,11 +43,13 @@ class DemoSummary:
     model_versions: dict[str, int] = field(default_factory=dict)
     decision_model_versions: dict[str, set] = field(default_factory=lambda: defaultdict(set))
     dead_letter_reasons: Counter = field(default_factory=Counter)
+    decision_topics: Counter = field(default_factory=Counter)            # (topic, tier) -> n
 
     def add(self, topic: str, schema: str, v: dict) -> None:
         self.records[topic] += 1
         if schema == "tiertwin.Decision":
             self.decisions[(v["tier"], v["kind"])] += 1
+            self.decision_topics[(topic, v["tier"])] += 1
             self.decision_latency_ms[v["tier"]].append((v["decided_ns"] - v["source_emitted_ns"]) / 1e6)
             self.decision_model_versions[v["model_name"]].add(v["model_version"])
         elif schema == "tiertwin.Outcome" and v["kind"] == "demand" and v["latency_ms"] is not None:
@@ -59,6 +61,28 @@ class DemoSummary:
             self.model_versions[v["model_name"]] = max(v["version"], self.model_versions.get(v["model_name"], 0))
         elif schema == "tiertwin.DeadLetter":
             self.dead_letter_reasons[v["reason"]] += 1
+
+    def as_dict(self) -> dict:
+        """The summary as plain JSON-able data (``tiertwin demo --summary-json``; CI checks it)."""
+        by_tier: Counter = Counter()
+        for (tier, _), n in self.decisions.items():
+            by_tier[tier] += n
+        by_topic: dict[str, dict[str, int]] = defaultdict(dict)
+        for (topic, tier), n in sorted(self.decision_topics.items()):
+            by_topic[topic][tier] = n
+        return {
+            "records": {topic: self.records[topic] for topic in WATCHED},
+            "decisions": {tier: by_tier[tier] for tier in ("local", "edge", "cloud")},
+            "decisions_by_kind": {f"{tier}/{kind}": n for (tier, kind), n in sorted(self.decisions.items())},
+            "decisions_by_topic": dict(by_topic),
+            "decision_latency_ms": {tier: {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)}
+                                    for tier, lat in sorted(self.decision_latency_ms.items())},
+            "demands": {placement: {"n": n, "deadline_missed": self.deadline_missed[placement]}
+                        for placement, n in sorted(self.placements.items())},
+            "snapshots": self.records["tiertwin.cloud.snapshots"],
+            "model_versions": dict(self.model_versions),
+            "dead_letters": dict(self.dead_letter_reasons),
+        }
 
     def progress_line(self, elapsed_s: float) -> str:
         by_tier = Counter()
