@@ -54,3 +54,38 @@ def test_demo_runs_on_a_broker_formatted_a_moment_ago(fresh_home):
     assert {"local", "edge"} <= tiers, (summary.decisions, lines)
     for name in ("simulator", "local", "edge", "cloud"):
         assert status_of(name, settings)["running"] == 0
+
+
+def test_broker_start_returns_once_a_consumer_group_can_be_served(fresh_home):
+    """Right after `tiertwin broker start`, plain kafka-python group requests (no waiting) succeed."""
+    from kafka import TopicPartition
+    from kafka.admin import OffsetSpec
+
+    from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import PROBE_GROUP
+
+    settings = _start_and_apply_topics(fresh_home)
+    admin = admin_client(settings)
+    try:
+        for group in ("tiertwin-local", "tiertwin-edge", "tiertwin-simulator"):
+            done = admin.reset_group_offsets(group, {TopicPartition("tiertwin.local.telemetry", 0): OffsetSpec.LATEST})
+            assert [r["error"].__name__ for r in done.values()] == ["NoError"], (group, done)
+        assert PROBE_GROUP not in {g["group_id"] for g in admin.list_groups()}  # the probe cleans up after itself
+    finally:
+        admin.close()
+
+
+def test_each_caller_waits_out_a_coordinator_that_is_still_loading(fresh_home, monkeypatch, tmp_path):
+    """With broker start's own wait switched off (the broker as the old code left it), the callers
+    that talk to a group coordinator first wait for it themselves; the readers work too."""
+    from tiertwin.client import subscribe
+    from tiertwin.connectors.archive import archive_topics
+    from tiertwin.jobs.launcher import consumer_progress, skip_to_latest
+
+    monkeypatch.setattr(ManagedBroker, "wait_serving_groups", lambda self, timeout_s=0.0: None)
+    settings = _start_and_apply_topics(fresh_home)
+    topic = "tiertwin.actions.local"
+    assert list(subscribe(topic, from_beginning=True, follow=False, settings=settings)) == []
+    assert archive_topics([topic], tmp_path / "archive", settings) == {topic: 0}
+    skip_to_latest("tiertwin-local", ["tiertwin.local.telemetry", "tiertwin.local.demands"], settings)
+    assert consumer_progress("tiertwin-edge", ["tiertwin.edge.summaries"], settings) == (0, 0)
