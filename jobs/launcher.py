@@ -122,7 +122,9 @@ def deploy(spec: JobSpec, settings: Settings | None = None, spec_path: Path | No
         raise ConfigError(f"job {spec.name!r} is already running ({existing['running']} instances); "
                           f"`tiertwin stop {spec.name}` first")
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TIERTWIN_HOME": str(settings.home)}
+    # The jobs reach the broker the caller reaches, whatever the caller's environment says.
+    env = {**os.environ, "TIERTWIN_HOME": str(settings.home), "TIERTWIN_BROKER_HOST": settings.broker_host,
+           "TIERTWIN_BROKER_PORT": str(settings.broker_port), "TIERTWIN_CONTROLLER_PORT": str(settings.controller_port)}
     if settings.bootstrap_servers:
         env["TIERTWIN_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
     instances = []
