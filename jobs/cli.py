@@ -173,14 +173,20 @@ def demo(seconds: float = typer.Option(60.0, help="How long the simulated networ
          ues: int = typer.Option(None, help="Number of UEs (default: the scenario's)."),
          cloud: bool = typer.Option(True, help="Also run the cloud job (Beam on Prism)."),
          api: bool = typer.Option(False, help="Also serve the twin API and live view on :8080 during the demo."),
+         seed: int = typer.Option(14, help="The simulated world's seed (the no-control baseline runs the same world)."),
+         local_twin: str = typer.Option("device", "--local-twin",
+                                        help="device: the local twins run in the simulator, on the UEs; service: "
+                                             "deploy the local-twin service and place over Kafka."),
          summary_json: Path = typer.Option(None, "--summary-json",
                                            help="Also write the summary as JSON to this file (for scripts and CI).")):
-    """The live three-tier demo: simulator, local, edge and cloud jobs on the managed broker, then a summary."""
+    """The live three-tier demo: simulator, local twins, edge and cloud jobs on the managed broker, then a summary
+    beside no control on the same seed."""
     import json
 
     from tiertwin.jobs.demo import run_demo, summary_tables
 
-    summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print)
+    summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print, seed=seed,
+                       local_twin=local_twin)
     for table in summary_tables(summary):
         console.print(table)
     if summary_json is not None:
@@ -201,6 +207,7 @@ COMMAND_MODULES: list[str] = [
     "tiertwin.jobs.cli_sim",
     "tiertwin.jobs.cli_cloud",
     "tiertwin.jobs.cli_eval",
+    "tiertwin.jobs.bench_local",
 ]
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-DECISION_COLUMNS = ("decision_id", "tier", "kind", "ue_id", "cell_id", "target", "model_name", "model_version",
+DECISION_COLUMNS = ("decision_id", "tier", "twin_site", "kind", "ue_id", "cell_id", "target", "model_name", "model_version",
                     "confidence")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -27,25 +28,42 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         decisions: bool = typer.Option(True, "--decisions/--no-decisions", help="Consume and apply Decisions from the action topics."),
         offline: bool = typer.Option(False, "--offline", help="No Kafka: encode records and count them only."),
         group_id: str = typer.Option("tiertwin-simulator", help="Consumer group on the action topics."),
+        local_twin: Optional[str] = typer.Option(
+            None, "--local-twin", help="Where the UEs' local twins run: 'device' (in this process: each demand placed "
+            "the moment it arises) or 'service' (`tiertwin run local`, over Kafka). Default: device with --realtime, "
+            "else service."),
+        summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the run's summary "
+                                                    "to this file as JSON when it ends (the demo reads it)."),
     ):
         """Run the simulated 6G network: publish Telemetry, Demands, cell reports and Outcomes; obey Decisions."""
         from tiertwin.connectors.simulator import load_scenario, run_simulator
+        from tiertwin.errors import ConfigError
         from tiertwin.procs import freeze_heap
+
+        where = local_twin or ("device" if realtime else "service")
+        if where not in ("device", "service"):
+            raise ConfigError(f"--local-twin must be 'device' or 'service', not {local_twin!r}")
 
         def announce(loop) -> None:
             world, spec = loop.world, loop.world.scenario
             console.print(f"simulating {spec.name}: {spec.ues} UEs, {world.layout.n_sites} sites / "
                           f"{world.layout.n_cells} cells, seed {world.seed}, "
                           f"{'real time' if realtime else 'as fast as possible'}"
-                          f"{'' if offline else ' -> Kafka'}{' (applying decisions)' if loop.source else ''}")
+                          f"{'' if offline else ' -> Kafka'}{' (applying decisions)' if loop.source else ''}; "
+                          f"local twins: {where}")
             if realtime and not offline:   # a live run: keep full garbage collections off the loaded world
                 freeze_heap()
 
         summary = run_simulator(load_scenario(scenario), seconds if seconds > 0 else None, realtime=realtime,
                                 seed=seed, ues=ues, telemetry_hz=telemetry_hz, decision_timeout_ms=decision_timeout_ms,
-                                decisions=decisions, offline=offline,
-                                group_id=group_id, handle_signals=True, on_start=announce)
+                                decisions=decisions, offline=offline, group_id=group_id, handle_signals=True,
+                                on_start=announce, local_twin=where)
         console.print(summary_table(summary))
+        if summary_json is not None:
+            summary_json.parent.mkdir(parents=True, exist_ok=True)
+            partial = summary_json.with_suffix(".partial")
+            partial.write_text(json.dumps(summary.as_dict(), indent=1))
+            partial.replace(summary_json)   # readers never see half a file
 
     @app.command("import-trace")
     @one_line_errors
@@ -99,7 +117,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 def summary_table(summary) -> Table:
-    table = Table("metric", "value", title=f"simulation summary ({summary.scenario}, seed {summary.seed})")
+    table = Table("metric", "value", title=f"simulation summary ({summary.scenario}, seed {summary.seed}, "
+                                           f"local twins: {summary.local_twin})")
     rows = [
         ("UEs / steps", f"{summary.ues} / {summary.steps}"),
         ("simulated / wall seconds", f"{summary.sim_seconds:.2f} / {summary.wall_seconds:.2f}"),
@@ -118,6 +137,14 @@ def summary_table(summary) -> Table:
     ]
     if summary.realtime:
         rows.append(("steps behind the wall clock", str(summary.steps_behind)))
+    device = summary.device
+    if device:
+        rows.append(("local twins on the device: place() p50 / p99 (µs)",
+                     f"{device.get('place_p50_us', float('nan')):.0f} / {device.get('place_p99_us', float('nan')):.0f} "
+                     f"({device['placements']} placements)"))
+        rt = device["runtime"]
+        rows.append(("device uplink: sent / spilled / resent / queued",
+                     f"{rt['sent']} / {rt['spilled']} / {rt['resent']} / {device['queued']}"))
     for row in rows:
         table.add_row(*row)
     return table

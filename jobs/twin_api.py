@@ -277,7 +277,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
                   "target": decision.target, "parameters": decision.parameters, "model_name": "operator",
                   "model_version": 0, "confidence": 1.0, "source_topic": "api", "source_partition": -1,
                   "source_offset": -1, "source_ts_ms": now // 1_000_000, "source_emitted_ns": now,
-                  "received_ns": now, "decided_ns": now}
+                  "received_ns": now, "decided_ns": now, "twin_site": "cloud"}
         sink = (sink_factory or (lambda: KafkaSink(view.settings, client_id="tiertwin-api")))()
         try:
             sink.send(view.topics.cloud_actions, "Decision", record,

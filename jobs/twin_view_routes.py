@@ -191,7 +191,7 @@ def compact_decision(seq: int, d: dict) -> dict:
     return {"seq": seq, "id": d["decision_id"], "tier": d["tier"], "kind": d["kind"], "ue": d.get("ue_id"),
             "cell": d.get("cell_id"), "target": d["target"], "model": d["model_name"],
             "version": d["model_version"], "latency_ms": None if latency is None else round(latency, 3),
-            "decided_ms": d["decided_ns"] // 1_000_000}
+            "decided_ms": d["decided_ns"] // 1_000_000, "site": d.get("twin_site", "edge")}
 
 
 class LiveStats:

@@ -18,11 +18,15 @@ Policies (``SPEC``):
   the simulator's default placement;
 * ``logged`` - the placements made live (the Decisions archived on the actions topic; a demand
   without one falls back to the default, cloud);
-* ``agent[:key=value,...]`` - the local twin's own service module (``LocalTwinAgent``, driven
-  without Kafka): ``cost_local``, ``cost_edge``, ``cost_cloud``, ``margin`` (its cost weights and
-  deadline margin), ``model=FILE`` (a pickled model, as in ``pipelines/pretrained``; default the
-  shipped pretrained one), ``learn=1`` (learn online from the replayed outcomes, i.e. a model
-  trained longer as the replay goes).
+* ``agent[:key=value,...]`` - the local twin itself (:class:`~tiertwin.pipelines.local_twin.LocalTwin`,
+  the same data and service modules a device or the ``tiertwin run local`` service runs):
+  ``cost_local``, ``cost_edge``, ``cost_cloud``, ``margin`` (its cost weights and deadline margin),
+  ``model=FILE`` (a pickled model, as in ``pipelines/pretrained``; default the shipped pretrained
+  one), ``learn=1`` (learn online from the replayed outcomes, i.e. a model trained longer as the
+  replay goes).
+
+A policy takes plain records (decoded dicts): ``observe(telemetry)``, ``observe_edge(edge_state)``,
+``place(demand) -> (placement, decision_id, info)``, ``learn(outcome)``.
 
 >>> parse_policy("agent:cost_local=4,margin=0.8")
 ('agent', {'cost_local': '4', 'margin': '0.8'})
@@ -33,9 +37,8 @@ from __future__ import annotations
 import json
 import pickle
 import random
-import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +88,13 @@ class FixedPolicy:
         self.rng = random.Random(seed)
         self.model = f"default:{placement}"
 
-    def observe(self, record: KafkaRecord) -> None:
+    def observe(self, telemetry: dict) -> None:
         return None
 
     def observe_edge(self, state: dict) -> None:
         return None
 
-    def place(self, record: KafkaRecord) -> tuple[str, str | None, dict]:
+    def place(self, demand: dict) -> tuple[str, str | None, dict]:
         target = self.rng.choice(PLACEMENTS) if self.placement == "random" else self.placement
         return target, None, {}
 
@@ -108,92 +111,67 @@ class LoggedPolicy(FixedPolicy):
         self.model = "logged"
         self.missing = 0
 
-    def place(self, record: KafkaRecord) -> tuple[str, str | None, dict]:
-        logged = self.placements.get(record.value["demand_id"])
+    def place(self, demand: dict) -> tuple[str, str | None, dict]:
+        logged = self.placements.get(demand["demand_id"])
         if logged is None:
             self.missing += 1
             return self.placement, None, {"logged": 0.0}
         return logged[0], logged[1], {"logged": 1.0}
 
 
-class _Capture:
-    """Stands in for the agent's producer: keeps what it would have sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, dict]] = []
-
-    def send(self, topic: str, schema: str, record: dict, key: Any = None, timestamp_ms: int | None = None) -> None:
-        self.sent.append((topic, schema, record))
-
-    def flush(self, timeout_s: float | None = None) -> None:
-        return None
-
-
 class AgentPolicy:
-    """The local twin agent's data and service modules, fed the log record by record (no Kafka)."""
+    """The local twin (:class:`~tiertwin.pipelines.local_twin.LocalTwin`) fed the log record by record."""
+
+    KNOWN = frozenset({"cost_local", "cost_edge", "cost_cloud", "margin", "model", "learn"})
 
     def __init__(self, options: dict[str, str]):
-        from tiertwin.connectors.kafka import DeadLetterSink
-        from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
+        from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
 
-        known = {"cost_local", "cost_edge", "cost_cloud", "margin", "model", "learn"}
-        unknown = set(options) - known
+        unknown = set(options) - self.KNOWN
         if unknown:
-            raise ConfigError(f"agent policy: unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"agent policy: unknown option {sorted(unknown)[0]!r} (known: {', '.join(sorted(self.KNOWN))})")
         costs = {"local": 2.0, "edge": 1.0, "cloud": 1.5}
         costs.update({k.removeprefix("cost_"): float(v) for k, v in options.items() if k.startswith("cost_")})
-        config = LocalAgentConfig(group_id="whatif", changelog_topic="whatif.changelog", instance_id="whatif",
-                                  tier_costs=costs, deadline_margin=float(options.get("margin", 0.9)))
-        self.agent = LocalTwinAgent(config)
-        self.capture = _Capture()
-        self.agent.sink = self.capture
-        self.agent.dead_letters = DeadLetterSink(self.capture, stage="whatif/agent")
+        config = LocalTwinConfig(tier_costs=costs, deadline_margin=float(options.get("margin", 0.9)))
+        model, version = self._load_model(Path(options["model"])) if "model" in options else (None, 1)
+        self.twin = LocalTwin(config, model, version)
         self.learning = options.get("learn", "0") not in ("0", "false", "no", "")
-        if "model" in options:
-            self._load_model(Path(options["model"]))
-        slot = self.agent.latency_slot
-        self.model = f"{slot.name} v{slot.version}" + (f" ({Path(options['model']).name})" if "model" in options else "") \
+        self.rejected: Counter[str] = Counter()   # telemetry the twin refused, by reason (the live agent dead-letters it)
+        self.model = f"{self.twin.model_name} v{self.twin.model_version}" \
+            + (f" ({Path(options['model']).name})" if "model" in options else "") \
             + (" +online learning" if self.learning else "")
 
-    def _load_model(self, path: Path) -> None:
-        """Take the model in ``path`` (``{"name", "version", "model"}`` as shipped, or a bare pickled model)."""
-        from tiertwin.pipelines.models import ModelFormatError, model_update
-
+    @staticmethod
+    def _load_model(path: Path) -> tuple[Any, int]:
+        """The model in ``path`` and its version (``{"name", "version", "model"}`` as shipped, or a bare pickled model, v0)."""
         try:
             doc = pickle.loads(path.read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
             raise ConfigError(f"agent policy: model {path}: {exc}") from None
         model = doc["model"] if isinstance(doc, dict) and "model" in doc else doc
-        slot = self.agent.latency_slot
-        try:
-            slot.offer(model_update(slot.name, model, slot.version + 1))
-        except ModelFormatError as exc:
-            raise ConfigError(f"agent policy: model {path}: {exc}") from None
+        if not callable(getattr(model, "predict_tiers", None)):
+            raise ConfigError(f"agent policy: model {path}: a {type(model).__name__}, not a demand-latency model "
+                              "(it needs predict_tiers)")
+        return model, int(doc.get("version", 0)) if isinstance(doc, dict) else 0
 
-    def observe(self, record: KafkaRecord) -> None:
-        self.agent.process([replace(record, topic=self.agent.config.telemetry_topic)], time.time_ns())
-        self.capture.sent.clear()      # summaries for the edge: not part of this replay
+    def observe(self, telemetry: dict) -> None:
+        try:
+            self.twin.observe(telemetry)
+        except RecordRejected as exc:
+            self.rejected[exc.reason] += 1
+        self.twin.due_summaries()      # summaries for the edge: not part of this replay
 
     def observe_edge(self, state: dict) -> None:
-        known = self.agent.edge_states.get(state["cell_id"])
-        if known is None or known["ts_ms"] <= state["ts_ms"]:
-            self.agent.edge_states[state["cell_id"]] = state
+        self.twin.update_edge_state(state)
 
-    def place(self, record: KafkaRecord) -> tuple[str, str | None, dict]:
-        before = len(self.capture.sent)
-        self.agent.process([replace(record, topic=self.agent.config.demands_topic)], time.time_ns())
-        decisions = [r for _, schema, r in self.capture.sent[before:] if schema == "Decision"]
-        del self.capture.sent[before:]
-        if not decisions:
-            raise ConfigError(f"agent policy made no decision for demand {record.value['demand_id']}")
-        d = decisions[-1]
+    def place(self, demand: dict) -> tuple[str, str | None, dict]:
+        d = self.twin.place(demand)
         return d["target"], d["decision_id"], {"predicted_ms": d["parameters"]["predicted_latency_ms"],
                                                "model_version": float(d["model_version"]), "confidence": d["confidence"]}
 
     def learn(self, outcome: dict) -> None:
         if self.learning:
-            self.agent.on_outcome(KafkaRecord("whatif.outcomes", 0, 0, outcome["ts_ms"], None, "tiertwin.Outcome",
-                                              outcome, b""))
+            self.twin.learn(outcome)
 
 
 def make_policy(spec: str, logged: dict[str, tuple[str, str]] | None) -> Any:
@@ -292,12 +270,12 @@ def replay(events: list[tuple[str, KafkaRecord]], policy: Any, scenario, seed: i
             policy.observe_edge(report)
         if kind == "telemetry":
             last_telemetry[rec.value["ue_id"]] = rec.value
-            policy.observe(rec)
+            policy.observe(rec.value)
             continue
         demand = rec.value
         if demand["ue_id"] in last_telemetry:
             network.observe(last_telemetry[demand["ue_id"]])
-        placement, decision_id, info = policy.place(rec)
+        placement, decision_id, info = policy.place(demand)
         outcome = network.execute(demand, placement, decision_id)
         policy.learn(outcome)
         rows.append({"demand_id": demand["demand_id"], "ue_id": demand["ue_id"], "kind": demand["kind"],
@@ -346,6 +324,8 @@ def run_whatif(log_dir: Path, spec_a: str, spec_b: str, scenario: str = "dense-u
         results["policies"][side] = summarize(rows[side], policy_spec, policy.model)
         if isinstance(policy, LoggedPolicy):
             results["policies"][side]["without_logged_decision"] = policy.missing
+        if isinstance(policy, AgentPolicy) and policy.rejected:
+            results["policies"][side]["rejected_telemetry"] = dict(policy.rejected)
     same = [ra["placement"] == rb["placement"] for ra, rb in zip(rows["a"], rows["b"])]
     results["agreement"] = float(np.mean(same)) if same else float("nan")
     a_met, b_met = ([r["deadline_met"] for r in rows[s]] for s in ("a", "b"))

@@ -3,8 +3,9 @@
 Reading order: configuration, the **data module** (per-cell twins built from the
 gNB/MEC cell reports and the local twins' summaries), the **service module**
 (handover from a SINR forecast with hysteresis, PRB and MEC shares from contextual
-bandits rewarded by outcomes, twin migration between sites) and the
-**communication module** (:class:`EdgeTwinAgent`).
+bandits rewarded by outcomes, twin migration between sites), :class:`EdgeTwin` (both
+modules for a set of cells, with no Kafka inside) and the **communication module**
+(:class:`EdgeTwinAgent`: routes Kafka records to an EdgeTwin, ``tiertwin run edge``).
 
 In: ``tiertwin.edge.summaries`` (LocalSummary, keyed by serving cell),
 ``tiertwin.edge.cell-reports`` (EdgeState ground truth, keyed by cell) and
@@ -33,27 +34,24 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tiertwin.connectors.kafka import KafkaRecord, KeyHashCachePartitioner
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
 from tiertwin.pipelines.features import cell_context, sinr_forecast_features
 from tiertwin.pipelines.learners import HANDOVER, MEC_SHARE, PRB_SHARE, allocation_reward
-from tiertwin.pipelines.models import features_to_parameters
+from tiertwin.pipelines.models import ModelSlot, features_to_parameters
+from tiertwin.pipelines.pretrain import load_pretrained
 
 
-class EdgeAgentConfig(AgentConfig):
-    """Configuration of one edge agent instance (``tiertwin run edge --config FILE``)."""
+class EdgeTwinConfig(BaseModel):
+    """The edge twin's knobs (no topics: :class:`EdgeTwin` needs none of them)."""
 
-    group_id: str = "tiertwin-edge"
-    changelog_topic: str = "tiertwin.state.edge-changelog"
-    summaries_topic: str = "tiertwin.edge.summaries"
-    cell_reports_topic: str = "tiertwin.edge.cell-reports"
-    migrations_topic: str = "tiertwin.edge.migrations"
-    edge_state_topic: str = "tiertwin.cloud.edge-state"
-    actions_topic: str = "tiertwin.actions.edge"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     cells: list[int] = Field(default_factory=list, description="Cells this instance serves; empty = every cell of its partitions")
     hysteresis_db: float = Field(3.0, ge=0, le=30)
     handover_horizon_s: float = Field(0.5, gt=0, le=10, description="How far ahead the SINR forecast looks")
@@ -67,6 +65,18 @@ class EdgeAgentConfig(AgentConfig):
     handover_model: str = HANDOVER
     prb_model: str = PRB_SHARE
     mec_model: str = MEC_SHARE
+
+
+class EdgeAgentConfig(AgentConfig, EdgeTwinConfig):
+    """Configuration of one edge agent instance (``tiertwin run edge --config FILE``): the twin's knobs and its topics."""
+
+    group_id: str = "tiertwin-edge"
+    changelog_topic: str = "tiertwin.state.edge-changelog"
+    summaries_topic: str = "tiertwin.edge.summaries"
+    cell_reports_topic: str = "tiertwin.edge.cell-reports"
+    migrations_topic: str = "tiertwin.edge.migrations"
+    edge_state_topic: str = "tiertwin.cloud.edge-state"
+    actions_topic: str = "tiertwin.actions.edge"
 
 
 # =============================================================================================
@@ -104,6 +114,20 @@ class UEView:
                 "neighbour_trend_db_per_s": self.neighbour_trend, "last_handover_ms": self.last_handover_ms,
                 "summaries": self.summaries, "emitted_ns": time.time_ns()}
 
+    def update(self, s: dict) -> None:
+        """Fold one LocalSummary in (its serving cell is this view's cell)."""
+        dt = (s["window_end_ms"] - self.ts_ms) / 1000.0
+        neighbour = None
+        if s["best_neighbour_cell"] is not None and s["best_neighbour_sinr_db"] is not None:
+            trend = 0.0
+            if self.neighbour is not None and self.neighbour[0] == s["best_neighbour_cell"] and 0 < dt <= 5.0:
+                trend = (s["best_neighbour_sinr_db"] - self.neighbour[1]) / dt
+            neighbour = (s["best_neighbour_cell"], s["best_neighbour_sinr_db"], trend)
+        self.neighbour = neighbour[:2] if neighbour else None
+        self.neighbour_trend = neighbour[2] if neighbour else 0.0
+        self.ts_ms, self.sinr_db, self.trend, self.speed = s["window_end_ms"], s["sinr_db"], s["sinr_trend_db_per_s"], s["speed_mps"]
+        self.summaries += 1
+
 
 class CellTwin:
     """The twin of one cell and its MEC server: latest report, attached UEs, open allocations."""
@@ -136,200 +160,210 @@ def _sigmoid(z: float) -> float:
 
 
 ALLOCATIONS = (("prb_share", "prb_model"), ("mec_share", "mec_model"))
+SUMMARY_DECISIONS = ("migration", "handover")               # the kinds a LocalSummary can lead to
+REPORT_DECISIONS = tuple(kind for kind, _ in ALLOCATIONS)   # the kinds a cell report can lead to
 
 
 # =============================================================================================
-# Communication module: the agent
+# The edge twin: data and service modules for a set of cells, no Kafka inside
 # =============================================================================================
-class EdgeTwinAgent(TwinAgent):
-    """The edge DT agent. ``EdgeTwinAgent(EdgeAgentConfig(...)).run(stop_event)``."""
+@dataclass
+class EdgeOutput:
+    """What one record did to an :class:`EdgeTwin`: the records to send and what to count."""
 
-    tier = "edge"
-    model_names = (HANDOVER, PRB_SHARE, MEC_SHARE)
-    config: EdgeAgentConfig
+    decisions: list[dict] = field(default_factory=list)    # Decision records (key: their cell_id)
+    migrations: list[dict] = field(default_factory=list)   # TwinMigration records for other instances (key: to_cell)
+    edge_state: dict | None = None                         # the cell report to forward, with the twin's UE count
+    touched: list[int] = field(default_factory=list)       # cells whose twins changed (to checkpoint)
+    learned: list[str] = field(default_factory=list)       # models that learned one example from the record
+    replayed: bool = False                                 # the record is already reflected in the twin's state
+    adopted: bool = False                                  # a UE's twin handed over by another instance was adopted
 
-    def __init__(self, config: EdgeAgentConfig, settings=None):
-        self.model_names = (config.handover_model, config.prb_model, config.mec_model)
-        super().__init__(config, settings)
-        self.ue_cell: dict[str, int] = {}
-        self.site_of: dict[int, int] = {}
-        self.cells = set(config.cells)
-        self.handed_in: OrderedDict[str, dict] = OrderedDict()   # ue -> TwinMigration, until its first summary here
-        self._partitioner = KeyHashCachePartitioner()
-        self._summary_partitions = 0
 
-    def group_topics(self) -> list[str]:
-        return [self.config.summaries_topic, self.config.cell_reports_topic, self.config.migrations_topic]
+class EdgeTwin:
+    """The edge twins of a set of cells and their UEs' views. No Kafka inside.
 
-    def open(self) -> None:
-        super().open()
-        self._summary_partitions = len(self.source.consumer.partitions_for_topic(self.config.summaries_topic) or ())
+    Feed it decoded records: ``observe_summary(local_summary)`` (UE views, handover, migration),
+    ``observe_cell_report(edge_state)`` (cell state, departed UEs, PRB / MEC shares),
+    ``adopt(twin_migration)`` (a UE's twin from another instance), ``learn(outcome)`` (bandit
+    rewards), ``swap_model(model_update)``. The first two return an :class:`EdgeOutput` with
+    complete Decision, TwinMigration and EdgeState records; ``export(ue_id, to_cell)`` is a UE's
+    twin as a TwinMigration. Its state (cell twins, UE index, handed-over twins, models) pickles
+    whole; ``holds_cell`` (which cells' summaries reach this twin, when that depends on Kafka
+    partitions) is not pickled: set it again after loading.
 
-    def side_topics(self) -> dict[str, bool]:
-        return {self.config.models_topic: True, self.config.outcomes_topic: False}
+    Decision ids default to ``edge/<kind>/<ue_id>/<window_end_ms>`` for a summary's decisions and
+    ``edge/<kind>/<cell_id>/<ts_ms>`` for a report's (the same record, the same id); the agent
+    passes ids and provenance from the input record's coordinates instead.
 
-    def serves(self, cell_id: int) -> bool:
-        return not self.cells or cell_id in self.cells
+    >>> twin = EdgeTwin()
+    >>> report = {"cell_id": 0, "site_id": 0, "ts_ms": 1_000, "attached_ues": 2, "prb_utilization": 0.5,
+    ...           "cell_load_mbps": 300.0, "mean_sinr_db": 15.0, "mec_queue_gcycles": 1.0, "mec_utilization": 0.4,
+    ...           "mec_capacity_gcps": 100.0, "handovers": 0, "emitted_ns": 0}
+    >>> out = twin.observe_cell_report(report)
+    >>> [(d["decision_id"], d["kind"], d["parameters"]["share"] in (0.25, 0.5, 0.75, 1.0)) for d in out.decisions]
+    [('edge/prb_share/0/1000', 'prb_share', True), ('edge/mec_share/0/1000', 'mec_share', True)]
+    >>> out.edge_state["attached_ues"], out.touched
+    (2, [0])
+    >>> summary = {"ue_id": "ue-1", "serving_cell": 0, "window_start_ms": 900, "window_end_ms": 1_000, "sinr_db": 4.0,
+    ...            "sinr_trend_db_per_s": 0.0, "best_neighbour_cell": 1, "best_neighbour_sinr_db": 12.0, "speed_mps": 10.0}
+    >>> [(d["kind"], d["target"], d["twin_site"]) for d in twin.observe_summary(summary).decisions]
+    [('handover', 'cell:1', 'edge')]
+    >>> twin.ue_cell, twin.export("ue-1", to_cell=1)["summaries"]
+    ({'ue-1': 0}, 1)
+    """
 
-    def holds(self, cell_id: int) -> bool:
-        """Whether this instance gets ``cell_id``'s summaries (its cell list, else its partitions)."""
-        if self.cells:
-            return cell_id in self.cells
-        if not self._summary_partitions:
-            return True
-        return self._partitioner.key_partition(str(cell_id).encode(), self._summary_partitions) in self._held
+    def __init__(self, config: EdgeTwinConfig | None = None, models: Mapping[str, tuple[Any, int]] | None = None,
+                 holds_cell: Callable[[int], bool] | None = None):
+        """``models``: model name -> ``(model, version)``; a model not given is the shipped pretrained one.
+        ``holds_cell``: whether a cell's summaries reach this twin when ``config.cells`` is empty
+        (the agent answers from its partitions); None: every cell's do."""
+        self.config = config = config or EdgeTwinConfig()
+        models = models or {}
+        self.slots: dict[str, ModelSlot] = {}
+        for name in (config.handover_model, config.prb_model, config.mec_model):
+            model, version = models[name] if name in models else load_pretrained(name)
+            self.slots[name] = ModelSlot(name, model, version)
+        self.twins: dict[str, CellTwin] = {}                   # str(cell_id) -> its twin
+        self.ue_cell: dict[str, int] = {}                      # UE -> the cell whose twin holds its view
+        self.site_of: dict[int, int] = {}                      # cell -> its MEC site (from its reports)
+        self.handed_in: OrderedDict[str, dict] = OrderedDict()  # ue -> TwinMigration, until its first summary here
+        self.holds_cell = holds_cell
+        self._cells = frozenset(config.cells)
 
-    def cell(self, cell_id: int, partition: int) -> CellTwin:
+    # -- state ---------------------------------------------------------------------------------
+    def cell(self, cell_id: int) -> CellTwin:
+        """The cell's twin (created empty on first sight)."""
         key = str(cell_id)
         twin = self.twins.get(key)
         if twin is None:
             twin = self.twins[key] = CellTwin(cell_id)
-        self.touch(key, partition)
         return twin
 
-    def restore_twin(self, twin: Any) -> Any:
-        if isinstance(twin, CellTwin):
-            for ue_id in twin.ues:
-                self.ue_cell[ue_id] = twin.cell_id
-            if twin.site_id is not None:
-                self.site_of[twin.cell_id] = twin.site_id
+    def restore_cell(self, twin: CellTwin) -> CellTwin:
+        """Take a cell twin loaded from a checkpoint: keep it and index its UEs and site."""
+        self.twins[str(twin.cell_id)] = twin
+        for ue_id in twin.ues:
+            self.ue_cell[ue_id] = twin.cell_id
+        if twin.site_id is not None:
+            self.site_of[twin.cell_id] = twin.site_id
         return twin
 
-    def process(self, batch: list[KafkaRecord], received_ns: int) -> None:
-        c = self.config
-        counts: dict[str, int] = {}
-        expected = {c.summaries_topic: "tiertwin.LocalSummary", c.cell_reports_topic: "tiertwin.EdgeState",
-                    c.migrations_topic: "tiertwin.TwinMigration"}
-        for record in batch:
-            counts[record.topic] = counts.get(record.topic, 0) + 1
-            if record.schema != expected[record.topic]:
-                self.reject(record, "wrong-schema", f"{record.topic} carries {expected[record.topic]}, got {record.schema}")
-                continue
-            try:
-                if record.topic == c.summaries_topic and self.serves(record.value["serving_cell"]):
-                    self.on_summary(record, received_ns)
-                elif record.topic == c.cell_reports_topic and self.serves(record.value["cell_id"]):
-                    self.on_cell_report(record, received_ns)
-                elif record.topic == c.migrations_topic and self.serves(record.value["to_cell"]):
-                    self.on_migration(record.value)
-            except Exception as exc:  # one record must not stop the twin: dead-letter it with the cause
-                self.reject(record, "processing-error", f"{type(exc).__name__}: {exc}")
-        for topic, n in counts.items():
-            self.metrics.records.labels(self.tier, c.instance_id, topic).inc(n)
+    def serves(self, cell_id: int) -> bool:
+        """Whether this twin decides for ``cell_id`` (``config.cells``; empty = every cell)."""
+        return not self._cells or cell_id in self._cells
 
-    def process_side(self, record: KafkaRecord) -> None:
-        if record.topic != self.config.outcomes_topic:
-            super().process_side(record)
-        elif record.schema != "tiertwin.Outcome":
-            self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.Outcome, got {record.schema}")
-        else:
-            self.on_outcome(record.value)
+    def holds(self, cell_id: int) -> bool:
+        """Whether ``cell_id``'s summaries reach this twin (its cell list, else ``holds_cell``, else yes)."""
+        if self._cells:
+            return cell_id in self._cells
+        return self.holds_cell is None or self.holds_cell(cell_id)
 
-    def _decision(self, kind: str, record: KafkaRecord, received_ns: int, *, target: str, cell_id: int,
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["holds_cell"] = None      # the agent's (partitions): not part of the twin
+        # A slot's lock does not pickle.
+        state["slots"] = [(s.name, s.model, s.version, s.swaps) for s in state["slots"].values()]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["slots"] = {name: ModelSlot(name, model, version, swaps) for name, model, version, swaps in state["slots"]}
+        self.__dict__.update(state)
+
+    def swap_model(self, update: dict) -> bool:
+        """Take a ModelUpdate record if it is one of this twin's models and newer; True if it replaced the live one.
+
+        Raises :class:`~tiertwin.pipelines.models.ModelFormatError` if the payload does not load.
+        """
+        slot = self.slots.get(update["model_name"])
+        return slot is not None and slot.offer(update)
+
+    # -- decisions -----------------------------------------------------------------------------
+    @staticmethod
+    def _provenance(record: dict, ts_ms: int, decision_ids: Mapping[str, str] | None, stamps: dict | None,
+                    id_suffix: str) -> tuple[Mapping[str, str] | str, dict]:
+        """The decision ids (kind -> id, else the suffix of ``edge/<kind>/<suffix>``) and provenance to decide with."""
+        if stamps is None:
+            stamps = {"source_topic": "edge", "source_partition": 0, "source_offset": 0, "source_ts_ms": ts_ms,
+                      "source_emitted_ns": record.get("emitted_ns", 0), "received_ns": time.time_ns(), "decided_ns": 0}
+        return (decision_ids if decision_ids is not None else id_suffix), stamps
+
+    @staticmethod
+    def _decision(kind: str, ids: Mapping[str, str] | str, stamps: dict, *, target: str, cell_id: int,
                   ue_id: str | None, parameters: dict, model: str, version: int, confidence: float) -> dict:
-        return {"decision_id": decision_id("edge", kind, record), "tier": "edge", "kind": kind, "ue_id": ue_id,
+        did = f"edge/{kind}/{ids}" if isinstance(ids, str) else ids[kind]
+        return {"decision_id": did, "tier": "edge", "kind": kind, "ue_id": ue_id,
                 "cell_id": cell_id, "subject_id": None, "target": target, "parameters": parameters,
                 "model_name": model, "model_version": version, "confidence": min(1.0, max(0.0, confidence)),
-                **decision_stamps(record, received_ns)}
+                **stamps, "decided_ns": time.time_ns(), "twin_site": "edge"}
 
     # -- summaries: UE views, migration, handover ----------------------------------------------
-    def on_summary(self, record: KafkaRecord, received_ns: int) -> None:
-        s = record.value
-        ue_id, cell_id = s["ue_id"], s["serving_cell"]
-        twin = self.cell(cell_id, record.partition)
+    def observe_summary(self, summary: dict, *, decision_ids: Mapping[str, str] | None = None,
+                        stamps: dict | None = None) -> EdgeOutput:
+        """Fold one LocalSummary into its serving cell's twin; decide a migration (the UE came from
+        another site) and a handover (the neighbour's forecast wins), hand the UE's twin over if its
+        next cell is not held here.
+
+        ``decision_ids``: kind (``migration``, ``handover``) -> id; ``stamps``: the Decision's provenance
+        fields (see :func:`~tiertwin.pipelines.agent.decision_stamps`). A summary of a cell this twin
+        does not serve changes nothing.
+        """
+        out = EdgeOutput()
+        ue_id, cell_id = summary["ue_id"], summary["serving_cell"]
+        if not self.serves(cell_id):
+            return out
+        ids, stamps = self._provenance(summary, summary["window_end_ms"], decision_ids, stamps,
+                                       f"{ue_id}/{summary['window_end_ms']}")
+        twin = self.cell(cell_id)
+        out.touched.append(cell_id)
         view = twin.ues.get(ue_id)
         if view is None:
-            view = self._adopt(record, received_ns, ue_id, twin)
-        elif s["window_end_ms"] <= view.ts_ms:
-            self.metrics.replayed.inc()
-            return
+            view = self._arrive(ue_id, twin, ids, stamps, out)
+        elif summary["window_end_ms"] <= view.ts_ms:
+            out.replayed = True
+            return out
         else:   # the same cell as last time: the SINR it forecast can be checked now
-            self._learn_forecast(view, s)
-        self._update_view(view, s)
-        self._maybe_handover(record, received_ns, twin, view)
-        self._maybe_hand_off(twin, view)
+            self._learn_forecast(view, summary, out)
+        view.update(summary)
+        self._maybe_handover(twin, view, ids, stamps, out)
+        self._maybe_hand_off(twin, view, out)
+        return out
 
-    def _adopt(self, record: KafkaRecord, received_ns: int, ue_id: str, twin: CellTwin) -> UEView:
+    def _arrive(self, ue_id: str, twin: CellTwin, ids, stamps: dict, out: EdgeOutput) -> UEView:
         """A UE new to this cell: move its view from its previous cell here, or take the one another
         instance handed over (migrating sites if they differ)."""
         previous_cell = self.ue_cell.get(ue_id)
         previous = self.twins.get(str(previous_cell)) if previous_cell is not None else None
         view = previous.ues.pop(ue_id, None) if previous is not None else None
         if previous is not None:
-            self.touch(str(previous_cell), self.twin_partition[str(previous_cell)])
+            out.touched.append(previous_cell)
         old_site = self.site_of.get(previous_cell) if previous_cell is not None else None
         handed = self.handed_in.pop(ue_id, None)
         if view is None and handed is not None:
             view, previous_cell, old_site = UEView.from_migration(handed), handed["from_cell"], handed["from_site"]
-            self.metrics.handoffs.labels(self.tier, self.config.instance_id, "adopted").inc()
+            out.adopted = True
         view = view or UEView(ue_id)
         twin.ues[ue_id] = view
         self.ue_cell[ue_id] = twin.cell_id
         new_site = self.site_of.get(twin.cell_id)
         if old_site is not None and new_site is not None and old_site != new_site:
-            self.emit_decision(self.config.actions_topic, self._migration(
-                record, received_ns, twin.cell_id, ue_id, previous_cell, old_site, new_site, view), key=twin.cell_id)
+            out.decisions.append(self._decision(
+                "migration", ids, stamps, target=f"site:{new_site}", cell_id=twin.cell_id, ue_id=ue_id,
+                parameters={"from_site": float(old_site), "to_site": float(new_site), "from_cell": float(previous_cell),
+                            "summaries": float(view.summaries), "handed_over": float(not self.holds(previous_cell))},
+                model="twin-migration", version=0, confidence=1.0))
         return view
 
-    def _maybe_hand_off(self, twin: CellTwin, view: UEView, decided_cell: int | None = None) -> None:
-        """Send the UE's view to the instance of the cell it is about to move to, if that is not this one."""
-        c = self.config
-        if decided_cell is None:
-            if view.neighbour is None or view.neighbour[1] < view.sinr_db - c.handoff_margin_db:
-                return
-            if view.ts_ms - getattr(view, "last_handoff_ms", -10**15) < c.handoff_interval_ms:
-                return
-        to_cell = decided_cell if decided_cell is not None else view.neighbour[0]
-        if self.holds(to_cell):
-            return
-        view.last_handoff_ms = view.ts_ms
-        reason = "handover-decided" if decided_cell is not None else "neighbour-close"
-        self.emit(c.migrations_topic, "TwinMigration",
-                  view.to_migration(twin.cell_id, self.site_of.get(twin.cell_id), to_cell, reason), key=to_cell)
-        self.metrics.handoffs.labels(self.tier, c.instance_id, "sent").inc()
-
-    def on_migration(self, m: dict) -> None:
-        """A twin handed over by another instance: keep it until the UE's first summary here."""
-        if m["ue_id"] in self.ue_cell:   # already here (its summaries came first): ours is as new
-            return
-        known = self.handed_in.get(m["ue_id"])
-        if known is None or m["ts_ms"] >= known["ts_ms"]:
-            self.handed_in[m["ue_id"]] = m
-            self.handed_in.move_to_end(m["ue_id"])
-        while len(self.handed_in) > self.config.pending_handoffs:
-            self.handed_in.popitem(last=False)
-
-    def _migration(self, record, received_ns, cell_id, ue_id, previous_cell, old_site, new_site, view) -> dict:
-        return self._decision("migration", record, received_ns, target=f"site:{new_site}", cell_id=cell_id, ue_id=ue_id,
-                              parameters={"from_site": float(old_site), "to_site": float(new_site),
-                                          "from_cell": float(previous_cell), "summaries": float(view.summaries),
-                                          "handed_over": float(not self.holds(previous_cell))},
-                              model="twin-migration", version=0, confidence=1.0)
-
-    def _learn_forecast(self, view: UEView, s: dict) -> None:
+    def _learn_forecast(self, view: UEView, s: dict, out: EdgeOutput) -> None:
         if view.summaries == 0:
             return
         dt = (s["window_end_ms"] - view.ts_ms) / 1000.0
         if 0 < dt <= 5.0:
             model, _ = self.slots[self.config.handover_model].current()
             model.learn_one(sinr_forecast_features(view.sinr_db, view.trend, view.speed, dt), s["sinr_db"])
-            self.metrics.learned.labels(self.tier, self.config.instance_id, self.config.handover_model).inc()
+            out.learned.append(self.config.handover_model)
 
-    @staticmethod
-    def _update_view(view: UEView, s: dict) -> None:
-        dt = (s["window_end_ms"] - view.ts_ms) / 1000.0
-        neighbour = None
-        if s["best_neighbour_cell"] is not None and s["best_neighbour_sinr_db"] is not None:
-            trend = 0.0
-            if view.neighbour is not None and view.neighbour[0] == s["best_neighbour_cell"] and 0 < dt <= 5.0:
-                trend = (s["best_neighbour_sinr_db"] - view.neighbour[1]) / dt
-            neighbour = (s["best_neighbour_cell"], s["best_neighbour_sinr_db"], trend)
-        view.neighbour = neighbour[:2] if neighbour else None
-        view.neighbour_trend = neighbour[2] if neighbour else 0.0
-        view.ts_ms, view.sinr_db, view.trend, view.speed = s["window_end_ms"], s["sinr_db"], s["sinr_trend_db_per_s"], s["speed_mps"]
-        view.summaries += 1
-
-    def _maybe_handover(self, record: KafkaRecord, received_ns: int, twin: CellTwin, view: UEView) -> None:
+    def _maybe_handover(self, twin: CellTwin, view: UEView, ids, stamps: dict, out: EdgeOutput) -> None:
         c = self.config
         if view.neighbour is None or view.ts_ms - view.last_handover_ms < c.handover_cooldown_ms:
             return
@@ -346,33 +380,85 @@ class EdgeTwinAgent(TwinAgent):
         parameters = {"serving_forecast_db": serving, "neighbour_forecast_db": neighbour, "margin_db": margin,
                       "hysteresis_db": c.hysteresis_db, **features_to_parameters(serving_x),
                       **{f"neighbour_{k}": v for k, v in features_to_parameters(neighbour_x).items()}}
-        self.emit_decision(c.actions_topic, self._decision(
-            "handover", record, received_ns, target=f"cell:{view.neighbour[0]}", cell_id=twin.cell_id, ue_id=view.ue_id,
-            parameters=parameters, model=slot.name, version=version, confidence=_sigmoid(margin)), key=twin.cell_id)
-        self._maybe_hand_off(twin, view, decided_cell=view.neighbour[0])
+        out.decisions.append(self._decision(
+            "handover", ids, stamps, target=f"cell:{view.neighbour[0]}", cell_id=twin.cell_id, ue_id=view.ue_id,
+            parameters=parameters, model=slot.name, version=version, confidence=_sigmoid(margin)))
+        self._maybe_hand_off(twin, view, out, decided_cell=view.neighbour[0])
+
+    def _maybe_hand_off(self, twin: CellTwin, view: UEView, out: EdgeOutput, decided_cell: int | None = None) -> None:
+        """Hand the UE's view to the instance of the cell it is about to move to, if that is not this one."""
+        c = self.config
+        if decided_cell is None:
+            if view.neighbour is None or view.neighbour[1] < view.sinr_db - c.handoff_margin_db:
+                return
+            if view.ts_ms - getattr(view, "last_handoff_ms", -10**15) < c.handoff_interval_ms:
+                return
+        to_cell = decided_cell if decided_cell is not None else view.neighbour[0]
+        if self.holds(to_cell):
+            return
+        view.last_handoff_ms = view.ts_ms
+        reason = "handover-decided" if decided_cell is not None else "neighbour-close"
+        out.migrations.append(view.to_migration(twin.cell_id, self.site_of.get(twin.cell_id), to_cell, reason))
+
+    # -- migration hand-off --------------------------------------------------------------------
+    def export(self, ue_id: str, to_cell: int, reason: str = "handover-decided") -> dict:
+        """The UE's twin as a TwinMigration record for the twin of ``to_cell`` (KeyError if the UE is not here).
+        The UE stays here until it has been silent for ``ue_timeout_ms``."""
+        cell_id = self.ue_cell[ue_id]
+        view = self.twins[str(cell_id)].ues[ue_id]
+        return view.to_migration(cell_id, self.site_of.get(cell_id), to_cell, reason)
+
+    def adopt(self, migration: dict) -> bool:
+        """Take a UE's twin handed over by another instance (a TwinMigration record); it becomes the UE's
+        view at its first summary here. False if ignored: not a cell served here, the UE is already here
+        (its summaries came first: ours is as new), or a newer hand-over is already kept."""
+        ue_id = migration["ue_id"]
+        if not self.serves(migration["to_cell"]) or ue_id in self.ue_cell:
+            return False
+        known = self.handed_in.get(ue_id)
+        kept = known is None or migration["ts_ms"] >= known["ts_ms"]
+        if kept:
+            self.handed_in[ue_id] = migration
+            self.handed_in.move_to_end(ue_id)
+        while len(self.handed_in) > self.config.pending_handoffs:
+            self.handed_in.popitem(last=False)
+        return kept
 
     # -- cell reports: state, forwarding, allocation -------------------------------------------
-    def on_cell_report(self, record: KafkaRecord, received_ns: int) -> None:
-        report = record.value
-        twin = self.cell(report["cell_id"], record.partition)
+    def observe_cell_report(self, report: dict, *, decision_ids: Mapping[str, str] | None = None,
+                            stamps: dict | None = None) -> EdgeOutput:
+        """Take one EdgeState report of a cell: its twin's state and site, the UEs gone silent there for
+        ``ue_timeout_ms`` dropped, the report to forward (``attached_ues`` at least the twin's count) and,
+        at most every ``allocation_interval_ms``, a ``prb_share`` and a ``mec_share`` decision.
+
+        ``decision_ids``: kind (``prb_share``, ``mec_share``) -> id; ``stamps`` as for :meth:`observe_summary`.
+        """
+        out = EdgeOutput()
+        cell_id = report["cell_id"]
+        if not self.serves(cell_id):
+            return out
+        ids, stamps = self._provenance(report, report["ts_ms"], decision_ids, stamps, f"{cell_id}/{report['ts_ms']}")
+        twin = self.cell(cell_id)
+        out.touched.append(cell_id)
         if twin.state is not None and report["ts_ms"] < twin.state["ts_ms"]:
-            self.metrics.replayed.inc()
-            return
+            out.replayed = True
+            return out
         twin.state, twin.site_id = report, report["site_id"]
-        self.site_of[twin.cell_id] = report["site_id"]
+        self.site_of[cell_id] = report["site_id"]
         gone = [ue for ue, view in twin.ues.items() if report["ts_ms"] - view.ts_ms > self.config.ue_timeout_ms]
         for ue in gone:   # left for a cell of another instance (or went quiet)
             del twin.ues[ue]
-            if self.ue_cell.get(ue) == twin.cell_id:
+            if self.ue_cell.get(ue) == cell_id:
                 del self.ue_cell[ue]
-        forwarded = {**report, "attached_ues": max(report["attached_ues"], len(twin.ues)), "emitted_ns": time.time_ns()}
-        self.emit(self.config.edge_state_topic, "EdgeState", forwarded, key=twin.cell_id)
+        out.edge_state = {**report, "attached_ues": max(report["attached_ues"], len(twin.ues)), "emitted_ns": time.time_ns()}
         if report["ts_ms"] - twin.last_allocation_ms >= self.config.allocation_interval_ms:
             twin.last_allocation_ms = report["ts_ms"]
             for kind, model_field in ALLOCATIONS:
-                self._allocate(record, received_ns, twin, kind, getattr(self.config, model_field))
+                out.decisions.append(self._allocate(twin, kind, getattr(self.config, model_field), ids, stamps, out))
+        return out
 
-    def _allocate(self, record: KafkaRecord, received_ns: int, twin: CellTwin, kind: str, model_name: str) -> None:
+    def _allocate(self, twin: CellTwin, kind: str, model_name: str, ids, stamps: dict, out: EdgeOutput) -> dict:
+        """The next share of ``kind`` for the cell; first rewards the last one with the demands measured since."""
         slot = self.slots[model_name]
         allocator, version = slot.current()
         context = cell_context(twin.state)
@@ -380,21 +466,29 @@ class EdgeTwinAgent(TwinAgent):
         if previous is not None and previous[4] > 0:
             _, share, prev_context, met, measured = previous
             allocator.update(share, prev_context, allocation_reward(met / measured, share, self.config.share_cost))
-            self.metrics.learned.labels(self.tier, self.config.instance_id, model_name).inc()
+            out.learned.append(model_name)
         share = allocator.pull(context)
         expected = allocator.expected_reward(share, context)
-        decision = self._decision(kind, record, received_ns, target="", cell_id=twin.cell_id, ue_id=None,
+        decision = self._decision(kind, ids, stamps, target="", cell_id=twin.cell_id, ue_id=None,
                                   parameters={"share": share, "expected_reward": expected, **features_to_parameters(context)},
-                                  model=slot.name, version=version, confidence=min(1.0, max(0.0, expected + self.config.share_cost * share)))
+                                  model=slot.name, version=version,
+                                  confidence=min(1.0, max(0.0, expected + self.config.share_cost * share)))
         twin.allocations[kind] = [decision["decision_id"], share, context, 0, 0]
-        self.emit_decision(self.config.actions_topic, decision, key=twin.cell_id)
+        return decision
 
     # -- outcomes: rewards for the bandits -----------------------------------------------------
-    def on_outcome(self, outcome: dict) -> None:
+    def learn(self, outcome: dict) -> list[str]:
+        """Reward the allocation bandits from an Outcome; the models that learned from it now.
+
+        A demand's outcome in a cell counts toward that cell's open allocations (the reward, share of
+        deadlines met minus ``share_cost`` x share, is learned at the cell's next allocation); a decision
+        outcome with ``effect["reward"]`` naming an allocation rewards that one at once, and only once.
+        """
         cell_id = outcome.get("cell_id")
         twin = self.twins.get(str(cell_id)) if cell_id is not None else None
         if twin is None:
-            return
+            return []
+        learned = []
         if outcome["kind"] == "demand" and outcome.get("deadline_met") is not None:
             for allocation in twin.allocations.values():
                 allocation[3] += int(outcome["deadline_met"])
@@ -406,4 +500,141 @@ class EdgeTwinAgent(TwinAgent):
                     allocator, _ = self.slots[model_name].current()
                     allocator.update(allocation[1], allocation[2], outcome["effect"]["reward"])
                     allocation[4] = 0   # rewarded directly: do not reward it again from demand outcomes
-                    self.metrics.learned.labels(self.tier, self.config.instance_id, model_name).inc()
+                    learned.append(model_name)
+        return learned
+
+
+# =============================================================================================
+# Communication module: the twin as a Kafka service
+# =============================================================================================
+class EdgeTwinAgent(TwinAgent):
+    """The edge twin deployed as a Kafka service: routes records to an :class:`EdgeTwin` and sends what
+    it returns. ``EdgeTwinAgent(EdgeAgentConfig(...)).run(stop_event)``.
+
+    Decision ids and provenance come from the input record's coordinates, so a replay after a crash
+    yields the same ids; the cell twins are checkpointed to the changelog (``self.twins`` is the
+    EdgeTwin's ``twins``); which cells' summaries reach this instance follows its partitions.
+    """
+
+    tier = "edge"
+    model_names = (HANDOVER, PRB_SHARE, MEC_SHARE)
+    config: EdgeAgentConfig
+
+    def __init__(self, config: EdgeAgentConfig, settings=None):
+        self.model_names = (config.handover_model, config.prb_model, config.mec_model)
+        super().__init__(config, settings)
+        self.cells = set(config.cells)
+        self._partitioner = KeyHashCachePartitioner()
+        self._summary_partitions = 0
+        twin_config = EdgeTwinConfig(**config.model_dump(include=set(EdgeTwinConfig.model_fields)))
+        self.edge_twin = EdgeTwin(twin_config, {name: slot.current() for name, slot in self.slots.items()},
+                                  holds_cell=self.holds)
+        self.slots.update(self.edge_twin.slots)     # hot swaps (offer_model) reach the twin's decisions
+        self.edge_twin.twins = self.twins           # checkpointed and restored by TwinAgent
+
+    @property
+    def ue_cell(self) -> dict[str, int]:
+        return self.edge_twin.ue_cell
+
+    @property
+    def site_of(self) -> dict[int, int]:
+        return self.edge_twin.site_of
+
+    @property
+    def handed_in(self) -> OrderedDict[str, dict]:
+        return self.edge_twin.handed_in
+
+    def group_topics(self) -> list[str]:
+        return [self.config.summaries_topic, self.config.cell_reports_topic, self.config.migrations_topic]
+
+    def open(self) -> None:
+        super().open()
+        self._summary_partitions = len(self.source.consumer.partitions_for_topic(self.config.summaries_topic) or ())
+
+    def side_topics(self) -> dict[str, bool]:
+        return {self.config.models_topic: True, self.config.outcomes_topic: False}
+
+    def serves(self, cell_id: int) -> bool:
+        return self.edge_twin.serves(cell_id)
+
+    def holds(self, cell_id: int) -> bool:
+        """Whether this instance gets ``cell_id``'s summaries (its cell list, else its partitions)."""
+        if self.cells:
+            return cell_id in self.cells
+        if not self._summary_partitions:
+            return True
+        return self._partitioner.key_partition(str(cell_id).encode(), self._summary_partitions) in self._held
+
+    def restore_twin(self, twin: Any) -> Any:
+        return self.edge_twin.restore_cell(twin) if isinstance(twin, CellTwin) else twin
+
+    def process(self, batch: list[KafkaRecord], received_ns: int) -> None:
+        c = self.config
+        counts: dict[str, int] = {}
+        handlers = {c.summaries_topic: ("tiertwin.LocalSummary", "serving_cell", self.on_summary),
+                    c.cell_reports_topic: ("tiertwin.EdgeState", "cell_id", self.on_cell_report),
+                    c.migrations_topic: ("tiertwin.TwinMigration", "to_cell", self.on_migration)}
+        for record in batch:
+            counts[record.topic] = counts.get(record.topic, 0) + 1
+            schema, cell_field, handle = handlers[record.topic]
+            if record.schema != schema:
+                self.reject(record, "wrong-schema", f"{record.topic} carries {schema}, got {record.schema}")
+                continue
+            try:
+                handle(record, received_ns)
+            except Exception as exc:  # one record must not stop the twin: dead-letter it with the cause
+                self.reject(record, "processing-error", f"{type(exc).__name__}: {exc}")
+                key = str(record.value.get(cell_field))
+                if key in self.twins:   # it may have changed before failing: checkpoint it
+                    self.touch(key, record.partition)
+        for topic, n in counts.items():
+            self.metrics.records.labels(self.tier, c.instance_id, topic).inc(n)
+
+    def process_side(self, record: KafkaRecord) -> None:
+        if record.topic != self.config.outcomes_topic:
+            super().process_side(record)
+        elif record.schema != "tiertwin.Outcome":
+            self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.Outcome, got {record.schema}")
+        else:
+            self.on_outcome(record)
+
+    def on_summary(self, record: KafkaRecord, received_ns: int) -> None:
+        out = self.edge_twin.observe_summary(
+            record.value, decision_ids={kind: decision_id("edge", kind, record) for kind in SUMMARY_DECISIONS},
+            stamps=decision_stamps(record, received_ns))
+        self._send(out, record, record.value["serving_cell"])
+
+    def on_cell_report(self, record: KafkaRecord, received_ns: int) -> None:
+        out = self.edge_twin.observe_cell_report(
+            record.value, decision_ids={kind: decision_id("edge", kind, record) for kind in REPORT_DECISIONS},
+            stamps=decision_stamps(record, received_ns))
+        self._send(out, record, record.value["cell_id"])
+
+    def on_migration(self, record: KafkaRecord, received_ns: int = 0) -> None:
+        """A twin handed over by another instance: the EdgeTwin keeps it until the UE's first summary here
+        (not checkpointed: replayed from the last commit after a crash)."""
+        self.edge_twin.adopt(record.value)
+
+    def on_outcome(self, record: KafkaRecord) -> None:
+        for model_name in self.edge_twin.learn(record.value):
+            self.metrics.learned.labels(self.tier, self.config.instance_id, model_name).inc()
+
+    def _send(self, out: EdgeOutput, record: KafkaRecord, cell_id: int) -> None:
+        """Checkpoint what changed, send what the twin returned, count it."""
+        c, labels = self.config, (self.tier, self.config.instance_id)
+        for touched in out.touched:   # the record's cell is on its partition; another keeps its own
+            key = str(touched)
+            self.touch(key, record.partition if touched == cell_id else self.twin_partition.get(key, record.partition))
+        if out.replayed:
+            self.metrics.replayed.inc()
+        if out.adopted:
+            self.metrics.handoffs.labels(*labels, "adopted").inc()
+        if out.edge_state is not None:
+            self.emit(c.edge_state_topic, "EdgeState", out.edge_state, key=out.edge_state["cell_id"])
+        for decision in out.decisions:
+            self.emit_decision(c.actions_topic, decision, key=decision["cell_id"])
+        for migration in out.migrations:
+            self.emit(c.migrations_topic, "TwinMigration", migration, key=migration["to_cell"])
+            self.metrics.handoffs.labels(*labels, "sent").inc()
+        for model_name in out.learned:
+            self.metrics.learned.labels(*labels, model_name).inc()

@@ -1,15 +1,17 @@
-"""The local digital twin: one per UE, beside the device; decides in milliseconds.
+"""The local digital twin: the twins of a device's UEs, deciding in-process in microseconds.
 
-Reading order: configuration, then the **data module** (validate, denoise,
-keep a short history, compress into LocalSummary records), the **service module**
-(predict a demand's latency at each tier, place it at least cost within its
-deadline, earliest-deadline-first on the device, learn from outcomes), and the
-**communication module** (:class:`LocalTwinAgent`: topics in and out).
+Reading order: configuration, then the **data module** (validate, denoise, keep a short
+history, compress into LocalSummary records), the **service module** (predict a demand's
+latency at each tier, place it at least cost within its deadline, earliest-deadline-first
+on the device, learn from outcomes), :class:`LocalTwin` (both modules for a set of UEs, with
+no Kafka inside: what a device runs, and what the what-if replay drives), and the
+**communication module** (:class:`LocalTwinAgent`: the same twin deployed as a Kafka service,
+``tiertwin run local``).
 
-In: ``tiertwin.local.telemetry`` and ``tiertwin.local.demands`` (group member,
-keyed by UE), ``tiertwin.outcomes`` (group member, same key), and, read whole by
-every instance, ``tiertwin.cloud.edge-state`` (edge load) and ``tiertwin.models``.
-Out: Decision records (kind ``placement``) to ``tiertwin.actions.local``,
+The agent reads ``tiertwin.local.telemetry`` and ``tiertwin.local.demands`` (group member,
+keyed by UE), ``tiertwin.outcomes`` (group member, same key), and, read whole by every
+instance, ``tiertwin.cloud.edge-state`` (edge load) and ``tiertwin.models``.
+It writes Decision records (kind ``placement``) to ``tiertwin.actions.local``,
 LocalSummary records to ``tiertwin.edge.summaries``, checkpoints to
 ``tiertwin.state.local-changelog``.
 
@@ -27,27 +29,28 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tiertwin.connectors.kafka import KafkaRecord
+from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
+from tiertwin.pipelines.edf import edf_key
 from tiertwin.pipelines.features import TIERS, demand_features
 from tiertwin.pipelines.learners import DEMAND_LATENCY, DemandLatencyModel, deadline_confidence
-from tiertwin.pipelines.models import features_to_parameters
+from tiertwin.pipelines.models import FEATURE_PREFIX, ModelSlot
+from tiertwin.pipelines.pretrain import load_pretrained
+
+TwinSite = Literal["device", "edge", "cloud"]
+_INFINITY = float("inf")
 
 
-class LocalAgentConfig(AgentConfig):
-    """Configuration of one local agent instance (``tiertwin run local --config FILE``)."""
+class LocalTwinConfig(BaseModel):
+    """The local twin's knobs (no topics: a device needs none of them)."""
 
-    group_id: str = "tiertwin-local"
-    changelog_topic: str = "tiertwin.state.local-changelog"
-    telemetry_topic: str = "tiertwin.local.telemetry"
-    demands_topic: str = "tiertwin.local.demands"
-    edge_state_topic: str = "tiertwin.cloud.edge-state"
-    summaries_topic: str = "tiertwin.edge.summaries"
-    actions_topic: str = "tiertwin.actions.local"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     summary_interval_ms: int = Field(100, ge=1, le=600_000, description="One LocalSummary per UE per this much event time")
     ewma_alpha: float = Field(0.3, gt=0, le=1, description="Weight of the newest sample in the denoised radio state")
     history_length: int = Field(20, ge=2, le=10_000, description="Denoised samples kept per UE")
@@ -57,6 +60,26 @@ class LocalAgentConfig(AgentConfig):
     deadline_margin: float = Field(0.9, gt=0, le=1, description="A tier is feasible if predicted <= margin * deadline")
     critical_priority: int = Field(5, ge=0, le=7, description="Demands at or above it are time-critical (EDF on the device)")
     pending_outcomes: int = Field(100_000, ge=100, description="Decisions remembered to learn from their outcomes")
+    site: TwinSite = Field("device", description="Where this twin runs; stamped on every Decision as twin_site")
+
+
+class LocalAgentConfig(AgentConfig, LocalTwinConfig):
+    """Configuration of one local agent instance (``tiertwin run local --config FILE``): the twin's knobs and its topics."""
+
+    group_id: str = "tiertwin-local"
+    changelog_topic: str = "tiertwin.state.local-changelog"
+    telemetry_topic: str = "tiertwin.local.telemetry"
+    demands_topic: str = "tiertwin.local.demands"
+    edge_state_topic: str = "tiertwin.cloud.edge-state"
+    summaries_topic: str = "tiertwin.edge.summaries"
+    actions_topic: str = "tiertwin.actions.local"
+    site: TwinSite = Field("edge", description="Where this service runs (at the edge unless deployed in the cloud)")
+
+
+class ImplausibleRecord(RecordRejected):
+    """A record that passed the contract's range checks but makes no sense (``reason`` says why)."""
+
+    reason = "implausible"
 
 
 # =============================================================================================
@@ -187,7 +210,8 @@ class EdfQueue:
     """The device's queue of local work, run earliest-deadline-first (preemptive).
 
     ``wait_ms(now, deadline)`` is how long a new task with that absolute deadline
-    would wait behind work with earlier deadlines.
+    would wait behind work with earlier deadlines. The twin queues a demand under its
+    :func:`~tiertwin.pipelines.edf.edf_key`, the order the (simulated) device runs it in.
 
     >>> q = EdfQueue()
     >>> q.add(now_ms=0, deadline_ms=50, compute_ms=10); q.add(now_ms=0, deadline_ms=20, compute_ms=5)
@@ -233,17 +257,235 @@ def choose_tier(predicted: dict[str, float], deadline_ms: float, costs: dict[str
     >>> choose_tier({"local": 8.0, "edge": 12.0, "cloud": 60.0}, 20.0, {"edge": 1, "cloud": 1.5, "local": 2}, 0.9)
     'edge'
     """
-    feasible = [t for t in predicted if predicted[t] <= margin * deadline_ms]
-    if feasible:
-        return min(feasible, key=lambda t: (costs.get(t, 1.0), predicted[t]))
-    return min(predicted, key=predicted.get)
+    # One pass, no temporaries: this runs for every demand, on the device.
+    limit = margin * deadline_ms
+    best, best_cost, best_latency = None, 0.0, 0.0
+    fastest, fastest_latency = None, _INFINITY
+    for tier, latency in predicted.items():
+        if fastest is None or latency < fastest_latency:
+            fastest, fastest_latency = tier, latency
+        if latency <= limit:
+            cost = costs.get(tier, 1.0)
+            if best is None or cost < best_cost or (cost == best_cost and latency < best_latency):
+                best, best_cost, best_latency = tier, cost, latency
+    return best if best is not None else fastest
 
 
 # =============================================================================================
-# Communication module: the agent
+# The local twin: data and service modules for a set of UEs, no Kafka inside
+# =============================================================================================
+_PREDICTED_KEYS = {tier: f"predicted_{tier}_ms" for tier in TIERS}
+
+
+class _ParameterNames(dict):
+    """Feature name -> its Decision parameter name (``x_<name>``, see models.features_to_parameters), built once per name."""
+
+    def __missing__(self, name: str) -> str:
+        self[name] = key = FEATURE_PREFIX + name
+        return key
+
+
+_FEATURE_KEYS = _ParameterNames()
+
+
+class LocalTwin:
+    """The local twins of a set of UEs (a device hosts its own UE's, the service many). No Kafka inside.
+
+    Feed it decoded records: ``observe(telemetry)``, ``update_edge_state(edge_state)``,
+    ``learn(outcome)``, ``swap_model(model_update)``; ask it ``place(demand)`` for a complete
+    Decision record and ``due_summaries()`` for the LocalSummary records to send up. Its state
+    (UE twins, edge state, model, decisions awaiting outcomes) pickles whole.
+
+    >>> twin = LocalTwin(LocalTwinConfig(summary_interval_ms=100))
+    >>> radio = {"ue_id": "ue-1", "serving_cell": 3, "sinr_db": 20.0, "rsrp_dbm": -85.0, "throughput_dl_mbps": 300.0,
+    ...          "throughput_ul_mbps": 60.0, "rtt_ms": 6.0, "cpu_util": 0.2, "battery_pct": 90.0, "neighbours": []}
+    >>> [twin.observe({**radio, "ts_ms": 1_000 + 50 * i, "seq": i}) for i in (1, 2, 3, 3)]
+    [True, True, True, False]
+    >>> [(s["ue_id"], s["samples"]) for s in twin.due_summaries()]
+    [('ue-1', 3)]
+    >>> demand = {"demand_id": "ue-1/d/1", "ue_id": "ue-1", "ts_ms": 1_160, "kind": "xr_frame", "compute_gcycles": 0.1,
+    ...           "input_bytes": 20_000, "output_bytes": 100_000, "deadline_ms": 20.0, "priority": 6, "serving_cell": 3}
+    >>> decision = twin.place(demand)
+    >>> decision["decision_id"], decision["target"], decision["twin_site"], decision["model_version"]
+    ('local/placement/ue-1/d/1', 'edge', 'device', 1)
+    >>> twin.learn({"kind": "demand", "decision_id": decision["decision_id"], "demand_id": "ue-1/d/1",
+    ...             "placement": decision["target"], "latency_ms": 14.0})
+    True
+    """
+
+    def __init__(self, config: LocalTwinConfig | None = None, model: Any | None = None, model_version: int = 1):
+        self.config = config = config or LocalTwinConfig()
+        if model is None:   # the shipped pretrained model, at its shipped version
+            model, model_version = load_pretrained(config.demand_latency_model)
+        self.slot = ModelSlot(config.demand_latency_model, model, model_version)
+        self.twins: dict[str, UETwin] = {}
+        self.edge_states: dict[int, dict] = {}
+        self.pending: OrderedDict[str, tuple[dict, str]] = OrderedDict()
+        self.pending_by_demand: dict[str, str] = {}
+        self._due: dict[str, None] = {}     # UEs whose summary window is due, in the order they became due
+        # Both cost tables are built once: place() only picks one.
+        self._costs = {tier: float(config.tier_costs.get(tier, 1.0)) for tier in TIERS}
+        self._low_battery_costs = {**self._costs, "local": 2 * self._costs["local"]}
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.slot.name
+
+    @property
+    def model_version(self) -> int:
+        return self.slot.version
+
+    @property
+    def model(self) -> Any:
+        return self.slot.model
+
+    def twin(self, ue_id: str) -> UETwin:
+        """The UE's twin (created empty on first sight)."""
+        twin = self.twins.get(ue_id)
+        if twin is None:
+            twin = self.twins[ue_id] = UETwin(ue_id, self.config.history_length)
+        return twin
+
+    def device_queue(self, ue_id: str) -> EdfQueue:
+        """The UE's EDF queue of local work (the device runs its local work in this order)."""
+        return self.twin(ue_id).device
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        slot = state.pop("slot")        # its lock does not pickle
+        state["slot_state"] = (slot.name, slot.model, slot.version, slot.swaps)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        name, model, version, swaps = state.pop("slot_state")
+        self.__dict__.update(state)
+        self.slot = ModelSlot(name, model, version, swaps)
+
+    # -- data module ---------------------------------------------------------------------------
+    def observe(self, telemetry: dict) -> bool:
+        """Fold one Telemetry record in; False if it was already folded in (a replay).
+
+        Raises :class:`ImplausibleRecord` (``reason`` e.g. ``bad-timestamp``) for a record that makes no sense.
+        """
+        problem = semantic_problem(telemetry)
+        if problem is not None:
+            raise ImplausibleRecord(problem[1], reason=problem[0])
+        twin = self.twin(telemetry["ue_id"])
+        if is_replay(twin, telemetry):
+            return False
+        twin.observe(telemetry, self.config.ewma_alpha)
+        if twin.window_due(self.config.summary_interval_ms):
+            self._due[twin.ue_id] = None
+        return True
+
+    def due_summaries(self) -> list[dict]:
+        """The LocalSummary records of the windows that are due (``summary_interval_ms`` of event time); closes them."""
+        if not self._due:
+            return []
+        due, self._due = self._due, {}
+        interval = self.config.summary_interval_ms
+        return [twin.summary() for twin in map(self.twins.get, due) if twin is not None and twin.window_due(interval)]
+
+    def update_edge_state(self, state: dict) -> None:
+        """Take an EdgeState record (the newest per cell wins): the edge load placements are predicted with."""
+        known = self.edge_states.get(state["cell_id"])
+        if known is None or known["ts_ms"] <= state["ts_ms"]:
+            self.edge_states[state["cell_id"]] = state
+
+    # -- service module ------------------------------------------------------------------------
+    def place(self, demand: dict, *, decision_id: str | None = None, stamps: dict | None = None) -> dict:
+        """Place one Demand at the cheapest tier predicted to meet its deadline; the Decision record.
+
+        ``decision_id`` defaults to ``local/placement/<demand_id>`` (the same demand, the same id);
+        ``stamps`` (the provenance fields, see :func:`~tiertwin.pipelines.agent.decision_stamps`) default
+        to the demand itself as the source. A demand placed locally enters the UE's EDF queue.
+        """
+        received_ns = time.time_ns()
+        c = self.config
+        ue_id = demand["ue_id"]
+        twin = self.twins.get(ue_id) or self.twin(ue_id)
+        model, version = self.slot.current()
+        now_ms, deadline_ms = demand["ts_ms"], demand["deadline_ms"]
+        # The device runs local work in edf_key order (the simulated device too); background work
+        # (below critical_priority) waits behind everything queued.
+        key = edf_key(now_ms, deadline_ms, demand["priority"], c.critical_priority)
+        critical = demand["priority"] >= c.critical_priority
+        queue = twin.device
+        wait = queue.wait_ms(now_ms, key if critical else _INFINITY)
+        x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait,
+                            queue.backlog_ms(now_ms))
+        predicted = model.predict_tiers(x)
+        costs = self._low_battery_costs if twin.battery_pct < c.low_battery_pct else self._costs
+        tier = choose_tier(predicted, deadline_ms, costs, c.deadline_margin)
+        if tier == "local":
+            queue.add(now_ms, key, x["local_compute_ms"])
+        twin.placed[tier] += 1
+        parameters = {"predicted_latency_ms": predicted[tier], "deadline_ms": float(deadline_ms), "edf_wait_ms": wait}
+        for t, v in predicted.items():
+            parameters[_PREDICTED_KEYS[t]] = v
+        # The features travel with the decision (the cloud learns from them); demand_features gives floats.
+        parameters.update({_FEATURE_KEYS[k]: v for k, v in x.items()})
+        did = decision_id or f"local/placement/{demand['demand_id']}"
+        decision = {
+            "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": demand["serving_cell"],
+            "subject_id": demand["demand_id"], "target": tier, "parameters": parameters,
+            "model_name": self.slot.name, "model_version": version,
+            "confidence": deadline_confidence(predicted[tier], deadline_ms, _mae(model, tier)),
+        }
+        if stamps is None:
+            decision.update(source_topic="device", source_partition=0, source_offset=0, source_ts_ms=now_ms,
+                            source_emitted_ns=demand.get("emitted_ns", 0), received_ns=received_ns)
+        else:
+            decision.update(stamps)
+        decision["twin_site"] = c.site
+        self._remember(did, demand["demand_id"], x, tier)
+        decision["decided_ns"] = time.time_ns()
+        return decision
+
+    def _remember(self, did: str, demand_id: str, x: dict, tier: str) -> None:
+        self.pending[did] = (x, tier)
+        self.pending_by_demand[demand_id] = did
+        limit = self.config.pending_outcomes
+        while len(self.pending) > limit:
+            self.pending.popitem(last=False)
+        if len(self.pending_by_demand) > 2 * limit:
+            self.pending_by_demand = {d: i for d, i in self.pending_by_demand.items() if i in self.pending}
+
+    def learn(self, outcome: dict) -> bool:
+        """Learn predicted-vs-measured latency from a demand's Outcome; False if it is not a demand this twin placed."""
+        if outcome["kind"] != "demand" or outcome.get("latency_ms") is None:
+            return False
+        did = outcome.get("decision_id") or self.pending_by_demand.get(outcome.get("demand_id") or "")
+        example = self.pending.pop(did, None) if did else None
+        if example is None:
+            return False
+        x, tier = example
+        placement = outcome.get("placement")
+        model, _ = self.slot.current()
+        model.learn_one({**x, "tier": placement if placement in TIERS else tier}, outcome["latency_ms"])
+        return True
+
+    def swap_model(self, update: dict) -> bool:
+        """Take a ModelUpdate record if it is this twin's model and newer; True if it replaced the live model.
+
+        Decisions read the model and its version together, so a swap falls between two decisions.
+        Raises :class:`~tiertwin.pipelines.models.ModelFormatError` if the payload does not load.
+        """
+        return self.slot.offer(update)
+
+
+# =============================================================================================
+# Communication module: the twin as a Kafka service
 # =============================================================================================
 class LocalTwinAgent(TwinAgent):
-    """The local DT agent. ``LocalTwinAgent(LocalAgentConfig(...)).run(stop_event)``."""
+    """The local twin deployed as a service (at the edge or in the cloud): routes Kafka records to a
+    :class:`LocalTwin` and sends what it returns. ``LocalTwinAgent(LocalAgentConfig(...)).run(stop_event)``.
+
+    Decision ids and provenance come from the input record's coordinates, so a replay after a
+    crash yields the same ids; the UE twins are checkpointed to the changelog (``self.twins`` is
+    the LocalTwin's ``twins``).
+    """
 
     tier = "local"
     model_names = (DEMAND_LATENCY,)
@@ -253,10 +495,22 @@ class LocalTwinAgent(TwinAgent):
         if config.demand_latency_model != DEMAND_LATENCY:
             self.model_names = (config.demand_latency_model,)
         super().__init__(config, settings)
-        self.latency_slot = self.slots[config.demand_latency_model]
-        self.edge_states: dict[int, dict] = {}
-        self.pending: OrderedDict[str, tuple[dict, str]] = OrderedDict()
-        self.pending_by_demand: dict[str, str] = {}
+        slot = self.slots[config.demand_latency_model]
+        twin_config = LocalTwinConfig(**config.model_dump(include=set(LocalTwinConfig.model_fields)))
+        self.local_twin = LocalTwin(twin_config, slot.model, slot.version)
+        self.slots[slot.name] = self.local_twin.slot    # hot swaps (offer_model) reach the twin's decisions
+        self.local_twin.twins = self.twins              # checkpointed and restored by TwinAgent
+
+    @property
+    def latency_slot(self) -> ModelSlot:
+        return self.local_twin.slot
+
+    @property
+    def edge_states(self) -> dict[int, dict]:
+        return self.local_twin.edge_states
+
+    def twin(self, ue_id: str) -> UETwin:
+        return self.local_twin.twin(ue_id)
 
     def group_topics(self) -> list[str]:
         c = self.config
@@ -270,10 +524,7 @@ class LocalTwinAgent(TwinAgent):
             if record.schema != "tiertwin.EdgeState":
                 self.reject(record, "wrong-schema", f"{record.topic} carries tiertwin.EdgeState, got {record.schema}")
                 return
-            state = record.value
-            known = self.edge_states.get(state["cell_id"])
-            if known is None or known["ts_ms"] <= state["ts_ms"]:
-                self.edge_states[state["cell_id"]] = state
+            self.local_twin.update_edge_state(record.value)
         else:
             super().process_side(record)
 
@@ -298,91 +549,33 @@ class LocalTwinAgent(TwinAgent):
                 continue
             try:
                 handle(record)
+            except RecordRejected as exc:
+                self.reject(record, exc.reason, str(exc))
             except Exception as exc:  # one record must not stop the twin: dead-letter it with the cause
                 self.reject(record, "processing-error", f"{type(exc).__name__}: {exc}")
         for topic, n in count.items():
             if n:
                 self.metrics.records.labels(self.tier, c.instance_id, topic).inc(n)
 
-    def twin(self, ue_id: str) -> UETwin:
-        twin = self.twins.get(ue_id)
-        if twin is None:
-            twin = self.twins[ue_id] = UETwin(ue_id, self.config.history_length)
-        return twin
-
-    # -- data path -----------------------------------------------------------------------------
     def on_telemetry(self, record: KafkaRecord) -> None:
-        t = record.value
-        problem = semantic_problem(t)
-        if problem is not None:
-            self.reject(record, *problem)
-            return
-        twin = self.twin(t["ue_id"])
-        if is_replay(twin, t):
+        if not self.local_twin.observe(record.value):
             self.metrics.replayed.inc()     # already folded into the restored twin
             return
-        twin.observe(t, self.config.ewma_alpha)
-        self.touch(t["ue_id"], record.partition)
-        if twin.window_due(self.config.summary_interval_ms):
-            summary = twin.summary()
+        self.touch(record.value["ue_id"], record.partition)
+        for summary in self.local_twin.due_summaries():
             self.emit(self.config.summaries_topic, "LocalSummary", summary, key=summary["serving_cell"])
 
-    # -- service path --------------------------------------------------------------------------
     def on_demand(self, record: KafkaRecord, received_ns: int) -> None:
-        c, demand = self.config, record.value
-        twin = self.twin(demand["ue_id"])
-        model, version = self.latency_slot.current()
-        now_ms = demand["ts_ms"]
-        absolute_deadline = now_ms + demand["deadline_ms"]
-        critical = demand["priority"] >= c.critical_priority
-        wait = twin.device.wait_ms(now_ms, absolute_deadline if critical else float("inf"))
-        x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait,
-                            twin.device.backlog_ms(now_ms))
-        predicted = model.predict_tiers(x)
-        costs = c.tier_costs
-        if twin.battery_pct < c.low_battery_pct:
-            costs = {**costs, "local": 2 * costs.get("local", 1.0)}
-        tier = choose_tier(predicted, demand["deadline_ms"], costs, c.deadline_margin)
-        if tier == "local":
-            twin.device.add(now_ms, absolute_deadline if critical else now_ms + 1e9, x["local_compute_ms"])
-        twin.placed[tier] += 1
+        demand = record.value
+        decision = self.local_twin.place(demand, decision_id=decision_id("local", "placement", record),
+                                         stamps=decision_stamps(record, received_ns))
         self.touch(demand["ue_id"], record.partition)
-        did = decision_id("local", "placement", record)
-        parameters = {"predicted_latency_ms": predicted[tier], "deadline_ms": float(demand["deadline_ms"]),
-                      "edf_wait_ms": wait, **{f"predicted_{t}_ms": v for t, v in predicted.items()},
-                      **features_to_parameters(x)}
-        decision = {
-            "decision_id": did, "tier": "local", "kind": "placement", "ue_id": demand["ue_id"],
-            "cell_id": demand["serving_cell"], "subject_id": demand["demand_id"], "target": tier,
-            "parameters": parameters, "model_name": self.latency_slot.name, "model_version": version,
-            "confidence": deadline_confidence(predicted[tier], demand["deadline_ms"], _mae(model, tier)),
-            **decision_stamps(record, received_ns),
-        }
-        self.emit_decision(c.actions_topic, decision, key=demand["ue_id"])
-        self._remember(did, demand["demand_id"], x, tier)
-
-    def _remember(self, did: str, demand_id: str, x: dict, tier: str) -> None:
-        self.pending[did] = (x, tier)
-        self.pending_by_demand[demand_id] = did
-        while len(self.pending) > self.config.pending_outcomes:
-            self.pending.popitem(last=False)
-        if len(self.pending_by_demand) > 2 * self.config.pending_outcomes:
-            self.pending_by_demand = {d: i for d, i in self.pending_by_demand.items() if i in self.pending}
+        self.emit_decision(self.config.actions_topic, decision, key=demand["ue_id"])
 
     def on_outcome(self, record: KafkaRecord) -> None:
         """Learn predicted-vs-measured latency from a demand's Outcome."""
-        outcome = record.value
-        if outcome["kind"] != "demand" or outcome["latency_ms"] is None:
-            return
-        did = outcome["decision_id"] or self.pending_by_demand.get(outcome["demand_id"] or "")
-        example = self.pending.pop(did, None) if did else None
-        if example is None:
-            return
-        x, tier = example
-        placement = outcome["placement"] if outcome["placement"] in TIERS else tier
-        model, _ = self.latency_slot.current()
-        model.learn_one({**x, "tier": placement}, outcome["latency_ms"])
-        self.metrics.learned.labels(self.tier, self.config.instance_id, self.latency_slot.name).inc()
+        if self.local_twin.learn(record.value):
+            self.metrics.learned.labels(self.tier, self.config.instance_id, self.latency_slot.name).inc()
 
     def restore_twin(self, twin: Any) -> Any:
         return twin

@@ -59,6 +59,7 @@ _EXAMPLES: dict[str, dict] = {
         "confidence": 0.875, "source_topic": "tiertwin.local.demands", "source_partition": 3,
         "source_offset": 1200, "source_ts_ms": 1_767_225_600_000, "source_emitted_ns": 1_767_225_600_000_000_000,
         "received_ns": 1_767_225_600_001_000_000, "decided_ns": 1_767_225_600_001_200_000,
+        "twin_site": "edge",
     },
     "Outcome": {
         "outcome_id": "ue-0001/d/42/outcome", "ts_ms": 1_767_225_600_014, "kind": "demand", "ue_id": "ue-0001",

@@ -51,7 +51,7 @@ def test_cell_reports_are_forwarded_and_shares_allocated(edge_config, settings):
     for d in (r.value for r in decisions):
         assert d["parameters"]["share"] in allocator.shares and d["target"] == ""
         assert d["decision_id"] == f"edge/{d['kind']}/{d['source_topic']}/{d['source_partition']}/{d['source_offset']}"
-        assert d["model_version"] >= 1
+        assert d["model_version"] >= 1 and d["twin_site"] == "edge"
 
 
 def test_bandits_learn_from_outcomes(edge_config, settings):

@@ -81,6 +81,18 @@ def test_history_versions_are_loaded(registry):
     assert record["heading_deg"] == 0.0
 
 
+def test_decision_v1_decodes_as_v2_with_the_default_twin_site(registry):
+    # Decision v2 added twin_site; a v1 record (a service twin's, before the field) reads as made at the edge.
+    current = registry.current("Decision")
+    v1 = next(v for v in registry.versions("Decision") if v is not current)
+    assert [f["name"] for f in current.raw["fields"]] == [f["name"] for f in v1.raw["fields"]] + ["twin_site"]
+    old = {k: v for k, v in example("Decision").items() if k != "twin_site"}
+    name, record = registry.decode(registry.encode_with(v1, old))
+    assert name == "tiertwin.Decision" and record == {**old, "twin_site": "edge"}
+    for site in ("device", "edge", "cloud"):
+        assert registry.decode(registry.encode("Decision", {**old, "twin_site": site}))[1]["twin_site"] == site
+
+
 @pytest.mark.parametrize("data,reason", [
     (b"\x01\x02", "truncated"),
     (b"\x00\x01" + b"\x00" * 30, "bad-magic"),

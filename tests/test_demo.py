@@ -10,12 +10,20 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 def test_live_demo_makes_decisions_at_every_agent_tier_and_stops_cleanly(broker, settings):
     lines = []
-    summary = run_demo(seconds=20, ues=30, with_cloud=True, settings=settings, on_progress=lines.append)
+    summary = run_demo(seconds=20, ues=30, with_cloud=True, settings=settings, on_progress=lines.append, seed=7)
     tiers = {tier for tier, _ in summary.decisions}
     assert {"local", "edge"} <= tiers, summary.decisions
     assert summary.records["tiertwin.local.telemetry"] > 0 and summary.records["tiertwin.outcomes"] > 0
     assert summary.records["tiertwin.edge.summaries"] > 0 and summary.records["tiertwin.cloud.snapshots"] > 0
     assert sum(summary.placements.values()) > 0
-    assert any("deployed simulator" in line for line in lines)
-    for name in ("simulator", "local", "edge", "cloud"):
+    assert not any(line.startswith("deployed local") for line in lines)   # the local twins ran on the device
+    assert any("deployed simulator" in line and "seed 7" in line for line in lines)
+    # every local placement was made in the simulator's process, and the run is set beside no control
+    assert len(summary.place_us) == summary.decisions[("local", "placement")] > 0
+    assert summary.baseline is not None and summary.baseline.seed == 7 and summary.baseline.ues == 30
+    assert summary.simulator is not None and summary.simulator["local_twin"] == "device"
+    assert summary.simulator["late_decisions"] == 0 and summary.simulator["demands_defaulted"] == 0
+    assert summary.baseline.sim_seconds == pytest.approx(summary.simulator["sim_seconds"], abs=0.01)
+    assert summary.baseline.demands_by_placement.keys() == {"cloud"}
+    for name in ("simulator", "edge", "cloud"):
         assert status_of(name, settings)["running"] == 0

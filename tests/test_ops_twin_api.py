@@ -67,6 +67,7 @@ def test_api_serves_ue_cell_edge_twins_and_decisions(view_topics, settings, monk
         consumer.close()
         _, decision = SchemaRegistry.default().decode(message.value)
         assert decision["decision_id"] == accepted.json()["decision_id"] and decision["target"] == "cell:8"
+        assert decision["twin_site"] == "cloud"
     finally:
         view.stop()
 

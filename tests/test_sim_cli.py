@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import typer
 from typer.testing import CliRunner
@@ -42,3 +44,17 @@ def test_import_trace_dry_run(tmp_path):
     result = CliRunner().invoke(_app(), ["import-trace", str(path), "--format", "lumos5g", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "2 rows, 1 Telemetry mapped" in result.output and "unmappable-row: 1" in result.output
+
+
+def test_sim_offline_with_the_local_twins_on_the_device(tmp_path):
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--local-twin", "device", "--seconds", "1", "--ues", "10",
+                                         "--seed", "3", "--summary-json", str(tmp_path / "run" / "summary.json")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["local_twin"] == "device" and written["seed"] == 3 and written["sim_seconds"] == 1.0
+    assert written["device"]["placements"] == written["demands_decided"] > 0 and written["demands_defaulted"] == 0
+    assert "local twins: device" in result.output and "place() p50 / p99" in result.output
+    decided = next(line for line in result.output.splitlines() if "demands decided / default policy" in line)
+    assert decided.split("│")[2].split("/")[1].strip() == "0"       # every demand placed by its twin, none defaulted
+    result = CliRunner().invoke(_app(), ["sim", "--offline", "--local-twin", "phone"])
+    assert result.exit_code == 1 and "--local-twin" in result.output

@@ -127,7 +127,8 @@ def test_resource_decisions_change_the_state():
     cell = int(world.serving[7])
     mec = world.apply_decision({"decision_id": "m", "kind": "mec_share", "cell_id": cell, "target": "",
                                 "parameters": {"share": 0.8}})
-    assert mec["effect"]["capacity_after_gcps"] == pytest.approx(0.8 * world.scenario.compute.mec_gcps)
+    # 3 cells a site: 0.8 decided + an equal third claimed by each undecided cell is over the server: scaled
+    assert mec["effect"]["capacity_after_gcps"] == pytest.approx(0.8 / (0.8 + 2 / 3) * world.scenario.compute.mec_gcps)
     rate = world.apply_decision({"decision_id": "x", "kind": "xr_bitrate", "ue_id": ue, "target": "",
                                  "parameters": {"bitrate_mbps": 5.0}})
     assert world.xr_bitrate[7] == 5.0 and rate["effect"]["bitrate_after_mbps"] == 5.0
@@ -207,3 +208,133 @@ def test_fast_fading_varies_a_still_ues_sinr():
     calm_sinr = np.array([calm.step().sinr_db.copy() for _ in range(20)])
     assert faded_sinr.std(axis=0).min() > 1.0          # Rayleigh: several dB from step to step
     assert calm_sinr.std(axis=0).max() < 1e-9          # nothing moves, nothing changes
+
+
+def _local_outcomes(world: World) -> list[dict]:
+    return [o for o in world.outcome_records() if o["kind"] == "demand" and o["placement"] == "local"]
+
+
+def test_device_runs_local_work_earliest_deadline_first():
+    world = World(_corridor(), seed=3)      # device: 20 Gcycles/s
+    world.step()
+    t0 = world.now_ms
+    # a critical inference (100 ms of device work, due in 200 ms), then 20 ms later an XR frame due in 20 ms
+    slow = {**_demand(world), "demand_id": "slow", "compute_gcycles": 2.0, "deadline_ms": 200.0, "priority": 6}
+    assert world.submit_demand(slow, "local", "dec-slow") is None     # its Outcome comes when the work is done
+    world.step(), world.step()
+    frame = {**_demand(world), "demand_id": "frame", "compute_gcycles": 0.2, "deadline_ms": 20.0, "priority": 6}
+    world.submit_demand(frame, "local", "dec-frame", decision_wait_ms=0.25)
+    done = []
+    while len(done) < 2:
+        world.step()
+        done += [(world.now_ms, o) for o in _local_outcomes(world)]
+    (frame_at, first), (slow_at, second) = done
+    assert [first["demand_id"], second["demand_id"]] == ["frame", "slow"]   # arrived later, finished first
+    assert first["decision_id"] == "dec-frame" and second["decision_id"] == "dec-slow"
+    # the frame preempts: 10 ms of work right away; the inference's 100 ms stretch by those 10 ms
+    assert first["components_ms"]["queue"] == pytest.approx(0.0, abs=1e-9)
+    assert first["latency_ms"] == pytest.approx(0.25 + 10.0) and first["deadline_met"]
+    assert second["components_ms"]["compute"] == pytest.approx(100.0)
+    assert second["components_ms"]["queue"] == pytest.approx(10.0)
+    assert second["latency_ms"] == pytest.approx(110.0)
+    assert frame_at == t0 + 30 and slow_at == t0 + 110     # emitted in the step the work completes
+    assert world.device_backlog_ms[0] == 0.0 and not world.device_tasks
+
+
+def test_not_critical_local_work_waits_behind_critical_work_in_arrival_order():
+    world = World(_corridor(), seed=3)
+    world.step()
+    base = {**_demand(world), "compute_gcycles": 0.2}             # 10 ms each
+    for name, priority, deadline in (("bulk-1", 2, 50.0), ("bulk-2", 2, 10.0), ("xr", 6, 1000.0)):
+        world.submit_demand({**base, "demand_id": name, "priority": priority, "deadline_ms": deadline}, "local")
+    world.finish_local_work()
+    order = [(o["demand_id"], o["latency_ms"]) for o in _local_outcomes(world)]
+    assert [name for name, _ in order] == ["xr", "bulk-1", "bulk-2"]   # bulk-2's tighter deadline does not count
+    assert [latency for _, latency in order] == pytest.approx([10.0, 20.0, 30.0])
+
+
+def test_device_work_is_conserved_and_the_device_never_idles_while_work_waits():
+    scenario = parse_scenario({**_corridor().model_dump(), "ues": 3})
+    world = World(scenario, seed=4)
+    rng = np.random.default_rng(0)
+    submitted = {u: 0.0 for u in world.ue_ids}
+    outcomes = []
+    for step in range(30):
+        before = world.device_backlog_ms.copy()
+        world.step()
+        # work-conserving: a 10 ms step removes 10 ms of work from every device that has that much
+        assert world.device_backlog_ms == pytest.approx(np.maximum(before - 10.0, 0.0), abs=1e-9)
+        outcomes += _local_outcomes(world)
+        for i in range(int(rng.integers(0, 4))):
+            ue_id = world.ue_ids[int(rng.integers(0, 3))]
+            gcycles = float(rng.uniform(0.1, 1.0))
+            world.submit_demand({**_demand(world, ue_id), "demand_id": f"{ue_id}/{step}/{i}", "compute_gcycles": gcycles,
+                                 "deadline_ms": float(rng.choice([20.0, 100.0, 2000.0])),
+                                 "priority": int(rng.choice([2, 4, 6]))}, "local")
+            submitted[ue_id] += gcycles / scenario.device.compute_gcps * 1000.0
+    assert world.device_backlog_ms.sum() > 0           # some work is still queued at the end of the run
+    world.finish_local_work()
+    outcomes += _local_outcomes(world)
+    assert len({o["demand_id"] for o in outcomes}) == len(outcomes) == world.stats.placements["local"]
+    for ue_id, work in submitted.items():            # every submitted millisecond of work ran, once
+        assert sum(o["components_ms"]["compute"] for o in outcomes if o["ue_id"] == ue_id) == pytest.approx(work)
+    assert world.device_backlog_ms.sum() == 0.0 and not world.device_tasks
+    assert all(o["latency_ms"] >= o["components_ms"]["compute"] - 1e-9 for o in outcomes)
+
+
+def test_no_control_baseline_is_the_same_world_with_nobody_deciding():
+    from tiertwin.connectors.simulator import no_control
+
+    spec = load_scenario("dense-urban-xr").with_overrides(ues=30)
+    baseline = no_control(spec, seconds=3.0, seed=12)
+    loop = SimulatorLoop(World(spec, seed=12)).run(3.0)   # the full loop, every record built and encoded
+    assert baseline.steps == loop.steps == 300 and baseline.demands_by_placement == loop.demands_by_placement
+    assert baseline.demands_by_placement["cloud"] > 100
+    assert (baseline.deadline_miss_rate, baseline.latency_mean_ms, baseline.latency_p99_ms) == \
+        (loop.deadline_miss_rate, loop.latency_mean_ms, loop.latency_p99_ms)
+    assert no_control(spec, seconds=3.0, seed=13).latency_mean_ms != baseline.latency_mean_ms
+    # no control means the cloud, whatever the scenario's default policy explores
+    explore = parse_scenario({**spec.model_dump(), "compute": {**spec.compute.model_dump(), "default_placement": "random"}})
+    assert no_control(explore, seconds=1.0, seed=12).demands_by_placement.keys() == {"cloud"}
+
+
+def test_mec_shares_that_fit_are_granted_and_undecided_cells_never_starve():
+    world = World(load_scenario("dense-urban-xr").with_overrides(ues=10), seed=4)   # 3 sectors a site
+    a, b, c = (int(x) for x in np.flatnonzero(world.layout.cell_site == 0))
+    mec = world.scenario.compute.mec_gcps
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx([mec / 3] * 3)
+    world.apply_decision({"decision_id": "m1", "kind": "mec_share", "cell_id": a, "target": "", "parameters": {"share": 0.2}})
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx([0.2 * mec, 0.4 * mec, 0.4 * mec])   # fits: granted
+    for i, cell in enumerate((a, b)):
+        world.apply_decision({"decision_id": f"m{i + 2}", "kind": "mec_share", "cell_id": cell, "target": "",
+                              "parameters": {"share": 1.0}})
+    # 1 + 1 + the undecided cell's third: over the server, scaled together; cell c keeps a slice
+    assert world.mec_capacity_gcps[[a, b, c]] == pytest.approx(np.array([1.0, 1.0, 1 / 3]) / (7 / 3) * mec)
+    assert world.mec_capacity_gcps[world.layout.cell_site == 0].sum() == pytest.approx(mec)
+
+
+def test_the_device_twin_predicts_the_wait_the_simulated_device_gives():
+    from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
+
+    world = World(_corridor(), seed=3)                 # device 20 Gcycles/s, as the twin's features assume
+    twin = LocalTwin(LocalTwinConfig(tier_costs={"local": 0.1, "edge": 5.0, "cloud": 5.0}))   # keep it all local
+    world.step()
+    predicted, outcomes = {}, {}
+    plan = [("bulk", 1.0, 2, 1000.0), ("frame", 0.4, 6, 100.0), ("infer", 0.2, 6, 300.0), ("late-bulk", 0.2, 2, 1000.0)]
+    for name, gcycles, priority, deadline in plan:    # one arrival per 10 ms step
+        demand = {**_demand(world), "demand_id": name, "compute_gcycles": gcycles, "priority": priority,
+                  "deadline_ms": deadline}
+        decision = twin.place(demand)
+        assert decision["target"] == "local"
+        predicted[name] = decision["parameters"]["edf_wait_ms"]
+        world.submit_demand(demand, "local", decision["decision_id"])
+        world.step()
+        outcomes.update({o["demand_id"]: o for o in _local_outcomes(world)})
+    world.finish_local_work()
+    outcomes.update({o["demand_id"]: o for o in _local_outcomes(world)})
+    queue = {name: o["components_ms"]["queue"] for name, o in outcomes.items()}
+    # the frame preempts the bulk job; the inference queues behind the frame only; the late bulk behind all
+    assert predicted == pytest.approx({"bulk": 0.0, "frame": 0.0, "infer": 10.0, "late-bulk": 50.0})
+    for name in ("frame", "infer", "late-bulk"):      # nothing more urgent arrived after them: the twin was exact
+        assert queue[name] == pytest.approx(predicted[name], abs=1e-9)
+    assert queue["bulk"] == pytest.approx(20.0 + 10.0)   # preempted by the frame and the inference that came later

@@ -47,10 +47,12 @@ class Decision:
     source_emitted_ns: int
     received_ns: int
     decided_ns: int
+    twin_site: str = "edge"     # Decision v2: where the deciding twin ran (device / edge / cloud)
 
     @classmethod
     def from_record(cls, record: dict) -> "Decision":
-        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)
+                      if f.name in record or f.default is dataclasses.MISSING})
 
     @property
     def decision_latency_ms(self) -> float:

@@ -14,6 +14,19 @@ reported as ``components_ms["decision"]``); then the default placement applies. 
 decision the world cannot apply (unknown UE or cell, bad share, wrong record type)
 goes to the dead-letter topic with reason ``inapplicable-decision``.
 
+Where the UEs' local twins run (``local_twin``):
+
+* ``"service"``: as a Kafka service (``tiertwin run local``): demands go out on
+  ``topics.demands`` and wait for their placement on the action topics, as above.
+* ``"device"``: on the device, in this process. A :class:`~tiertwin.pipelines.device.DeviceRuntime`
+  hosts the twins of all the UEs; each demand is placed the moment it arises by
+  ``runtime.place(demand)`` in the loop's thread, and its decision wait is the measured wall
+  time of that call, so no placement is ever late. Telemetry also goes to ``runtime.observe``,
+  demand Outcomes to ``runtime.report`` (the twin learns; its uplink publishes them, with the
+  decisions and the LocalSummary records); Telemetry, Demands, cell reports and the Outcomes of
+  applied decisions still go to Kafka. Edge and cloud decisions still arrive on the action
+  topics and are applied.
+
 Modes: ``realtime=True`` paces steps on the wall clock (event times and ``emitted_ns`` are
 wall-clock times; live demos, latency benchmarks); ``realtime=False`` runs as fast as
 possible on the simulated clock (training data, tests; identical seeds give identical bytes).
@@ -38,12 +51,14 @@ commits. Offline, a :class:`MemorySink` encodes and keeps (or just counts) the r
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -68,6 +83,22 @@ class SimulatorTopics:
     outcomes: str = "tiertwin.outcomes"
     actions: tuple[str, ...] = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
     deadletters: str = DEAD_LETTER_TOPIC
+    # device mode: what the device twins publish and read (the local actions are theirs, not read back)
+    local_actions: str = "tiertwin.actions.local"
+    summaries: str = "tiertwin.edge.summaries"
+    models: str = "tiertwin.models"
+    edge_state: str = "tiertwin.cloud.edge-state"
+
+    def device_topics(self) -> Any:
+        """The device runtime's topics (:class:`~tiertwin.pipelines.device.DeviceTopics`) for these names."""
+        from tiertwin.pipelines.device import DeviceTopics
+
+        return DeviceTopics(actions=self.local_actions, summaries=self.summaries, outcomes=self.outcomes,
+                            models=self.models, edge_state=self.edge_state, dead_letters=self.deadletters)
+
+    def decision_topics(self, local_twin: str) -> tuple[str, ...]:
+        """The action topics the simulator applies: in device mode the device decided the placements itself."""
+        return self.actions if local_twin == "service" else tuple(a for a in self.actions if a != self.local_actions)
 
 
 class RecordSink(Protocol):
@@ -124,6 +155,8 @@ class SimSummary:
     migrations: int = 0
     steps_behind: int = 0
     physics_seconds: float = 0.0   # wall time inside World.step() (the rest is records, Kafka, waiting)
+    local_twin: str = "service"
+    device: dict = field(default_factory=dict)   # device mode: place() wall time and the runtime's counters
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -134,8 +167,12 @@ class SimulatorLoop:
 
     def __init__(self, world: World, sink: RecordSink | None = None, source: KafkaSource | None = None,
                  topics: SimulatorTopics = SimulatorTopics(), realtime: bool = False,
-                 dead_letters: DeadLetterSink | None = None, commit_interval_s: float = 0.2):
+                 dead_letters: DeadLetterSink | None = None, commit_interval_s: float = 0.2, *,
+                 local_twin: Literal["device", "service"] = "service", runtime: Any = None):
+        if local_twin not in ("device", "service"):
+            raise ValueError(f"local_twin must be 'device' or 'service', not {local_twin!r}")
         self.world = world
+        self.local_twin = local_twin
         self.sink = sink if sink is not None else MemorySink(keep=False)
         self.source = source
         self.topics = topics
@@ -146,12 +183,25 @@ class SimulatorLoop:
         self.commit_interval_s = commit_interval_s
         self.published: Counter = Counter()
         self.rejected = 0
+        self.rejected_telemetry = 0
+        self.reported = 0
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._steps = 0
         self._behind = 0
         self._physics_s = 0.0
-        world.await_decisions = source is not None
+        self.runtime, self._owns_runtime = runtime, False
+        self._place_ns = array("q")
+        if local_twin == "device":
+            if runtime is None:   # the twins of every UE of this world, publishing where the topics say
+                from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime
+
+                config = DeviceConfig(device_id=f"simulator-{os.getpid()}", topics=topics.device_topics())
+                self.runtime, self._owns_runtime = DeviceRuntime(config, connect=isinstance(self.sink, KafkaSink)), True
+            world.placer = self._place
+            world.await_decisions = False
+        else:
+            world.await_decisions = source is not None
 
     # -- control ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -173,6 +223,8 @@ class SimulatorLoop:
             world.wall_clock_ns = time.time_ns
         elif self.source is not None:  # lockstep: agents measure and answer on the wall clock
             world.wall_clock_ns = time.time_ns
+        if self.runtime is not None:
+            self.runtime.start()
         self.ready.set()
         wall_start, sim_start = time.monotonic(), world.t_ms
         end_ms = None if seconds is None else world.t_ms + seconds * 1000.0
@@ -193,7 +245,7 @@ class SimulatorLoop:
                     self._poll_decisions(0)  # also when behind schedule, so decisions never starve
                 else:
                     self._lockstep()
-                self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
+                self._outcomes(world.outcome_records())
                 if self.source is not None and time.monotonic() - last_commit >= self.commit_interval_s:
                     # outputs first, then offsets: at-least-once (without a source, the sink bounds in-flight work)
                     self._flush_and_commit()
@@ -201,6 +253,8 @@ class SimulatorLoop:
             self._drain_pending()
         finally:
             self._flush_and_commit()
+            if self._owns_runtime:
+                self.runtime.close()   # sends what is queued; the rest waits in its spill file
         return self._summary(time.monotonic() - wall_start, (world.t_ms - sim_start) / 1000.0)
 
     def _await_assignment(self) -> None:
@@ -226,7 +280,7 @@ class SimulatorLoop:
                 time.sleep(left)
                 return
             self._poll_decisions(max(int(left * 1000), 1) if left > 0.001 else 0)
-            self._publish(self.topics.outcomes, "Outcome", self.world.outcome_records())
+            self._outcomes(self.world.outcome_records())
 
     def _lockstep(self) -> None:
         """As fast as possible with agents: the simulated clock waits until every demand of the step
@@ -247,21 +301,55 @@ class SimulatorLoop:
     def _drain_pending(self) -> None:
         """At the end, give pending demands their decision timeout (at most DRAIN_LIMIT_S), then the default."""
         world = self.world
-        if not world.pending:
-            return
         deadline = time.monotonic() + min(world.scenario.compute.decision_timeout_ms / 1000.0, DRAIN_LIMIT_S)
         while world.pending and time.monotonic() < deadline and self.source is not None:
             self._poll_decisions(5)
         world.expire_pending()
         world.resolve_pending()
-        self._publish(self.topics.outcomes, "Outcome", world.outcome_records())
+        world.finish_local_work()   # the devices' queued work completes: every demand gets its Outcome
+        self._outcomes(world.outcome_records())
 
     # -- records ------------------------------------------------------------------------------
     def _publish_step(self) -> None:
         world, t = self.world, self.topics
-        self._publish(t.telemetry, "Telemetry", world.telemetry_records())
-        self._publish(t.demands, "Demand", world.demand_records())
+        telemetry = world.telemetry_records()
+        self._publish(t.telemetry, "Telemetry", telemetry)
+        if self.runtime is not None:   # the device twins see the step's telemetry before its demands
+            self._observe(telemetry)
+        self._publish(t.demands, "Demand", world.demand_records())   # device mode: placed in there (World.placer)
         self._publish(t.cell_reports, "EdgeState", world.cell_reports(), key_field="cell_id")
+
+    # -- device mode ----------------------------------------------------------------------------
+    def _observe(self, telemetry: list[dict]) -> None:
+        observe = self.runtime.observe
+        for record in telemetry:
+            try:
+                observe(record)
+            except RecordRejected:
+                self.rejected_telemetry += 1   # the runtime counted and dead-lettered it
+
+    def _place(self, demand: dict) -> tuple[str, str, float]:
+        """World.placer in device mode: the device twin decides now; the wait is that call's wall time."""
+        started = time.perf_counter_ns()
+        decision = self.runtime.place(demand)
+        took = time.perf_counter_ns() - started
+        self._place_ns.append(took)
+        self.world.remember_applied(decision["decision_id"])   # a copy read back from Kafka is a duplicate
+        return decision["target"], decision["decision_id"], took / 1e6
+
+    def _outcomes(self, outcomes: list[dict]) -> None:
+        """Outcomes go to Kafka; in device mode a demand's goes to its device twin (learn + uplink) instead."""
+        if self.runtime is None:
+            self._publish(self.topics.outcomes, "Outcome", outcomes)
+            return
+        others = []
+        for outcome in outcomes:
+            if outcome["kind"] == "demand" and outcome["latency_ms"] is not None:
+                self.runtime.report(outcome)
+                self.reported += 1
+            else:
+                others.append(outcome)
+        self._publish(self.topics.outcomes, "Outcome", others)
 
     def _publish(self, topic: str, schema: str, records: list[dict], key_field: str = "ue_id") -> None:
         send = self.sink.send
@@ -297,35 +385,96 @@ class SimulatorLoop:
             self.source.commit()
 
     def _summary(self, wall_s: float, sim_s: float) -> SimSummary:
-        world, stats = self.world, self.world.stats
-        latencies = np.asarray(stats.latencies_ms, dtype=float)
         total = int(sum(self.published.values()))
-        return SimSummary(
-            scenario=world.scenario.name, seed=world.seed, ues=world.scenario.ues, realtime=self.realtime,
-            steps=self._steps, sim_seconds=round(sim_s, 6), wall_seconds=round(wall_s, 6),
-            published=dict(self.published), records_per_s=total / wall_s if wall_s > 0 else 0.0,
-            decisions_applied=dict(stats.decisions), decisions_rejected=self.rejected,
-            late_decisions=stats.late_decisions, unknown_decisions=stats.unknown_decisions,
-            duplicate_decisions=stats.duplicate_decisions,
-            demands_by_placement=dict(stats.placements), demands_decided=stats.decided,
-            demands_defaulted=stats.defaulted,
-            deadline_miss_rate=stats.misses / len(latencies) if len(latencies) else 0.0,
-            latency_mean_ms=float(latencies.mean()) if len(latencies) else 0.0,
-            latency_p99_ms=float(np.percentile(latencies, 99)) if len(latencies) else 0.0,
-            handovers_a3=stats.handovers_a3, handovers_decided=stats.handovers_decided,
-            migrations=stats.migrations, steps_behind=self._behind, physics_seconds=round(self._physics_s, 6))
+        return summarize(self.world, wall_s, sim_s, steps=self._steps, realtime=self.realtime,
+                         published=dict(self.published), records_per_s=total / wall_s if wall_s > 0 else 0.0,
+                         decisions_rejected=self.rejected, steps_behind=self._behind,
+                         physics_seconds=round(self._physics_s, 6), local_twin=self.local_twin,
+                         device=self._device_summary())
+
+    def _device_summary(self) -> dict:
+        if self.runtime is None:
+            return {}
+        from tiertwin.pipelines.device import stats_dict
+
+        place_us = np.asarray(self._place_ns, dtype=float) / 1e3
+        out = {"placements": int(place_us.size), "outcomes_reported": self.reported,
+               "telemetry_rejected": self.rejected_telemetry, "queued": self.runtime.queued}
+        if place_us.size:
+            out.update(place_p50_us=float(np.percentile(place_us, 50)), place_p99_us=float(np.percentile(place_us, 99)),
+                       place_max_us=float(place_us.max()))
+        return {**out, "runtime": stats_dict(self.runtime.stats)}
+
+
+def demand_figures(latencies_ms: Any, missed: int) -> dict[str, float]:
+    """Deadline-miss rate and mean / p99 latency of a run's demands: one definition for live runs and baselines.
+
+    >>> demand_figures([10.0, 20.0, 30.0, 40.0], missed=1)
+    {'demands': 4, 'deadline_miss_rate': 0.25, 'latency_mean_ms': 25.0, 'latency_p99_ms': 39.7}
+    """
+    a = np.asarray(latencies_ms, dtype=float)
+    if not a.size:
+        return {"demands": 0, "deadline_miss_rate": 0.0, "latency_mean_ms": 0.0, "latency_p99_ms": 0.0}
+    return {"demands": int(a.size), "deadline_miss_rate": missed / a.size, "latency_mean_ms": float(a.mean()),
+            "latency_p99_ms": round(float(np.percentile(a, 99)), 9)}
+
+
+def summarize(world: World, wall_s: float, sim_s: float, **fields: Any) -> SimSummary:
+    """The :class:`SimSummary` of ``world``'s run so far; ``fields`` are the loop's own counters."""
+    stats = world.stats
+    figures = demand_figures(stats.latencies_ms, stats.misses)
+    return SimSummary(
+        scenario=world.scenario.name, seed=world.seed, ues=world.scenario.ues,
+        sim_seconds=round(sim_s, 6), wall_seconds=round(wall_s, 6),
+        decisions_applied=dict(stats.decisions), late_decisions=stats.late_decisions,
+        unknown_decisions=stats.unknown_decisions, duplicate_decisions=stats.duplicate_decisions,
+        demands_by_placement=dict(stats.placements), demands_decided=stats.decided, demands_defaulted=stats.defaulted,
+        deadline_miss_rate=figures["deadline_miss_rate"], latency_mean_ms=figures["latency_mean_ms"],
+        latency_p99_ms=figures["latency_p99_ms"], handovers_a3=stats.handovers_a3,
+        handovers_decided=stats.handovers_decided, migrations=stats.migrations, **fields)
+
+
+def no_control(scenario: Any, seconds: float, *, seed: int | None = None, ues: int | None = None) -> SimSummary:
+    """The baseline: the same scenario and seed for the same simulated seconds, with nobody deciding.
+
+    Every demand runs where the network puts it by default, the cloud. Offline and lean: only
+    the physics and the demands are computed (no telemetry records, nothing encoded), so a
+    minute of 100 UEs takes about a second. Arrivals, radio and mobility draw from the seed's own
+    streams whatever is decided, so a live run on that seed met the very same demands.
+
+    >>> from tiertwin.connectors.simulator.scenarios import Scenario
+    >>> base = no_control(Scenario(ues=20), seconds=2.0, seed=4)
+    >>> base.steps, base.demands_by_placement.keys() == {"cloud"}, 0.0 <= base.deadline_miss_rate <= 1.0
+    (200, True, True)
+    """
+    from tiertwin.connectors.simulator.scenarios import Scenario, load_scenario
+
+    spec = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    spec = spec.with_overrides(ues=ues, compute={**spec.compute.model_dump(), "default_placement": "cloud"})
+    world = World(spec, seed=seed)
+    started, steps = time.monotonic(), int(round(seconds * 1000.0 / spec.step_ms))
+    for _ in range(steps):
+        world.step()
+        world.demand_records()     # no decision source: each demand runs on the default placement at once
+        world.outcome_records()
+    world.finish_local_work()
+    return summarize(world, time.monotonic() - started, world.t_ms / 1000.0, steps=steps, realtime=False)
 
 
 def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None, *, realtime: bool = True,
                   seed: int | None = None, ues: int | None = None, telemetry_hz: float | None = None,
                   decision_timeout_ms: float | None = None, decisions: bool = True, offline: bool = False, settings: Settings | None = None,
                   topics: SimulatorTopics = SimulatorTopics(), group_id: str = "tiertwin-simulator",
-                  handle_signals: bool = False, on_start: Any = None) -> SimSummary:
+                  handle_signals: bool = False, on_start: Any = None,
+                  local_twin: Literal["device", "service"] = "service") -> SimSummary:
     """Build a World and its Kafka sink/source, run the loop, close everything; for operators and the CLI.
 
     ``scenario`` is a preset name, a YAML path or a :class:`Scenario`. Decisions are read from
-    the end of the action topics (earlier ones refer to demands this world never issued).
-    ``on_start(loop)`` is called before the run (e.g. to keep the loop and call ``stop()`` later).
+    the end of the action topics (earlier ones refer to demands this world never issued); in
+    device mode not from ``topics.local_actions``, where the device twins publish their own.
+    The device runtime is named after ``group_id``, so a restarted simulator sends what the last
+    one left in its spill file. ``on_start(loop)`` is called before the run (e.g. to keep the loop
+    and call ``stop()`` later).
     """
     from tiertwin.connectors.simulator.scenarios import Scenario, load_scenario
 
@@ -337,22 +486,30 @@ def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None
         spec = spec.with_overrides(compute={**spec.compute.model_dump(), "decision_timeout_ms": decision_timeout_ms})
     registry = SchemaRegistry.default()
     sink: Any = MemorySink(registry, keep=False) if offline else None
-    source = None
+    source = runtime = None
     try:
         if not offline:
             settings = settings or Settings.from_env()
             sink = KafkaSink(settings, registry, profile="low-latency" if realtime else "throughput",
                              client_id="tiertwin-simulator")
             if decisions:
-                source = KafkaSource(topics.actions, group_id, settings, registry, from_beginning=False,
-                                     client_id="tiertwin-simulator")
-        loop = SimulatorLoop(World(spec, seed=seed), sink, source, topics, realtime=realtime)
+                source = KafkaSource(topics.decision_topics(local_twin), group_id, settings, registry,
+                                     from_beginning=False, client_id="tiertwin-simulator")
+        if local_twin == "device":
+            from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime
+
+            config = DeviceConfig(device_id=group_id, topics=topics.device_topics())
+            runtime = DeviceRuntime(config, settings, connect=not offline)
+        loop = SimulatorLoop(World(spec, seed=seed), sink, source, topics, realtime=realtime, local_twin=local_twin,
+                             runtime=runtime)
         if handle_signals:
             loop.install_signal_handlers()
         if on_start is not None:
             on_start(loop)
         return loop.run(seconds)
     finally:
+        if runtime is not None:
+            runtime.close()
         if source is not None:
             source.close()
         if isinstance(sink, KafkaSink):

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tiertwin.errors import ConfigError
+from tiertwin.pipelines.edf import CRITICAL_PRIORITY
 
 PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "jobs" / "scenarios"
 Placement = Literal["local", "edge", "cloud"]
@@ -122,6 +123,9 @@ class DeviceConfig(_Strict):
     frame_rates: list[int] = Field(default_factory=lambda: [60, 72, 90, 120], min_length=1)
     xr_bitrate_mbps: tuple[float, float] = (10.0, 40.0)
     background_mbps: float = Field(2.0, ge=0, le=10_000, description="downlink traffic of a UE without XR")
+    critical_priority: int = Field(CRITICAL_PRIORITY, ge=0, le=7, description=(
+        "local work at or above this priority runs earliest-deadline-first on the device, the rest behind it "
+        "in arrival order (the local twin's critical_priority)"))
 
 
 class DemandKindConfig(_Strict):

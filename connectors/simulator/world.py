@@ -12,29 +12,39 @@ Each :meth:`World.step` advances the simulated clock by ``scenario.step_ms``:
 5. PRBs of each cell are shared among its UEs (reserved shares from ``prb_share``
    decisions first, equal split of the rest); throughput = share x bandwidth x spectral efficiency.
 6. Devices: XR sessions start and stop, battery drains, CPU follows XR and local work.
-7. MEC slices drain their queues, most urgent priority first (preemptive), the cloud its FIFO
+7. Each device runs its local work earliest-deadline-first (preemptive, in the order of
+   :func:`~tiertwin.pipelines.edf.edf_key`, the key the local twin's EDF queue predicts with);
+   a local demand's Outcome is emitted in the step its work completes.
+8. MEC slices drain their queues, most urgent priority first (preemptive), the cloud its FIFO
    queue; new demands arrive (:mod:`.demands`).
 
 Decisions (:meth:`World.apply_decision`; each ``decision_id`` is applied once):
 
 * ``placement`` (``subject_id`` = demand id, ``target`` local / edge / cloud): the pending demand runs
-  there; its Outcome carries the ``decision_id``. After the timeout: a ``late`` decision Outcome.
+  there; its Outcome carries the ``decision_id`` (on the device: once its work completes). After the
+  timeout: a ``late`` decision Outcome.
 * ``handover`` (``ue_id``, ``target`` ``cell:<id>``): immediate; A3 is suspended for
   ``decision_hold_ms`` (or ``parameters["hold_ms"]``). Effect: SINR / RSRP before and after.
 * ``prb_share`` (``parameters["share"]``): with ``ue_id``, a PRB reservation in the UE's cell (until it
   hands over); else for ``cell_id``, the fraction of PRBs the cell may use (less interference too).
 * ``mec_share`` (``cell_id``, ``share``): that cell's slice of its site's MEC server; cells without a
-  decided share split the rest equally.
+  decided share split the rest equally. Claims over the server (a cell without a decision claims an
+  equal split) are scaled down together, so no cell starves because its neighbours were decided for.
 * ``xr_bitrate`` (``ue_id``, ``parameters["bitrate_mbps"]``): frames get smaller or larger.
 * ``migration``: counted (the twin moves, not the UE).
 
 Anything else (unknown UE / cell, share outside [0, 1]) raises :class:`WorldRejected`
 (reason ``inapplicable-decision``), which the loop dead-letters.
 
+An in-process placer (the UEs' device twins): with ``world.placer = place``, where
+``place(demand) -> (target, decision_id, decision_wait_ms)``, every demand is placed the moment
+it arises, inside :meth:`demand_records`; nothing waits and no decision is late.
+
 Records are pulled, not pushed: after a step, :meth:`telemetry_records`,
 :meth:`demand_records`, :meth:`cell_reports` and :meth:`outcome_records` return the
 dicts due now, valid against the Avro contracts. :meth:`apply_decision` obeys a
-Decision; :meth:`execute_demand` runs a demand where it is placed and returns its Outcome.
+Decision; :meth:`submit_demand` runs a demand where it is placed (an edge or cloud Outcome at
+once, a device Outcome when its work completes); :meth:`execute_demand` is its synchronous form.
 
 >>> from tiertwin.connectors.simulator.scenarios import Scenario
 >>> world = World(Scenario(ues=20), seed=7)
@@ -57,6 +67,7 @@ Decision; :meth:`execute_demand` runs a demand where it is placed and returns it
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections import Counter, OrderedDict
@@ -71,6 +82,7 @@ from tiertwin.connectors.simulator.layout import Layout
 from tiertwin.connectors.simulator.mobility import Mobility
 from tiertwin.connectors.simulator.scenarios import Scenario
 from tiertwin.errors import RecordRejected
+from tiertwin.pipelines.edf import edf_key
 
 PLACEMENTS = ("local", "edge", "cloud")
 PRIORITY_LEVELS = 8
@@ -117,6 +129,13 @@ class _Pending:
     ue: int
 
 
+class _DeviceTask(list):
+    """Local work in a device's EDF queue: ``[edf key, arrival seq, remaining ms]`` sort it (the seq is
+    unique, so the comparison never reaches the rest); the demand rides along for its Outcome."""
+
+    __slots__ = ("compute_ms", "enqueued_ms", "wait_ms", "demand", "decision_id", "reported")
+
+
 class WorldRejected(RecordRejected):
     reason = "inapplicable-decision"
 
@@ -135,6 +154,7 @@ class World:
         self.wall_clock_ns = wall_clock_ns
         self.t_ms = 0.0
         self.await_decisions = False
+        self.placer: Callable[[dict], tuple[str, str | None, float]] | None = None
         self.stats = WorldStats()
         n, sites, cells = scenario.ues, self.layout.n_sites, self.layout.n_cells
         self.ue_ids = [f"ue-{i:04d}" for i in range(n)]
@@ -171,7 +191,9 @@ class World:
         self.frame_rate = np.array(d.frame_rates)[self.rng.integers(0, len(d.frame_rates), n)]
         self.xr_bitrate = d.xr_bitrate_mbps[0] + (d.xr_bitrate_mbps[1] - d.xr_bitrate_mbps[0]) * self.rng.random(n)
         self.bitrate_override = np.full(n, np.nan)
-        self.device_busy_until_ms = np.zeros(n)
+        self.device_backlog_ms = np.zeros(n)                  # local work not yet done, per UE
+        self.device_tasks: dict[int, list[_DeviceTask]] = {}  # only UEs with work: by EDF key
+        self._task_seq = 0
 
     def _init_compute(self, cells: int) -> None:
         self.mec_share_explicit = np.full(cells, np.nan)
@@ -217,6 +239,8 @@ class World:
         handovers = self._a3_handover(dt_ms)
         self._allocate()
         self._devices(dt_ms / 1000.0)
+        if self.device_tasks:
+            self._run_device_work(self.t_ms - dt_ms, self.t_ms)
         self._drain_compute(dt_ms / 1000.0)
         self._new = draw_demands(self.scenario.demands, self.rng, dt_ms / 1000.0, self.xr_active,
                                  self.xr_bitrate, self.frame_rate)
@@ -342,7 +366,7 @@ class World:
 
     @property
     def cpu_util(self) -> np.ndarray:
-        busy = self.device_busy_until_ms > self.t_ms
+        busy = self.device_backlog_ms > 0.0
         return np.clip(self.cpu_base + 0.35 * self.xr_active + 0.4 * busy, 0.0, 1.0)
 
     @property
@@ -351,15 +375,22 @@ class World:
 
     # -- compute ------------------------------------------------------------------------------
     def _update_mec_capacity(self) -> None:
-        """Each site's MEC server is sliced among its cells: decided shares first, the rest split equally."""
+        """Each site's MEC server is sliced among its cells. A decided share is a claim; a cell nobody
+        decided for claims an equal split. Claims that fit are granted (undecided cells share whatever
+        the decided ones leave); claims over the server are scaled down together, so a cell that was
+        never decided for keeps a slice instead of starving behind its neighbours' decisions."""
         site = self.layout.cell_site
-        explicit = np.nan_to_num(self.mec_share_explicit, nan=0.0)
+        n_sites = self.layout.n_sites
         has = ~np.isnan(self.mec_share_explicit)
-        explicit_sum = np.bincount(site, weights=explicit, minlength=self.layout.n_sites)
-        scale = np.where(explicit_sum > 1.0, 1.0 / np.maximum(explicit_sum, 1e-12), 1.0)
-        rest = 1.0 - explicit_sum * scale
-        implicit = np.bincount(site, weights=~has, minlength=self.layout.n_sites)
-        share = np.where(has, explicit * scale[site], rest[site] / np.maximum(implicit[site], 1.0))
+        explicit = np.nan_to_num(self.mec_share_explicit, nan=0.0)
+        cells_at = np.bincount(site, minlength=n_sites).astype(float)
+        claim = np.where(has, explicit, 1.0 / cells_at[site])
+        claimed = np.bincount(site, weights=claim, minlength=n_sites)
+        explicit_sum = np.bincount(site, weights=explicit, minlength=n_sites)
+        implicit = np.bincount(site, weights=~has, minlength=n_sites)
+        fits = claimed <= 1.0 + 1e-12
+        granted = np.where(has, explicit, (1.0 - explicit_sum)[site] / np.maximum(implicit[site], 1.0))
+        share = np.where(fits[site], granted, claim / np.maximum(claimed[site], 1e-12))
         self.mec_share = share
         self.mec_capacity_gcps = share * self.scenario.compute.mec_gcps
 
@@ -379,7 +410,8 @@ class World:
 
     # -- demands ------------------------------------------------------------------------------
     def demand_records(self) -> list[dict]:
-        """Demands issued in the last step. Without a decision source they run at once on the default placement."""
+        """Demands issued in the last step. With a :attr:`placer` they are placed at once; else, without a
+        decision source, they run at once on the default placement."""
         new, out = self._new, []
         if not len(new):
             return out
@@ -394,7 +426,11 @@ class World:
                       "deadline_ms": deadline, "priority": prio, "serving_cell": int(self.serving[ue]),
                       "emitted_ns": emitted}
             out.append(record)
-            if self.await_decisions:
+            if self.placer is not None:   # decided in-process, the moment the demand arises
+                target, decision_id, wait_ms = self.placer(record)
+                self.stats.decisions["placement"] += 1
+                self._resolve(record, target, decision_id, wait_ms)
+            elif self.await_decisions:
                 self.pending[record["demand_id"]] = _Pending(record, ue)
             else:
                 self._resolve(record, self.default_placement(), None, 0.0)
@@ -427,8 +463,8 @@ class World:
             self._resolve(entry.record, self.default_placement(), None, self.scenario.compute.decision_timeout_ms)
         return count
 
-    def _resolve(self, demand: dict, placement: str, decision_id: str | None, wait_ms: float) -> dict:
-        outcome = self.execute_demand(demand, placement, decision_id, wait_ms)
+    def _resolve(self, demand: dict, placement: str, decision_id: str | None, wait_ms: float) -> dict | None:
+        outcome = self.submit_demand(demand, placement, decision_id, wait_ms)
         if decision_id is None:
             self.stats.defaulted += 1
         else:
@@ -436,12 +472,29 @@ class World:
         self.resolved[demand["demand_id"]] = placement
         if len(self.resolved) > RECENTLY_RESOLVED:
             self.resolved.popitem(last=False)
-        self._outbox.append(outcome)
+        if outcome is not None:
+            self._outbox.append(outcome)
         return outcome
+
+    def submit_demand(self, demand: dict, placement: str, decision_id: str | None = None,
+                      decision_wait_ms: float = 0.0) -> dict | None:
+        """Run ``demand`` on ``placement`` from now on. Edge and cloud: return its Outcome (the queue ahead
+        is known). Device: queue its work (EDF) and return None; its Outcome comes out of
+        :meth:`outcome_records` in the step the work completes, since more urgent work arriving later
+        preempts it."""
+        if placement != "local":
+            return self.execute_demand(demand, placement, decision_id, decision_wait_ms)
+        self._queue_local(demand, decision_id, decision_wait_ms)
+        return None
 
     def execute_demand(self, demand: dict, placement: str, decision_id: str | None = None,
                        decision_wait_ms: float = 0.0) -> dict:
-        """Run ``demand`` on ``placement`` now (loading the device, MEC slice or cloud); return its Outcome."""
+        """Run ``demand`` on ``placement`` now (loading the device, MEC slice or cloud); return its Outcome.
+
+        The synchronous form of :meth:`submit_demand`, for replays that need the Outcome at once: on the
+        device the latency is the EDF wait behind the work queued now (later, more urgent arrivals would
+        preempt it; the live world reports that, see :meth:`submit_demand`).
+        """
         if placement not in PLACEMENTS:
             raise WorldRejected(f"placement target {placement!r} is not one of {PLACEMENTS}")
         ue = self._ue(demand["ue_id"])
@@ -451,12 +504,10 @@ class World:
                  "backhaul": 0.0, "downlink": 0.0}
         cell = int(self.serving[ue])
         if placement == "local":
-            start_ms = max(self.t_ms, float(self.device_busy_until_ms[ue]))
-            parts["queue"] = start_ms - self.t_ms
-            parts["compute"] = gcycles / self.scenario.device.compute_gcps * 1000.0
-            self.device_busy_until_ms[ue] = start_ms + parts["compute"]
-            joules = gcycles * self.scenario.device.compute_j_per_gcycle
-            self.battery_pct[ue] = max(self.battery_pct[ue] - joules / 3600.0 / self.scenario.device.battery_wh * 100, 0)
+            task = self._queue_local(demand, decision_id, decision_wait_ms)
+            task.reported = True   # this Outcome is the one; the device does not emit another on completion
+            parts["queue"] = sum(t[2] for t in self.device_tasks[ue] if t < task)
+            parts["compute"] = task.compute_ms
         else:
             air = self.scenario.radio.air_latency_ms
             parts["uplink"] = air + float(transfer_ms(inp, self.ul_mbps[ue]))
@@ -473,6 +524,10 @@ class World:
                 parts["backhaul"] = backhaul_ms(inp, outb, c.backhaul_latency_ms, c.backhaul_gbps)
                 self.cloud_queue_gcycles += gcycles
             parts["compute"] = gcycles / capacity * 1000.0
+        return self._demand_outcome(demand, placement, decision_id, parts, cell)
+
+    def _demand_outcome(self, demand: dict, placement: str, decision_id: str | None, parts: dict,
+                        cell: int) -> dict:
         latency = min(sum(parts.values()), 1.0e7)
         met = latency <= demand["deadline_ms"]
         self.stats.placements[placement] += 1
@@ -484,10 +539,64 @@ class World:
                 "deadline_ms": float(demand["deadline_ms"]), "deadline_met": met, "components_ms": parts,
                 "effect": {}, "emitted_ns": self.clock_ns()}
 
+    # -- the devices' local work (preemptive EDF) --------------------------------------------------
+    def _queue_local(self, demand: dict, decision_id: str | None, wait_ms: float) -> _DeviceTask:
+        ue = self._ue(demand["ue_id"])
+        d = self.scenario.device
+        gcycles = float(demand["compute_gcycles"])
+        compute_ms = gcycles / d.compute_gcps * 1000.0
+        self._task_seq += 1
+        task = _DeviceTask((edf_key(demand["ts_ms"], demand["deadline_ms"], demand["priority"], d.critical_priority),
+                            self._task_seq, compute_ms))
+        task.compute_ms, task.enqueued_ms, task.wait_ms = compute_ms, self.t_ms, float(wait_ms)
+        task.demand, task.decision_id, task.reported = demand, decision_id, False
+        bisect.insort(self.device_tasks.setdefault(ue, []), task)
+        self.device_backlog_ms[ue] += compute_ms
+        joules = gcycles * d.compute_j_per_gcycle
+        self.battery_pct[ue] = max(self.battery_pct[ue] - joules / 3600.0 / d.battery_wh * 100, 0)
+        return task
+
+    def _run_device_work(self, start_ms: float, end_ms: float) -> None:
+        """Every device with work spends ``[start_ms, end_ms)`` of simulated time on its queue, the
+        smallest EDF key first; each finished demand's Outcome goes to the outbox. Only busy UEs are
+        visited, so an idle world pays nothing here."""
+        tasks_of, backlog = self.device_tasks, self.device_backlog_ms
+        for ue in list(tasks_of):
+            tasks = tasks_of[ue]
+            clock = start_ms
+            while tasks and clock < end_ms:
+                head = tasks[0]
+                used = min(end_ms - clock, head[2])
+                clock += used
+                head[2] -= used
+                backlog[ue] -= used
+                if head[2] <= 1e-9:
+                    del tasks[0]
+                    self._finish_local(ue, head, clock)
+            if not tasks:
+                del tasks_of[ue]
+                backlog[ue] = 0.0   # no float dust left behind
+
+    def _finish_local(self, ue: int, task: _DeviceTask, done_ms: float) -> None:
+        if task.reported:
+            return
+        in_device = done_ms - task.enqueued_ms
+        parts = {"decision": task.wait_ms, "uplink": 0.0, "queue": max(in_device - task.compute_ms, 0.0),
+                 "compute": task.compute_ms, "backhaul": 0.0, "downlink": 0.0}
+        self._outbox.append(self._demand_outcome(task.demand, "local", task.decision_id, parts, int(self.serving[ue])))
+
+    def finish_local_work(self) -> int:
+        """Run every device's queued work to completion now (end of a run), emitting its Outcomes."""
+        count = sum(len(t) for t in self.device_tasks.values())
+        if count:
+            self._run_device_work(self.t_ms, math.inf)
+        return count
+
     # -- decisions ----------------------------------------------------------------------------
     def apply_decision(self, decision: dict) -> dict | None:
-        """Obey a Decision; return the Outcome it produced (None for a placement whose demand is unknown,
-        or for a decision_id already applied: redeliveries are ignored).
+        """Obey a Decision; return the Outcome it produced (None for a placement whose demand is unknown or
+        goes to the device, whose Outcome comes when its work completes, or for a decision_id already
+        applied: redeliveries are ignored).
 
         Raises :class:`WorldRejected` (a RecordRejected, reason ``inapplicable-decision``)
         when the decision names no such UE / cell or a parameter is out of range.
@@ -501,13 +610,17 @@ class World:
             self.stats.duplicate_decisions += 1
             return None
         outcome = handler(decision)
-        self.applied_ids[decision_id] = None
-        if len(self.applied_ids) > RECENTLY_RESOLVED:
-            self.applied_ids.popitem(last=False)
+        self.remember_applied(decision_id)
         if outcome is not None and kind != "placement":
             self.stats.decisions[kind] += 1
             self._outbox.append(outcome)
         return outcome
+
+    def remember_applied(self, decision_id: str) -> None:
+        """Count ``decision_id`` as applied: a redelivery of it is then a duplicate (the last 100 000 are kept)."""
+        self.applied_ids[decision_id] = None
+        if len(self.applied_ids) > RECENTLY_RESOLVED:
+            self.applied_ids.popitem(last=False)
 
     def _decide_placement(self, decision: dict) -> dict | None:
         demand_id, target = decision.get("subject_id"), decision.get("target")

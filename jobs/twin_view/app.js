@@ -575,7 +575,7 @@
     if (d.seq !== undefined) return d;
     const latency = d.source_emitted_ns > 0 ? (d.decided_ns - d.source_emitted_ns) / 1e6 : null;
     return { id: d.decision_id, tier: d.tier, kind: d.kind, ue: d.ue_id, cell: d.cell_id, target: d.target,
-             model: d.model_name, version: d.model_version, latency_ms: latency, decided_ms: Math.floor(d.decided_ns / 1e6) };
+             model: d.model_name, version: d.model_version, latency_ms: latency, decided_ms: Math.floor(d.decided_ns / 1e6), site: d.twin_site || "edge" };
   }
 
   const filters = () => ({ tier: $("f-tier").value, kind: $("f-kind").value, ue: $("f-ue").value.trim() });
@@ -592,7 +592,7 @@
       const fresh = seenTop !== null && d.seq > seenTop ? ' class="decision fresh"' : ' class="decision"';
       const subject = d.ue ? `<span class="link" data-ue="${esc(d.ue)}">${esc(d.ue)}</span>` : d.cell !== null && d.cell !== undefined ? `<span class="link" data-cell="${d.cell}">cell ${d.cell}</span>` : "";
       const slow = d.latency_ms !== null && d.latency_ms > 50 ? " slow" : "";
-      return `<tr${fresh} data-tier="${d.tier}"><td title="${clock(d.decided_ms)}">${clock(d.decided_ms).slice(0, 8)}</td><td><span class="tier ${d.tier}">${d.tier}</span></td><td>${esc(d.kind)}</td><td>${subject}</td><td title="${esc(d.target)}">${esc(d.target)}</td><td title="${esc(d.model)}">${esc(d.model)}@${d.version}</td><td class="num${slow}">${fmt(d.latency_ms, 2)}</td></tr>`;
+      return `<tr${fresh} data-tier="${d.tier}"><td title="${clock(d.decided_ms)}">${clock(d.decided_ms).slice(0, 8)}</td><td><span class="tier ${d.tier}" title="twin ran on: ${esc(d.site || "edge")}">${d.tier}${d.site && d.site !== d.tier ? "@" + esc(d.site) : ""}</span></td><td>${esc(d.kind)}</td><td>${subject}</td><td title="${esc(d.target)}">${esc(d.target)}</td><td title="${esc(d.model)}">${esc(d.model)}@${d.version}</td><td class="num${slow}">${fmt(d.latency_ms, 2)}</td></tr>`;
     }).join("");
     renderedTop = rows.length ? Math.max(renderedTop ?? 0, rows[0].seq ?? 0) : renderedTop;
     const total = S.frame ? S.frame.decisions_total : 0;

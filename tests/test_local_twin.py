@@ -1,0 +1,245 @@
+"""The pure local twin (pipelines/local_twin.LocalTwin): no broker, records in, records out."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from tiertwin.errors import RecordRejected
+from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
+from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
+from tiertwin.pipelines.models import model_update, parameters_to_features
+from tiertwin.pipelines.pretrain import EPOCH_MS, PRETRAINED_VERSION, SyntheticFleet
+from tiertwin.schemas import SchemaRegistry
+
+
+class FixedLatencies:
+    """A demand-latency model that predicts the same latencies whatever the features (pure unit tests only)."""
+
+    def __init__(self, **predicted: float):
+        self.predicted = predicted
+
+    def predict_tiers(self, x: dict) -> dict[str, float]:
+        return dict(self.predicted)
+
+
+def telemetry(ue_id: str = "ue-1", ts_ms: int = EPOCH_MS, seq: int = 1, **changes) -> dict:
+    return {"ue_id": ue_id, "ts_ms": ts_ms, "seq": seq, "serving_cell": 3, "sinr_db": 20.0, "rsrp_dbm": -85.0,
+            "throughput_dl_mbps": 300.0, "throughput_ul_mbps": 60.0, "rtt_ms": 6.0, "cpu_util": 0.2,
+            "battery_pct": 90.0, "neighbours": [], **changes}
+
+
+def demand(n: int, ue_id: str = "ue-1", ts_ms: int = EPOCH_MS, **changes) -> dict:
+    return {"demand_id": f"{ue_id}/d/{n}", "ue_id": ue_id, "ts_ms": ts_ms, "kind": "xr_frame", "compute_gcycles": 0.1,
+            "input_bytes": 20_000, "output_bytes": 100_000, "deadline_ms": 20.0, "priority": 6, "serving_cell": 3,
+            "emitted_ns": 0, **changes}
+
+
+def fleet_events(seed: int, ticks: int, n_ues: int = 4) -> list[tuple[str, dict]]:
+    fleet = SyntheticFleet(n_ues=n_ues, n_cells=3, seed=seed, demand_every=2)
+    return [event for tick in range(ticks) for event in fleet.step(tick * 10)]
+
+
+def feed(twin: LocalTwin, events: list[tuple[str, dict]]) -> list[dict]:
+    """Every event into the twin, a measured outcome for every second decision; the decisions made."""
+    decisions = []
+    for kind, record in events:
+        if kind == "telemetry":
+            twin.observe(record)
+        elif kind == "cell-report":
+            twin.update_edge_state(record)
+        else:
+            decisions.append(twin.place(record))
+            if len(decisions) % 2:
+                twin.learn({"kind": "demand", "decision_id": decisions[-1]["decision_id"], "demand_id": record["demand_id"],
+                            "placement": decisions[-1]["target"], "latency_ms": 15.0})
+    return decisions
+
+
+def without_clock(decision: dict) -> dict:
+    return {k: v for k, v in decision.items() if k not in ("received_ns", "decided_ns")}
+
+
+def test_placement_picks_the_cheapest_feasible_tier():
+    costs = {"local": 2.0, "edge": 1.0, "cloud": 1.5}
+    twin = LocalTwin(LocalTwinConfig(tier_costs=costs), FixedLatencies(local=8.0, edge=12.0, cloud=15.0))
+    roomy, tight, impossible = (twin.place(demand(i, deadline_ms=d)) for i, d in ((1, 40.0), (2, 11.0), (3, 5.0)))
+    assert roomy["target"] == "edge", "all feasible: the cheapest"
+    assert tight["target"] == "local", "only the device meets 0.9 x 11 ms"
+    assert impossible["target"] == "local", "none feasible: the fastest"
+    twin = LocalTwin(LocalTwinConfig(tier_costs=costs), FixedLatencies(local=30.0, edge=30.0, cloud=15.0))
+    assert twin.place(demand(4, deadline_ms=20.0))["target"] == "cloud", "the cheaper edge is too slow"
+    assert roomy["parameters"]["predicted_latency_ms"] == 12.0 and roomy["parameters"]["predicted_cloud_ms"] == 15.0
+
+
+def test_tight_deadline_with_loaded_edge_is_placed_locally():
+    fleet = SyntheticFleet(n_ues=1, n_cells=2, seed=2)
+    ue = fleet.ues[0]
+    twin = LocalTwin()
+    twin.update_edge_state(fleet.cell_report(1, 0, load=0.0))
+    # Loaded: the MEC slice is busy and has little capacity left, the cell's PRBs are all in use.
+    twin.update_edge_state({**fleet.cell_report(0, 0, load=1.0), "mec_queue_gcycles": 50.0, "mec_capacity_gcps": 2.0,
+                            "mec_utilization": 1.0, "prb_utilization": 1.0})
+    radio = {**fleet.telemetry(ue, 0), "sinr_db": 25.0, "throughput_ul_mbps": 200.0, "throughput_dl_mbps": 800.0,
+             "rtt_ms": 4.0, "cpu_util": 0.1, "neighbours": []}
+    assert twin.observe(radio)
+    # 10 ms: too tight for the cloud's backhaul, so the choice is between the edge and the device.
+    frame = {"ue_id": ue["ue_id"], "ts_ms": radio["ts_ms"] + 1, "kind": "xr_frame", "compute_gcycles": 0.05,
+             "input_bytes": 20_000, "output_bytes": 100_000, "deadline_ms": 10.0, "priority": 6}
+    loaded = twin.place({**frame, "demand_id": "on-loaded-cell", "serving_cell": 0})
+    idle = twin.place({**frame, "demand_id": "on-idle-cell", "serving_cell": 1})
+    assert loaded["target"] == "local"
+    assert loaded["parameters"]["x_edge_queue_ms"] == pytest.approx(25_000.0)
+    assert loaded["parameters"]["predicted_edge_ms"] > 10.0
+    assert idle["target"] == "edge", "the same demand offloads when the edge is idle"
+
+
+def test_newest_edge_state_per_cell_wins():
+    twin = LocalTwin()
+    fleet = SyntheticFleet(n_cells=1, seed=3)
+    newer, older = fleet.cell_report(0, 100), fleet.cell_report(0, 50)
+    twin.update_edge_state(newer)
+    twin.update_edge_state(older)
+    assert twin.edge_states[0] is newer
+
+
+def test_edf_wait_grows_with_queued_critical_work():
+    twin = LocalTwin(LocalTwinConfig(), FixedLatencies(local=1.0, edge=500.0, cloud=800.0))
+    waits = [twin.place(demand(i, deadline_ms=100.0))["parameters"]["edf_wait_ms"] for i in range(3)]
+    compute_ms = 0.1 / 20.0 * 1000.0      # 0.1 Gcycles at the device's nominal 20 Gcycle/s
+    assert waits == pytest.approx([0.0, compute_ms, 2 * compute_ms])
+    # Background work (below critical_priority) queues behind every deadline: it delays no critical demand.
+    twin.place(demand(3, compute_gcycles=2.0, priority=1, deadline_ms=400.0))
+    assert twin.place(demand(4, deadline_ms=100.0))["parameters"]["edf_wait_ms"] == pytest.approx(3 * compute_ms)
+    assert twin.device_queue("ue-1").backlog_ms(EPOCH_MS) == pytest.approx(4 * compute_ms + 100.0)
+    # Time drains the queue.
+    later = twin.place(demand(5, ts_ms=EPOCH_MS + 1_000, deadline_ms=100.0))
+    assert later["parameters"]["edf_wait_ms"] == 0.0
+
+
+def test_low_battery_doubles_the_cost_of_running_on_the_device():
+    config = LocalTwinConfig(tier_costs={"local": 0.8, "edge": 1.0, "cloud": 1.5}, low_battery_pct=20.0)
+    twin = LocalTwin(config, FixedLatencies(local=8.0, edge=9.0, cloud=60.0))
+    twin.observe(telemetry(battery_pct=90.0))
+    assert twin.place(demand(1))["target"] == "local"
+    twin.observe(telemetry(ts_ms=EPOCH_MS + 10, seq=2, battery_pct=10.0))
+    assert twin.place(demand(2, ts_ms=EPOCH_MS + 20))["target"] == "edge", "local now costs 1.6 > edge 1.0"
+
+
+def test_learn_changes_the_prediction_for_the_placed_tier_only():
+    twin = LocalTwin()
+    twin.observe(telemetry())
+    decision = twin.place(demand(1))
+    x = parameters_to_features(decision["parameters"])
+    tier = decision["target"]
+    other = next(t for t in ("local", "edge", "cloud") if t != tier)
+    before = {t: twin.model.predict_one({**x, "tier": t}) for t in (tier, other)}
+    outcome = {"kind": "demand", "decision_id": decision["decision_id"], "demand_id": "ue-1/d/1", "placement": tier,
+               "latency_ms": before[tier] + 200.0}
+    assert twin.learn(outcome)
+    assert twin.model.predict_one({**x, "tier": tier}) > before[tier]
+    assert twin.model.predict_one({**x, "tier": other}) == before[other]
+    assert not twin.learn(outcome), "an outcome is learned once"
+    assert not twin.learn({**outcome, "decision_id": "edge/placement/x/0/1", "demand_id": "not-mine"})
+    assert not twin.learn({**outcome, "kind": "decision"})
+
+
+def test_outcome_without_decision_id_is_joined_by_demand_id():
+    twin = LocalTwin()
+    decision = twin.place(demand(1))
+    n = twin.model.n_learned
+    assert twin.learn({"kind": "demand", "decision_id": None, "demand_id": "ue-1/d/1", "placement": decision["target"],
+                       "latency_ms": 10.0})
+    assert twin.model.n_learned == n + 1
+
+
+def test_replayed_telemetry_is_not_folded_twice():
+    twin = LocalTwin()
+    first, second = telemetry(seq=1), telemetry(ts_ms=EPOCH_MS + 50, seq=2, sinr_db=10.0)
+    assert twin.observe(first) and twin.observe(second)
+    state = (dict(twin.twins["ue-1"].radio), twin.twins["ue-1"].samples)
+    assert not twin.observe(first) and not twin.observe(second)
+    assert (twin.twins["ue-1"].radio, twin.twins["ue-1"].samples) == state
+    assert twin.observe(telemetry(ts_ms=EPOCH_MS + 100, seq=1)), "a restarted device: lower seq, newer time"
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"ts_ms": 0}, "bad-timestamp"),
+    ({"neighbours": [{"cell_id": 3, "rsrp_dbm": -90.0, "sinr_db": 2.0}]}, "serving-cell-in-neighbours"),
+])
+def test_semantic_problems_raise_with_their_reason(changes, reason):
+    twin = LocalTwin()
+    with pytest.raises(RecordRejected) as raised:
+        twin.observe(telemetry(**changes))
+    assert raised.value.reason == reason and str(raised.value)
+    assert "ue-1" not in twin.twins, "nothing of the record was kept"
+
+
+def test_due_summaries_close_windows_at_the_summary_interval():
+    twin = LocalTwin(LocalTwinConfig(summary_interval_ms=100))
+    for i, ts in enumerate((0, 50)):
+        twin.observe(telemetry(ts_ms=EPOCH_MS + ts, seq=i + 1))
+    assert twin.due_summaries() == []
+    twin.observe(telemetry(ts_ms=EPOCH_MS + 100, seq=3))
+    twin.observe(telemetry("ue-2", ts_ms=EPOCH_MS + 100, seq=1))
+    [summary] = twin.due_summaries()
+    assert (summary["ue_id"], summary["samples"], summary["window_start_ms"], summary["window_end_ms"]) == (
+        "ue-1", 3, EPOCH_MS, EPOCH_MS + 100)
+    assert twin.due_summaries() == [], "a window is summarized once"
+    twin.observe(telemetry(ts_ms=EPOCH_MS + 150, seq=4))
+    twin.observe(telemetry(ts_ms=EPOCH_MS + 250, seq=5))
+    assert [(s["samples"], s["window_start_ms"]) for s in twin.due_summaries()] == [(2, EPOCH_MS + 150)]
+    registry = SchemaRegistry.default()
+    assert registry.decode(registry.encode("LocalSummary", summary))[1]["samples"] == 3
+
+
+def test_swap_model_takes_only_a_newer_version_between_decisions():
+    twin = LocalTwin()
+    before = twin.place(demand(1))
+    assert (before["model_name"], before["model_version"]) == (DEMAND_LATENCY, PRETRAINED_VERSION)
+    fresh = default_model(DEMAND_LATENCY)
+    assert not twin.swap_model(model_update(DEMAND_LATENCY, fresh, PRETRAINED_VERSION)), "same version"
+    assert not twin.swap_model(model_update("handover-sinr", fresh, 9)), "another model"
+    assert twin.swap_model(model_update(DEMAND_LATENCY, fresh, 5))
+    after = twin.place(demand(2))
+    assert (before["model_version"], after["model_version"], twin.model_version) == (PRETRAINED_VERSION, 5, 5)
+    assert not twin.swap_model(model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 4)), "never downgraded"
+    assert twin.place(demand(3))["model_version"] == 5
+
+
+def test_pickle_round_trip_gives_identical_next_decisions():
+    events = fleet_events(seed=11, ticks=30)
+    twin = LocalTwin()
+    feed(twin, events[: len(events) // 2])
+    restored = pickle.loads(pickle.dumps(twin))
+    rest = events[len(events) // 2:]
+    assert [without_clock(d) for d in feed(restored, rest)] == [without_clock(d) for d in feed(twin, rest)]
+    assert restored.twins.keys() == twin.twins.keys() and restored.model.n_learned == twin.model.n_learned
+    assert restored.swap_model(model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 9)), "its slot works again"
+
+
+def test_decisions_encode_with_the_registry():
+    registry = SchemaRegistry.default()
+    fields = [f["name"] for f in registry.current("Decision").raw["fields"]]
+    decisions = feed(LocalTwin(), fleet_events(seed=12, ticks=10))
+    assert decisions
+    for decision in decisions:
+        name, decoded = registry.decode(registry.encode("Decision", decision))
+        assert name == "tiertwin.Decision"
+        assert decoded["confidence"] == pytest.approx(decision["confidence"], rel=1e-6)
+        assert {k: decoded[k] for k in fields if k != "confidence"} == {
+            k: decision[k] for k in fields if k != "confidence"}
+
+
+def test_given_ids_and_stamps_are_used():
+    twin = LocalTwin(LocalTwinConfig(site="edge"))
+    stamps = {"source_topic": "t", "source_partition": 2, "source_offset": 7, "source_ts_ms": EPOCH_MS,
+              "source_emitted_ns": 5, "received_ns": 6, "decided_ns": 0}
+    decision = twin.place(demand(1), decision_id="local/placement/t/2/7", stamps=stamps)
+    assert decision["decision_id"] == "local/placement/t/2/7" and decision["twin_site"] == "edge"
+    assert {k: decision[k] for k in stamps if k != "decided_ns"} == {k: v for k, v in stamps.items() if k != "decided_ns"}
+    assert decision["decided_ns"] >= decision["received_ns"]
+    default = twin.place(demand(2, emitted_ns=42))
+    assert (default["decision_id"], default["source_topic"], default["source_emitted_ns"]) == (
+        "local/placement/ue-1/d/2", "device", 42)
