@@ -61,13 +61,14 @@ def broker_install(force: bool = typer.Option(False, help="Resolve the jars agai
 @broker_app.command("start")
 @one_line_errors
 def broker_start(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to be ready.")):
-    """Install if needed, format KRaft storage once, start the broker and wait until it is ready."""
+    """Install if needed, format KRaft storage once, start the broker and wait until it serves consumer groups."""
     from tiertwin.connectors.broker import ManagedBroker
 
     broker = ManagedBroker()
     pid = broker.start(timeout_s=timeout)
     s = broker.settings
-    console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap} (pid {pid}, logs {broker.paths.logs})")
+    console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap}, serving consumer groups "
+                  f"(pid {pid}, logs {broker.paths.logs})")
 
 
 @broker_app.command("stop")
