@@ -28,6 +28,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from tiertwin.connectors.kafka import KafkaSource
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.connectors.simulator.kafka_loop import SimSummary, demand_figures
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
@@ -188,7 +189,7 @@ class TopicWatcher:
         consumer.assign(tps)
         consumer.seek_to_end(*tps)
         for tp in tps:
-            consumer.position(tp)
+            wait_out(lambda: consumer.position(tp), f"the offsets of topic {tp.topic!r}", settings)
         self.summary = DemoSummary()
 
     def drain(self, budget_s: float) -> None:
