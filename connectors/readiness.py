@@ -93,7 +93,7 @@ class _WaitLine:
 
 
 def wait_out(action: Callable[[], T], what: str, settings: Settings | None = None, *,
-             timeout_s: float | None = None, first_backoff_s: float = 0.1, max_backoff_s: float = 1.0,
+             timeout_s: float | None = None, first_backoff_s: float = 0.1, max_backoff_s: float = 0.5,
              quiet: bool = False) -> T:
     """``action()``, called again while it raises a retriable Kafka error, for at most ``timeout_s``
     (default ``settings.ready_timeout_s``).
