@@ -130,15 +130,6 @@ def wait_out(action: Callable[[], T], what: str, settings: Settings | None = Non
         return result
 
 
-def wait_for_group_coordinator(admin, group_id: str, settings: Settings | None = None, **kwargs) -> None:
-    """Wait until the broker serves ``group_id``'s coordinator (FindCoordinator, then an OffsetFetch).
-
-    On a fresh broker the first call creates ``__consumer_offsets``; the wait covers its loading.
-    """
-    wait_out(lambda: admin.list_group_offsets({group_id: None}),
-             f"the coordinator of consumer group {group_id!r}", settings, **kwargs)
-
-
 def wait_for_topics(admin, topics: list[str], settings: Settings | None = None, **kwargs) -> list[dict]:
     """Wait until every one of ``topics`` is known with a leader for each partition; returns their
     descriptions (``admin.describe_topics``)."""
