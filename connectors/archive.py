@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from kafka import TopicPartition
 
 from tiertwin.connectors.kafka import KafkaSink, KafkaSource, KeyHashCachePartitioner, admin_client
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError, RecordRejected, TiertwinError
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
@@ -65,13 +66,16 @@ def archive_topics(topics: Iterable[str], out_dir: Path, settings: Settings | No
     consumer = source.consumer
     try:
         for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            end = consumer.end_offsets(tps)
+            def assign() -> tuple[list[TopicPartition], dict]:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                consumer.seek_to_beginning(*tps)
+                return tps, consumer.end_offsets(tps)
+
+            tps, end = wait_out(assign, f"the partitions of topic {topic!r}", source.settings)
             rows: dict[tuple, list[dict]] = defaultdict(list)
             total = 0
             while any(consumer.position(tp) < end[tp] for tp in tps):

@@ -252,10 +252,13 @@ class ManagedBroker:
             return sock.connect_ex((self.settings.broker_host, self.settings.broker_port)) == 0
 
     def start(self, timeout_s: float = 90.0) -> int:
-        """Install, configure, format and start the broker; return its pid once it is ready."""
+        """Install, configure, format and start the broker; return its pid once it is ready: it accepts
+        connections and serves consumer groups (:meth:`wait_serving_groups`)."""
+        deadline = time.monotonic() + timeout_s
         running = self.pid()
         if running is not None:
             self.wait_ready(timeout_s)
+            self.wait_serving_groups(max(1.0, deadline - time.monotonic()))
             return running
         if self.port_open():
             raise BrokerSetupError(
@@ -272,6 +275,7 @@ class ManagedBroker:
         self.paths.pid.write_text(str(proc.pid))
         try:
             self.wait_ready(timeout_s, log_offset=log_offset, proc=proc)
+            self.wait_serving_groups(max(1.0, deadline - time.monotonic()))
         except BrokerUnavailableError:
             self.stop()
             raise
@@ -295,6 +299,32 @@ class ManagedBroker:
                 return
             time.sleep(0.2)
         raise BrokerUnavailableError(f"broker not ready after {timeout_s:.0f}s; see {log}")
+
+    def wait_serving_groups(self, timeout_s: float = 60.0) -> None:
+        """Ready for consumer groups: commit an offset for a throw-away group, then delete the group.
+
+        A broker formatted a moment ago has no ``__consumer_offsets`` until the first group request,
+        and answers COORDINATOR_NOT_AVAILABLE / NOT_COORDINATOR while it creates and loads it
+        (0.4 s here on 2 shared cores, issue 13). The commit goes to a partition of that topic
+        itself, the one topic every broker has once groups work.
+        """
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        from tiertwin.connectors.kafka import admin_client
+        from tiertwin.connectors.readiness import PROBE_GROUP, raise_errors, wait_out
+
+        settings = self.client_settings()
+        admin = admin_client(settings)
+        offset = {TopicPartition("__consumer_offsets", 0): OffsetAndMetadata(0, "", None)}
+        what = f"an offset commit of consumer group {PROBE_GROUP!r}"
+        try:
+            wait_out(lambda: raise_errors(admin.alter_group_offsets(PROBE_GROUP, offset).values(), what),
+                     what, settings, timeout_s=timeout_s)
+            wait_out(lambda: admin.delete_groups([PROBE_GROUP]), f"deleting consumer group {PROBE_GROUP!r}",
+                     settings, timeout_s=timeout_s)
+        finally:
+            admin.close()
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """SIGTERM (controlled shutdown), then SIGKILL after ``timeout_s``. False if it was not running."""

@@ -105,22 +105,18 @@ def apply_topology(topology: Topology, settings: Settings | None = None) -> dict
                 actions[t.name] = f"kept {existing[t.name]} partitions (Kafka cannot shrink to {t.partitions})"
             else:
                 actions[t.name] = "up to date"
-        wait_for_leaders(admin, list(missing))
+        wait_for_leaders(admin, list(missing), settings=settings)
         return actions
     finally:
         admin.close()
 
 
-def wait_for_leaders(admin, names: list[str], timeout_s: float = 30.0) -> None:
-    import time
+def wait_for_leaders(admin, names: list[str], timeout_s: float = 30.0, settings: Settings | None = None) -> None:
+    """Wait until topics created a moment ago have a leader for every partition (BrokerUnavailableError
+    after ``timeout_s``)."""
+    from tiertwin.connectors.readiness import wait_for_topics
 
-    deadline = time.monotonic() + timeout_s
-    while names and time.monotonic() < deadline:
-        described = admin.describe_topics(names)
-        if all(t["error_code"] == 0 and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])
-               for t in described):
-            return
-        time.sleep(0.1)
+    wait_for_topics(admin, names, settings, timeout_s=timeout_s)
 
 
 def describe_topics(settings: Settings | None = None) -> list[dict]:

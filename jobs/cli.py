@@ -61,13 +61,14 @@ def broker_install(force: bool = typer.Option(False, help="Resolve the jars agai
 @broker_app.command("start")
 @one_line_errors
 def broker_start(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to be ready.")):
-    """Install if needed, format KRaft storage once, start the broker and wait until it is ready."""
+    """Install if needed, format KRaft storage once, start the broker and wait until it serves consumer groups."""
     from tiertwin.connectors.broker import ManagedBroker
 
     broker = ManagedBroker()
     pid = broker.start(timeout_s=timeout)
     s = broker.settings
-    console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap} (pid {pid}, logs {broker.paths.logs})")
+    console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap}, serving consumer groups "
+                  f"(pid {pid}, logs {broker.paths.logs})")
 
 
 @broker_app.command("stop")
@@ -176,17 +177,23 @@ def demo(seconds: float = typer.Option(60.0, help="How long the simulated networ
          seed: int = typer.Option(14, help="The simulated world's seed (the no-control baseline runs the same world)."),
          local_twin: str = typer.Option("device", "--local-twin",
                                         help="device: the local twins run in the simulator, on the UEs; service: "
-                                             "deploy the local-twin service and place over Kafka.")):
+                                             "deploy the local-twin service and place over Kafka."),
+         summary_json: Path = typer.Option(None, "--summary-json",
+                                           help="Also write the summary as JSON to this file (for scripts and CI).")):
     """The live three-tier demo: simulator, local twins, edge and cloud jobs on the managed broker, then a summary
     beside no control on the same seed."""
+    import json
+
     from tiertwin.jobs.demo import run_demo, summary_tables
 
     summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print, seed=seed,
                        local_twin=local_twin)
     for table in summary_tables(summary):
         console.print(table)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.as_dict(), indent=2, allow_nan=False, default=str) + "\n")
     if not summary.decisions:
-        raise TiertwinError("no decisions were made; see the job logs under .tiertwin/jobs/")
+        raise TiertwinError(f"no decisions were made; see the job logs under {Settings.from_env().home / 'jobs'}/")
 
 
 # Each area registers its commands from its own module: ``register(app, bench_app)``.

@@ -28,6 +28,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from tiertwin.connectors.kafka import KafkaSource
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.connectors.simulator.kafka_loop import SimSummary, demand_figures
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
@@ -68,11 +69,13 @@ class DemoSummary:
     predicted_vs_measured: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     _predicted: dict[str, tuple[str, float]] = field(default_factory=dict)
     _measured: dict[str, float] = field(default_factory=dict)
+    decision_topics: Counter = field(default_factory=Counter)            # (topic, tier) -> n
 
     def add(self, topic: str, schema: str, v: dict) -> None:
         self.records[topic] += 1
         if schema == "tiertwin.Decision":
             self.decisions[(v["tier"], v["kind"])] += 1
+            self.decision_topics[(topic, v["tier"])] += 1
             self.decision_latency_ms[v["tier"]].append((v["decided_ns"] - v["source_emitted_ns"]) / 1e6)
             self.decision_model_versions[v["model_name"]].add(v["model_version"])
             if v["kind"] == "placement":
@@ -132,6 +135,31 @@ class DemoSummary:
         """Simulated seconds of the run: the simulator's own, else what the watcher saw."""
         return self.simulator["sim_seconds"] if self.simulator is not None else self.sim_seconds
 
+    def as_dict(self) -> dict:
+        """The summary as plain JSON-able data (``tiertwin demo --summary-json``; CI checks it)."""
+        by_tier: Counter = Counter()
+        for (tier, _), n in self.decisions.items():
+            by_tier[tier] += n
+        by_topic: dict[str, dict[str, int]] = defaultdict(dict)
+        for (topic, tier), n in sorted(self.decision_topics.items()):
+            by_topic[topic][tier] = n
+        return {
+            "run": {"scenario": self.scenario, "seed": self.seed, "ues": self.ues, "local_twin": self.local_twin,
+                    "sim_seconds": self.run_seconds},
+            "figures": self.figures(),
+            "records": {topic: self.records[topic] for topic in WATCHED},
+            "decisions": {tier: by_tier[tier] for tier in ("local", "edge", "cloud")},
+            "decisions_by_kind": {f"{tier}/{kind}": n for (tier, kind), n in sorted(self.decisions.items())},
+            "decisions_by_topic": dict(by_topic),
+            "decision_latency_ms": {tier: {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)}
+                                    for tier, lat in sorted(self.decision_latency_ms.items())},
+            "demands": {placement: {"n": n, "deadline_missed": self.deadline_missed[placement]}
+                        for placement, n in sorted(self.placements.items())},
+            "snapshots": self.records["tiertwin.cloud.snapshots"],
+            "model_versions": dict(self.model_versions),
+            "dead_letters": dict(self.dead_letter_reasons),
+        }
+
     def progress_line(self, elapsed_s: float) -> str:
         by_tier = Counter()
         for (tier, _), n in self.decisions.items():
@@ -161,7 +189,7 @@ class TopicWatcher:
         consumer.assign(tps)
         consumer.seek_to_end(*tps)
         for tp in tps:
-            consumer.position(tp)
+            wait_out(lambda: consumer.position(tp), f"the offsets of topic {tp.topic!r}", settings)
         self.summary = DemoSummary()
 
     def drain(self, budget_s: float) -> None:

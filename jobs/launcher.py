@@ -122,7 +122,9 @@ def deploy(spec: JobSpec, settings: Settings | None = None, spec_path: Path | No
         raise ConfigError(f"job {spec.name!r} is already running ({existing['running']} instances); "
                           f"`tiertwin stop {spec.name}` first")
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TIERTWIN_HOME": str(settings.home)}
+    # The jobs reach the broker the caller reaches, whatever the caller's environment says.
+    env = {**os.environ, "TIERTWIN_HOME": str(settings.home), "TIERTWIN_BROKER_HOST": settings.broker_host,
+           "TIERTWIN_BROKER_PORT": str(settings.broker_port), "TIERTWIN_CONTROLLER_PORT": str(settings.controller_port)}
     if settings.bootstrap_servers:
         env["TIERTWIN_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
     instances = []
@@ -161,10 +163,12 @@ def consumer_progress(group_id: str, topics: list[str], settings: Settings | Non
     from kafka.admin import OffsetSpec
 
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import wait_out
 
     admin = admin_client(settings)
     try:
-        committed = admin.list_group_offsets({group_id: None}).get(group_id, {}) or {}
+        committed = wait_out(lambda: admin.list_group_offsets({group_id: None}),
+                             f"the coordinator of consumer group {group_id!r}", settings).get(group_id, {}) or {}
         tps = []
         for t in admin.describe_topics(topics):
             tps += [TopicPartition(t["name"], p["partition_index"]) for p in t.get("partitions", [])]
@@ -189,15 +193,24 @@ def skip_to_latest(group_id: str, topics: list[str], settings: Settings | None =
     """Move an idle consumer group's committed offsets to the end of ``topics`` (skip a stale backlog)."""
     from kafka import TopicPartition
     from kafka.admin import OffsetSpec
+    from kafka.errors import KafkaError
 
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import raise_errors, wait_out
 
-    admin = admin_client(settings)
-    try:
+    def reset() -> None:
         tps = [TopicPartition(t["name"], p["partition_index"]) for t in admin.describe_topics(topics)
                for p in t.get("partitions", [])]
         if tps:
-            admin.reset_group_offsets(group_id, {tp: OffsetSpec.LATEST for tp in tps})
+            done = admin.reset_group_offsets(group_id, {tp: OffsetSpec.LATEST for tp in tps})
+            raise_errors((r["error"] for r in done.values()), f"consumer group {group_id!r}")
+
+    admin = admin_client(settings)
+    try:  # on a broker formatted a moment ago, the group's coordinator is still loading (issue 13)
+        wait_out(reset, f"the coordinator of consumer group {group_id!r}", settings)
+    except KafkaError as exc:  # not retriable: e.g. UnknownMemberIdError while a member is still in the group
+        raise TiertwinError(f"cannot move consumer group {group_id!r} to the end of {', '.join(topics)}: {exc}; "
+                            "is a member of the group still running? (`tiertwin jobs`)") from None
     finally:
         admin.close()
 

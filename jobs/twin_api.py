@@ -103,6 +103,8 @@ class TwinView:
         try:
             from kafka import TopicPartition
 
+            from tiertwin.connectors.readiness import wait_out
+
             consumer = source.consumer
             tps = [TopicPartition(t, p) for t in self.topics.all() for p in (consumer.partitions_for_topic(t) or ())]
             consumer.assign(tps)
@@ -110,6 +112,8 @@ class TwinView:
                 consumer.seek_to_beginning(*tps)
             else:
                 consumer.seek_to_end(*tps)
+            for tp in tps:  # resolve the seeks before saying ready; a fresh broker may not serve them yet
+                wait_out(lambda: consumer.position(tp), f"the offsets of topic {tp.topic!r}", self.settings)
             self.ready.set()
             while not self._stop.is_set():
                 try:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource
 from tiertwin.connectors.kafka import _base_config as kafka_client_config  # same auth/timeouts as every client
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected
 from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
@@ -262,8 +263,8 @@ class TwinAgent:
         for topic, from_beginning in self.side_topics().items():
             seek = self.side.consumer.seek_to_beginning if from_beginning else self.side.consumer.seek_to_end
             seek(*side_partitions[topic])
-            for tp in side_partitions[topic]:
-                self.side.consumer.position(tp)   # resolve the seek now, not at the first poll
+            for tp in side_partitions[topic]:   # resolve the seek now (a fresh broker may not serve it yet), not at the first poll
+                wait_out(lambda: self.side.consumer.position(tp), f"the offsets of topic {tp.topic!r}", s)
         self.changelog = KafkaProducer(**kafka_client_config(s, f"{client}-changelog"),
                                        acks="all", linger_ms=5, retries=2**31 - 1)
         self._metrics_server = None

@@ -45,6 +45,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import IllegalStateError
 
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError, RecordRejected
 from tiertwin.pipelines.parquet_log import event_time_ms, short_name
 from tiertwin.settings import Settings
@@ -107,8 +108,10 @@ def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -
             if not partitions:
                 raise ConfigError(f"topic {topic!r} does not exist on {settings.bootstrap}")
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        starts = _offsets_at(consumer, tps, spec.start)
-        stops = {tp: UNBOUNDED for tp in tps} if spec.stop is None else _offsets_at(consumer, tps, spec.stop)
+        what = f"the offsets of {', '.join(repr(t) for t in topics)}"
+        starts = wait_out(lambda: _offsets_at(consumer, tps, spec.start), what, settings)
+        stops = ({tp: UNBOUNDED for tp in tps} if spec.stop is None
+                 else wait_out(lambda: _offsets_at(consumer, tps, spec.stop), what, settings))
         return [PartitionSlice(tp.topic, tp.partition, starts[tp], max(starts[tp], stops[tp])) for tp in tps]
     finally:
         consumer.close()

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from kafka import TopicPartition
 
 from tiertwin.connectors.kafka import KafkaRecord, KafkaSource
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError
 from tiertwin.settings import Settings
 
@@ -87,14 +88,20 @@ def subscribe(topic: str, *, from_beginning: bool = False, follow: bool = True,
     source = KafkaSource([], None, settings, client_id="tiertwin-subscribe", on_rejected=lambda e: None,
                          dead_letters=_Discard())
     consumer = source.consumer
-    try:
+
+    def assign() -> tuple[list[TopicPartition], dict | None]:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
-        stop_at = None if follow else consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.position(tp)  # resolve the seek now, inside the wait
+        return tps, None if follow else consumer.end_offsets(tps)
+
+    try:
+        tps, stop_at = wait_out(assign, f"the partitions of topic {topic!r}", source.settings)
         last_record = time.monotonic()
         while True:
             if stop_at is not None and all(consumer.position(tp) >= stop_at[tp] for tp in tps):

@@ -32,6 +32,9 @@ class Settings(BaseModel):
     broker_heap_mb: int = Field(512, ge=128, le=16384)
     bootstrap_servers: str | None = None
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
+    # How long to wait out Kafka's retriable errors (a group coordinator still loading on a fresh
+    # broker, a topic without a leader yet) before giving up: tiertwin.connectors.readiness.
+    ready_timeout_s: float = Field(60.0, gt=0, le=600)
     # Security of the managed broker: "none" (PLAINTEXT) or "scram" (SASL/SCRAM-SHA-512 + ACLs).
     broker_security: Literal["none", "scram"] = "none"
     # Client credentials (a tier's principal). The password comes from the environment or a
