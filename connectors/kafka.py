@@ -105,7 +105,18 @@ def _is_authorization_error(error: Exception) -> bool:
     return isinstance(error, AuthorizationError) or "AuthorizationFailed" in str(error)
 
 
-def _base_config(settings: Settings, client_id: str) -> dict[str, Any]:
+def kafka_config(settings: Settings, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of every kafka-python client tiertwin builds: where the broker is,
+    how long to wait for it and, when the settings carry credentials, SASL/SCRAM. ``overrides``
+    (a consumer's ``group_id``, a producer's ``acks``, ...) are added last and win.
+
+    Build a ``KafkaProducer``, ``KafkaConsumer`` or ``KafkaAdminClient`` only with it: a client
+    built beside it connects anonymously to a SCRAM broker.
+
+    >>> config = kafka_config(Settings(bootstrap_servers="a:9092,b:9092"), "tiertwin-x", group_id=None)
+    >>> config["bootstrap_servers"], config["client_id"], config["group_id"]
+    (['a:9092', 'b:9092'], 'tiertwin-x', None)
+    """
     config: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap.split(","),
         "client_id": client_id,
@@ -116,6 +127,7 @@ def _base_config(settings: Settings, client_id: str) -> dict[str, Any]:
     if credentials is not None:
         config.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
                       sasl_plain_username=credentials[0], sasl_plain_password=credentials[1])
+    config.update(overrides)
     return config
 
 
@@ -123,7 +135,7 @@ def admin_client(settings: Settings | None = None, client_id: str = "tiertwin-ad
     """An admin client, or :class:`BrokerUnavailableError` within ``connect_timeout_s``."""
     settings = settings or Settings.from_env()
     try:
-        return KafkaAdminClient(**_base_config(settings, client_id))
+        return KafkaAdminClient(**kafka_config(settings, client_id))
     except (KafkaTimeoutError, KafkaConnectionError) as exc:
         raise _unreachable(settings, exc) from None
 
@@ -162,7 +174,7 @@ class KafkaSink:
         self._mark_every = max(1, min(1024, max_in_flight // 4))
         self._errors: list[Exception] = []
         self._note_error = self._errors.append
-        config = {**_base_config(self.settings, client_id), "acks": "all", "enable_idempotence": True,
+        config = {**kafka_config(self.settings, client_id), "acks": "all", "enable_idempotence": True,
                   "retries": 2**31 - 1, "partitioner": KeyHashCachePartitioner(),
                   **PRODUCER_PROFILES[profile], **overrides}
         try:
@@ -270,7 +282,7 @@ class KafkaSource:
         self.on_rejected = on_rejected
         self.rejected = 0
         self.topics = list(topics)
-        config = {**_base_config(self.settings, client_id), "group_id": group_id,
+        config = {**kafka_config(self.settings, client_id), "group_id": group_id,
                   "enable_auto_commit": False,
                   "auto_offset_reset": "earliest" if from_beginning else "latest",
                   "session_timeout_ms": 10_000, "heartbeat_interval_ms": 2_000,

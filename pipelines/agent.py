@@ -35,8 +35,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource
-from tiertwin.connectors.kafka import _base_config as kafka_client_config  # same auth/timeouts as every client
+from tiertwin.connectors.kafka import (DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource,
+                                       kafka_config)
 from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected
 from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
@@ -265,7 +265,7 @@ class TwinAgent:
             seek(*side_partitions[topic])
             for tp in side_partitions[topic]:   # resolve the seek now (a fresh broker may not serve it yet), not at the first poll
                 wait_out(lambda: self.side.consumer.position(tp), f"the offsets of topic {tp.topic!r}", s)
-        self.changelog = KafkaProducer(**kafka_client_config(s, f"{client}-changelog"),
+        self.changelog = KafkaProducer(**kafka_config(s, f"{client}-changelog"),
                                        acks="all", linger_ms=5, retries=2**31 - 1)
         self._metrics_server = None
         if c.metrics_port:
@@ -445,7 +445,7 @@ class TwinAgent:
 
     def restore(self, partitions: Iterable[int]) -> int:
         """Read changelog partitions to their end and load the latest twin per key."""
-        consumer = KafkaConsumer(**kafka_client_config(self.settings, f"tiertwin-{self.tier}-{self.config.instance_id}-restore"),
+        consumer = KafkaConsumer(**kafka_config(self.settings, f"tiertwin-{self.tier}-{self.config.instance_id}-restore"),
                                  group_id=None, enable_auto_commit=False)
         try:
             available = consumer.partitions_for_topic(self.config.changelog_topic)
