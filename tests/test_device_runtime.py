@@ -206,6 +206,24 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
         assert during_outage > 100, "decisions kept coming while the broker was down"
         assert stats.send_errors > 0 and stats.spilled > 0, stats
         assert device.drain(90), f"uplink did not catch up: {stats}"
+        # the downlink came back too: a model published after the restart swaps in between two decisions
+        from tiertwin.pipelines.models import publish_model
+
+        old = device.model_version
+        with KafkaSink(private.settings, client_id="test-device-outage-models") as sink:
+            publish_model(sink, device.twin.model_name, device.twin.model.clone(include_attributes=True), old + 1,
+                          topic=topics.models)
+        deadline = time.monotonic() + 30
+        while decisions[-1]["model_version"] == old and time.monotonic() < deadline:
+            for kind, record in fleet.step(START_MS + tick * 10):
+                if kind == "telemetry":
+                    device.observe(record)
+                elif kind == "demand":
+                    decisions.append(device.place(record))
+            tick += 1
+            time.sleep(0.01)
+        assert decisions[-1]["model_version"] == old + 1 and device.stats.models_swapped == 1
+        assert device.drain(60)
         device.close()
         print(f"\noutage: {len(decisions)} decisions ({during_outage} while the broker was down), "
               f"{stats.summaries} summaries, spilled {stats.spilled}, resent {stats.resent}, sent {stats.sent}, "
