@@ -111,7 +111,7 @@ def kafka_config(settings: Settings, client_id: str, **overrides: Any) -> dict[s
     (a consumer's ``group_id``, a producer's ``acks``, ...) are added last and win.
 
     Build a ``KafkaProducer``, ``KafkaConsumer`` or ``KafkaAdminClient`` only with it: a client
-    built beside it connects anonymously to a SCRAM broker.
+    built beside it connects anonymously to a SCRAM broker (``tests/test_kafka_clients.py`` checks).
 
     >>> config = kafka_config(Settings(bootstrap_servers="a:9092,b:9092"), "tiertwin-x", group_id=None)
     >>> config["bootstrap_servers"], config["client_id"], config["group_id"]

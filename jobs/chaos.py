@@ -29,7 +29,7 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from tiertwin.connectors.broker import ManagedBroker
-from tiertwin.connectors.kafka import KafkaSink, read_topic
+from tiertwin.connectors.kafka import KafkaSink, kafka_config, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
 from tiertwin.procs import free_ports
@@ -214,7 +214,7 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
 
 
 def _records(settings: Settings, topic: str) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_config(settings, "tiertwin-chaos-reader", group_id=None, enable_auto_commit=False))
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(tps)

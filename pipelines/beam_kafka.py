@@ -45,6 +45,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import IllegalStateError
 
+from tiertwin.connectors.kafka import kafka_config
 from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError, RecordRejected
 from tiertwin.pipelines.parquet_log import event_time_ms, short_name
@@ -93,9 +94,8 @@ class PartitionSlice:
 
 
 def _consumer(settings: Settings, client_id: str, **overrides) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=settings.bootstrap.split(","), client_id=client_id,
-                         enable_auto_commit=False, group_id=None,
-                         bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000), **overrides)
+    """A group-less consumer with the shared client config (so with the tier's credentials)."""
+    return KafkaConsumer(**kafka_config(settings, client_id, enable_auto_commit=False, group_id=None, **overrides))
 
 
 def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -> list[PartitionSlice]:

@@ -755,9 +755,10 @@ class _TrainModel(beam.DoFn):
 def _models_consumer(settings: Settings, topic: str):
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap.split(","), group_id=None,
-                             enable_auto_commit=False, client_id="tiertwin-cloud-models",
-                             bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000))
+    from tiertwin.connectors.kafka import kafka_config
+
+    consumer = KafkaConsumer(**kafka_config(settings, "tiertwin-cloud-models", group_id=None,
+                                            enable_auto_commit=False))
     partitions = consumer.partitions_for_topic(topic) or {0}
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)

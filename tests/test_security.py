@@ -83,6 +83,28 @@ def test_wrong_password_is_refused(secure_broker, tmp_path):
             sink.send("tiertwin.actions.local", "Decision", example("Decision"), key="k")
 
 
+def test_the_cloud_twins_own_consumers_authenticate(secure_broker):
+    """The Beam read's partition discovery and the trainer's models consumer are built with the
+    shared client config: with the cloud tier's credentials they read, without them they are refused."""
+    from kafka.errors import KafkaError
+
+    from tiertwin.pipelines.beam_kafka import ReadSpec, discover_partitions
+    from tiertwin.pipelines.cloud_twin import _models_consumer
+
+    cloud = _as(secure_broker, "tiertwin-cloud")
+    slices = discover_partitions(cloud, ["tiertwin.outcomes"], ReadSpec(stop="end"))
+    assert slices and {s.topic for s in slices} == {"tiertwin.outcomes"}
+    models = _models_consumer(cloud, "tiertwin.models")
+    try:
+        assert models.assignment() and all(models.position(tp) == 0 for tp in models.assignment())
+    finally:
+        models.close()
+    anonymous = secure_broker.settings.model_copy(update={"connect_timeout_s": 3})
+    assert anonymous.sasl_credentials() is None
+    with pytest.raises(KafkaError):
+        discover_partitions(anonymous, ["tiertwin.outcomes"], ReadSpec(stop="end"))
+
+
 def test_no_command_takes_a_secret_on_the_command_line():
     import typer.main
 
