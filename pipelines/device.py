@@ -163,6 +163,10 @@ class DeviceStats:
 # =============================================================================================
 # The spill file
 # =============================================================================================
+class SpillInUseError(TiertwinError):
+    """Another running device runtime owns this spill folder."""
+
+
 _FRAME = struct.Struct(">IHi")   # rest-of-frame length, topic length, key length (-1 = no key)
 
 
@@ -182,10 +186,26 @@ class SpillFile:
     ([('t', b'ue-1', b'one'), ('t', None, b'two')], 2)
     >>> spill.commit(offset, 2); spill.pending, spill.path.stat().st_size
     (0, 0)
+    >>> try:
+    ...     SpillFile(spill.path.parent)   # one owner per folder
+    ... except SpillInUseError as exc:
+    ...     print(type(exc).__name__)
+    SpillInUseError
+    >>> spill.close()
     """
 
     def __init__(self, directory: Path, name: str = "uplink"):
+        import fcntl
+
         directory.mkdir(parents=True, exist_ok=True)
+        # Two runtimes appending to one file would interleave their frames: one owner per folder.
+        self._lock = open(directory / f"{name}.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise SpillInUseError(f"{directory} is the spill folder of another running device runtime; "
+                                  "give this one its own device_id or spill_dir") from None
         self.path = directory / f"{name}.spill"
         self.cursor_path = directory / f"{name}.cursor"
         self._writer = open(self.path, "ab")
@@ -291,6 +311,7 @@ class SpillFile:
     def close(self) -> None:
         self._writer.close()
         self._reader.close()
+        self._lock.close()   # releases the flock
 
 
 # =============================================================================================
@@ -389,11 +410,12 @@ class DeviceRuntime:
     def start(self) -> "DeviceRuntime":
         if self.started:
             return self
+        if self.connect:
+            self._spill = SpillFile(self.spill_dir)   # SpillInUseError if another runtime owns the folder
         self.started = True
         self._stop.clear()
         self._close_deadline = float("inf")
         if self.connect:
-            self._spill = SpillFile(self.spill_dir)
             self._threads.append(threading.Thread(target=self._uplink_loop, name=f"device-uplink-{self.config.device_id}",
                                                   daemon=True))
             if self.config.downlink:

@@ -142,7 +142,9 @@ def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_
     assert_in_order_per_ue(decisions, sent)
     got_summaries = read_topic(topics.summaries, settings, expect=summaries, timeout_s=30)
     assert len(got_summaries) == summaries
-    assert SpillFile(tmp_path / "spill").pending == 0
+    spill = SpillFile(tmp_path / "spill")
+    assert spill.pending == 0
+    spill.close()
 
 
 def assert_in_order_per_ue(made: list[dict], sent: list[dict]) -> None:
