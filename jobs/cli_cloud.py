@@ -278,7 +278,9 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
 
     from tiertwin.connectors.archive import archive_topics
     from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
-    from tiertwin.pipelines.cloud_twin import CloudTwinConfig, run_streaming, training_schemas
+    from tiertwin.pipelines.cloud.config import CloudTwinConfig
+    from tiertwin.pipelines.cloud.runtime import run_streaming
+    from tiertwin.pipelines.cloud.training import training_schemas
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
@@ -429,7 +431,7 @@ def _config(fields: dict):
     from pydantic import ValidationError
 
     from tiertwin.errors import ConfigError
-    from tiertwin.pipelines.cloud_twin import CloudTwinConfig
+    from tiertwin.pipelines.cloud.config import CloudTwinConfig
 
     try:
         return CloudTwinConfig(**fields)
@@ -449,7 +451,7 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
               train_in_own_process: Optional[bool] = None, say=print) -> None:
     """Start the streaming cloud twin and block until SIGINT / SIGTERM, then drain it (cancel if that stalls)."""
     from tiertwin.errors import JobFailedError
-    from tiertwin.pipelines.cloud_twin import run_streaming
+    from tiertwin.pipelines.cloud.runtime import run_streaming
     from tiertwin.settings import Settings
 
     fields, runner_options = _load_config_file(config)
@@ -577,7 +579,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ):
         """Run the cloud twin bounded over archived logs (replay / backfill) and write the snapshots."""
         from tiertwin.pipelines import parquet_log
-        from tiertwin.pipelines.cloud_twin import backfill
+        from tiertwin.pipelines.cloud.runtime import backfill
         from tiertwin.settings import Settings
 
         cloud = _config({"window_s": window_s, "slide_s": slide_s, "early_firing_s": None,

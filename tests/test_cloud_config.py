@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines.beam_kafka import UNBOUNDED, KafkaOffsetTracker, PartitionOffsets, _WorkerWatermarks
-from tiertwin.pipelines.cloud_twin import CloudTwinConfig, prism_binary, runner_args
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
+from tiertwin.pipelines.cloud.runtime import prism_binary, runner_args
 from tiertwin.settings import Settings
 
 
@@ -91,7 +92,7 @@ def _labels(pipeline) -> set[str]:
 def test_the_training_job_beside_a_fusing_job_only_trains_and_leaves_dead_letters_to_it():
     import apache_beam as beam
 
-    from tiertwin.pipelines.cloud_twin import CloudTwin, write_outputs
+    from tiertwin.pipelines.cloud.job import CloudTwin, write_outputs
 
     def build(config: CloudTwinConfig):
         pipeline = beam.Pipeline()  # built, never run

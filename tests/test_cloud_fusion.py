@@ -8,7 +8,9 @@ from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
-from tiertwin.pipelines.cloud_twin import CloudTwinConfig, FuseTiers, SplitBySchema
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
+from tiertwin.pipelines.cloud.fusion import FuseTiers
+from tiertwin.pipelines.cloud.job import SplitBySchema
 from tiertwin.schemas.examples import example
 
 T0 = 1_767_225_600_000  # a multiple of the window size, so windows start here

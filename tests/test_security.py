@@ -89,7 +89,7 @@ def test_the_cloud_twins_own_consumers_authenticate(secure_broker):
     from kafka.errors import KafkaError
 
     from tiertwin.pipelines.beam_kafka import ReadSpec, discover_partitions
-    from tiertwin.pipelines.cloud_twin import _models_consumer
+    from tiertwin.pipelines.cloud.training import _models_consumer
 
     cloud = _as(secure_broker, "tiertwin-cloud")
     slices = discover_partitions(cloud, ["tiertwin.outcomes"], ReadSpec(stop="end"))

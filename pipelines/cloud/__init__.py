@@ -1,0 +1,15 @@
+"""The cloud twin on Apache Beam: cross-tier fusion, global training, models pushed down.
+
+One module per concern:
+
+* :mod:`~tiertwin.pipelines.cloud.config` -- :class:`CloudTwinConfig` and the tier streams' names;
+* :mod:`~tiertwin.pipelines.cloud.fusion` -- :class:`FuseTiers`: TwinSnapshots per cell and window;
+* :mod:`~tiertwin.pipelines.cloud.training` -- :class:`TrainGlobalModels`: one stateful trainer per model;
+* :mod:`~tiertwin.pipelines.cloud.job` -- the :class:`CloudTwin` composite, its inputs and sinks, and the
+  streaming and backfill pipelines;
+* :mod:`~tiertwin.pipelines.cloud.runtime` -- runners, the streaming run and its training process,
+  draining, garbage-collector tuning (no transforms).
+
+Import from the module that holds a name; this package imports nothing, so supervising code
+that needs only the runtime does not load Beam.
+"""

@@ -1,0 +1,171 @@
+"""The cloud twin assembled: input split by contract, the :class:`CloudTwin` composite, the sinks, and the
+streaming (Kafka) and backfill (archive) pipelines built from them.
+
+Read top to bottom, the cloud tier is::
+
+    Kafka (summaries, edge state, actions.*, outcomes)      or   a `tiertwin archive` folder
+          │ ReadFromKafka (splittable DoFn)                       │ ReadArchive (bounded)
+          ▼                                                       ▼
+    SplitBySchema ── summaries / edge_states / decisions / outcomes ──┬─► FuseTiers ─► TwinSnapshot
+                                                                      │      (per bundle: one CellAggregate per cell
+                                                                      │       and window slice; then event-time windows,
+                                                                      │       GroupByKey by cell, early/on-time/late panes)
+                                                                      └─► TrainGlobalModels ─► ModelUpdate
+                                                                             (per bundle: one list of projected rows per
+                                                                              window; Decision ⨝ Outcome by decision_id,
+                                                                              one global stateful trainer per model)
+
+Snapshots go to ``tiertwin.cloud.snapshots`` and to Parquet partitioned by date/hour;
+model updates go to ``tiertwin.models`` (only when they beat the live version);
+records that do not decode go to ``tiertwin.deadletters``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from tiertwin.errors import ConfigError
+from tiertwin.pipelines import parquet_log
+from tiertwin.pipelines.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
+                                           dead_letter_key, decode_record)
+from tiertwin.pipelines.cloud.config import STREAMS, CloudTwinConfig
+from tiertwin.pipelines.cloud.fusion import FuseTiers
+from tiertwin.pipelines.cloud.training import TrainGlobalModels
+from tiertwin.settings import Settings
+
+
+# -- input -------------------------------------------------------------------------------------
+class SplitBySchema(beam.PTransform):
+    """``(schema, record)`` -> ``{"summaries": …, "edge_states": …, "decisions": …, "outcomes": …}``.
+
+    Records of other contracts (a topic list that includes, say, telemetry) are counted
+    under ``cloud-fusion/records_not_fused`` and not fused.
+    """
+
+    def expand(self, records):
+        def route(element):
+            schema, record = element
+            stream = STREAMS.get(schema)
+            if stream is None:
+                Metrics.counter("cloud-fusion", "records_not_fused").inc()
+                return
+            yield beam.pvalue.TaggedOutput(stream, record)
+
+        outputs = records | "BySchema" >> beam.FlatMap(route).with_outputs(*STREAMS.values())
+        return {stream: outputs[stream] for stream in STREAMS.values()}
+
+
+class ReadArchive(beam.PTransform):
+    """Bounded read of a ``tiertwin archive`` folder (``DIR/topic=<t>/date=…/hour=…/*.parquet``).
+
+    Every archived value is decoded exactly as :class:`ReadFromKafka` decodes a live
+    one, so the outputs are the same: ``.records`` and ``.dead_letters``.
+    """
+
+    def __init__(self, archive_dir: str | Path, stage: str = "cloud-twin/backfill"):
+        super().__init__()
+        self.paths = sorted(str(p) for p in Path(archive_dir).glob("topic=*/date=*/hour=*/*.parquet"))
+        if not self.paths:
+            raise ConfigError(f"no archived records under {archive_dir} (expected topic=*/date=*/hour=*/*.parquet)")
+        self.stage = stage
+
+    def expand(self, pbegin):
+        stage = self.stage
+
+        def read(path: str):
+            import pyarrow.parquet as pq
+
+            from tiertwin.schemas import SchemaRegistry
+
+            registry = SchemaRegistry.default()
+            topic = Path(path).parents[2].name.removeprefix("topic=")
+            table = pq.read_table(path, columns=["partition", "offset", "timestamp_ms", "key", "value"])
+            for row in table.to_pylist():
+                yield decode_record(registry, value=row["value"], key=row["key"], topic=topic,
+                                    partition=row["partition"], offset=row["offset"],
+                                    timestamp_ms=row["timestamp_ms"], stage=stage)
+
+        return (pbegin | "Files" >> beam.Create(self.paths)
+                | "Decode" >> beam.FlatMap(read).with_outputs(DEAD_LETTERS, main=RECORDS))
+
+
+# -- the whole tier ----------------------------------------------------------------------------
+class CloudTwin(beam.PTransform):
+    """``(schema, record)`` stream -> ``{"snapshots": …, "model_updates": …}`` (each if fusing / training)."""
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+        super().__init__()
+        self.config, self.settings = config, settings or Settings.from_env()
+
+    def expand(self, records):
+        streams = records | "Split" >> SplitBySchema()
+        outputs = {}
+        if self.config.fuse:
+            outputs["snapshots"] = streams | "Fuse" >> FuseTiers(self.config)
+        if self.config.train:
+            outputs["model_updates"] = streams | "Train" >> TrainGlobalModels(self.config, self.settings)
+        return outputs
+
+
+class _WriteParquet(beam.DoFn):
+    """Buffer a bundle's records and write them as Parquet files partitioned by date/hour."""
+
+    def __init__(self, root: str, schema: str):
+        self.root, self.schema = root, schema
+
+    def start_bundle(self):
+        self._rows: list[dict] = []
+
+    def process(self, record: dict):
+        self._rows.append(record)
+
+    def finish_bundle(self):
+        if self._rows:
+            parquet_log.write_records(self.root, self.schema, self._rows)
+            self._rows = []
+
+
+def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings: Settings) -> None:
+    """Attach the sinks: snapshots to Kafka and Parquet, dead letters to Kafka."""
+    snapshots = outputs.get("snapshots")
+    if snapshots is not None and config.snapshots_topic:
+        snapshots | "SnapshotsToKafka" >> WriteToKafka(config.snapshots_topic, "TwinSnapshot", "cell_id", settings)
+    if snapshots is not None and config.snapshots_dir:
+        snapshots | "SnapshotsToParquet" >> beam.ParDo(_WriteParquet(str(config.snapshots_dir), "TwinSnapshot"))
+    if config.dead_letter_topic:
+        dead_letters | "DeadLettersToKafka" >> WriteToKafka(config.dead_letter_topic, "DeadLetter", dead_letter_key,
+                                                            settings)
+
+
+def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> str:
+    """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs.
+
+    Returns the id of its Kafka read (what :func:`tiertwin.pipelines.beam_kafka.drain` stops).
+    """
+    reader = ReadFromKafka(list(config.input_topics),
+                           ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
+                                    idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
+                                    max_read_s=config.read_max_s),
+                           settings)
+    read = pipeline | "ReadTiers" >> reader
+    outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
+    write_outputs(outputs, read[DEAD_LETTERS], config, settings)
+    return reader.read_id
+
+
+def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: CloudTwinConfig,
+                   settings: Settings) -> dict:
+    """A ``tiertwin archive`` folder -> the same cloud twin, bounded (replay / backfill).
+
+    Over an archive every record is on time (the watermark stays back until all are
+    read), so early and late firings are switched off; batch runners also have no
+    processing-time clock for early firings.
+    """
+    config = config.model_copy(update={"early_firing_s": None, "allowed_lateness_s": 0})
+    read = pipeline | "ReadArchive" >> ReadArchive(archive_dir)
+    outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
+    write_outputs(outputs, read[DEAD_LETTERS], config, settings)
+    return outputs

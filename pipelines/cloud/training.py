@@ -1,0 +1,398 @@
+"""Global training: placement decisions joined with their outcomes, and each UE's consecutive summaries,
+learned window by window (in event-time order) by one stateful trainer per model.
+
+**Training examples** are placement decisions joined with the outcome that measured
+them in the same training window: ``x = parameters_to_features(decision.parameters)``
+plus ``x["tier"] = decision.target``, ``y = outcome.latency_ms``. A pair split by a
+window boundary (decision at the very end, outcome just after) is not learned from;
+with 10 s windows and latencies of tens of ms that is well under 1 % of the pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from tiertwin.pipelines.cloud.config import DECISIONS, OUTCOMES, PLACEMENT_TIERS, STREAMS, SUMMARIES, CloudTwinConfig
+from tiertwin.pipelines.models import deserialize, parameters_to_features, publish_model
+from tiertwin.settings import Settings
+
+def placement_features(decision: dict) -> tuple[str, dict] | None:
+    """``(decision_id, x)`` of a placement decision, ``x["tier"]`` = where it placed; None otherwise."""
+    if decision["kind"] != "placement" or decision["target"] not in PLACEMENT_TIERS:
+        return None
+    x: dict[str, Any] = parameters_to_features(decision["parameters"])
+    x["tier"] = decision["target"]
+    return decision["decision_id"], x
+
+
+def measured_latency(outcome: dict) -> tuple[str, float] | None:
+    """``(decision_id, latency_ms)`` of an outcome that measured a decision's demand; None otherwise."""
+    if outcome.get("decision_id") is None or outcome.get("latency_ms") is None:
+        return None
+    return outcome["decision_id"], float(outcome["latency_ms"])
+
+
+def join_examples(placements: Iterable[tuple[str, dict]], latencies: Iterable[tuple[str, float]]) -> list:
+    """``(x, y)`` pairs: each placement with the latency measured for the same decision_id."""
+    latency = dict(latencies)
+    return [(x, latency[did]) for did, x in placements if did in latency]
+
+
+def forecast_fields(summary: dict) -> tuple:
+    """What the SINR forecaster learns from in a LocalSummary."""
+    return (summary["ue_id"], summary["serving_cell"], summary["window_end_ms"], summary["sinr_db"],
+            summary["sinr_trend_db_per_s"], summary["speed_mps"])
+
+
+def forecast_examples(summaries: Iterable[tuple]) -> list[tuple[dict, float]]:
+    """``(x, y)`` for the handover SINR forecaster, as the edge twin learns it: each UE's
+    consecutive summaries in the same cell, 0 < dt <= 5 s apart; x from the earlier one
+    (:func:`~tiertwin.pipelines.features.sinr_forecast_features` with horizon dt), y = the later SINR.
+
+    >>> forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])
+    [({'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}, 9.0)]
+    """
+    from tiertwin.pipelines.features import sinr_forecast_features
+
+    by_ue: dict[str, list[tuple]] = {}
+    for summary in summaries:
+        by_ue.setdefault(summary[0], []).append(summary)
+    examples = []
+    for series in by_ue.values():
+        series.sort(key=lambda f: f[2])
+        for (_, cell, t0, sinr, trend, speed), (_, next_cell, t1, next_sinr, _, _) in zip(series, series[1:]):
+            dt = (t1 - t0) / 1000.0
+            if next_cell == cell and 0 < dt <= 5.0:
+                examples.append((sinr_forecast_features(sinr, trend, speed, dt), float(next_sinr)))
+    return examples
+
+
+# The unit of each model's error, in its metric names (mae_ms, live_mae_db, …).
+ERROR_UNITS = {"demand-latency": "ms", "handover-sinr": "db"}
+# Which fused streams each trainable model learns from, and how its examples are made.
+TRAINING_INPUTS = {
+    "demand-latency": {DECISIONS: placement_features, OUTCOMES: measured_latency},
+    "handover-sinr": {SUMMARIES: forecast_fields},
+}
+
+
+def training_schemas(model_names: Iterable[str]) -> set[str]:
+    """The record schemas the given models learn from.
+
+    >>> sorted(training_schemas(["demand-latency"]))
+    ['Decision', 'Outcome']
+    """
+    return {schema for schema, stream in STREAMS.items() for name in model_names if stream in TRAINING_INPUTS[name]}
+
+
+TRAINING_EXAMPLES = {
+    "demand-latency": lambda groups: join_examples(groups.get(DECISIONS, ()), groups.get(OUTCOMES, ())),
+    "handover-sinr": lambda groups: forecast_examples(groups.get(SUMMARIES, ())),
+}
+
+
+def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> list[tuple[dict, float]]:
+    """``(x, y)`` for each placement decision that has a measured outcome (joined by decision_id).
+
+    >>> from tiertwin.schemas.examples import example
+    >>> d = example("Decision", parameters={"x_rtt_ms": 8.0, "predicted_latency_ms": 12.5})
+    >>> training_examples([d], [example("Outcome")])
+    [({'rtt_ms': 8.0, 'tier': 'edge'}, 13.25)]
+    """
+    placements = [p for p in map(placement_features, decisions) if p is not None]
+    return join_examples(placements, [m for m in map(measured_latency, outcomes) if m is not None])
+
+
+def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
+    """MAE of ``model`` on ``examples`` without learning (an untrained model's None counts as 0)."""
+    return sum(abs((model.predict_one(x) or 0.0) - y) for x, y in examples) / len(examples)
+
+
+@dataclass
+class Batch:
+    """The training examples of one window, pickled once.
+
+    A batch waits in Beam state until the watermark passes its window; as one bytes
+    value it is stored and read back without walking (and sizing, for the state cache)
+    every example dict.
+
+    >>> Batch.of(0, 1000, [({"rtt_ms": 8.0}, 13.25)]).examples()
+    [({'rtt_ms': 8.0}, 13.25)]
+    """
+
+    start_ms: int
+    end_ms: int
+    pickled_examples: bytes
+
+    @classmethod
+    def of(cls, start_ms: int, end_ms: int, examples: list) -> "Batch":
+        return cls(start_ms, end_ms, pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def examples(self) -> list:
+        return pickle.loads(self.pickled_examples)
+
+
+@dataclass
+class TrainerState:
+    """What the global trainer of one model keeps between windows (in Beam state)."""
+
+    name: str
+    candidate: Any
+    live_model: Any
+    live_version: int = 0
+    trained_on: int = 0
+    learned_since_publish: int = 0
+    first_window_start_ms: int | None = None
+    prequential_mae: float = float("nan")
+
+
+class _TrainModel(beam.DoFn):
+    """Stateful trainer of one global model (key = model name), windows taken in event-time order.
+
+    Each window's batch waits in a bag until the watermark passes its end (a timer),
+    so a bounded backfill, where batches arrive in any order, trains in time order too.
+    On each batch: refresh the live model from the models topic, judge the candidate on
+    this batch (data it has not seen) against the live model, publish it as
+    ``live version + 1`` if it is better, then learn the batch prequentially.
+    """
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    TRAINER = ReadModifyWriteStateSpec("trainer", PickleCoder())
+    NEXT_FLUSH = ReadModifyWriteStateSpec("next_flush_ms", PickleCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, config: CloudTwinConfig, settings: Settings):
+        self.config, self.settings = config, settings
+        self.published = Metrics.counter("cloud-training", "models_published")
+
+    def setup(self):
+        # River pulls in scipy (seconds of import): pay it at start-up, not at the first window.
+        from tiertwin.pipelines import learners  # noqa: F401
+
+        self._sink = self._models = None
+        self._live_updates: dict[str, dict] = {}
+        if self.config.models_topic:
+            from tiertwin.connectors.kafka import KafkaSink
+
+            self._sink = KafkaSink(self.settings, client_id="tiertwin-cloud-trainer")
+
+    def teardown(self):
+        if self._sink is not None:
+            self._sink.close()
+        if self._models is not None:
+            self._models.close()
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING), next_flush=beam.DoFn.StateParam(NEXT_FLUSH),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        _, batch = element
+        pending.add(batch)
+        current = next_flush.read()
+        if current is None or batch.end_ms < current:
+            flush.set(Timestamp.of(batch.end_ms / 1000))
+            next_flush.write(batch.end_ms)
+
+    @on_timer(FLUSH)
+    def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                 pending=beam.DoFn.StateParam(PENDING), trainer=beam.DoFn.StateParam(TRAINER),
+                 next_flush=beam.DoFn.StateParam(NEXT_FLUSH), flush=beam.DoFn.TimerParam(FLUSH)):
+        fired_ms = fired.micros // 1000
+        batches = sorted(pending.read(), key=lambda b: b.end_ms)
+        ready, later = [b for b in batches if b.end_ms <= fired_ms], [b for b in batches if b.end_ms > fired_ms]
+        pending.clear()
+        for b in later:
+            pending.add(b)
+        state = trainer.read() or self._fresh_state(key)
+        for batch in ready:
+            yield from self._train(state, batch)
+        trainer.write(state)
+        if later:
+            flush.set(Timestamp.of(later[0].end_ms / 1000))
+            next_flush.write(later[0].end_ms)
+        else:
+            next_flush.clear()
+
+    def _fresh_state(self, name: str) -> TrainerState:
+        from tiertwin.pipelines.learners import default_model
+
+        live = self._latest_live(name)
+        if live is None:
+            return TrainerState(name, candidate=default_model(name), live_model=default_model(name))
+        model = deserialize(live["payload"], live["format"])
+        return TrainerState(name, candidate=copy.deepcopy(model), live_model=model, live_version=live["version"])
+
+    def _latest_live(self, name: str) -> dict | None:
+        """The newest ModelUpdate of ``name`` on the compacted models topic (read on, never re-read)."""
+        if not self.config.models_topic:
+            return None
+        if self._models is None:
+            self._models = _models_consumer(self.settings, self.config.models_topic)
+        from tiertwin.schemas import SchemaRegistry
+
+        registry = SchemaRegistry.default()
+        while True:
+            polled = self._models.poll(timeout_ms=200)
+            if not polled:
+                break
+            for messages in polled.values():
+                for m in messages:
+                    try:
+                        _, update = registry.decode(m.value, expect="ModelUpdate")
+                    except Exception:  # a bad record on the models topic is the publisher's problem
+                        continue
+                    seen = self._live_updates.get(update["model_name"])
+                    if seen is None or update["version"] > seen["version"]:
+                        self._live_updates[update["model_name"]] = update
+        return self._live_updates.get(name)
+
+    def _follow_live(self, state: TrainerState) -> None:
+        live = self._latest_live(state.name)
+        if live is not None and live["version"] > state.live_version:
+            # A newer model came from elsewhere (pretrain, another job): continue from it.
+            state.live_model = deserialize(live["payload"], live["format"])
+            state.live_version = live["version"]
+            state.candidate = copy.deepcopy(state.live_model)
+            state.learned_since_publish = 0
+
+    def _train(self, state: TrainerState, batch: Batch):
+        examples = batch.examples()
+        if not examples:
+            return
+        self._follow_live(state)
+        # Judging every example of a busy window costs more than learning them (three predictions
+        # each); an evenly spaced sample of eval_examples estimates the errors as well.
+        step = -(-len(examples) // self.config.eval_examples)
+        judged = examples[::step]
+        if state.learned_since_publish >= self.config.min_examples:
+            candidate_mae = mean_absolute_error(state.candidate, judged)
+            live_mae = mean_absolute_error(state.live_model, judged)
+            if candidate_mae < live_mae * (1 - self.config.min_improvement):
+                yield self._publish(state, batch, len(judged), candidate_mae, live_mae)
+        errors = 0.0
+        for i, (x, y) in enumerate(examples):  # prequential: predict (the judged ones), then learn
+            if i % step == 0:
+                errors += abs((state.candidate.predict_one(x) or 0.0) - y)
+            state.candidate.learn_one(x, y)
+        state.prequential_mae = errors / len(judged)
+        state.trained_on += len(examples)
+        state.learned_since_publish += len(examples)
+        if state.first_window_start_ms is None:
+            state.first_window_start_ms = batch.start_ms
+
+    def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
+                 live_mae: float) -> dict:
+        from tiertwin.pipelines.models import model_update
+
+        version = state.live_version + 1
+        unit = ERROR_UNITS.get(state.name, "")
+        details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
+                                f"prequential_mae_{unit}": state.prequential_mae,
+                                "live_version": state.live_version, "evaluated_on": evaluated_on},
+                       window_start_ms=state.first_window_start_ms or batch.start_ms,
+                       window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
+        if self._sink is not None:
+            record = publish_model(self._sink, state.name, state.candidate, version,
+                                   topic=self.config.models_topic, **details)
+        else:
+            record = model_update(state.name, state.candidate, version, **details)
+        state.live_model, state.live_version = copy.deepcopy(state.candidate), version
+        state.learned_since_publish = 0
+        self.published.inc()
+        return record
+
+
+def _models_consumer(settings: Settings, topic: str):
+    from kafka import KafkaConsumer, TopicPartition
+
+    from tiertwin.connectors.kafka import kafka_config
+
+    consumer = KafkaConsumer(**kafka_config(settings, "tiertwin-cloud-models", group_id=None,
+                                            enable_auto_commit=False))
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+class _ProjectPerBundle(beam.DoFn):
+    """What training needs of each record (``project``; None = nothing), one list per bundle and window.
+
+    Keyed ``"all"``: every model sees the whole window. The training window is fixed, so
+    each record's window is its timestamp rounded down, computed here rather than by a
+    WindowInto per record; each list leaves at the end of the bundle timestamped with its
+    earliest record, which lies in the list's window, so a WindowInto of the lists
+    puts each one back in it.
+    """
+
+    def __init__(self, project, window_s: float):
+        self.project, self.window_us = project, round(window_s * 1_000_000)
+
+    def start_bundle(self):
+        self._open: dict[int, list] = {}
+
+    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam):
+        row = self.project(record)
+        if row is None:
+            return
+        micros = timestamp.micros
+        start = micros - micros % self.window_us
+        entry = self._open.get(start)
+        if entry is None:
+            self._open[start] = [micros, [row]]
+            return
+        entry[1].append(row)
+        if micros < entry[0]:
+            entry[0] = micros
+
+    def finish_bundle(self):
+        for earliest, rows in self._open.values():
+            yield WindowedValue(("all", rows), Timestamp(micros=earliest), (window.GlobalWindow(),))
+        self._open = {}
+
+
+class TrainGlobalModels(beam.PTransform):
+    """Per training window, update the global models from the fused streams.
+
+    ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
+    from each UE's consecutive summaries (:data:`TRAINING_INPUTS`). Input: the stream
+    dict of :class:`SplitBySchema`. Output: the ModelUpdate records published.
+    """
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+        super().__init__()
+        self.config, self.settings = config, settings or Settings.from_env()
+
+    def expand(self, streams: dict):
+        config = self.config
+
+        def to_batches(element, win=beam.DoFn.WindowParam):
+            _, groups = element
+            rows = {stream: [row for bundle in bundles for row in bundle] for stream, bundles in groups.items()}
+            for name in config.model_names:
+                yield name, Batch.of(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](rows))
+
+        projections = {}
+        for name in config.model_names:
+            projections.update(TRAINING_INPUTS[name])
+        training_window = window.FixedWindows(config.train_window_s)
+        windowed = {stream: (streams[stream]
+                             | f"Project {stream}" >> beam.ParDo(_ProjectPerBundle(project, config.train_window_s))
+                             | f"TrainWindow {stream}" >> beam.WindowInto(training_window))
+                    for stream, project in projections.items()}
+        return (windowed
+                | "JoinWindow" >> beam.CoGroupByKey()
+                | "Examples" >> beam.FlatMap(to_batches)
+                | "AcrossWindows" >> beam.WindowInto(window.GlobalWindows())
+                | "Train" >> beam.ParDo(_TrainModel(config, self.settings)))
