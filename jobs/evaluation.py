@@ -471,7 +471,8 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         # wall-clock loop for a round trip, an artefact of this loop rather than of the distance.
         loop = _polling_loop_class()(world, sink, source, topics, realtime=True, commit_interval_s=3600.0, **device)
         wall = time.monotonic()
-        summary = loop.run(config.seconds)
+        with _frozen_heap():
+            summary = loop.run(config.seconds)
         wall = time.monotonic() - wall
     finally:
         if runtime is not None:
@@ -491,6 +492,22 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
                    config.seconds - config.warmup_s, wall, summary.steps_behind, round_index, seed)
 
 
+@contextlib.contextmanager
+def _frozen_heap():
+    """The heap frozen for a live run, as ``tiertwin sim`` freezes it (full collections walking everything the
+    process loaded, and here every record of the earlier runs, would pause the simulator and the device twins'
+    placements for tens of ms); unfrozen after it, since this process goes on."""
+    import gc
+
+    from tiertwin.procs import freeze_heap
+
+    freeze_heap()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _recording_runtime(settings: Settings, device_id: str, topics: Any) -> Any:
     """The device runtime the simulator hosts in device mode, keeping what its twins decided and were told."""
     from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime
@@ -501,14 +518,14 @@ def _recording_runtime(settings: Settings, device_id: str, topics: Any) -> Any:
             self.decisions: list[tuple[dict, int]] = []
             self.outcomes: list[dict] = []
 
-        def place(self, demand: dict) -> dict:
-            decision = super().place(demand)
+        def place(self, demand: dict, *args: Any, **kwargs: Any) -> dict:
+            decision = super().place(demand, *args, **kwargs)
             self.decisions.append((decision, decision["decided_ns"]))
             return decision
 
-        def report(self, outcome: dict) -> None:
+        def report(self, outcome: dict, *args: Any, **kwargs: Any) -> Any:
             self.outcomes.append(outcome)
-            super().report(outcome)
+            return super().report(outcome, *args, **kwargs)
 
     return RecordingRuntime(DeviceConfig(device_id=device_id, topics=topics.device_topics()), settings, connect=True)
 
@@ -567,7 +584,8 @@ class ModeMetrics:
 def measure(runs: list[ModeRun], warmup_s: float) -> ModeMetrics:
     """Metrics of one mode's runs (pooled), counting only inputs that came after each run's warm-up.
 
-    Demands whose outcome the run did not see (still running at its end) are not counted.
+    Every demand has its Outcome: at the end the loop gives pending demands their timeout and runs
+    the devices' queued work to completion.
     """
     m = ModeMetrics(runs[0].mode, measured_s=sum(r.measured_s for r in runs),
                     steps_behind=sum(r.steps_behind for r in runs), wall_s=sum(r.wall_s for r in runs))

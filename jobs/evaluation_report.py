@@ -129,6 +129,29 @@ def _pct_range(s: dict | None) -> str:
     return f"{s['min'] * 100:.1f}–{s['max'] * 100:.1f} %"
 
 
+def _change_range(s: dict | None) -> str:
+    """The rounds' reductions as words.
+
+    >>> _change_range({"min": 0.571, "max": 0.642}), _change_range({"min": -1.795, "max": -0.032})
+    ('57.1–64.2 % lower', '3.2–179.5 % higher')
+    >>> _change_range({"min": -0.132, "max": 0.164})
+    '13.2 % higher – 16.4 % lower'
+    """
+    if not s or s["min"] != s["min"]:
+        return "-"
+    low, high = s["min"], s["max"]
+    if low >= 0:
+        return f"{low * 100:.1f}–{high * 100:.1f} % lower"
+    if high < 0:
+        return f"{-high * 100:.1f}–{-low * 100:.1f} % higher"
+    return f"{-low * 100:.1f} % higher – {high * 100:.1f} % lower"
+
+
+def _path(text: str) -> str:
+    """A placement path as links: ``local_edge+edge_cloud`` -> ``local↔edge + edge↔cloud``."""
+    return " + ".join(part.replace("_", "↔") for part in text.split("+"))
+
+
 def _change(value: float | None) -> str:
     """A reduction as words: 0.4 -> '40.0 % lower', -0.1 -> '10.0 % higher'."""
     if value is None or value != value:
@@ -154,8 +177,10 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
     ]
     for mode, placement in c["placement"].items():
         if mode in modes:
-            local = "in the simulator process (device runtime)" if mode == "device" else placement.get("local", "-")
-            lines.append(f"| {mode} | {placement['simulator']} from the broker | {local} | {placement['edge']} |")
+            local = ("in the simulator process (device runtime)" if mode == "device"
+                     else f"service, {placement.get('local', '-')}")
+            where = _path(placement["simulator"])
+            lines.append(f"| {mode} | {where} from the broker | {local} | {placement['edge']} |")
     for mode, policy in c["baseline_policy"].items():
         if mode in modes:
             lines.append(f"| {mode} | every demand placed `{policy}` at once, no twin (offline) | - | - |")
@@ -187,8 +212,8 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
                   "|---|---|---|---|---|---|---|"]
     for key, p in pairs.items():
         sp = p["spread"]
-        lines.append(f"| {key.replace('_vs_', ' vs ')} | {_change(p['mean_reduction'])} | {_pct_range(sp['mean_reduction'])} | "
-                     f"{_change(p['p99_reduction'])} | {_pct_range(sp['p99_reduction'])} | {_f(p['miss_ratio'], 2)} | "
+        lines.append(f"| {key.replace('_vs_', ' vs ')} | {_change(p['mean_reduction'])} | {_change_range(sp['mean_reduction'])} | "
+                     f"{_change(p['p99_reduction'])} | {_change_range(sp['p99_reduction'])} | {_f(p['miss_ratio'], 2)} | "
                      f"{_range(sp['miss_ratio'], 2)} |")
     if pairs:
         lines += ["", f"Reductions are 1 - mode / reference (the paper's summary claims {_pct(cmp['paper_claim_reduction'])} "
