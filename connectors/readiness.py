@@ -37,7 +37,7 @@ PROBE_GROUP = "tiertwin-readiness-probe"
 
 
 def is_retriable(error: BaseException) -> bool:
-    """True for kafka-python errors that the broker may stop answering if asked again (``.retriable``)."""
+    """True for kafka-python errors that may go away when the request is made again (``.retriable``)."""
     return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
 
 
@@ -118,10 +118,12 @@ def wait_out(action: Callable[[], T], what: str, settings: Settings | None = Non
             elapsed = time.monotonic() - start
             if elapsed + backoff > bound:
                 line.clear()
+                detail = " ".join(str(exc).split())
+                if type(exc).__name__ not in detail:
+                    detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
                 raise BrokerUnavailableError(
-                    f"Kafka at {settings.bootstrap} did not serve {what} within {bound:g}s "
-                    f"(last error: {type(exc).__name__}: {' '.join(str(exc).split())}); is the broker healthy? "
-                    f"see its server.log") from exc
+                    f"Kafka at {settings.bootstrap} did not serve {what} within {bound:g}s (last error: {detail}); "
+                    "is the broker healthy? see its server.log") from exc
             line.waiting(elapsed, exc)
             time.sleep(backoff)
             backoff = min(max_backoff_s, backoff * 2)
