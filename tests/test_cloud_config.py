@@ -111,6 +111,23 @@ def test_the_training_job_beside_a_fusing_job_only_trains_and_leaves_dead_letter
     assert not {label for label in trainer_labels if label.startswith(("CloudTwin/Fuse", "Snapshots", "DeadLetters"))}
 
 
+def test_model_updates_leave_the_trainer_as_a_pcollection_the_pipeline_writes():
+    import apache_beam as beam
+
+    from tiertwin.pipelines.cloud.job import CloudTwin, write_outputs
+
+    def labels(config: CloudTwinConfig):
+        pipeline = beam.Pipeline()  # built, never run
+        outputs = pipeline | beam.Create([]) | "CloudTwin" >> CloudTwin(config, Settings())
+        write_outputs(outputs, pipeline | "Letters" >> beam.Create([]), config, Settings())
+        return _labels(pipeline)
+
+    assert "ModelUpdatesToKafka/Produce" in labels(CloudTwinConfig(fuse=False))
+    assert not {label for label in labels(CloudTwinConfig(fuse=False, models_topic=None))
+                if label.startswith("ModelUpdates")}
+    assert not {label for label in labels(CloudTwinConfig(train=False)) if label.startswith("ModelUpdates")}
+
+
 def test_the_training_job_reads_only_topics_whose_records_train_a_model():
     config = CloudTwinConfig(model_names=("handover-sinr",))
     assert config.training_input_topics() == ("tiertwin.edge.summaries",)

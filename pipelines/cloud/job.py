@@ -129,12 +129,15 @@ class _WriteParquet(beam.DoFn):
 
 
 def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings: Settings) -> None:
-    """Attach the sinks: snapshots to Kafka and Parquet, dead letters to Kafka."""
+    """Attach the sinks: snapshots to Kafka and Parquet, model updates and dead letters to Kafka."""
     snapshots = outputs.get("snapshots")
     if snapshots is not None and config.snapshots_topic:
         snapshots | "SnapshotsToKafka" >> WriteToKafka(config.snapshots_topic, "TwinSnapshot", "cell_id", settings)
     if snapshots is not None and config.snapshots_dir:
         snapshots | "SnapshotsToParquet" >> beam.ParDo(_WriteParquet(str(config.snapshots_dir), "TwinSnapshot"))
+    model_updates = outputs.get("model_updates")
+    if model_updates is not None and config.models_topic:
+        model_updates | "ModelUpdatesToKafka" >> WriteToKafka(config.models_topic, "ModelUpdate", "model_name", settings)
     if config.dead_letter_topic:
         dead_letters | "DeadLettersToKafka" >> WriteToKafka(config.dead_letter_topic, "DeadLetter", dead_letter_key,
                                                             settings)

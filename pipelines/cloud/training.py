@@ -25,7 +25,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from tiertwin.pipelines.cloud.config import DECISIONS, OUTCOMES, PLACEMENT_TIERS, STREAMS, SUMMARIES, CloudTwinConfig
-from tiertwin.pipelines.models import deserialize, parameters_to_features, publish_model
+from tiertwin.pipelines.models import deserialize, model_update, parameters_to_features
 from tiertwin.settings import Settings
 
 def placement_features(decision: dict) -> tuple[str, dict] | None:
@@ -164,8 +164,10 @@ class _TrainModel(beam.DoFn):
     Each window's batch waits in a bag until the watermark passes its end (a timer),
     so a bounded backfill, where batches arrive in any order, trains in time order too.
     On each batch: refresh the live model from the models topic, judge the candidate on
-    this batch (data it has not seen) against the live model, publish it as
-    ``live version + 1`` if it is better, then learn the batch prequentially.
+    this batch (data it has not seen) against the live model, emit it as a ModelUpdate of
+    ``live version + 1`` if it is better, then learn the batch prequentially. The trainer
+    writes nothing itself: the pipeline writes the ModelUpdates it emits
+    (:func:`tiertwin.pipelines.cloud.job.write_outputs`).
     """
 
     PENDING = BagStateSpec("pending", PickleCoder())
@@ -181,16 +183,10 @@ class _TrainModel(beam.DoFn):
         # River pulls in scipy (seconds of import): pay it at start-up, not at the first window.
         from tiertwin.pipelines import learners  # noqa: F401
 
-        self._sink = self._models = None
+        self._models = None
         self._live_updates: dict[str, dict] = {}
-        if self.config.models_topic:
-            from tiertwin.connectors.kafka import KafkaSink
-
-            self._sink = KafkaSink(self.settings, client_id="tiertwin-cloud-trainer")
 
     def teardown(self):
-        if self._sink is not None:
-            self._sink.close()
         if self._models is not None:
             self._models.close()
 
@@ -292,8 +288,6 @@ class _TrainModel(beam.DoFn):
 
     def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
                  live_mae: float) -> dict:
-        from tiertwin.pipelines.models import model_update
-
         version = state.live_version + 1
         unit = ERROR_UNITS.get(state.name, "")
         details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
@@ -301,11 +295,7 @@ class _TrainModel(beam.DoFn):
                                 "live_version": state.live_version, "evaluated_on": evaluated_on},
                        window_start_ms=state.first_window_start_ms or batch.start_ms,
                        window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
-        if self._sink is not None:
-            record = publish_model(self._sink, state.name, state.candidate, version,
-                                   topic=self.config.models_topic, **details)
-        else:
-            record = model_update(state.name, state.candidate, version, **details)
+        record = model_update(state.name, state.candidate, version, **details)
         state.live_model, state.live_version = copy.deepcopy(state.candidate), version
         state.learned_since_publish = 0
         self.published.inc()
@@ -367,7 +357,7 @@ class TrainGlobalModels(beam.PTransform):
 
     ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
     from each UE's consecutive summaries (:data:`TRAINING_INPUTS`). Input: the stream
-    dict of :class:`SplitBySchema`. Output: the ModelUpdate records published.
+    dict of :class:`SplitBySchema`. Output: the ModelUpdate records to publish (the pipeline writes them).
     """
 
     def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
