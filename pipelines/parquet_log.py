@@ -33,37 +33,10 @@ import pyarrow.parquet as pq
 
 from tiertwin.errors import ConfigError
 from tiertwin.schemas import SchemaRegistry
-
-# The field that carries each contract's event time (ms since epoch); the cloud twin's
-# watermarks and windows, and the archive's partitions, are all in this time.
-EVENT_TIME_FIELDS: dict[str, str] = {
-    "Telemetry": "ts_ms", "Demand": "ts_ms", "LocalSummary": "window_end_ms", "EdgeState": "ts_ms",
-    "Decision": "source_ts_ms", "Outcome": "ts_ms", "TwinSnapshot": "window_start_ms",
-    "ModelUpdate": "created_ms", "DeadLetter": "failed_at_ms",
-}
+from tiertwin.schemas.event_time import EVENT_TIME_FIELDS, event_time_ms, short_name  # noqa: F401 (EVENT_TIME_FIELDS re-exported)
 
 _PRIMITIVES = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
                "double": pa.float64(), "boolean": pa.bool_(), "bytes": pa.binary()}
-
-
-def short_name(schema: str) -> str:
-    """``"tiertwin.Decision"`` -> ``"Decision"``."""
-    return schema.rsplit(".", 1)[-1]
-
-
-def event_time_ms(schema: str, record: dict, default: int | None = None) -> int:
-    """The event time of ``record`` (a ``schema`` record), or ``default`` if it has none.
-
-    >>> event_time_ms("Outcome", {"ts_ms": 1500})
-    1500
-    """
-    field = EVENT_TIME_FIELDS.get(short_name(schema))
-    value = record.get(field) if field else None
-    if value is None:
-        if default is None:
-            raise ConfigError(f"{schema} record has no event time field and no default was given")
-        return int(default)
-    return int(value)
 
 
 def _arrow_type(avro_type) -> tuple[pa.DataType, bool]:

@@ -14,7 +14,7 @@ from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.jobs.cli_cloud import polars_snapshots, produce, tier_traffic
 from tiertwin.pipelines import parquet_log
-from tiertwin.pipelines.beam_kafka import ReadFromKafka, ReadSpec, WriteToKafka, dead_letter_key
+from tiertwin.connectors.beam_kafka import ReadFromKafka, ReadSpec, WriteToKafka, dead_letter_key
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.job import CloudTwin, ReadArchive
 from tiertwin.pipelines.cloud.runtime import backfill

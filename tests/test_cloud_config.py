@@ -8,7 +8,7 @@ from apache_beam.utils.timestamp import Timestamp
 from typer.testing import CliRunner
 
 from tiertwin.errors import ConfigError
-from tiertwin.pipelines.beam_kafka import UNBOUNDED, KafkaOffsetTracker, PartitionOffsets, _WorkerWatermarks
+from tiertwin.connectors.beam_kafka import UNBOUNDED, KafkaOffsetTracker, PartitionOffsets, _WorkerWatermarks
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.runtime import prism_binary, runner_args
 from tiertwin.settings import Settings

@@ -88,7 +88,7 @@ def test_the_cloud_twins_own_consumers_authenticate(secure_broker):
     shared client config: with the cloud tier's credentials they read, without them they are refused."""
     from kafka.errors import KafkaError
 
-    from tiertwin.pipelines.beam_kafka import ReadSpec, discover_partitions
+    from tiertwin.connectors.beam_kafka import ReadSpec, discover_partitions
     from tiertwin.pipelines.cloud.training import _models_consumer
 
     cloud = _as(secure_broker, "tiertwin-cloud")

@@ -29,8 +29,8 @@ from apache_beam.metrics import Metrics
 
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines import parquet_log
-from tiertwin.pipelines.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
-                                           dead_letter_key, decode_record)
+from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
+                                            dead_letter_key, decode_record)
 from tiertwin.pipelines.cloud.config import STREAMS, CloudTwinConfig
 from tiertwin.pipelines.cloud.fusion import FuseTiers
 from tiertwin.pipelines.cloud.training import TrainGlobalModels
@@ -146,7 +146,7 @@ def write_outputs(outputs: dict, dead_letters, config: CloudTwinConfig, settings
 def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings) -> str:
     """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs.
 
-    Returns the id of its Kafka read (what :func:`tiertwin.pipelines.beam_kafka.drain` stops).
+    Returns the id of its Kafka read (what :func:`tiertwin.connectors.beam_kafka.drain` stops).
     """
     reader = ReadFromKafka(list(config.input_topics),
                            ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,

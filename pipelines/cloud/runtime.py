@@ -104,7 +104,7 @@ class StreamingRun:
         """
         from apache_beam.runners.runner import PipelineState
 
-        from tiertwin.pipelines.beam_kafka import drain
+        from tiertwin.connectors.beam_kafka import drain
 
         if self.trainer is not None:
             self.trainer.request_stop()  # both jobs drain at once
