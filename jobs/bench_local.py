@@ -25,8 +25,7 @@ Garbage collection is part of the decision path: the command freezes the heap af
 runtime's warm-up and sets the young-generation threshold (``--gc-gen0-threshold``, 20 000),
 as a process hosting a device runtime should; the pauses while feeding are reported.
 
-Percentiles: :func:`numpy.percentile` with linear interpolation (the project has no
-shared percentile helper yet).
+Percentiles: :mod:`tiertwin.stats` (linear interpolation, as every benchmark).
 """
 
 from __future__ import annotations
@@ -39,15 +38,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tiertwin.stats import percentiles
+
 TARGETS = {"p99_ms_at_1000": 0.45, "p99_ms_at_10000": 1.0, "p99_to_floor_p99": 3.0, "cpu_s_per_simulated_s_at_10000": 1.0}
 
 
 def percentiles_ms(values_ns) -> dict[str, float]:
-    """p50/p99/p99.9/max/mean in ms (numpy.percentile, linear)."""
+    """p50/p99/p99.9/max/mean in ms (:func:`tiertwin.stats.percentiles`)."""
     a = np.asarray(values_ns, dtype=np.float64) / 1e6
     if not a.size:
         return {"count": 0}
-    p50, p99, p999 = np.percentile(a, [50, 99, 99.9]).tolist()
+    p50, p99, p999 = percentiles(a, [50, 99, 99.9])
     return {"count": int(a.size), "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": float(a.max()),
             "mean_ms": float(a.mean())}
 
@@ -243,7 +244,7 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
     for check in checks.values():
         check["met"] = check["value"] <= check["target"]
     return {"scenario": scenario, "seed": seed, "sizes": sizes, "targets": checks,
-            "percentile": "numpy.percentile, linear interpolation", "load_average_1m_at_end": load_1m,
+            "percentile": "tiertwin.stats (numpy.percentile, linear interpolation)", "load_average_1m_at_end": load_1m,
             "caveat": "2 shared cores; numbers taken while other work runs are noisy"}
 
 

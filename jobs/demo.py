@@ -33,6 +33,7 @@ from tiertwin.connectors.simulator.kafka_loop import SimSummary, demand_figures
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
 from tiertwin.settings import Settings
+from tiertwin.stats import percentile
 
 WATCHED = ("tiertwin.local.telemetry", "tiertwin.local.demands", "tiertwin.edge.summaries",
            "tiertwin.cloud.edge-state", "tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud",
@@ -151,7 +152,7 @@ class DemoSummary:
             "decisions": {tier: by_tier[tier] for tier in ("local", "edge", "cloud")},
             "decisions_by_kind": {f"{tier}/{kind}": n for (tier, kind), n in sorted(self.decisions.items())},
             "decisions_by_topic": dict(by_topic),
-            "decision_latency_ms": {tier: {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)}
+            "decision_latency_ms": {tier: {"p50": percentile(lat, 50), "p99": percentile(lat, 99)}
                                     for tier, lat in sorted(self.decision_latency_ms.items())},
             "demands": {placement: {"n": n, "deadline_missed": self.deadline_missed[placement]}
                         for placement, n in sorted(self.placements.items())},
@@ -171,11 +172,6 @@ class DemoSummary:
                 f"edge {by_tier['edge']:>5} cloud {by_tier['cloud']:>3}  snapshots "
                 f"{self.records['tiertwin.cloud.snapshots']:>4}  deadline misses "
                 f"{(missed / demands if demands else 0):.1%}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) as numpy defines it, like every other figure of the summary; NaN if empty."""
-    return float(np.percentile(values, q * 100)) if len(values) else float("nan")
 
 
 class TopicWatcher:
@@ -303,11 +299,11 @@ def summary_tables(summary: DemoSummary):
     decisions = Table("tier", "kind", "decisions", "p50 ms", "p99 ms", title="Decisions (record produced -> decided)")
     for (tier, kind), n in sorted(summary.decisions.items()):
         lat = summary.decision_latency_ms[tier]
-        decisions.add_row(tier, kind, str(n), f"{percentile(lat, 0.5):.2f}", f"{percentile(lat, 0.99):.2f}")
+        decisions.add_row(tier, kind, str(n), f"{percentile(lat, 50):.2f}", f"{percentile(lat, 99):.2f}")
     demands = Table("placement", "demands", "mean ms", "p99 ms", "deadline misses", title="Demands (measured)")
     for placement, n in sorted(summary.placements.items()):
         lat = summary.demand_latency_ms[placement]
-        demands.add_row(placement, str(n), f"{sum(lat) / len(lat):.1f}", f"{percentile(lat, 0.99):.1f}",
+        demands.add_row(placement, str(n), f"{sum(lat) / len(lat):.1f}", f"{percentile(lat, 99):.1f}",
                         f"{summary.deadline_missed[placement] / n:.1%}")
     tables = [*_comparison_tables(summary)]
     records = Table("topic", "records", title="Records this run")
@@ -350,7 +346,7 @@ def _comparison_tables(summary: DemoSummary):
                           f"{device['place_p50_us']:.0f}", f"{device['place_p99_us']:.0f}", f"{device['place_max_us']:.0f}")
         if summary.place_us:
             table.add_row("inside LocalTwin.place() (the Decisions' stamps)", str(len(summary.place_us)),
-                          f"{percentile(summary.place_us, 0.5):.0f}", f"{percentile(summary.place_us, 0.99):.0f}",
+                          f"{percentile(summary.place_us, 50):.0f}", f"{percentile(summary.place_us, 99):.0f}",
                           f"{max(summary.place_us):.0f}")
         out.append(table)
     if summary.predicted_vs_measured:

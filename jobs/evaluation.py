@@ -60,6 +60,7 @@ import yaml
 from tiertwin.connectors.linkemu import Link, wait_listening
 from tiertwin.errors import ConfigError, TiertwinError
 from tiertwin.settings import Settings
+from tiertwin.stats import percentile, summary_ms
 
 PAPER_CLAIM_REDUCTION = 0.42
 MODES = ("device", "edge", "cloud")                             # where the local twin runs (agents, broker, links)
@@ -533,20 +534,6 @@ def _recording_runtime(settings: Settings, device_id: str, topics: Any) -> Any:
 # =============================================================================================
 # Metrics
 # =============================================================================================
-def stats_ms(values: list[float] | np.ndarray) -> dict[str, float]:
-    """n, mean, p50, p90, p99, max of a latency sample (NaN when empty).
-
-    >>> stats_ms([1.0, 2.0, 3.0, 4.0])["mean"]
-    2.5
-    """
-    a = np.asarray(values, dtype=float)
-    if not a.size:
-        return {"n": 0, "mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "p99": float("nan"),
-                "max": float("nan")}
-    return {"n": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
-
-
 @dataclass
 class ModeMetrics:
     mode: str
@@ -570,13 +557,13 @@ class ModeMetrics:
         return {
             "demands": self.demands, "demands_per_s": self.demands / self.measured_s if self.measured_s else 0.0,
             "deadline_miss_rate": self.deadline_misses / self.demands if self.demands else float("nan"),
-            "demand_latency_ms": stats_ms(self.demand_latency_ms), "by_kind": self.by_kind,
+            "demand_latency_ms": summary_ms(self.demand_latency_ms), "by_kind": self.by_kind,
             "placements": self.placements, "by_placement": self.by_placement, "decided": self.decided, "defaulted": self.defaulted,
             "decisions_by_kind": self.decisions_by_kind,
             "decisions_per_s": {t: len(v) / self.measured_s for t, v in self.decision_ms.items()} if self.measured_s else {},
-            "decision_latency_ms": {t: stats_ms(v) for t, v in self.decision_ms.items()},
-            "loop_latency_ms": {t: stats_ms(v) for t, v in self.loop_ms.items()},
-            "staleness_ms": {t: stats_ms(v) for t, v in self.staleness_ms.items()},
+            "decision_latency_ms": {t: summary_ms(v) for t, v in self.decision_ms.items()},
+            "loop_latency_ms": {t: summary_ms(v) for t, v in self.loop_ms.items()},
+            "staleness_ms": {t: summary_ms(v) for t, v in self.staleness_ms.items()},
             "steps_behind": self.steps_behind, "measured_s": self.measured_s, "wall_s": self.wall_s,
         }
 
@@ -625,7 +612,7 @@ def measure(runs: list[ModeRun], warmup_s: float) -> ModeMetrics:
     m.by_placement = {p: {"demands": len(v), "decision_wait_mean_ms": float(np.mean([w for w, _ in v])),
                           "execution_mean_ms": float(np.mean([x - w for w, x in v]))} for p, v in sorted(waits.items())}
     m.by_kind = {k: {"demands": len(v), "misses": sum(not met for _, met in v),
-                     "mean_ms": float(np.mean([x for x, _ in v])), "p99_ms": float(np.percentile([x for x, _ in v], 99)),
+                     "mean_ms": float(np.mean([x for x, _ in v])), "p99_ms": percentile([x for x, _ in v], 99),
                      "deadline_miss_rate": 1.0 - float(np.mean([met for _, met in v]))} for k, v in sorted(per_kind.items())}
     m.decisions_by_kind = dict(sorted(kinds.items()))
     return m
@@ -684,13 +671,13 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 def round_figures(m: ModeMetrics) -> dict[str, Any]:
     """The figures of one run whose spread across rounds the report gives."""
-    d = stats_ms(m.demand_latency_ms)
+    d = summary_ms(m.demand_latency_ms)
     return {"demands": m.demands, "mean_ms": d["mean"], "p99_ms": d["p99"],
             "deadline_miss_rate": m.deadline_misses / m.demands if m.demands else float("nan"),
             "by_kind_miss_rate": {k: v["deadline_miss_rate"] for k, v in m.by_kind.items()},
             "by_kind_mean_ms": {k: v["mean_ms"] for k, v in m.by_kind.items()},
-            "decision_p50_ms": {t: stats_ms(v)["p50"] for t, v in m.decision_ms.items()},
-            "decision_p99_ms": {t: stats_ms(v)["p99"] for t, v in m.decision_ms.items()}}
+            "decision_p50_ms": {t: summary_ms(v)["p50"] for t, v in m.decision_ms.items()},
+            "decision_p99_ms": {t: summary_ms(v)["p99"] for t, v in m.decision_ms.items()}}
 
 
 def mode_summary(runs: list[ModeRun], warmup_s: float) -> tuple[ModeMetrics, dict[str, Any]]:
@@ -808,13 +795,13 @@ def compare(metrics: dict[str, ModeMetrics], runs: dict[str, list[ModeRun]], war
                                     "spread": {k: spread([e[k] for e in each]) for k in pooled}}
     e, c = metrics.get("edge"), metrics.get("cloud")
     if e is not None and c is not None and e.loop_ms.get("local") and c.loop_ms.get("local"):
-        el, cl = stats_ms(e.loop_ms["local"]), stats_ms(c.loop_ms["local"])
+        el, cl = summary_ms(e.loop_ms["local"]), summary_ms(c.loop_ms["local"])
         out["edge_local_loop_faster_than_cloud"] = bool(el["mean"] < cl["mean"] and el["p50"] < cl["p50"])
     return out
 
 
 def _pair_figures(m: ModeMetrics, ref: ModeMetrics) -> dict[str, float]:
-    ms, rs = stats_ms(m.demand_latency_ms), stats_ms(ref.demand_latency_ms)
+    ms, rs = summary_ms(m.demand_latency_ms), summary_ms(ref.demand_latency_ms)
     miss = m.deadline_misses / m.demands if m.demands else float("nan")
     ref_miss = ref.deadline_misses / ref.demands if ref.demands else float("nan")
     return {"mean_reduction": reduction(ms["mean"], rs["mean"]), "p99_reduction": reduction(ms["p99"], rs["p99"]),

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tiertwin.jobs.evaluation import BASELINES, ModeMetrics, stats_ms
+from tiertwin.jobs.evaluation import BASELINES, ModeMetrics
+from tiertwin.stats import summary_ms
 
 COLOURS = {"no-control": "#888888", "always-edge": "#b5a642", "always-local": "#7a5aa8",
            "device": "#2a9a4a", "edge": "#2a7ab0", "cloud": "#d0672a"}
@@ -236,7 +237,7 @@ def report_markdown(results: dict[str, Any], plots: list[str]) -> str:
                   "staleness p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
     for mode, s in modes.items():
         for tier, dl in s["decision_latency_ms"].items():
-            loop, st = s["loop_latency_ms"].get(tier, stats_ms([])), s["staleness_ms"].get(tier, stats_ms([]))
+            loop, st = s["loop_latency_ms"].get(tier, summary_ms([])), s["staleness_ms"].get(tier, summary_ms([]))
             lines.append(f"| {mode} | {tier} | {_f(s['decisions_per_s'].get(tier, 0.0))} | {_f(dl['p50'])} / {_f(dl['p99'])} | "
                          f"{_range(s['spread']['decision_p99_ms'].get(tier))} | {_f(loop['p50'])} / {_f(loop['p99'])} | "
                          f"{_f(st['p50'])} / {_f(st['p99'])} |")

@@ -40,12 +40,12 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from fastapi import FastAPI, Query
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from tiertwin import stats
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
 
@@ -173,10 +173,10 @@ class LayoutSource:
 # Live statistics and frames
 # =============================================================================================
 def percentiles(values: list[float]) -> dict:
-    """p50 / p95 / p99 (linear interpolation) and the count; None values when empty."""
+    """p50 / p95 / p99 (:mod:`tiertwin.stats`, linear interpolation) and the count; None values when empty."""
     if not values:
         return {"p50": None, "p95": None, "p99": None, "n": 0}
-    p50, p95, p99 = np.percentile(np.asarray(values, dtype=float), [50, 95, 99]).tolist()
+    p50, p95, p99 = stats.percentiles(values, [50, 95, 99])
     return {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "n": len(values)}
 
 

@@ -286,7 +286,7 @@ def replay(events: list[tuple[str, KafkaRecord]], policy: Any, scenario, seed: i
 
 
 def summarize(rows: list[dict], spec: str, model: str) -> dict[str, Any]:
-    from tiertwin.jobs.evaluation import stats_ms
+    from tiertwin.stats import summary_ms
 
     latency = [r["latency_ms"] for r in rows]
     kinds: dict[str, list[dict]] = {}
@@ -295,7 +295,7 @@ def summarize(rows: list[dict], spec: str, model: str) -> dict[str, Any]:
     predicted = np.array([r["predicted_ms"] for r in rows], dtype=float)
     errors = np.abs(predicted - np.array(latency, dtype=float))
     return {
-        "spec": spec, "model": model, "demands": len(rows), "latency_ms": stats_ms(latency),
+        "spec": spec, "model": model, "demands": len(rows), "latency_ms": summary_ms(latency),
         "deadline_miss_rate": float(np.mean([not r["deadline_met"] for r in rows])) if rows else float("nan"),
         "placements": dict(Counter(r["placement"] for r in rows)),
         "by_kind": {k: {"demands": len(v), "mean_ms": float(np.mean([r["latency_ms"] for r in v])),
