@@ -36,6 +36,7 @@ import yaml
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.errors import BrokerSetupError
 from tiertwin.procs import freeze_heap
+from tiertwin.stats import percentiles
 
 
 class Tier(str, enum.Enum):
@@ -97,13 +98,9 @@ def delete_topics(settings, names: list[str]) -> None:
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
     if not values_ms:
         return {"count": 0}
-    ordered = sorted(values_ms)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"count": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
-            "mean_ms": statistics.fmean(ordered), "max_ms": ordered[-1]}
+    p50, p99, p999 = percentiles(values_ms, [50, 99, 99.9])
+    return {"count": len(values_ms), "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+            "mean_ms": statistics.fmean(values_ms), "max_ms": max(values_ms)}
 
 
 def kafka_end_to_end_latency(settings, records: int, record_size: int = 200) -> dict[str, float]:
@@ -413,7 +410,8 @@ def bench_latency(rate: int, seconds: float, demand_every: int, e2e_records: int
         "two_hop_floor": {k: 2 * floor[k] for k in keys},
         "agent_stderr_tail": agent["stderr_tail"], "load_average_1m_at_end": os.getloadavg()[0],
         "agent_cpu_share_while_offered": agent["cpu_share_while_offered"],
-        "note": "EndToEndLatency prints whole-millisecond percentiles; a 0 ms floor percentile has no ratio",
+        "note": ("EndToEndLatency prints whole-millisecond percentiles by its own definition (floor rank, not "
+                 "tiertwin.stats linear); a 0 ms floor percentile has no ratio"),
     }
     if ours.get("count"):
         result["ratio_to_two_hop_floor"] = {k: (ours[k] / (2 * floor[k]) if floor[k] > 0 else None) for k in keys}

@@ -16,6 +16,7 @@ from tiertwin.connectors.kafka import KafkaSink, KafkaSource, admin_client
 from tiertwin.connectors.topics import load_topology
 from tiertwin.schemas.examples import EXAMPLE_NAMES, example
 from tiertwin.settings import Settings
+from tiertwin.stats import percentiles
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ def _round_trip(count: int, settings: Settings, scratch: dict[str, str], timeout
                         received += 1
                         latencies.append((time.perf_counter() - sent_at[rec.key]) * 1000)
                         intact &= rec.value == sent.pop(rec.key)
-            latencies.sort()
-            pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
-            results.append(RoundTripResult(name, topic, count, received, intact and received == count,
-                                           pct(0.50), pct(0.99)))
+            p50, p99 = percentiles(latencies, [50, 99])
+            results.append(RoundTripResult(name, topic, count, received, intact and received == count, p50, p99))
     return results
