@@ -26,13 +26,17 @@ from kafka.errors import (AuthorizationError, CommitFailedError, IllegalGenerati
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
-from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, RecordRejected
+from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Profile = Literal["low-latency", "throughput"]
+# What a reader does with a record that does not decode or validate: write it to the dead-letter
+# topic and go on, raise RecordRejected (what was polled with it is lost), or count it and go on.
+Undecodable = Literal["dead-letter", "raise", "skip"]
+UNDECODABLE = ("dead-letter", "raise", "skip")
 DEAD_LETTER_TOPIC = "tiertwin.deadletters"
 
 PRODUCER_PROFILES: dict[str, dict[str, Any]] = {
@@ -267,18 +271,28 @@ class KafkaSource:
 
     Iterate it (``for batch in source``) or call :meth:`poll`; after the batch is
     processed and its outputs flushed, call :meth:`commit`. Records that fail to
-    decode or validate never reach the caller: they are dead-lettered (flushed
-    before the commit) and counted in :attr:`rejected`.
+    decode or validate never reach the caller; they are counted in :attr:`rejected`
+    and handled as ``on_undecodable`` says: ``"dead-letter"`` (to ``dead_letters``,
+    flushed before the commit; the default when a DeadLetterSink is given), ``"raise"``
+    (RecordRejected out of :meth:`poll`, losing the rest of that batch; the default
+    without one) or ``"skip"`` (the batch goes on without them).
     """
 
     def __init__(self, topics: Iterable[str], group_id: str | None, settings: Settings | None = None,
                  registry: SchemaRegistry | None = None, dead_letters: DeadLetterSink | None = None,
                  profile: Profile = "low-latency", from_beginning: bool = True,
                  client_id: str = "tiertwin-source", on_rejected: Callable[[RecordRejected], None] | None = None,
-                 **overrides: Any):
+                 on_undecodable: Undecodable | None = None, **overrides: Any):
+        if on_undecodable is None:
+            on_undecodable = "dead-letter" if dead_letters is not None else "raise"
+        if on_undecodable not in UNDECODABLE:
+            raise ConfigError(f"on_undecodable must be one of {', '.join(UNDECODABLE)}, not {on_undecodable!r}")
+        if on_undecodable == "dead-letter" and dead_letters is None:
+            raise ConfigError("on_undecodable='dead-letter' needs a DeadLetterSink (dead_letters)")
         self.settings = settings or Settings.from_env()
         self.registry = registry or SchemaRegistry.default()
         self.dead_letters = dead_letters
+        self.on_undecodable = on_undecodable
         self.on_rejected = on_rejected
         self.rejected = 0
         self.topics = list(topics)
@@ -321,7 +335,9 @@ class KafkaSource:
         self.rejected += 1
         if self.on_rejected is not None:
             self.on_rejected(error)
-        if self.dead_letters is None:
+        if self.on_undecodable == "skip":
+            return
+        if self.on_undecodable == "raise":
             raise error
         self.dead_letters.reject(value=message.value, key=message.key, topic=message.topic,
                                  partition=message.partition, offset=message.offset, error=error)

@@ -98,8 +98,8 @@ class TwinView:
 
     def _follow(self) -> None:
         # No consumer group: every API instance sees every partition.
-        source = KafkaSource([], None, self.settings, client_id="tiertwin-twin-api", dead_letters=None,
-                             on_rejected=lambda e: None)
+        # A record that does not decode is skipped (the agents dead-letter it), not raised: the rest of its batch counts.
+        source = KafkaSource([], None, self.settings, client_id="tiertwin-twin-api", on_undecodable="skip")
         try:
             from kafka import TopicPartition
 

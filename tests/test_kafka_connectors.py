@@ -149,6 +149,37 @@ def test_malformed_records_are_dead_lettered_and_good_ones_processed(new_topic, 
     assert all(l["detail"] for l in letters)
 
 
+def test_each_reader_says_what_becomes_of_an_undecodable_record(new_topic, settings):
+    from kafka import TopicPartition
+
+    from tiertwin.errors import ConfigError, RecordRejected
+
+    topic = new_topic(partitions=1)
+    registry = SchemaRegistry.default()
+    with KafkaSink(settings) as sink:
+        sink.send_raw(topic, registry.encode("Telemetry", example("Telemetry", ue_id="before")), key="k")
+        sink.send_raw(topic, os.urandom(64), key="k")
+        sink.send_raw(topic, registry.encode("Telemetry", example("Telemetry", ue_id="after")), key="k")
+
+    def read(policy):
+        source = KafkaSource([], None, settings, on_undecodable=policy)
+        source.consumer.assign([TopicPartition(topic, 0)])
+        source.consumer.seek_to_beginning()
+        got = []
+        try:
+            _wait_for(lambda: got.extend(source.poll(200)) or (source.rejected and len(got) >= 2), 30,
+                      "the three records")
+        finally:
+            source.close()
+        return [r.value["ue_id"] for r in got], source.rejected
+
+    assert read("skip") == (["before", "after"], 1)  # the batch goes on without it
+    with pytest.raises(RecordRejected):
+        read("raise")
+    with pytest.raises(ConfigError, match="needs a DeadLetterSink"):
+        KafkaSource([], None, settings, on_undecodable="dead-letter")
+
+
 def test_cli_reports_a_missing_broker_in_one_line(tmp_path):
     env = {**os.environ, "TIERTWIN_BROKER_PORT": "1", "TIERTWIN_CONNECT_TIMEOUT_S": "3",
            "TIERTWIN_HOME": str(tmp_path)}
