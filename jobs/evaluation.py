@@ -42,7 +42,6 @@ import inspect
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import yaml
 
 from tiertwin.connectors.linkemu import Link, wait_listening
 from tiertwin.errors import ConfigError, TiertwinError
+from tiertwin.procs import free_ports
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile, summary_ms
 
@@ -145,16 +145,6 @@ class EvalConfig:
 # =============================================================================================
 # The private broker with per-tier listeners behind link emulators
 # =============================================================================================
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class EvalBroker:
     """A private managed broker whose ``LOCAL_EDGE`` / ``LOCAL_CLOUD`` listeners are reached through
     link emulators (one process each). ``settings_for(path)`` gives a tier's client settings."""
