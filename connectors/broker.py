@@ -15,12 +15,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tiertwin.errors import BrokerSetupError, BrokerUnavailableError
-from tiertwin.procs import pid_alive
+from tiertwin.procs import free_ports, pid_alive
 from tiertwin.settings import Settings
 
 POM = Path(__file__).resolve().parent / "kafka-broker-pom.xml"
@@ -94,6 +97,39 @@ class ManagedBroker:
         # NAME -> (bind port, advertised port) on broker_host, PLAINTEXT; e.g. a listener whose
         # advertised address is a link-emulation proxy in front of it (tiertwin.connectors.linkemu).
         self.extra_listeners = dict(extra_listeners or {})
+
+    @classmethod
+    def private(cls, home: Path | None = None, *, main: Settings | None = None, listeners: Sequence[str] = (),
+                **fields: Any) -> "ManagedBroker":
+        """A broker of its own beside the shared one (tests, chaos, bench tiers): its own ``home`` (a new
+        temporary folder when None; the caller removes it), free ports, and the jars the ``main`` broker
+        resolved (installed there first if need be), linked in. Not started.
+
+        ``listeners`` name extra PLAINTEXT listeners, each given a free (bind, advertised) port pair
+        (:attr:`extra_listeners`: put a proxy on the advertised port). ``fields`` are further
+        :class:`Settings` (``broker_security="scram"``, ``connect_timeout_s`` ...). ``bootstrap_servers``
+        is explicit, so no client of it, and no child process given :meth:`env`, falls back to the shared broker.
+        """
+        main_broker = cls(main or Settings.from_env())
+        main_broker.install()
+        home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="tiertwin-private-"))
+        libs = home / "kafka" / "libs"
+        if not libs.exists():
+            libs.parent.mkdir(parents=True, exist_ok=True)
+            libs.symlink_to(main_broker.paths.libs.resolve())
+        port, controller, *more = free_ports(2 + 2 * len(listeners))
+        settings = Settings(**{"home": home, "broker_port": port, "controller_port": controller,
+                               "bootstrap_servers": f"127.0.0.1:{port}", "connect_timeout_s": 10, **fields})
+        return cls(settings, extra_listeners={name: (more[2 * i], more[2 * i + 1]) for i, name in enumerate(listeners)})
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's environment) with the ``TIERTWIN_*`` variables that point a
+        child process at this broker."""
+        s = self.settings
+        return {**(os.environ if base is None else base), "TIERTWIN_HOME": str(s.home),
+                "TIERTWIN_BROKER_PORT": str(s.broker_port), "TIERTWIN_CONTROLLER_PORT": str(s.controller_port),
+                "TIERTWIN_BOOTSTRAP_SERVERS": s.bootstrap, "TIERTWIN_CONNECT_TIMEOUT_S": str(s.connect_timeout_s),
+                "TIERTWIN_BROKER_SECURITY": s.broker_security}
 
     # -- install -------------------------------------------------------------------------------
     def installed(self) -> bool:

@@ -32,7 +32,6 @@ from tiertwin.connectors.broker import ManagedBroker
 from tiertwin.connectors.kafka import KafkaSink, kafka_config, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
-from tiertwin.procs import free_ports
 from tiertwin.settings import Settings
 
 TOPICS = {"telemetry": "tiertwin.local.telemetry", "demands": "tiertwin.local.demands",
@@ -67,32 +66,6 @@ class ChaosReport:
         return (self.telemetry_accounted == self.telemetry_sent and not self.unaccounted_ues
                 and self.demands_decided == self.demands_sent and self.conflicting_local_ids == 0
                 and self.conflicting_edge_ids == 0 and self.dead_lettered_malformed == self.malformed_sent)
-
-
-class PrivateBroker:
-    """A managed broker in ``home`` on free ports, reusing the jars the main broker resolved."""
-
-    def __init__(self, home: Path, main: Settings | None = None):
-        main_broker = ManagedBroker(main or Settings.from_env())
-        main_broker.install()
-        (home / "kafka").mkdir(parents=True, exist_ok=True)
-        libs = home / "kafka" / "libs"
-        if not libs.exists():
-            libs.symlink_to(main_broker.paths.libs.resolve())
-        port, controller = free_ports(2)
-        self.broker = ManagedBroker(Settings(home=home, broker_port=port, controller_port=controller,
-                                             connect_timeout_s=10))
-
-    @property
-    def settings(self) -> Settings:
-        return self.broker.settings
-
-    def env(self) -> dict[str, str]:
-        import os
-
-        s = self.settings
-        return {**os.environ, "TIERTWIN_HOME": str(s.home), "TIERTWIN_BROKER_PORT": str(s.broker_port),
-                "TIERTWIN_CONTROLLER_PORT": str(s.controller_port), "TIERTWIN_CONNECT_TIMEOUT_S": "10"}
 
 
 class AgentProcess:
@@ -153,9 +126,9 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
               broker_restarts: int = 1, seed: int = 5, main: Settings | None = None,
               on_progress=print) -> ChaosReport:
     folder.mkdir(parents=True, exist_ok=True)
-    private = PrivateBroker(folder / "home", main)
+    private = ManagedBroker.private(folder / "home", main=main)
     report = ChaosReport()
-    private.broker.start()
+    private.start()
     agents: list[AgentProcess] = []
     try:
         apply_topology(load_topology(), private.settings)
@@ -180,9 +153,9 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
             time.sleep(gap)
             if what == "broker":
                 on_progress("chaos: restarting the broker")
-                private.broker.stop(timeout_s=20)
+                private.stop(timeout_s=20)
                 time.sleep(1)
-                private.broker.start()
+                private.start()
                 report.broker_restarts += 1
             else:
                 agent = local if what == "local" else edge
@@ -209,7 +182,7 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
         for agent in agents:
             if agent.proc and agent.proc.poll() is None:
                 agent.proc.kill()
-        private.broker.stop()
+        private.stop()
     return report
 
 

@@ -58,7 +58,6 @@ import yaml
 
 from tiertwin.connectors.linkemu import Link, wait_listening
 from tiertwin.errors import ConfigError, TiertwinError
-from tiertwin.procs import free_ports
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile, summary_ms
 
@@ -155,19 +154,12 @@ class EvalBroker:
         self.links = links
         self.own_home = home is None
         self.home = Path(home or tempfile.mkdtemp(prefix="tiertwin-eval-"))
-        broker_port, controller, *ports = free_ports(2 + 2 * len(LISTENERS))
-        self.routes = {path: (ports[2 * i], ports[2 * i + 1]) for i, path in enumerate(LISTENERS)}  # bind, proxy
-        # bootstrap_servers is always explicit: child processes must never fall back to the shared broker.
-        self.settings = Settings(home=self.home, broker_port=broker_port, controller_port=controller,
-                                 bootstrap_servers=f"127.0.0.1:{broker_port}", broker_heap_mb=384,
-                                 connect_timeout_s=15)
-        main_libs = ManagedBroker(main or Settings.from_env()).paths.libs
-        libs = self.home / "kafka" / "libs"
-        if not libs.exists() and (main_libs / ".pom-sha256").exists():
-            libs.parent.mkdir(parents=True, exist_ok=True)
-            libs.symlink_to(main_libs.resolve())   # reuse the jars the main broker resolved
-        self.broker = ManagedBroker(self.settings, extra_listeners={
-            LISTENERS[path]: route for path, route in self.routes.items()})
+        # bootstrap_servers is always explicit (ManagedBroker.private): child processes must never fall
+        # back to the shared broker.
+        self.broker = ManagedBroker.private(self.home, main=main, listeners=list(LISTENERS.values()),
+                                            broker_heap_mb=384, connect_timeout_s=15)
+        self.settings = self.broker.settings
+        self.routes = {path: self.broker.extra_listeners[name] for path, name in LISTENERS.items()}  # bind, proxy
         self.proxies: list[subprocess.Popen] = []
 
     def start(self) -> "EvalBroker":

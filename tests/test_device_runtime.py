@@ -1,6 +1,6 @@
 """The device runtime: decides in the caller's thread with or without a broker; the uplink loses nothing.
 
-Kafka tests use fresh topics; the broker-loss test runs on a private broker (jobs.chaos.PrivateBroker)
+Kafka tests use fresh topics; the broker-loss test runs on a private broker (ManagedBroker.private)
 that it stops and restarts: the shared dev broker is never touched.
 """
 
@@ -164,10 +164,10 @@ def assert_in_order_per_ue(made: list[dict], sent: list[dict]) -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, tmp_path):
-    from tiertwin.jobs.chaos import PrivateBroker
+    from tiertwin.connectors.broker import ManagedBroker
 
-    private = PrivateBroker(tmp_path / "home", settings)
-    private.broker.start()
+    private = ManagedBroker.private(tmp_path / "home", main=settings)
+    private.start()
     try:
         topics = make_topics(private.settings, "test.device.outage")
         config = DeviceConfig(device_id="outage", topics=topics, spill_dir=tmp_path / "spill", queue_limit=300,
@@ -178,10 +178,10 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
         def outage():
             time.sleep(4)
             phases["stopping"] = time.monotonic()
-            private.broker.stop(timeout_s=20)
+            private.stop(timeout_s=20)
             phases["stopped"] = time.monotonic()
             time.sleep(10)
-            private.broker.start()
+            private.start()
             phases["restarted"] = time.monotonic()
 
         chaos = threading.Thread(target=outage, daemon=True)
@@ -246,7 +246,7 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
         assert len(keys) == stats.summaries, "a summary was lost"
         assert stats.sent >= len(decisions) + stats.summaries
     finally:
-        private.broker.stop()
+        private.stop()
 
 
 # -- downlink: a model update swaps the model between two decisions; edge state arrives -------------

@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 def fresh_home(tmp_path, settings, monkeypatch):
     """A private, not yet started broker home (jars and Prism linked from the session's home), with
     the environment pointing at it so the demo's detached jobs use it too."""
-    from tiertwin.jobs.chaos import PrivateBroker
-
-    private = PrivateBroker(tmp_path / "home", settings)
+    private = ManagedBroker.private(tmp_path / "home", main=settings)
     prism = settings.home / "bin" / "prism"
     if prism.exists():
         (tmp_path / "home" / "bin").mkdir(parents=True)
@@ -31,8 +29,8 @@ def fresh_home(tmp_path, settings, monkeypatch):
         if key.startswith("TIERTWIN_"):
             monkeypatch.setenv(key, value)
     monkeypatch.delenv("TIERTWIN_BOOTSTRAP_SERVERS", raising=False)
-    yield private.broker
-    private.broker.stop()
+    yield private
+    private.stop()
 
 
 def _start_and_apply_topics(broker: ManagedBroker) -> Settings:

@@ -8,20 +8,14 @@ from tiertwin.connectors.security import apply_security, credential_file
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError
 from tiertwin.schemas.examples import example
-from tiertwin.procs import free_ports
-from tiertwin.settings import Settings
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory, broker):
-    home = tmp_path_factory.mktemp("secure-home")
-    (home / "kafka").mkdir()
-    (home / "kafka" / "libs").symlink_to(broker.paths.libs)  # reuse the jars the session broker resolved
-    port, controller = free_ports(2)
-    secure = ManagedBroker(Settings(home=home, broker_port=port, controller_port=controller,
-                                    broker_security="scram", connect_timeout_s=5))
+    secure = ManagedBroker.private(tmp_path_factory.mktemp("secure-home"), main=broker.settings,
+                                   broker_security="scram", connect_timeout_s=5)
     secure.start()
     try:
         topology = load_topology()
