@@ -26,6 +26,7 @@ from kafka.errors import (AuthorizationError, CommitFailedError, IllegalGenerati
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
+from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
@@ -375,24 +376,85 @@ class KafkaSource:
         self.close()
 
 
+class TopicReader:
+    """Every partition of ``topics`` assigned (no consumer group), read from ``start`` on in decoded batches.
+
+    ``start`` is ``"beginning"`` or ``"end"``; the seeks are resolved inside the readiness wait
+    (:func:`~tiertwin.connectors.readiness.wait_out`), so a broker formatted a moment ago is waited
+    for and the first :meth:`poll` reads from where asked. ``on_undecodable`` is the caller's choice
+    (see :class:`KafkaSource`). A topic that does not exist is a ConfigError, unless ``require`` is
+    False: then it is left out. :attr:`end_offsets` are the partitions' ends when reading started.
+    """
+
+    def __init__(self, topics: Iterable[str], settings: Settings | None = None, *,
+                 on_undecodable: Undecodable, start: Literal["beginning", "end"] = "beginning",
+                 dead_letters: DeadLetterSink | None = None, registry: SchemaRegistry | None = None,
+                 client_id: str = "tiertwin-reader", require: bool = True, **overrides: Any):
+        self.topics = list(topics)
+        self.source = KafkaSource([], None, settings, registry, dead_letters, client_id=client_id,
+                                  on_undecodable=on_undecodable, **overrides)
+        consumer = self.source.consumer
+
+        def assign() -> tuple[list[TopicPartition], dict]:
+            tps = []
+            for topic in self.topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions and require:
+                    raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
+                tps += [TopicPartition(topic, p) for p in sorted(partitions or ())]
+            consumer.assign(tps)
+            (consumer.seek_to_beginning if start == "beginning" else consumer.seek_to_end)(*tps)
+            for tp in tps:
+                consumer.position(tp)  # resolve the seek now, inside the wait
+            return tps, consumer.end_offsets(tps)
+
+        try:
+            self.partitions, self.end_offsets = wait_out(
+                assign, f"the partitions of {', '.join(repr(t) for t in self.topics)}", self.source.settings)
+        except BaseException:
+            self.source.close()
+            raise
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        return self.source.consumer
+
+    @property
+    def rejected(self) -> int:
+        return self.source.rejected
+
+    def poll(self, timeout_ms: int = 200) -> list[KafkaRecord]:
+        return self.source.poll(timeout_ms)
+
+    def at_end(self, latest: bool = False) -> bool:
+        """Whether every partition is read up to its end when reading started (``latest``: its end now)."""
+        end = self.consumer.end_offsets(self.partitions) if latest else self.end_offsets
+        return all(self.consumer.position(tp) >= end[tp] for tp in self.partitions)
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> "TopicReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_topic(topic: str, settings: Settings | None = None, expect: int | None = None, timeout_s: float = 30.0,
                until=None) -> list:
     """Every record of ``topic`` from the beginning (KafkaRecords), until ``expect`` records,
-    ``until(records)`` is true, or ``timeout_s`` passes."""
+    ``until(records)`` is true, or ``timeout_s`` passes; without either, until its end.
+    A record that does not decode raises RecordRejected."""
     records: list = []
-    with KafkaSource([], None, settings, client_id="tiertwin-reader") as source:
-        tps = [TopicPartition(topic, p) for p in sorted(source.consumer.partitions_for_topic(topic))]
-        source.consumer.assign(tps)
-        source.consumer.seek_to_beginning(*tps)
+    with TopicReader([topic], settings, on_undecodable="raise") as reader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            records.extend(source.poll(200))
+            records.extend(reader.poll(200))
             if expect is not None and len(records) >= expect:
                 break
             if until is not None and until(records):
                 break
-            if expect is None and until is None:
-                end = source.consumer.end_offsets(tps)
-                if all(source.consumer.position(tp) >= end[tp] for tp in tps):
-                    break
+            if expect is None and until is None and reader.at_end(latest=True):
+                break
     return records

@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from tiertwin.connectors.kafka import KafkaSink, KafkaSource
+from tiertwin.connectors.kafka import KafkaSink, TopicReader
 from tiertwin.settings import Settings
 
 
@@ -97,33 +97,21 @@ class TwinView:
             self._thread.join(timeout=10)
 
     def _follow(self) -> None:
-        # No consumer group: every API instance sees every partition.
-        # A record that does not decode is skipped (the agents dead-letter it), not raised: the rest of its batch counts.
-        source = KafkaSource([], None, self.settings, client_id="tiertwin-twin-api", on_undecodable="skip")
+        # No consumer group: every API instance sees every partition. A record that does not decode is
+        # skipped (the agents dead-letter it), not raised: the rest of its batch counts.
+        reader = TopicReader(self.topics.all(), self.settings, on_undecodable="skip", client_id="tiertwin-twin-api",
+                             start="beginning" if self.from_beginning else "end", require=False)
         try:
-            from kafka import TopicPartition
-
-            from tiertwin.connectors.readiness import wait_out
-
-            consumer = source.consumer
-            tps = [TopicPartition(t, p) for t in self.topics.all() for p in (consumer.partitions_for_topic(t) or ())]
-            consumer.assign(tps)
-            if self.from_beginning:
-                consumer.seek_to_beginning(*tps)
-            else:
-                consumer.seek_to_end(*tps)
-            for tp in tps:  # resolve the seeks before saying ready; a fresh broker may not serve them yet
-                wait_out(lambda: consumer.position(tp), f"the offsets of topic {tp.topic!r}", self.settings)
             self.ready.set()
             while not self._stop.is_set():
                 try:
-                    batch = source.poll(100)
-                except Exception:  # a rejected record without a dead-letter sink: skip it, keep serving
+                    batch = reader.poll(100)
+                except Exception:  # whatever else a poll raises: keep serving (the reader skips rejected records)
                     continue
                 for rec in batch:
                     self.apply(rec.topic, rec.schema, rec.value)
         finally:
-            source.close()
+            reader.close()
 
     # -- reading -------------------------------------------------------------------------------
     def ue(self, ue_id: str) -> dict | None:

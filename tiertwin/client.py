@@ -15,10 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from kafka import TopicPartition
-
-from tiertwin.connectors.kafka import KafkaRecord, KafkaSource
-from tiertwin.connectors.readiness import wait_out
+from tiertwin.connectors.kafka import KafkaRecord, TopicReader
 from tiertwin.errors import ConfigError
 from tiertwin.settings import Settings
 
@@ -85,28 +82,14 @@ def subscribe(topic: str, *, from_beginning: bool = False, follow: bool = True,
     records are skipped here (consumers of the pipeline dead-letter them).
     """
     filters = filters or {}
-    source = KafkaSource([], None, settings, client_id="tiertwin-subscribe", on_rejected=lambda e: None,
-                         dead_letters=_Discard())
-    consumer = source.consumer
-
-    def assign() -> tuple[list[TopicPartition], dict | None]:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
-        for tp in tps:
-            consumer.position(tp)  # resolve the seek now, inside the wait
-        return tps, None if follow else consumer.end_offsets(tps)
-
+    reader = TopicReader([topic], settings, on_undecodable="skip", client_id="tiertwin-subscribe",
+                         start="beginning" if from_beginning else "end")
     try:
-        tps, stop_at = wait_out(assign, f"the partitions of topic {topic!r}", source.settings)
         last_record = time.monotonic()
         while True:
-            if stop_at is not None and all(consumer.position(tp) >= stop_at[tp] for tp in tps):
+            if not follow and reader.at_end():
                 return
-            batch = source.poll(200)
+            batch = reader.poll(200)
             if batch:
                 last_record = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_record > idle_timeout_s:
@@ -115,7 +98,7 @@ def subscribe(topic: str, *, from_beginning: bool = False, follow: bool = True,
                 if matches(rec.value, filters):
                     yield rec
     finally:
-        source.close()
+        reader.close()
 
 
 def subscribe_decisions(topic: str = "tiertwin.actions.local", **kwargs: Any) -> Iterator[Decision]:
@@ -123,15 +106,3 @@ def subscribe_decisions(topic: str = "tiertwin.actions.local", **kwargs: Any) ->
     for rec in subscribe(topic, **kwargs):
         if rec.schema == "tiertwin.Decision":
             yield Decision.from_record(rec.value)
-
-
-class _Discard:
-    """A dead-letter stand-in for read-only subscribers: they must not write to the cluster."""
-
-    class sink:  # noqa: N801 - mimics DeadLetterSink.sink for KafkaSource.commit
-        @staticmethod
-        def flush() -> None:
-            return None
-
-    def reject(self, **_: Any) -> None:
-        return None
