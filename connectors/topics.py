@@ -10,7 +10,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.connectors.kafka import admin_client
-from tiertwin.errors import ConfigError
+from tiertwin.errors import ConfigError, config_error
 from tiertwin.settings import Settings
 
 TOPOLOGY_FILE = Path(__file__).resolve().parent.parent / "jobs" / "topology.yaml"
@@ -69,9 +69,7 @@ def load_topology(path: Path | None = None) -> Topology:
         try:
             topics.append(TopicSpec(**{**defaults, **entry}))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(f"{path}: topics[{i}] ({entry.get('name', '?')}).{'.'.join(map(str, err['loc']))}: "
-                              f"{err['msg']}") from None
+            raise config_error(exc, f"{path}: topics[{i}] ({entry.get('name', '?')})") from None
     names = [t.name for t in topics]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: duplicate topic names")

@@ -51,7 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.connectors.simulator.radio import cqi_from_sinr
-from tiertwin.errors import ConfigError, RecordRejected
+from tiertwin.errors import ConfigError, RecordRejected, config_error
 from tiertwin.schemas import SchemaRegistry
 
 MAPPING_DIR = Path(__file__).resolve().parent.parent / "jobs" / "traces"
@@ -120,8 +120,7 @@ def load_mapping(name_or_path: str | Path) -> TraceMapping:
     try:
         return TraceMapping.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path.name}: {'.'.join(str(p) for p in first['loc']) or '?'}: {first['msg']}") from None
+        raise config_error(exc, path.name) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({exc})") from None
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tiertwin.errors import ConfigError, TiertwinError
+from tiertwin.errors import ConfigError, TiertwinError, config_error, dotted
 from tiertwin.procs import pid_alive
 from tiertwin.settings import Settings
 
@@ -104,9 +104,7 @@ def load_spec(path: Path) -> JobSpec:
     try:
         return JobSpec(**doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "?"
-        raise ConfigError(f"{path}: field {where}: {err['msg']}") from None
+        raise config_error(exc, str(path), field=lambda loc: f"field {dotted(loc)}") from None
 
 
 def _jobs_dir(settings: Settings) -> Path:

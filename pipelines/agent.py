@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tiertwin.connectors.kafka import (DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource,
                                        kafka_config)
 from tiertwin.connectors.readiness import wait_out
-from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected
+from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected, config_error
 from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
 from tiertwin.schemas import SchemaRegistry
@@ -92,9 +92,7 @@ class AgentConfig(BaseModel):
         try:
             return cls(**{**values, **overrides})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "?"
-            raise ConfigError(f"{path or 'config'}: {field}: {first['msg']}") from None
+            raise config_error(exc, str(path or "config")) from None
 
 
 class AgentMetrics:

@@ -1,5 +1,12 @@
 """One exception root for tiertwin, with subclasses where callers act differently."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import pydantic
+
 
 class TiertwinError(Exception):
     """Root of every error tiertwin raises on purpose."""
@@ -7,6 +14,31 @@ class TiertwinError(Exception):
 
 class ConfigError(TiertwinError):
     """A configuration file or option is invalid; the message names the bad field."""
+
+
+def dotted(loc: tuple) -> str:
+    """A pydantic error location as a dotted path (``mobility.0.model``); ``?`` for the whole object."""
+    return ".".join(str(part) for part in loc) or "?"
+
+
+def config_error(exc: pydantic.ValidationError, where: str | None, *,
+                 field: Callable[[tuple], str] = dotted) -> ConfigError:
+    """The :class:`ConfigError` for a pydantic validation error: ``"{where}: {field}: {message}"`` of its
+    first error (``where`` names the file or object, ``field`` formats the error's location). Raise it
+    ``from None``: the message is the whole story.
+
+    >>> from pydantic import BaseModel, ValidationError
+    >>> class Knobs(BaseModel):
+    ...     rate_hz: float
+    >>> try:
+    ...     Knobs(rate_hz="fast")
+    ... except ValidationError as exc:
+    ...     print(config_error(exc, "knobs.yaml"))
+    knobs.yaml: rate_hz: Input should be a valid number, unable to parse string as a number
+    """
+    first = exc.errors()[0]
+    message = f"{field(tuple(first['loc']))}: {first['msg']}"
+    return ConfigError(f"{where}: {message}" if where else message)
 
 
 class BrokerUnavailableError(TiertwinError):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from tiertwin.errors import ConfigError
+from tiertwin.errors import ConfigError, config_error
 
 
 class Settings(BaseModel):
@@ -72,6 +72,4 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "?"
-            raise ConfigError(f"TIERTWIN_{field.upper()}: {first['msg']}") from None
+            raise config_error(exc, None, field=lambda loc: f"TIERTWIN_{str(loc[0] if loc else '?').upper()}") from None

@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tiertwin.errors import ConfigError
+from tiertwin.errors import ConfigError, config_error
 from tiertwin.pipelines.edf import CRITICAL_PRIORITY
 
 PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "jobs" / "scenarios"
@@ -193,9 +193,7 @@ def parse_scenario(data: dict, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "?"
-        raise ConfigError(f"{source}: {where}: {first['msg']}") from None
+        raise config_error(exc, str(source)) from None
 
 
 def preset_names() -> list[str]:
