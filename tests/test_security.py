@@ -83,16 +83,13 @@ def test_the_cloud_twins_own_consumers_authenticate(secure_broker):
     from kafka.errors import KafkaError
 
     from tiertwin.connectors.beam_kafka import ReadSpec, discover_partitions
-    from tiertwin.pipelines.cloud.training import _models_consumer
+    from tiertwin.pipelines.cloud.training import _models_reader
 
     cloud = _as(secure_broker, "tiertwin-cloud")
     slices = discover_partitions(cloud, ["tiertwin.outcomes"], ReadSpec(stop="end"))
     assert slices and {s.topic for s in slices} == {"tiertwin.outcomes"}
-    models = _models_consumer(cloud, "tiertwin.models")
-    try:
-        assert models.assignment() and all(models.position(tp) == 0 for tp in models.assignment())
-    finally:
-        models.close()
+    with _models_reader(cloud, "tiertwin.models") as models:
+        assert models.partitions and all(models.consumer.position(tp) == 0 for tp in models.partitions)
     anonymous = secure_broker.settings.model_copy(update={"connect_timeout_s": 3})
     assert anonymous.sasl_credentials() is None
     with pytest.raises(KafkaError):

@@ -233,23 +233,19 @@ class _TrainModel(beam.DoFn):
         if not self.config.models_topic:
             return None
         if self._models is None:
-            self._models = _models_consumer(self.settings, self.config.models_topic)
-        from tiertwin.schemas import SchemaRegistry
-
-        registry = SchemaRegistry.default()
+            self._models = _models_reader(self.settings, self.config.models_topic)
         while True:
-            polled = self._models.poll(timeout_ms=200)
-            if not polled:
+            rejected = self._models.rejected
+            batch = self._models.poll(200)
+            if not batch and self._models.rejected == rejected:
                 break
-            for messages in polled.values():
-                for m in messages:
-                    try:
-                        _, update = registry.decode(m.value, expect="ModelUpdate")
-                    except Exception:  # a bad record on the models topic is the publisher's problem
-                        continue
-                    seen = self._live_updates.get(update["model_name"])
-                    if seen is None or update["version"] > seen["version"]:
-                        self._live_updates[update["model_name"]] = update
+            for record in batch:
+                if record.schema != "tiertwin.ModelUpdate":
+                    continue
+                update = record.value
+                seen = self._live_updates.get(update["model_name"])
+                if seen is None or update["version"] > seen["version"]:
+                    self._live_updates[update["model_name"]] = update
         return self._live_updates.get(name)
 
     def _follow_live(self, state: TrainerState) -> None:
@@ -302,18 +298,12 @@ class _TrainModel(beam.DoFn):
         return record
 
 
-def _models_consumer(settings: Settings, topic: str):
-    from kafka import KafkaConsumer, TopicPartition
+def _models_reader(settings: Settings, topic: str):
+    """The models topic from its beginning; a record on it that does not decode is the publisher's problem
+    (its dead letters), so the trainer skips it."""
+    from tiertwin.connectors.kafka import TopicReader
 
-    from tiertwin.connectors.kafka import kafka_config
-
-    consumer = KafkaConsumer(**kafka_config(settings, "tiertwin-cloud-models", group_id=None,
-                                            enable_auto_commit=False))
-    partitions = consumer.partitions_for_topic(topic) or {0}
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    return consumer
+    return TopicReader([topic], settings, on_undecodable="skip", client_id="tiertwin-cloud-models")
 
 
 class _ProjectPerBundle(beam.DoFn):
