@@ -25,10 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from kafka import TopicPartition
-
-from tiertwin.connectors.kafka import KafkaSource
-from tiertwin.connectors.readiness import wait_out
+from tiertwin.connectors.kafka import TopicReader
 from tiertwin.connectors.simulator.kafka_loop import SimSummary, demand_figures
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
@@ -178,24 +175,15 @@ class TopicWatcher:
     """Reads the watched topics from their end offsets at construction (this run's records only)."""
 
     def __init__(self, settings: Settings, topics=WATCHED):
-        self.source = KafkaSource([], None, settings, client_id="tiertwin-demo-watch", on_rejected=lambda e: None,
-                                  dead_letters=None)
-        consumer = self.source.consumer
-        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        for tp in tps:
-            wait_out(lambda: consumer.position(tp), f"the offsets of topic {tp.topic!r}", settings)
+        # A record that does not decode is skipped (the agents dead-letter it); the rest of its batch counts.
+        self.source = TopicReader(topics, settings, on_undecodable="skip", start="end", require=False,
+                                  client_id="tiertwin-demo-watch")
         self.summary = DemoSummary()
 
     def drain(self, budget_s: float) -> None:
         deadline = time.monotonic() + budget_s
         while time.monotonic() < deadline:
-            try:
-                batch = self.source.poll(100)
-            except Exception:  # a malformed record: the agents dead-letter it; the demo just skips it
-                continue
-            for rec in batch:
+            for rec in self.source.poll(100):
                 self.summary.add(rec.topic, rec.schema, rec.value)
 
     def close(self) -> None:
