@@ -53,9 +53,13 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
     edge = edge or DEFAULT_EDGE
     gcycles = float(demand["compute_gcycles"])
     mec_capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
-    uplink_ms = transfer_ms(demand["input_bytes"], radio.get("throughput_ul_mbps", 20.0))
-    downlink_ms = transfer_ms(demand["output_bytes"], radio.get("throughput_dl_mbps", 100.0))
+    # transfer_ms inlined (this runs per demand, on the device): the same expression, operand for operand.
+    ul_mbps, dl_mbps = radio.get("throughput_ul_mbps", 20.0), radio.get("throughput_dl_mbps", 100.0)
+    uplink_ms = demand["input_bytes"] * 8.0 / ((MIN_LINK_MBPS if MIN_LINK_MBPS > ul_mbps else ul_mbps) * 1000.0)
+    downlink_ms = demand["output_bytes"] * 8.0 / ((MIN_LINK_MBPS if MIN_LINK_MBPS > dl_mbps else dl_mbps) * 1000.0)
     prb_utilization = float(edge.get("prb_utilization", 0.5))
+    edge_queue_ms = float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0
+    local_queue_ms = float(local_queue_ms)
     return {
         "uplink_ms": uplink_ms,
         "downlink_ms": downlink_ms,
@@ -63,13 +67,12 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
         "congested_transfer_ms": (uplink_ms + downlink_ms) * prb_utilization,
         "rtt_ms": float(radio.get("rtt_ms", 10.0)),
         "local_compute_ms": gcycles / DEVICE_CAPACITY_GCPS * 1000.0,
-        "local_queue_ms": float(local_queue_ms),      # device work ahead of it under EDF
-        "local_backlog_ms": float(local_queue_ms if local_backlog_ms is None else local_backlog_ms),  # all device work
+        "local_queue_ms": local_queue_ms,      # device work ahead of it under EDF
+        "local_backlog_ms": local_queue_ms if local_backlog_ms is None else float(local_backlog_ms),  # all device work
         "edge_compute_ms": gcycles / mec_capacity * 1000.0,
-        "edge_queue_ms": float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0,
+        "edge_queue_ms": edge_queue_ms,
         # MEC servers serve urgent work first: the queue delays low-priority demands most.
-        "edge_queue_low_priority_ms": float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0
-                                      * (7 - int(demand.get("priority", 0))) / 7.0,
+        "edge_queue_low_priority_ms": edge_queue_ms * (7 - int(demand.get("priority", 0))) / 7.0,
         "cloud_compute_ms": gcycles / CLOUD_CAPACITY_GCPS * 1000.0,
         "sinr_db": float(radio.get("sinr_db", 10.0)),
         "prb_utilization": prb_utilization,

@@ -64,6 +64,60 @@ PHYSICS_FLOOR_TERMS: dict[str, tuple[str, ...]] = {
 }
 
 
+_STALE = object()   # no fold built since the regressor last learned
+
+
+def fold_scaled_linear(regressor: base.Regressor, features: tuple[str, ...]) -> tuple | None:
+    """The prediction of a ``StandardScaler | clip_standardized | LinearRegression`` pipeline as plain numbers.
+
+    Returns ``(terms, intercept)``, one ``(feature, mean, std, weight)`` term per feature with a
+    variance, in ``features`` order; :func:`predict_folded` computes from them exactly what River's
+    ``predict_one`` computes (the same operations in the same order), without the scaled and clipped
+    dicts River builds per call. None if ``regressor`` has another shape (its own ``predict_one`` is used).
+    The terms are a snapshot: they are stale as soon as the regressor learns.
+
+    >>> reg = _scaled_linear()
+    >>> for i in range(50):
+    ...     reg.learn_one({"a": float(i % 7), "b": float(i % 3)}, 2.0 * (i % 7) - (i % 3))
+    >>> x = {"a": 3.5, "b": 1.0}
+    >>> predict_folded(fold_scaled_linear(reg, ("a", "b")), x) == reg.predict_one(x)
+    True
+    """
+    if type(regressor) is not compose.Pipeline or len(regressor.steps) != 3:
+        return None
+    scaler, clip, linear = regressor.steps.values()
+    if not (type(scaler) is preprocessing.StandardScaler and scaler.with_std and scaler.window_size is None
+            and type(clip) is compose.FuncTransformer and clip.func is clip_standardized
+            and type(linear) is linear_model.LinearRegression and type(linear.loss) is optim.losses.Squared):
+        return None
+    means, variances, weights = scaler.means, scaler.vars, linear._weights
+    terms = []
+    for k in features:
+        variance, weight = variances.get(k, 0.0), weights.get(k)
+        if weight is not None and not math.isfinite(weight):
+            return None         # River's arithmetic on it (inf * 0.0 is nan) is not worth copying
+        if not variance:
+            continue            # River scales a feature without variance to 0.0: it adds nothing
+        if weight is None:
+            return None         # the scaler knows a feature the regression never learned (not via the pipeline)
+        terms.append((k, means[k], variance ** 0.5, weight))
+    return tuple(terms), linear.intercept
+
+
+def predict_folded(fold: tuple, x: Mapping, clip: float = STANDARD_CLIP) -> float:
+    """What the folded pipeline predicts for ``x`` (see :func:`fold_scaled_linear`); KeyError if a feature is absent."""
+    terms, intercept = fold
+    total = 0.0
+    for k, mean, std, weight in terms:
+        z = (x[k] - mean) / std
+        if z > clip:
+            z = clip
+        elif z < -clip:
+            z = -clip
+        total += weight * z
+    return total + intercept
+
+
 class DemandLatencyModel(base.Regressor):
     """Per-tier online regression of a demand's latency in ms.
 
@@ -91,6 +145,17 @@ class DemandLatencyModel(base.Regressor):
         self._per_tier = {tier: prototype.clone() for tier in TIER_FEATURES}
         self._mae = {tier: 5.0 for tier in TIER_FEATURES}
         self.n_learned = 0
+        self._folds: dict[str, tuple | None] = {}
+
+    # The folds (see _fold) are a cache of the regressors' state: never pickled, rebuilt on first use.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_folds", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._folds = {}
 
     @staticmethod
     def _select(x: Mapping, tier: str) -> dict[str, float]:
@@ -109,9 +174,34 @@ class DemandLatencyModel(base.Regressor):
         if math.isfinite(error):
             self._mae[tier] += self.error_decay * (error - self._mae[tier])
         self._per_tier[tier].learn_one(features, float(y))
+        self._folds.pop(tier, None)
         self.n_learned += 1
 
+    def _fold(self, tier: str) -> tuple | None:
+        """The tier's regressor as plain numbers (:func:`fold_scaled_linear`), rebuilt after the tier learns.
+
+        A placement predicts all three tiers, per demand, on the device. River's way builds three dicts
+        per tier (the selected, scaled and clipped features); the fold computes the same numbers straight
+        from the features. None: the regressor has another shape, River's ``predict_one`` is used.
+        """
+        fold = self._folds.get(tier, _STALE)
+        if fold is _STALE:
+            fold = self._folds[tier] = fold_scaled_linear(self._per_tier[tier], TIER_FEATURES[tier])
+        return fold
+
     def _predict(self, x: Mapping, tier: str) -> float:
+        if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            self._folds.clear()     # River's predict_one below updates the scalers: the folds go stale
+        else:
+            fold = self._fold(tier)
+            if fold is not None:
+                try:
+                    floor = 0.0
+                    for k in PHYSICS_FLOOR_TERMS[tier]:
+                        floor += x[k]
+                    return max(self.floor_factor * floor, predict_folded(fold, x))
+                except (KeyError, TypeError):
+                    pass    # a feature missing or not a number: River's way below makes of it what it always did
         floor = self.floor_factor * sum(float(x.get(k, 0.0)) for k in PHYSICS_FLOOR_TERMS[tier])
         return max(floor, self._per_tier[tier].predict_one(self._select(x, tier)))
 

@@ -8,10 +8,12 @@ import random
 import statistics
 
 import pytest
+from river import compose, linear_model, preprocessing
 
-from tiertwin.pipelines.features import TIERS, demand_features, sinr_forecast_features
-from tiertwin.pipelines.learners import (DEMAND_LATENCY, HANDOVER, MODEL_NAMES, PRB_SHARE, ShareAllocator,
-                                         allocation_reward, default_model)
+from tiertwin.pipelines.features import (DEFAULT_EDGE, DEFAULT_MEC_CAPACITY_GCPS, TIERS, demand_features,
+                                         sinr_forecast_features, transfer_ms)
+from tiertwin.pipelines.learners import (DEMAND_LATENCY, HANDOVER, MODEL_NAMES, PRB_SHARE, DemandLatencyModel,
+                                         ShareAllocator, allocation_reward, default_model)
 from tiertwin.pipelines.pretrain import (allocation_met_rate, load_pretrained, sample_demand, sample_edge,
                                          sample_radio, true_latency_ms)
 
@@ -96,3 +98,81 @@ def test_models_pickle_and_ship_unchanged(name):
 def test_demand_latency_model_rejects_an_unknown_tier():
     with pytest.raises(ValueError, match="tier"):
         default_model(DEMAND_LATENCY).predict_one({"uplink_ms": 1.0, "tier": "moon"})
+
+
+# -- the folded predictions (DemandLatencyModel._fold) against River's own predict_one -------------------------
+def rivers_own(model):
+    """``model`` predicting as it did before the folds, with River's ``predict_one`` per tier: the reference."""
+    model._fold = lambda tier: None
+    return model
+
+
+def latency_examples(rng: random.Random, n: int) -> list[tuple[dict, str, float]]:
+    examples = []
+    for _ in range(n):
+        demand, radio, edge = sample_demand(rng), sample_radio(rng), sample_edge(rng)
+        queue = rng.choice((0.0, rng.uniform(0.0, 80.0), 1e4))      # 1e4 ms: scaled beyond the +-20 sigma clip
+        x = demand_features(demand, radio, edge, queue, queue + rng.uniform(0.0, 50.0))
+        tier = rng.choice(TIERS)
+        examples.append((x, tier, true_latency_ms(demand, radio, edge, tier, rng)))
+    return examples
+
+
+def test_folded_predictions_equal_rivers_own_through_learning_and_pickling():
+    rng = random.Random(21)
+    fast, _ = load_pretrained(DEMAND_LATENCY)
+    reference = rivers_own(copy.deepcopy(fast))
+    for round_ in range(6):
+        for x, _, _ in latency_examples(rng, 200):
+            assert fast.predict_tiers(x) == pytest.approx(reference.predict_tiers(x), rel=1e-9, abs=1e-9)
+            tier = rng.choice(TIERS)
+            assert fast.predict_one({**x, "tier": tier}) == pytest.approx(reference.predict_one({**x, "tier": tier}),
+                                                                           rel=1e-9, abs=1e-9)
+        assert all(fast._folds[tier] for tier in TIERS) and not reference._folds, "the fast path was the one taken"
+        for x, tier, y in latency_examples(rng, 40):      # learning makes the tier's fold stale: it is rebuilt
+            fast.learn_one({**x, "tier": tier}, y)
+            reference.learn_one({**x, "tier": tier}, y)
+            assert fast.predict_tiers(x) == pytest.approx(reference.predict_tiers(x), rel=1e-9, abs=1e-9)
+        if round_ % 2:
+            fast = pickle.loads(pickle.dumps(fast))        # folds are not pickled: rebuilt after unpickling
+            assert fast._folds == {}
+    x = latency_examples(rng, 1)[0][0]
+    with compose.learn_during_predict():   # River's predict_one updates the scalers here: no fold is used or kept
+        assert fast.predict_tiers(x) == reference.predict_tiers(x)
+    assert fast._folds == {} and fast.predict_tiers(x) == pytest.approx(reference.predict_tiers(x), rel=1e-9, abs=1e-9)
+
+
+def test_features_missing_or_unfoldable_regressors_take_rivers_own_path():
+    rng = random.Random(22)
+    model, _ = load_pretrained(DEMAND_LATENCY)
+    reference = rivers_own(copy.deepcopy(model))
+    x = latency_examples(rng, 1)[0][0]
+    partial = {k: v for k, v in x.items() if k not in ("edge_queue_low_priority_ms", "downlink_ms")}
+    assert model.predict_tiers(partial) == reference.predict_tiers(partial)
+    assert model.predict_tiers({**x, "sinr_db": "12.5"}) == reference.predict_tiers({**x, "sinr_db": "12.5"})
+    plain = DemandLatencyModel(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression())
+    plain_reference = rivers_own(DemandLatencyModel(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression()))
+    for x, tier, y in latency_examples(rng, 100):
+        plain.learn_one({**x, "tier": tier}, y)
+        plain_reference.learn_one({**x, "tier": tier}, y)
+    assert plain.predict_tiers(x) == plain_reference.predict_tiers(x)
+    assert plain._folds == {tier: None for tier in TIERS}
+
+
+def test_demand_features_are_the_physics_written_plainly():
+    """demand_features is written for speed (it runs per placement); the same numbers, written the plain way."""
+    rng = random.Random(23)
+    for i in range(500):
+        demand, radio, edge = sample_demand(rng), sample_radio(rng), sample_edge(rng)
+        if i % 5 == 0:
+            radio = {**radio, "throughput_ul_mbps": rng.choice((0.0, 0.05, 3))}     # below the link floor, an int
+        x = demand_features(demand, radio, edge if i % 7 else None, rng.uniform(0.0, 30.0),
+                            None if i % 3 == 0 else rng.uniform(0.0, 60.0))
+        edge = edge if i % 7 else DEFAULT_EDGE
+        capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
+        queue_ms = float(edge.get("mec_queue_gcycles", 0.0)) / capacity * 1000.0
+        assert x["uplink_ms"] == transfer_ms(demand["input_bytes"], radio["throughput_ul_mbps"])
+        assert x["downlink_ms"] == transfer_ms(demand["output_bytes"], radio["throughput_dl_mbps"])
+        assert x["edge_queue_ms"] == queue_ms
+        assert x["edge_queue_low_priority_ms"] == queue_ms * (7 - int(demand["priority"])) / 7.0
+        assert all(type(v) is float for v in x.values())

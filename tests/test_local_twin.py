@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import random
 
 import pytest
 
 from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
-from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
+from tiertwin.pipelines.local_twin import EdfQueue, LocalTwin, LocalTwinConfig
 from tiertwin.pipelines.models import model_update, parameters_to_features
 from tiertwin.pipelines.pretrain import EPOCH_MS, PRETRAINED_VERSION, SyntheticFleet
 from tiertwin.schemas import SchemaRegistry
@@ -243,3 +244,65 @@ def test_given_ids_and_stamps_are_used():
     default = twin.place(demand(2, emitted_ns=42))
     assert (default["decision_id"], default["source_topic"], default["source_emitted_ns"]) == (
         "local/placement/ue-1/d/2", "device", 42)
+
+
+def rivers_own(model):
+    """``model`` predicting as it did before the folds, with River's ``predict_one`` per tier: the reference."""
+    model._fold = lambda tier: None
+    return model
+
+
+def test_fast_path_makes_the_decisions_rivers_own_predictions_make():
+    """One seeded stream through two twins: the folded predictions (fast) and River's predict_one (reference),
+    learning from outcomes (some measured at another tier than decided) and taking a newer model halfway."""
+    fleet = SyntheticFleet(n_ues=8, n_cells=3, seed=31, demand_every=1, load=0.9)   # busy: some work stays local
+    events = [event for tick in range(240) for event in fleet.step(tick * 10)]
+    fast, reference = LocalTwin(), LocalTwin()
+    rivers_own(reference.model)
+    retrained = pickle.loads(pickle.dumps(fast.model))
+    for decision in feed(LocalTwin(), fleet_events(seed=32, ticks=60)):
+        retrained.learn_one({**parameters_to_features(decision["parameters"]), "tier": decision["target"]}, 12.0)
+    targets, waited, folded, decided = set(), 0, 0, 0
+    for i, (kind, record) in enumerate(events):
+        if i == len(events) // 2:
+            update = model_update(DEMAND_LATENCY, retrained, PRETRAINED_VERSION + 1)
+            assert fast.swap_model(update) and reference.swap_model(update)
+            rivers_own(reference.model)
+        if kind == "telemetry":
+            assert fast.observe(record) == reference.observe(record)
+        elif kind == "cell-report":
+            fast.update_edge_state(record)
+            reference.update_edge_state(record)
+        else:
+            a, b = fast.place(record), reference.place(record)
+            assert a["target"] == b["target"] and a["model_version"] == b["model_version"]
+            assert a["parameters"] == pytest.approx(b["parameters"], rel=1e-9, abs=1e-9)
+            assert a["confidence"] == pytest.approx(b["confidence"], rel=1e-9, abs=1e-9)
+            assert without_clock({**a, "parameters": None, "confidence": None}) == without_clock(
+                {**b, "parameters": None, "confidence": None})
+            targets.add(a["target"])
+            decided += 1
+            folded += all(fast.model._folds.get(t) for t in ("local", "edge", "cloud")) and not reference.model._folds
+            waited += a["parameters"]["edf_wait_ms"] > 0
+            measured_at = ("local", "edge", "cloud")[i % 3] if i % 4 == 0 else a["target"]
+            outcome = {"kind": "demand", "decision_id": a["decision_id"], "demand_id": record["demand_id"],
+                       "placement": measured_at, "latency_ms": 0.8 * a["parameters"][f"predicted_{measured_at}_ms"] + 2.0}
+            assert fast.learn(outcome) and reference.learn(outcome)
+    assert fast.model.n_learned == reference.model.n_learned > 0 and fast.model_version == PRETRAINED_VERSION + 1
+    assert targets == {"local", "edge", "cloud"} and waited, "the stream exercised every tier and the EDF queue"
+    assert folded == decided, "every fast decision was made from folds, every reference one by River's predict_one"
+
+
+def test_edf_waits_equal_wait_and_backlog_asked_separately():
+    rng = random.Random(33)
+    queue = EdfQueue()
+    now = 0.0
+    for _ in range(2000):
+        now += rng.choice((0.0, rng.uniform(0.0, 8.0)))
+        deadline = rng.choice((now + rng.uniform(1.0, 60.0), float("inf")))
+        separately = EdfQueue.__new__(EdfQueue)
+        separately.tasks, separately.clock_ms = [list(task) for task in queue.tasks], queue.clock_ms
+        expected = (separately.wait_ms(now, deadline), separately.backlog_ms(now))
+        assert queue.waits(now, deadline) == expected and queue.tasks == separately.tasks
+        if rng.random() < 0.4:
+            queue.add(now, now + rng.uniform(1.0, 60.0), rng.uniform(0.5, 12.0))
