@@ -53,9 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tiertwin.connectors.simulator.radio import cqi_from_sinr
 from tiertwin.errors import ConfigError, RecordRejected, config_error
 from tiertwin.schemas import SchemaRegistry
+from tiertwin.topics import TELEMETRY
 
 MAPPING_DIR = Path(__file__).resolve().parent.parent / "jobs" / "traces"
-TELEMETRY_TOPIC = "tiertwin.local.telemetry"
+TELEMETRY_TOPIC = TELEMETRY
 EARTH_RADIUS_M = 6_371_000.0
 NUMERIC_FIELDS = ("serving_cell", "rsrp_dbm", "sinr_db", "cqi", "throughput_dl_mbps", "throughput_ul_mbps",
                   "rtt_ms", "cpu_util", "memory_util", "battery_pct", "speed_mps", "heading_deg",

@@ -33,12 +33,14 @@ from tiertwin.connectors.kafka import KafkaSink, kafka_config, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
+from tiertwin.topics import (
+    ACTIONS_EDGE, ACTIONS_LOCAL, CELL_REPORTS, DEAD_LETTERS, DEMANDS, LOCAL_CHANGELOG, SUMMARIES, TELEMETRY)
 
-TOPICS = {"telemetry": "tiertwin.local.telemetry", "demands": "tiertwin.local.demands",
-          "cell_reports": "tiertwin.edge.cell-reports",
-          "summaries": "tiertwin.edge.summaries", "local_actions": "tiertwin.actions.local",
-          "edge_actions": "tiertwin.actions.edge", "dead_letters": "tiertwin.deadletters",
-          "local_changelog": "tiertwin.state.local-changelog"}
+TOPICS = {"telemetry": TELEMETRY, "demands": DEMANDS,
+          "cell_reports": CELL_REPORTS,
+          "summaries": SUMMARIES, "local_actions": ACTIONS_LOCAL,
+          "edge_actions": ACTIONS_EDGE, "dead_letters": DEAD_LETTERS,
+          "local_changelog": LOCAL_CHANGELOG}
 
 
 class ChaosError(TiertwinError):

@@ -37,6 +37,7 @@ from tiertwin.connectors.kafka import read_topic
 from tiertwin.errors import BrokerSetupError
 from tiertwin.procs import freeze_heap
 from tiertwin.stats import percentiles
+from tiertwin.topics import MODELS
 
 
 class Tier(str, enum.Enum):
@@ -492,7 +493,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                  seed: int = typer.Option(7),
                  out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
                  publish: bool = typer.Option(False, help="Also publish them to the models topic."),
-                 models_topic: str = typer.Option("tiertwin.models")):
+                 models_topic: str = typer.Option(MODELS)):
         """Train the starting models and write pipelines/pretrained/*.pkl.
 
         The demand-latency model learns from the simulator's measured outcomes (features built as the

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from tiertwin.topics import ACTIONS_LOCAL, DEMANDS, TELEMETRY
+
 # The modes `bench tiers` runs by default (jobs.evaluation.ALL_MODES, not imported here: the CLI starts fast).
 ALL_MODES_DEFAULT = ("no-control", "always-edge", "always-local", "device", "edge", "cloud")
 
@@ -66,9 +68,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         b: str = typer.Option("agent", "--b", help="Policy B."),
         scenario: str = typer.Option("dense-urban-xr", "--scenario", "-s", help="The network the log came from."),
         out: Optional[Path] = typer.Option(None, help="Report folder (default LOG/whatif)."),
-        demands_topic: str = typer.Option("tiertwin.local.demands", help="Archived topic of Demand records."),
-        telemetry_topic: str = typer.Option("tiertwin.local.telemetry", help="Archived topic of Telemetry records."),
-        actions_topic: str = typer.Option("tiertwin.actions.local", help="Archived placement decisions (for 'logged')."),
+        demands_topic: str = typer.Option(DEMANDS, help="Archived topic of Demand records."),
+        telemetry_topic: str = typer.Option(TELEMETRY, help="Archived topic of Telemetry records."),
+        actions_topic: str = typer.Option(ACTIONS_LOCAL, help="Archived placement decisions (for 'logged')."),
     ):
         """Replay one archived log through two policies and compare their decisions and outcomes.
 

@@ -60,6 +60,7 @@ from tiertwin.connectors.linkemu import Link, wait_listening
 from tiertwin.errors import ConfigError, TiertwinError
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile, summary_ms
+from tiertwin.topics import ACTIONS_CLOUD, ACTIONS_EDGE, ACTIONS_LOCAL, DEMANDS, OUTCOMES, TELEMETRY
 
 PAPER_CLAIM_REDUCTION = 0.42
 MODES = ("device", "edge", "cloud")                             # where the local twin runs (agents, broker, links)
@@ -69,9 +70,9 @@ BASELINE_POLICY = {"no-control": "cloud", "always-edge": "edge", "always-local":
 # The issue's targets for the device mode (issue 14, "Performance").
 TARGET_MISS_RATIO = 0.5          # device deadline misses <= 50 % of no control on the same seed
 TARGET_MEAN_REDUCTION = 0.7      # device mean end-to-end latency >= 70 % lower than the cloud placement
-ACTION_TOPICS = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
+ACTION_TOPICS = (ACTIONS_LOCAL, ACTIONS_EDGE, ACTIONS_CLOUD)
 RESULTS_DIR = Path("bench-results") / "tiers"
-ARCHIVED = ("tiertwin.local.telemetry", "tiertwin.local.demands", "tiertwin.actions.local", "tiertwin.outcomes")
+ARCHIVED = (TELEMETRY, DEMANDS, ACTIONS_LOCAL, OUTCOMES)
 
 # Defaults and their sources (README "Evaluation"): local<->edge is the radio access plus the
 # metro hop to a MEC host - ITU-R M.2410 asks 1-4 ms one-way user-plane latency of IMT-2020;

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tiertwin.jobs.launcher import JobSpec, consumer_progress, deploy, status_of, stop
 from tiertwin.settings import Settings
+from tiertwin.topics import CELL_REPORTS, DEMANDS, MIGRATIONS, SUMMARIES, TELEMETRY
 
 
 def rss_mb(pid: int) -> float | None:
@@ -41,9 +42,9 @@ def run_soak(minutes: float = 10.0, ues: int = 200, sample_s: float = 5.0, setti
     run = uuid.uuid4().hex[:6]
     specs = [
         JobSpec(name=f"soak-local-{run}", tier="local", group_id=f"tiertwin-local-soak-{run}",
-                inputs=["tiertwin.local.telemetry", "tiertwin.local.demands"], config={"from_beginning": False}),
+                inputs=[TELEMETRY, DEMANDS], config={"from_beginning": False}),
         JobSpec(name=f"soak-edge-{run}", tier="edge", group_id=f"tiertwin-edge-soak-{run}",
-                inputs=["tiertwin.edge.summaries", "tiertwin.edge.cell-reports", "tiertwin.edge.migrations"], config={"from_beginning": False}),
+                inputs=[SUMMARIES, CELL_REPORTS, MIGRATIONS], config={"from_beginning": False}),
     ]
     simulator = JobSpec(name=f"soak-sim-{run}", tier="simulator",
                         args=["--scenario", "dense-urban-xr", "--realtime", "--seconds", str(minutes * 60 + 30),

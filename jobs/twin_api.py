@@ -31,17 +31,19 @@ from pydantic import BaseModel, Field
 
 from tiertwin.connectors.kafka import KafkaSink, TopicReader
 from tiertwin.settings import Settings
+from tiertwin.topics import (
+    ACTIONS_CLOUD, ACTIONS_EDGE, ACTIONS_LOCAL, CELL_REPORTS, EDGE_STATE, OUTCOMES, SNAPSHOTS, SUMMARIES)
 
 
 @dataclass(frozen=True)
 class ViewTopics:
-    summaries: str = "tiertwin.edge.summaries"
-    edge_state: str = "tiertwin.cloud.edge-state"
-    cell_reports: str = "tiertwin.edge.cell-reports"
-    snapshots: str = "tiertwin.cloud.snapshots"
-    outcomes: str = "tiertwin.outcomes"
-    decisions: tuple[str, ...] = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
-    cloud_actions: str = "tiertwin.actions.cloud"
+    summaries: str = SUMMARIES
+    edge_state: str = EDGE_STATE
+    cell_reports: str = CELL_REPORTS
+    snapshots: str = SNAPSHOTS
+    outcomes: str = OUTCOMES
+    decisions: tuple[str, ...] = (ACTIONS_LOCAL, ACTIONS_EDGE, ACTIONS_CLOUD)
+    cloud_actions: str = ACTIONS_CLOUD
 
     def all(self) -> list[str]:
         return [self.summaries, self.edge_state, self.cell_reports, self.snapshots, self.outcomes, *self.decisions]

@@ -48,6 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from tiertwin import stats
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
+from tiertwin.topics import CELL_REPORTS, DEMANDS, MIGRATIONS, SUMMARIES, TELEMETRY
 
 if TYPE_CHECKING:
     from tiertwin.jobs.twin_api import TwinView
@@ -56,8 +57,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "twin_view"
 TIERS = ("local", "edge", "cloud")
 # The agents' consumer groups and what they consume (defaults of pipelines/local_twin.py, edge_twin.py).
 DEFAULT_LAG_GROUPS: dict[str, list[str]] = {
-    "tiertwin-local": ["tiertwin.local.telemetry", "tiertwin.local.demands"],
-    "tiertwin-edge": ["tiertwin.edge.summaries", "tiertwin.edge.cell-reports", "tiertwin.edge.migrations"],
+    "tiertwin-local": [TELEMETRY, DEMANDS],
+    "tiertwin-edge": [SUMMARIES, CELL_REPORTS, MIGRATIONS],
 }
 
 

@@ -48,15 +48,16 @@ from tiertwin.connectors.archive import ArchivedRecord, archived_topics, read_ar
 from tiertwin.connectors.kafka import KafkaRecord
 from tiertwin.errors import ConfigError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
+from tiertwin.topics import ACTIONS_LOCAL, DEMANDS, TELEMETRY
 
 PLACEMENTS = ("local", "edge", "cloud")
 
 
 @dataclass(frozen=True)
 class LogTopics:
-    demands: str = "tiertwin.local.demands"
-    telemetry: str = "tiertwin.local.telemetry"
-    actions: str = "tiertwin.actions.local"
+    demands: str = DEMANDS
+    telemetry: str = TELEMETRY
+    actions: str = ACTIONS_LOCAL
 
 
 def parse_policy(spec: str) -> tuple[str, dict[str, str]]:

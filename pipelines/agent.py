@@ -43,9 +43,10 @@ from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
+from tiertwin.topics import OUTCOMES
 
 log = logging.getLogger("tiertwin.agent")
-OUTCOMES_TOPIC = "tiertwin.outcomes"
+OUTCOMES_TOPIC = OUTCOMES
 
 
 class AgentConfig(BaseModel):

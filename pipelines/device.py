@@ -78,6 +78,7 @@ from tiertwin.errors import BrokerUnavailableError, RecordRejected, TiertwinErro
 from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
+from tiertwin.topics import ACTIONS_LOCAL, DEAD_LETTERS, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
 
 log = logging.getLogger("tiertwin.device")
 
@@ -90,12 +91,12 @@ class DeviceTopics(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    actions: str = "tiertwin.actions.local"
-    summaries: str = "tiertwin.edge.summaries"
-    outcomes: str = "tiertwin.outcomes"
-    models: str = "tiertwin.models"
-    edge_state: str = "tiertwin.cloud.edge-state"
-    dead_letters: str = "tiertwin.deadletters"
+    actions: str = ACTIONS_LOCAL
+    summaries: str = SUMMARIES
+    outcomes: str = OUTCOMES
+    models: str = MODELS
+    edge_state: str = EDGE_STATE
+    dead_letters: str = DEAD_LETTERS
 
 
 class DeviceConfig(BaseModel):

@@ -45,6 +45,7 @@ from tiertwin.pipelines.features import cell_context, sinr_forecast_features
 from tiertwin.pipelines.learners import HANDOVER, MEC_SHARE, PRB_SHARE, allocation_reward
 from tiertwin.pipelines.models import ModelSlot, features_to_parameters
 from tiertwin.pipelines.pretrain import load_pretrained
+from tiertwin.topics import ACTIONS_EDGE, CELL_REPORTS, EDGE_CHANGELOG, EDGE_STATE, MIGRATIONS, SUMMARIES
 
 
 class EdgeTwinConfig(BaseModel):
@@ -71,12 +72,12 @@ class EdgeAgentConfig(AgentConfig, EdgeTwinConfig):
     """Configuration of one edge agent instance (``tiertwin run edge --config FILE``): the twin's knobs and its topics."""
 
     group_id: str = "tiertwin-edge"
-    changelog_topic: str = "tiertwin.state.edge-changelog"
-    summaries_topic: str = "tiertwin.edge.summaries"
-    cell_reports_topic: str = "tiertwin.edge.cell-reports"
-    migrations_topic: str = "tiertwin.edge.migrations"
-    edge_state_topic: str = "tiertwin.cloud.edge-state"
-    actions_topic: str = "tiertwin.actions.edge"
+    changelog_topic: str = EDGE_CHANGELOG
+    summaries_topic: str = SUMMARIES
+    cell_reports_topic: str = CELL_REPORTS
+    migrations_topic: str = MIGRATIONS
+    edge_state_topic: str = EDGE_STATE
+    actions_topic: str = ACTIONS_EDGE
 
 
 # =============================================================================================

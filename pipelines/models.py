@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiertwin.errors import TiertwinError
+from tiertwin.topics import MODELS
 
 FORMAT = "river-pickle"
-MODELS_TOPIC = "tiertwin.models"
+MODELS_TOPIC = MODELS
 FEATURE_PREFIX = "x_"
 
 

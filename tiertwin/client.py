@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from tiertwin.connectors.kafka import KafkaRecord, TopicReader
 from tiertwin.errors import ConfigError
 from tiertwin.settings import Settings
+from tiertwin.topics import ACTIONS_LOCAL
 
 FILTER_ALIASES = {"ue": "ue_id", "cell": "cell_id", "model": "model_name", "version": "model_version"}
 
@@ -101,7 +102,7 @@ def subscribe(topic: str, *, from_beginning: bool = False, follow: bool = True,
         reader.close()
 
 
-def subscribe_decisions(topic: str = "tiertwin.actions.local", **kwargs: Any) -> Iterator[Decision]:
+def subscribe_decisions(topic: str = ACTIONS_LOCAL, **kwargs: Any) -> Iterator[Decision]:
     """Like :func:`subscribe`, yielding typed :class:`Decision` objects."""
     for rec in subscribe(topic, **kwargs):
         if rec.schema == "tiertwin.Decision":

@@ -68,6 +68,9 @@ from tiertwin.errors import DecodeError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile, percentiles
+from tiertwin.topics import (
+    ACTIONS_CLOUD, ACTIONS_EDGE, ACTIONS_LOCAL, CELL_REPORTS, DEMANDS, EDGE_STATE, MODELS, OUTCOMES,
+    SUMMARIES, TELEMETRY)
 
 ASSIGNMENT_TIMEOUT_S = 30.0
 DRAIN_LIMIT_S = 2.0  # at the end, wait at most this long for decisions of pending demands
@@ -78,17 +81,17 @@ log = logging.getLogger(__name__)
 class SimulatorTopics:
     """Where the simulator writes and reads; tests pass fresh names."""
 
-    telemetry: str = "tiertwin.local.telemetry"
-    demands: str = "tiertwin.local.demands"
-    cell_reports: str = "tiertwin.edge.cell-reports"
-    outcomes: str = "tiertwin.outcomes"
-    actions: tuple[str, ...] = ("tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud")
+    telemetry: str = TELEMETRY
+    demands: str = DEMANDS
+    cell_reports: str = CELL_REPORTS
+    outcomes: str = OUTCOMES
+    actions: tuple[str, ...] = (ACTIONS_LOCAL, ACTIONS_EDGE, ACTIONS_CLOUD)
     deadletters: str = DEAD_LETTER_TOPIC
     # device mode: what the device twins publish and read (the local actions are theirs, not read back)
-    local_actions: str = "tiertwin.actions.local"
-    summaries: str = "tiertwin.edge.summaries"
-    models: str = "tiertwin.models"
-    edge_state: str = "tiertwin.cloud.edge-state"
+    local_actions: str = ACTIONS_LOCAL
+    summaries: str = SUMMARIES
+    models: str = MODELS
+    edge_state: str = EDGE_STATE
 
     def device_topics(self) -> Any:
         """The device runtime's topics (:class:`~tiertwin.pipelines.device.DeviceTopics`) for these names."""
