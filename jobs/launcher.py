@@ -7,7 +7,7 @@ instances to run, the models it uses, and the runner and options::
     tier: local            # simulator | local | edge | cloud | api
     instances: 2           # consumer-group members; Kafka spreads partitions over them
     group_id: tiertwin-local
-    inputs: [tiertwin.local.telemetry, tiertwin.local.demands]
+    inputs: [tiertwin.local.telemetry, tiertwin.local.demands, tiertwin.outcomes]   # the agent's group_topics()
     outputs: [tiertwin.actions.local, tiertwin.edge.summaries]
     models: [demand-latency]
     config: {}             # written to a file and passed as --config (agents)

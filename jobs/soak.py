@@ -13,9 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tiertwin.jobs.launcher import JobSpec, consumer_progress, deploy, status_of, stop
+from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, consumer_progress, deploy, load_spec, status_of, stop
 from tiertwin.settings import Settings
-from tiertwin.topics import CELL_REPORTS, DEMANDS, MIGRATIONS, SUMMARIES, TELEMETRY
 
 
 def rss_mb(pid: int) -> float | None:
@@ -40,11 +39,13 @@ def run_soak(minutes: float = 10.0, ues: int = 200, sample_s: float = 5.0, setti
              out_dir: Path = Path("bench-results")) -> dict:
     settings = settings or Settings.from_env()
     run = uuid.uuid4().hex[:6]
+    # inputs as the shipped specs declare them (the agents' own group_topics(); a test checks they agree)
+    shipped = {tier: load_spec(SPECS_DIR / f"{tier}.yaml").inputs for tier in ("local", "edge")}
     specs = [
         JobSpec(name=f"soak-local-{run}", tier="local", group_id=f"tiertwin-local-soak-{run}",
-                inputs=[TELEMETRY, DEMANDS], config={"from_beginning": False}),
+                inputs=shipped["local"], config={"from_beginning": False}),
         JobSpec(name=f"soak-edge-{run}", tier="edge", group_id=f"tiertwin-edge-soak-{run}",
-                inputs=[SUMMARIES, CELL_REPORTS, MIGRATIONS], config={"from_beginning": False}),
+                inputs=shipped["edge"], config={"from_beginning": False}),
     ]
     simulator = JobSpec(name=f"soak-sim-{run}", tier="simulator",
                         args=["--scenario", "dense-urban-xr", "--realtime", "--seconds", str(minutes * 60 + 30),

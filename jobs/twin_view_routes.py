@@ -48,18 +48,27 @@ from starlette.concurrency import run_in_threadpool
 from tiertwin import stats
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
-from tiertwin.topics import CELL_REPORTS, DEMANDS, MIGRATIONS, SUMMARIES, TELEMETRY
 
 if TYPE_CHECKING:
     from tiertwin.jobs.twin_api import TwinView
 
 STATIC_DIR = Path(__file__).resolve().parent / "twin_view"
 TIERS = ("local", "edge", "cloud")
-# The agents' consumer groups and what they consume (defaults of pipelines/local_twin.py, edge_twin.py).
-DEFAULT_LAG_GROUPS: dict[str, list[str]] = {
-    "tiertwin-local": [TELEMETRY, DEMANDS],
-    "tiertwin-edge": [SUMMARIES, CELL_REPORTS, MIGRATIONS],
-}
+# The job specs whose consumer groups the view shows when nothing is deployed (their inputs are the
+# agents' own group_topics(): tests/test_topic_names.py).
+LAG_SPECS = ("local", "edge")
+
+
+def default_lag_groups() -> dict[str, list[str]]:
+    """The shipped agent specs' consumer groups and what they consume (``jobs/specs``).
+
+    >>> default_lag_groups()["tiertwin-local"]
+    ['tiertwin.local.telemetry', 'tiertwin.local.demands', 'tiertwin.outcomes']
+    """
+    from tiertwin.jobs.launcher import SPECS_DIR, load_spec
+
+    specs = [load_spec(SPECS_DIR / f"{name}.yaml") for name in LAG_SPECS]
+    return {spec.group_id: list(spec.inputs) for spec in specs if spec.group_id and spec.inputs}
 
 
 # =============================================================================================
@@ -377,7 +386,7 @@ class LagMeter:
 
         groups = {s["spec"]["group_id"]: s["spec"]["inputs"] for s in deployed(self.settings)
                   if s.get("spec", {}).get("group_id") and s["spec"].get("inputs")}
-        return groups or DEFAULT_LAG_GROUPS
+        return groups or default_lag_groups()
 
     def read(self) -> dict:
         with self._lock:

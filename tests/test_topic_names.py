@@ -18,3 +18,42 @@ def test_every_constant_is_a_declared_topic_and_every_declared_topic_has_a_const
 
 def test_all_lists_the_topology_in_its_order():
     assert list(topics.ALL) == [t.name for t in load_topology().topics]
+
+
+# -- job specs and the lag view consume what the agents consume ---------------------------------------
+AGENT_TIERS = ("local", "edge")
+
+
+def _agent_group_topics(spec) -> list[str]:
+    """The topics the spec's agent consumes as a group member, from the agent itself (built as `tiertwin run`
+    builds it, with the config the launcher gives it; no Kafka client is made before ``open()``)."""
+    from tiertwin.jobs.cli_agents import make_agent
+
+    return make_agent(spec.tier, **spec.effective_config(0)).group_topics()
+
+
+def _shipped_agent_specs():
+    from tiertwin.jobs.launcher import SPECS_DIR, load_spec
+
+    specs = [load_spec(path) for path in sorted(SPECS_DIR.glob("*.yaml"))]
+    return [spec for spec in specs if spec.tier in AGENT_TIERS]
+
+
+def test_each_agent_spec_declares_exactly_what_its_agent_consumes():
+    specs = _shipped_agent_specs()
+    assert {spec.tier for spec in specs} == set(AGENT_TIERS)
+    for spec in specs:
+        assert spec.inputs == _agent_group_topics(spec), spec.name
+
+
+def test_the_local_spec_includes_the_outcomes_the_local_agent_learns_from():
+    local = next(spec for spec in _shipped_agent_specs() if spec.tier == "local")
+    assert topics.OUTCOMES in local.inputs
+
+
+def test_the_lag_view_measures_the_groups_the_specs_declare():
+    from tiertwin.jobs.twin_view_routes import default_lag_groups
+
+    assert default_lag_groups() == {spec.group_id: spec.inputs for spec in _shipped_agent_specs()
+                                    if spec.name in ("local", "edge")}
+    assert topics.OUTCOMES in default_lag_groups()["tiertwin-local"]
