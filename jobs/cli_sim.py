@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from tiertwin.topics import TELEMETRY
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     from tiertwin.jobs.cli import console, one_line_errors
@@ -74,7 +76,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def import_trace_cmd(
         file: Path = typer.Argument(..., help="CSV or Parquet trace."),
         fmt: str = typer.Option(..., "--format", help="lumos5g | raca5g | berlin-v2x | MAPPING.yaml"),
-        to: str = typer.Option("tiertwin.local.telemetry", "--to", help="Topic to publish Telemetry to."),
+        to: str = typer.Option(TELEMETRY, "--to", help="Topic to publish Telemetry to."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Map and validate only; publish nothing."),
     ):
         """Import a measurement trace as Telemetry; unmappable rows go to the dead-letter topic."""

@@ -31,10 +31,10 @@ from tiertwin.errors import TiertwinError
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile
+from tiertwin.topics import (
+    ACTIONS, ACTIONS_LOCAL, DEAD_LETTERS, DEMANDS, EDGE_STATE, MODELS, OUTCOMES, SNAPSHOTS, SUMMARIES, TELEMETRY)
 
-WATCHED = ("tiertwin.local.telemetry", "tiertwin.local.demands", "tiertwin.edge.summaries",
-           "tiertwin.cloud.edge-state", "tiertwin.actions.local", "tiertwin.actions.edge", "tiertwin.actions.cloud",
-           "tiertwin.outcomes", "tiertwin.cloud.snapshots", "tiertwin.models", "tiertwin.deadletters")
+WATCHED = (TELEMETRY, DEMANDS, SUMMARIES, EDGE_STATE, *ACTIONS, OUTCOMES, SNAPSHOTS, MODELS, DEAD_LETTERS)
 AGENT_SPECS = ("local", "edge", "cloud")
 DEMO_SEED = 14   # fixed, so the no-control baseline is the very same world
 
@@ -153,7 +153,7 @@ class DemoSummary:
                                     for tier, lat in sorted(self.decision_latency_ms.items())},
             "demands": {placement: {"n": n, "deadline_missed": self.deadline_missed[placement]}
                         for placement, n in sorted(self.placements.items())},
-            "snapshots": self.records["tiertwin.cloud.snapshots"],
+            "snapshots": self.records[SNAPSHOTS],
             "model_versions": dict(self.model_versions),
             "dead_letters": dict(self.dead_letter_reasons),
         }
@@ -215,8 +215,8 @@ def run_demo(seconds: float = 60.0, ues: int | None = None, specs_dir: Path = SP
     if ues is not None:
         args += ["--ues", str(ues)]
     inputs = list(simulator.inputs)
-    if local_twin == "service" and "tiertwin.actions.local" not in inputs:
-        inputs.insert(0, "tiertwin.actions.local")
+    if local_twin == "service" and ACTIONS_LOCAL not in inputs:
+        inputs.insert(0, ACTIONS_LOCAL)
     summary_file = settings.home / "jobs" / simulator.name / "demo-summary.json"
     summary_file.unlink(missing_ok=True)
     args += ["--summary-json", str(summary_file)]
