@@ -12,6 +12,7 @@ import polars as pl
 
 from tiertwin.connectors.archive import archived_topics
 from tiertwin.errors import ConfigError
+from tiertwin.stats import percentile_expr
 
 
 @dataclass
@@ -48,8 +49,7 @@ def summarize(log_dir: Path) -> Report:
         latency = (decisions.with_columns(((pl.col("decided_ns") - pl.col("source_emitted_ns")) / 1e6)
                                           .alias("latency_ms"))
                    .group_by("tier").agg(pl.len().alias("n"), pl.col("latency_ms").mean().alias("mean_ms"),
-                                         *[pl.col("latency_ms").quantile(q, "linear").alias(f"p{int(q * 100)}_ms")
-                                           for q in (0.5, 0.95, 0.99)])
+                                         *[percentile_expr("latency_ms", q).alias(f"p{q}_ms") for q in (50, 95, 99)])
                    .sort("tier"))
     outcomes = _frames_of(log_dir, "tiertwin.Outcome")
     if outcomes.is_empty() or "placement" not in outcomes.columns:
@@ -60,7 +60,7 @@ def summarize(log_dir: Path) -> Report:
                   .group_by("placement")
                   .agg(pl.len().alias("n"), (1 - pl.col("deadline_met").cast(pl.Float64).mean())
                        .alias("deadline_miss_rate"), pl.col("latency_ms").mean().alias("mean_ms"),
-                       pl.col("latency_ms").quantile(0.99, "linear").alias("p99_ms"))
+                       percentile_expr("latency_ms", 99).alias("p99_ms"))
                   .sort("placement"))
     return Report(counts, latency, demand)
 

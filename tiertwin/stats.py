@@ -19,8 +19,12 @@ An empty sample has no percentile: NaN.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import polars as pl
 
 #: The percentiles :func:`summary_ms` reports, with their keys.
 SUMMARY_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
@@ -59,3 +63,17 @@ def summary_ms(values: Iterable[float]) -> dict[str, float]:
         return {"n": 0, "mean": float("nan"), **{k: float("nan") for k in SUMMARY_PERCENTILES}, "max": float("nan")}
     ps = np.percentile(a, list(SUMMARY_PERCENTILES.values())).tolist()
     return {"n": int(a.size), "mean": float(a.mean()), **dict(zip(SUMMARY_PERCENTILES, ps)), "max": float(a.max())}
+
+
+def percentile_expr(column: str, q: float) -> pl.Expr:
+    """The ``q`` percentile (0..100) of a polars column by the same definition (polars' ``linear``), for
+    ``select`` / ``group_by().agg``; named ``p{q}_ms`` by the caller.
+
+    >>> import polars as pl
+    >>> frame = pl.DataFrame({"ms": [4.0, 1.0, 3.0, 2.0]})
+    >>> round(frame.select(percentile_expr("ms", 99)).item(), 9) == round(percentile(frame["ms"], 99), 9)
+    True
+    """
+    import polars as pl
+
+    return pl.col(column).quantile(q / 100, "linear")
