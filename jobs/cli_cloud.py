@@ -22,8 +22,10 @@ from typing import Iterator, Optional
 
 import typer
 
-TOPIC_OF_SCHEMA = {"LocalSummary": "tiertwin.edge.summaries", "EdgeState": "tiertwin.cloud.edge-state",
-                   "Decision": "tiertwin.actions.local", "Outcome": "tiertwin.outcomes"}
+from tiertwin.topics import ACTIONS_LOCAL, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
+
+TOPIC_OF_SCHEMA = {"LocalSummary": SUMMARIES, "EdgeState": EDGE_STATE,
+                   "Decision": ACTIONS_LOCAL, "Outcome": OUTCOMES}
 KEY_FIELD = {"LocalSummary": "serving_cell", "EdgeState": "cell_id", "Decision": "ue_id", "Outcome": "ue_id"}
 
 
@@ -430,14 +432,13 @@ def _load_config_file(path: Optional[Path]) -> tuple[dict, dict]:
 def _config(fields: dict):
     from pydantic import ValidationError
 
-    from tiertwin.errors import ConfigError
+    from tiertwin.errors import config_error, dotted
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
 
     try:
         return CloudTwinConfig(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"cloud twin config field {'.'.join(map(str, err['loc'])) or '?'}: {err['msg']}") from None
+        raise config_error(exc, "cloud twin config", field=lambda loc: f"field {dotted(loc)}") from None
 
 
 def _beam_flags(options: dict) -> list[str]:
@@ -584,7 +585,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         cloud = _config({"window_s": window_s, "slide_s": slide_s, "early_firing_s": None,
                          "snapshots_topic": snapshots_topic, "snapshots_dir": out,
-                         "models_topic": "tiertwin.models" if publish_models else None})
+                         "models_topic": MODELS if publish_models else None})
         started = time.perf_counter()
         backfill(archive_dir, cloud, Settings.from_env(), runner=runner)
         n = sum(1 for _ in parquet_log.read_records(out, "TwinSnapshot"))
