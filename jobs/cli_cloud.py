@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 import typer
 
+from tiertwin.stats import percentiles
 from tiertwin.topics import ACTIONS_LOCAL, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
 
 TOPIC_OF_SCHEMA = {"LocalSummary": SUMMARIES, "EdgeState": EDGE_STATE,
@@ -228,12 +229,8 @@ def _produce_paced(bootstrap_env: dict, topics: dict, rate: float, seconds: floa
 def _percentiles(values: list[float]) -> dict:
     if not values:
         return {"count": 0}
-    ordered = sorted(values)
-
-    def at(q):
-        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-    return {"count": len(ordered), "p50_ms": at(0.5), "p95_ms": at(0.95), "max_ms": ordered[-1]}
+    p50, p95 = percentiles(values, [50, 95])
+    return {"count": len(values), "p50_ms": p50, "p95_ms": p95, "max_ms": max(values)}
 
 
 def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
