@@ -379,7 +379,8 @@ class KafkaSource:
 class TopicReader:
     """Every partition of ``topics`` assigned (no consumer group), read from ``start`` on in decoded batches.
 
-    ``start`` is ``"beginning"`` or ``"end"``; the seeks are resolved inside the readiness wait
+    ``start`` is ``"beginning"`` or ``"end"``, or one of them per topic (a dict); the seeks are resolved
+    inside the readiness wait
     (:func:`~tiertwin.connectors.readiness.wait_out`), so a broker formatted a moment ago is waited
     for and the first :meth:`poll` reads from where asked. ``on_undecodable`` is the caller's choice
     (see :class:`KafkaSource`). A topic that does not exist is a ConfigError, unless ``require`` is
@@ -387,7 +388,8 @@ class TopicReader:
     """
 
     def __init__(self, topics: Iterable[str], settings: Settings | None = None, *,
-                 on_undecodable: Undecodable, start: Literal["beginning", "end"] = "beginning",
+                 on_undecodable: Undecodable,
+                 start: Literal["beginning", "end"] | dict[str, Literal["beginning", "end"]] = "beginning",
                  dead_letters: DeadLetterSink | None = None, registry: SchemaRegistry | None = None,
                  client_id: str = "tiertwin-reader", require: bool = True, **overrides: Any):
         self.topics = list(topics)
@@ -396,14 +398,18 @@ class TopicReader:
         consumer = self.source.consumer
 
         def assign() -> tuple[list[TopicPartition], dict]:
-            tps = []
+            by_topic = {}
             for topic in self.topics:
                 partitions = consumer.partitions_for_topic(topic)
                 if not partitions and require:
                     raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
-                tps += [TopicPartition(topic, p) for p in sorted(partitions or ())]
+                by_topic[topic] = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+            tps = [tp for topic_tps in by_topic.values() for tp in topic_tps]
             consumer.assign(tps)
-            (consumer.seek_to_beginning if start == "beginning" else consumer.seek_to_end)(*tps)
+            for topic, topic_tps in by_topic.items():
+                where = start.get(topic, "beginning") if isinstance(start, dict) else start
+                if topic_tps:
+                    (consumer.seek_to_beginning if where == "beginning" else consumer.seek_to_end)(*topic_tps)
             for tp in tps:
                 consumer.position(tp)  # resolve the seek now, inside the wait
             return tps, consumer.end_offsets(tps)

@@ -36,8 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.connectors.kafka import (DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource,
-                                       kafka_config)
-from tiertwin.connectors.readiness import wait_out
+                                       TopicReader, kafka_config)
 from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected, config_error
 from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
@@ -254,16 +253,9 @@ class TwinAgent:
         self._rebalance = _Rebalance()
         self.source.consumer.subscribe(self.group_topics(), listener=self._rebalance)
         # Side topics are not on the decision path: long fetch waits keep their IO thread quiet.
-        self.side = KafkaSource([], None, s, self.registry, self.dead_letters, profile="low-latency",
-                                client_id=f"{client}-side", fetch_max_wait_ms=200)
-        side_partitions = {t: [TopicPartition(t, p) for p in sorted(self.side.consumer.partitions_for_topic(t))]
-                           for t in self.side_topics()}
-        self.side.consumer.assign([tp for tps in side_partitions.values() for tp in tps])
-        for topic, from_beginning in self.side_topics().items():
-            seek = self.side.consumer.seek_to_beginning if from_beginning else self.side.consumer.seek_to_end
-            seek(*side_partitions[topic])
-            for tp in side_partitions[topic]:   # resolve the seek now (a fresh broker may not serve it yet), not at the first poll
-                wait_out(lambda: self.side.consumer.position(tp), f"the offsets of topic {tp.topic!r}", s)
+        self.side = TopicReader(self.side_topics(), s, registry=self.registry, on_undecodable="dead-letter",
+                                dead_letters=self.dead_letters, client_id=f"{client}-side", fetch_max_wait_ms=200,
+                                start={t: "beginning" if first else "end" for t, first in self.side_topics().items()})
         self.changelog = KafkaProducer(**kafka_config(s, f"{client}-changelog"),
                                        acks="all", linger_ms=5, retries=2**31 - 1)
         self._metrics_server = None
