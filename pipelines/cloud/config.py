@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tiertwin import topics
 from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines.models import MODELS_TOPIC
@@ -18,9 +19,8 @@ if TYPE_CHECKING:  # Beam is imported where windows are made, so runtime code ca
 SUMMARIES, EDGE_STATES, DECISIONS, OUTCOMES = "summaries", "edge_states", "decisions", "outcomes"
 STREAMS = {"LocalSummary": SUMMARIES, "EdgeState": EDGE_STATES, "Decision": DECISIONS, "Outcome": OUTCOMES}
 CELL_FIELDS = {SUMMARIES: "serving_cell", EDGE_STATES: "cell_id", DECISIONS: "cell_id", OUTCOMES: "cell_id"}
-INPUT_TOPICS = ("tiertwin.edge.summaries", "tiertwin.cloud.edge-state", "tiertwin.actions.local",
-                "tiertwin.actions.edge", "tiertwin.actions.cloud", "tiertwin.outcomes")
-SNAPSHOTS_TOPIC = "tiertwin.cloud.snapshots"
+INPUT_TOPICS = (topics.SUMMARIES, topics.EDGE_STATE, *topics.ACTIONS, topics.OUTCOMES)
+SNAPSHOTS_TOPIC = topics.SNAPSHOTS
 PLACEMENT_TIERS = ("local", "edge", "cloud")
 
 
