@@ -27,6 +27,7 @@ LocalSummary records to ``tiertwin.edge.summaries``, checkpoints to
 from __future__ import annotations
 
 import bisect
+import operator
 import time
 from collections import OrderedDict, deque
 from typing import Any, Literal
@@ -44,6 +45,7 @@ from tiertwin.pipelines.pretrain import load_pretrained
 
 TwinSite = Literal["device", "edge", "cloud"]
 _INFINITY = float("inf")
+_REMAINING = operator.itemgetter(1)     # of an EdfQueue task [deadline, remaining compute]
 
 
 class LocalTwinConfig(BaseModel):
@@ -255,7 +257,7 @@ class EdfQueue:
         tasks = self.tasks
         if not tasks:
             return 0.0, 0.0
-        backlog = float(sum(r for _, r in tasks))
+        backlog = float(sum(map(_REMAINING, tasks)))
         if tasks[-1][0] <= deadline_ms:     # sorted by deadline: every queued task runs first, the wait is the backlog
             return backlog, backlog
         return float(sum(r for d, r in tasks if d <= deadline_ms)), backlog
@@ -441,7 +443,8 @@ class LocalTwin:
         for t, v in predicted.items():
             parameters[_PREDICTED_KEYS[t]] = v
         # The features travel with the decision (the cloud learns from them); demand_features gives floats.
-        parameters.update({_FEATURE_KEYS[k]: v for k, v in x.items()})
+        for k, v in x.items():    # a loop, not update(comprehension): no temporary dict (0.6 us of ~20 per placement)
+            parameters[_FEATURE_KEYS[k]] = v
         did = decision_id or f"local/placement/{demand['demand_id']}"
         decision = {
             "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": demand["serving_cell"],
