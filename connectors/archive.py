@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka import TopicPartition
 
-from tiertwin.connectors.kafka import KafkaSink, KafkaSource, KeyHashCachePartitioner, admin_client
-from tiertwin.connectors.readiness import wait_out
+from tiertwin.connectors.kafka import KafkaSink, KeyHashCachePartitioner, TopicReader, admin_client
 from tiertwin.errors import ConfigError, RecordRejected, TiertwinError
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
@@ -62,48 +61,36 @@ def archive_topics(topics: Iterable[str], out_dir: Path, settings: Settings | No
     """
     registry = registry or SchemaRegistry.default()
     counts: dict[str, int] = {}
-    source = KafkaSource([], None, settings, registry, client_id="tiertwin-archive", profile="throughput")
-    consumer = source.consumer
-    try:
-        for topic in topics:
-            def assign() -> tuple[list[TopicPartition], dict]:
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
-                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-                consumer.assign(tps)
-                consumer.seek_to_beginning(*tps)
-                return tps, consumer.end_offsets(tps)
-
-            tps, end = wait_out(assign, f"the partitions of topic {topic!r}", source.settings)
+    for topic in topics:
+        # Undecodable records are kept, raw: this reader decodes (without validating) by itself.
+        with TopicReader([topic], settings, registry=registry, on_undecodable="raise", client_id="tiertwin-archive",
+                         profile="throughput") as reader:
+            end = reader.end_offsets
             rows: dict[tuple, list[dict]] = defaultdict(list)
             total = 0
-            while any(consumer.position(tp) < end[tp] for tp in tps):
-                for tp, messages in consumer.poll(timeout_ms=500).items():
-                    for m in messages:
-                        if m.offset >= end[tp]:
-                            continue
-                        try:
-                            name, value = registry.decode(m.value, validate=False)
-                        except RecordRejected:
-                            name, value = "", {}
-                        hour = datetime.fromtimestamp(m.timestamp / 1000, tz=timezone.utc)
-                        rows[(hour.strftime("%Y-%m-%d"), hour.strftime("%H"), m.partition)].append(
-                            {"partition": m.partition, "offset": m.offset, "timestamp_ms": m.timestamp,
-                             "key": m.key, "value": m.value, "schema": name, **_flat(value)})
-                        total += 1
-                        if on_progress:
-                            on_progress(1)
-            for (date, hour, partition), chunk in rows.items():
-                folder = out_dir / f"topic={topic}" / f"date={date}" / f"hour={hour}"
-                folder.mkdir(parents=True, exist_ok=True)
-                for start in range(0, len(chunk), rows_per_file):
-                    part = chunk[start:start + rows_per_file]
-                    pq.write_table(pa.Table.from_pylist(part),
-                                   folder / f"part-{partition}-{part[0]['offset']:012d}.parquet")
-            counts[topic] = total
-    finally:
-        source.close()
+            while not reader.at_end():
+                for m in reader.poll_raw(500):
+                    if m.offset >= end[TopicPartition(m.topic, m.partition)]:
+                        continue
+                    try:
+                        name, value = registry.decode(m.value, validate=False)
+                    except RecordRejected:
+                        name, value = "", {}
+                    hour = datetime.fromtimestamp(m.timestamp / 1000, tz=timezone.utc)
+                    rows[(hour.strftime("%Y-%m-%d"), hour.strftime("%H"), m.partition)].append(
+                        {"partition": m.partition, "offset": m.offset, "timestamp_ms": m.timestamp,
+                         "key": m.key, "value": m.value, "schema": name, **_flat(value)})
+                    total += 1
+                    if on_progress:
+                        on_progress(1)
+        for (date, hour, partition), chunk in rows.items():
+            folder = out_dir / f"topic={topic}" / f"date={date}" / f"hour={hour}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for start in range(0, len(chunk), rows_per_file):
+                part = chunk[start:start + rows_per_file]
+                pq.write_table(pa.Table.from_pylist(part),
+                               folder / f"part-{partition}-{part[0]['offset']:012d}.parquet")
+        counts[topic] = total
     return counts
 
 

@@ -380,10 +380,10 @@ class TopicReader:
     """Every partition of ``topics`` assigned (no consumer group), read from ``start`` on in decoded batches.
 
     ``start`` is ``"beginning"`` or ``"end"``, or one of them per topic (a dict); the seeks are resolved
-    inside the readiness wait
-    (:func:`~tiertwin.connectors.readiness.wait_out`), so a broker formatted a moment ago is waited
-    for and the first :meth:`poll` reads from where asked. ``on_undecodable`` is the caller's choice
-    (see :class:`KafkaSource`). A topic that does not exist is a ConfigError, unless ``require`` is
+    inside the readiness wait (:func:`~tiertwin.connectors.readiness.wait_out`), so a broker formatted
+    a moment ago is waited for and the first :meth:`poll` reads from where asked. ``on_undecodable`` is
+    the caller's choice (see :class:`KafkaSource`); a reader that keeps every record as it is (an
+    archive) reads with :meth:`poll_raw` and decodes itself. A topic that does not exist is a ConfigError, unless ``require`` is
     False: then it is left out. :attr:`end_offsets` are the partitions' ends when reading started.
     """
 
@@ -431,6 +431,11 @@ class TopicReader:
 
     def poll(self, timeout_ms: int = 200) -> list[KafkaRecord]:
         return self.source.poll(timeout_ms)
+
+    def poll_raw(self, timeout_ms: int = 200) -> list:
+        """The next records as they are on the log (kafka-python ``ConsumerRecord``s), undecoded;
+        each partition's in offset order."""
+        return [m for messages in self.consumer.poll(timeout_ms=timeout_ms).values() for m in messages]
 
     def at_end(self, latest: bool = False) -> bool:
         """Whether every partition is read up to its end when reading started (``latest``: its end now)."""
