@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from kafka import KafkaConsumer, TopicPartition
 
 from tiertwin.connectors.broker import ManagedBroker
-from tiertwin.connectors.kafka import KafkaSink, kafka_config, read_topic
+from tiertwin.connectors.kafka import KafkaSink, TopicReader, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
@@ -189,19 +188,13 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
 
 
 def _records(settings: Settings, topic: str) -> list:
-    consumer = KafkaConsumer(**kafka_config(settings, "tiertwin-chaos-reader", group_id=None, enable_auto_commit=False))
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
+    """Every record of ``topic`` as it is on the log (the changelog holds pickles, not Avro)."""
+    with TopicReader([topic], settings, on_undecodable="raise", client_id="tiertwin-chaos-reader",
+                     require=False) as reader:
         out = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for messages in consumer.poll(timeout_ms=500).values():
-                out.extend(messages)
+        while not reader.at_end():
+            out.extend(reader.poll_raw(500))
         return out
-    finally:
-        consumer.close()
 
 
 def _decoded(settings: Settings, topic: str) -> list[dict]:
