@@ -384,15 +384,18 @@ class TopicReader:
     a moment ago is waited for and the first :meth:`poll` reads from where asked. ``on_undecodable`` is
     the caller's choice (see :class:`KafkaSource`); a reader that keeps every record as it is (an
     archive) reads with :meth:`poll_raw` and decodes itself. A topic that does not exist is a ConfigError, unless ``require`` is
-    False: then it is left out. :attr:`end_offsets` are the partitions' ends when reading started.
+    False: then it is left out. ``only_partitions``: just these partitions of each topic (those that
+    exist). :attr:`partitions` are the ones read, :attr:`end_offsets` their ends when reading started.
     """
 
     def __init__(self, topics: Iterable[str], settings: Settings | None = None, *,
                  on_undecodable: Undecodable,
                  start: Literal["beginning", "end"] | dict[str, Literal["beginning", "end"]] = "beginning",
                  dead_letters: DeadLetterSink | None = None, registry: SchemaRegistry | None = None,
-                 client_id: str = "tiertwin-reader", require: bool = True, **overrides: Any):
+                 client_id: str = "tiertwin-reader", require: bool = True,
+                 only_partitions: Iterable[int] | None = None, **overrides: Any):
         self.topics = list(topics)
+        only = None if only_partitions is None else set(only_partitions)
         self.source = KafkaSource([], None, settings, registry, dead_letters, client_id=client_id,
                                   on_undecodable=on_undecodable, **overrides)
         consumer = self.source.consumer
@@ -403,7 +406,8 @@ class TopicReader:
                 partitions = consumer.partitions_for_topic(topic)
                 if not partitions and require:
                     raise ConfigError(f"topic {topic!r} does not exist; see `tiertwin topics list`")
-                by_topic[topic] = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+                by_topic[topic] = [TopicPartition(topic, p) for p in sorted(partitions or ())
+                                   if only is None or p in only]
             tps = [tp for topic_tps in by_topic.values() for tp in topic_tps]
             consumer.assign(tps)
             for topic, topic_tps in by_topic.items():

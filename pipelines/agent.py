@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Literal
 
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.structs import OffsetAndMetadata
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -436,31 +436,21 @@ class TwinAgent:
 
     def restore(self, partitions: Iterable[int]) -> int:
         """Read changelog partitions to their end and load the latest twin per key."""
-        consumer = KafkaConsumer(**kafka_config(self.settings, f"tiertwin-{self.tier}-{self.config.instance_id}-restore"),
-                                 group_id=None, enable_auto_commit=False)
-        try:
-            available = consumer.partitions_for_topic(self.config.changelog_topic)
-            tps = [TopicPartition(self.config.changelog_topic, p) for p in partitions if p in available]
-            if not tps:
-                return 0
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            end = consumer.end_offsets(tps)
+        with TopicReader([self.config.changelog_topic], self.settings, on_undecodable="raise",
+                         client_id=f"tiertwin-{self.tier}-{self.config.instance_id}-restore",
+                         only_partitions=partitions) as reader:
             restored = 0
-            while any(consumer.position(tp) < end[tp] for tp in tps):
-                for tp, messages in consumer.poll(timeout_ms=500).items():
-                    for m in messages:
-                        key = m.key.decode()
-                        if m.value is None:
-                            self.twins.pop(key, None)
-                            self.twin_partition.pop(key, None)
-                        else:
-                            self.twins[key] = self.restore_twin(pickle.loads(m.value))
-                            self.twin_partition[key] = tp.partition
-                            restored += 1
+            while not reader.at_end():
+                for m in reader.poll_raw(500):  # pickled twins, not Avro: read as they are
+                    key = m.key.decode()
+                    if m.value is None:
+                        self.twins.pop(key, None)
+                        self.twin_partition.pop(key, None)
+                    else:
+                        self.twins[key] = self.restore_twin(pickle.loads(m.value))
+                        self.twin_partition[key] = m.partition
+                        restored += 1
             return restored
-        finally:
-            consumer.close()
 
     def restore_twin(self, twin: Any) -> Any:
         """Hook: adapt a restored twin (e.g. an older layout); the default keeps it as is."""
