@@ -10,9 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from kafka import TopicPartition
-
-from tiertwin.connectors.kafka import KafkaSink, KafkaSource, admin_client
+from tiertwin.connectors.kafka import KafkaSink, TopicReader, admin_client
 from tiertwin.connectors.topics import load_topology
 from tiertwin.schemas.examples import EXAMPLE_NAMES, example
 from tiertwin.settings import Settings
@@ -53,32 +51,29 @@ def run_roundtrip(count: int = 100, settings: Settings | None = None, timeout_s:
 
 def _round_trip(count: int, settings: Settings, scratch: dict[str, str], timeout_s: float) -> list[RoundTripResult]:
     results = []
-    with KafkaSink(settings, client_id="tiertwin-roundtrip") as sink, \
-            KafkaSource([], None, settings, client_id="tiertwin-roundtrip") as source:
+    with KafkaSink(settings, client_id="tiertwin-roundtrip") as sink:
         for name in EXAMPLE_NAMES:
             topic = scratch[name]
-            partitions = [TopicPartition(topic, p) for p in source.consumer.partitions_for_topic(topic) or ()]
-            source.consumer.assign(partitions)
-            source.consumer.seek_to_end(*partitions)
-            for tp in partitions:
-                source.consumer.position(tp)  # resolve the end offset before anything is produced
             sent: dict[bytes, dict] = {}
             sent_at: dict[bytes, float] = {}
-            for i in range(count):
-                key = f"roundtrip-{name}-{i}".encode()
-                record = example(name)
-                sent[key] = record
-                sent_at[key] = time.perf_counter()
-                sink.send(topic, name, record, key=key)
-            sink.flush()
             latencies, intact, received = [], True, 0
-            deadline = time.monotonic() + timeout_s
-            while received < count and time.monotonic() < deadline:
-                for rec in source.poll(100):
-                    if rec.key in sent:
-                        received += 1
-                        latencies.append((time.perf_counter() - sent_at[rec.key]) * 1000)
-                        intact &= rec.value == sent.pop(rec.key)
+            # Read from the end offsets, resolved before anything is produced.
+            with TopicReader([topic], settings, on_undecodable="raise", client_id="tiertwin-roundtrip",
+                             start="end", require=False) as reader:
+                for i in range(count):
+                    key = f"roundtrip-{name}-{i}".encode()
+                    record = example(name)
+                    sent[key] = record
+                    sent_at[key] = time.perf_counter()
+                    sink.send(topic, name, record, key=key)
+                sink.flush()
+                deadline = time.monotonic() + timeout_s
+                while received < count and time.monotonic() < deadline:
+                    for rec in reader.poll(100):
+                        if rec.key in sent:
+                            received += 1
+                            latencies.append((time.perf_counter() - sent_at[rec.key]) * 1000)
+                            intact &= rec.value == sent.pop(rec.key)
             p50, p99 = percentiles(latencies, [50, 99])
             results.append(RoundTripResult(name, topic, count, received, intact and received == count, p50, p99))
     return results
