@@ -306,3 +306,16 @@ def test_edf_waits_equal_wait_and_backlog_asked_separately():
         assert queue.waits(now, deadline) == expected and queue.tasks == separately.tasks
         if rng.random() < 0.4:
             queue.add(now, now + rng.uniform(1.0, 60.0), rng.uniform(0.5, 12.0))
+
+
+def test_decisions_awaiting_outcomes_and_their_demand_index_stay_bounded():
+    twin = LocalTwin(LocalTwinConfig(pending_outcomes=100))
+    decisions = [twin.place(demand(n, ts_ms=EPOCH_MS + 50 * n)) for n in range(1, 351)]
+    twin.place(demand(340, ts_ms=EPOCH_MS + 50 * 351), decision_id="local/placement/again/340")   # placed again
+    assert len(twin.pending) == 100 and len(twin.pending_by_demand) == 99, "demand 340 has two pending decisions"
+    learned = lambda n, did=None: twin.learn({"kind": "demand", "decision_id": did, "demand_id": f"ue-1/d/{n}",  # noqa: E731
+                                              "placement": "edge", "latency_ms": 10.0})
+    assert not learned(200), "evicted with its decision: nothing to join"
+    assert learned(300) and not learned(300), "joined by demand id once"
+    assert learned(340) and learned(340, decisions[339]["decision_id"]), "both placements of demand 340 learn once each"
+    assert not learned(340) and len(twin.pending_by_demand) == len(twin.pending) == 97
