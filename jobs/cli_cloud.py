@@ -279,7 +279,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
     from tiertwin.pipelines.cloud.runtime import run_streaming
-    from tiertwin.pipelines.cloud.training import training_schemas
+    from tiertwin.pipelines.cloud.trainable import training_schemas
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()

@@ -136,3 +136,16 @@ def test_the_training_job_reads_only_topics_whose_records_train_a_model():
     assert CloudTwinConfig(training_topics=("x",)).training_input_topics() == ("x",)
     with pytest.raises(ConfigError, match="no input topic carries them"):
         CloudTwinConfig(input_topics=("tiertwin.cloud.edge-state",)).training_input_topics()
+
+
+def test_every_trainable_model_learns_from_fused_streams_and_is_trained_by_default():
+    from tiertwin.pipelines.cloud.streams import STREAMS
+    from tiertwin.pipelines.cloud.trainable import TRAINABLE
+
+    for name, model in TRAINABLE.items():
+        assert model.name == name and model.error_unit
+        assert model.inputs and set(model.inputs) <= set(STREAMS.values())
+        assert model.examples({}) == []  # a window without its streams' records gives no examples
+    assert CloudTwinConfig().model_names == tuple(TRAINABLE)
+    with pytest.raises(ValueError, match="trainable: " + ", ".join(TRAINABLE)):
+        CloudTwinConfig(model_names=("no-such-model",))

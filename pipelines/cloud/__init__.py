@@ -2,8 +2,10 @@
 
 One module per concern:
 
-* :mod:`~tiertwin.pipelines.cloud.config` -- :class:`CloudTwinConfig` and the tier streams' names;
+* :mod:`~tiertwin.pipelines.cloud.config` -- :class:`CloudTwinConfig`;
+* :mod:`~tiertwin.pipelines.cloud.streams` -- the four tier streams and where each keeps its cell;
 * :mod:`~tiertwin.pipelines.cloud.fusion` -- :class:`FuseTiers`: TwinSnapshots per cell and window;
+* :mod:`~tiertwin.pipelines.cloud.trainable` -- :data:`TRAINABLE`, the registry of trainable models;
 * :mod:`~tiertwin.pipelines.cloud.training` -- :class:`TrainGlobalModels`: one stateful trainer per model;
 * :mod:`~tiertwin.pipelines.cloud.job` -- the :class:`CloudTwin` composite, its inputs and sinks, and the
   streaming and backfill pipelines;

@@ -1,5 +1,4 @@
-"""What the cloud twin fuses, how it windows, what it trains and where it writes: :class:`CloudTwinConfig`,
-and the names of the four tier streams every part of the job shares."""
+"""What the cloud twin fuses, how it windows, what it trains and where it writes: :class:`CloudTwinConfig`."""
 
 from __future__ import annotations
 
@@ -11,17 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tiertwin import topics
 from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC
 from tiertwin.errors import ConfigError
+from tiertwin.pipelines.cloud.trainable import TRAINABLE, training_schemas
 from tiertwin.pipelines.models import MODELS_TOPIC
 
 if TYPE_CHECKING:  # Beam is imported where windows are made, so runtime code can read a config without it
     from apache_beam.transforms import trigger, window
 
-SUMMARIES, EDGE_STATES, DECISIONS, OUTCOMES = "summaries", "edge_states", "decisions", "outcomes"
-STREAMS = {"LocalSummary": SUMMARIES, "EdgeState": EDGE_STATES, "Decision": DECISIONS, "Outcome": OUTCOMES}
-CELL_FIELDS = {SUMMARIES: "serving_cell", EDGE_STATES: "cell_id", DECISIONS: "cell_id", OUTCOMES: "cell_id"}
 INPUT_TOPICS = (topics.SUMMARIES, topics.EDGE_STATE, *topics.ACTIONS, topics.OUTCOMES)
 SNAPSHOTS_TOPIC = topics.SNAPSHOTS
-PLACEMENT_TIERS = ("local", "edge", "cloud")
 
 
 class CloudTwinConfig(BaseModel):
@@ -52,7 +48,7 @@ class CloudTwinConfig(BaseModel):
                                                     "input topics, less those the topology gives a schema training "
                                                     "does not use.")
     train_window_s: float = Field(10.0, gt=0, description="Training window (fixed, event time).")
-    model_names: tuple[str, ...] = ("demand-latency", "handover-sinr")
+    model_names: tuple[str, ...] = Field(tuple(TRAINABLE), description="Which of the trainable models to train.")
     min_examples: int = Field(50, ge=1, description="Examples learned since the last publish before a candidate is judged.")
     min_improvement: float = Field(0.0, ge=0, lt=1, description="Relative MAE gain over the live model needed to publish.")
     eval_examples: int = Field(2000, ge=1, description="Examples of a window (evenly spaced) the candidate and live "
@@ -66,9 +62,9 @@ class CloudTwinConfig(BaseModel):
 
     @model_validator(mode="after")
     def _trainable_models(self):
-        unknown = [name for name in self.model_names if name not in ("demand-latency", "handover-sinr")]
+        unknown = [name for name in self.model_names if name not in TRAINABLE]
         if unknown:
-            raise ValueError(f"model_names: cannot train {unknown}; trainable: demand-latency, handover-sinr")
+            raise ValueError(f"model_names: cannot train {unknown}; trainable: {', '.join(TRAINABLE)}")
         return self
 
     @model_validator(mode="after")
@@ -93,7 +89,6 @@ class CloudTwinConfig(BaseModel):
         if self.training_topics is not None:
             return self.training_topics
         from tiertwin.connectors.topics import load_topology
-        from tiertwin.pipelines.cloud.training import training_schemas
 
         used = training_schemas(self.model_names)
         schemas = {t.name: t.schema_ for t in load_topology().topics}

@@ -24,8 +24,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from tiertwin.errors import ConfigError
-from tiertwin.pipelines.cloud.config import (CELL_FIELDS, DECISIONS, EDGE_STATES, OUTCOMES, SUMMARIES,
-                                             CloudTwinConfig)
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
+from tiertwin.pipelines.cloud.streams import CELL_FIELDS, DECISIONS, EDGE_STATES, OUTCOMES, SUMMARIES
 
 PANES = {PaneInfoTiming.EARLY: "early", PaneInfoTiming.ON_TIME: "on_time", PaneInfoTiming.LATE: "late",
          PaneInfoTiming.UNKNOWN: "unknown"}

@@ -31,8 +31,9 @@ from tiertwin.errors import ConfigError
 from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
                                             dead_letter_key, decode_record)
-from tiertwin.pipelines.cloud.config import STREAMS, CloudTwinConfig
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.fusion import FuseTiers
+from tiertwin.pipelines.cloud.streams import STREAMS
 from tiertwin.pipelines.cloud.training import TrainGlobalModels
 from tiertwin.settings import Settings
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import pickle
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -24,96 +24,10 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from tiertwin.pipelines.cloud.config import DECISIONS, OUTCOMES, PLACEMENT_TIERS, STREAMS, SUMMARIES, CloudTwinConfig
-from tiertwin.pipelines.models import deserialize, model_update, parameters_to_features
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
+from tiertwin.pipelines.cloud.trainable import TRAINABLE
+from tiertwin.pipelines.models import deserialize, model_update
 from tiertwin.settings import Settings
-
-def placement_features(decision: dict) -> tuple[str, dict] | None:
-    """``(decision_id, x)`` of a placement decision, ``x["tier"]`` = where it placed; None otherwise."""
-    if decision["kind"] != "placement" or decision["target"] not in PLACEMENT_TIERS:
-        return None
-    x: dict[str, Any] = parameters_to_features(decision["parameters"])
-    x["tier"] = decision["target"]
-    return decision["decision_id"], x
-
-
-def measured_latency(outcome: dict) -> tuple[str, float] | None:
-    """``(decision_id, latency_ms)`` of an outcome that measured a decision's demand; None otherwise."""
-    if outcome.get("decision_id") is None or outcome.get("latency_ms") is None:
-        return None
-    return outcome["decision_id"], float(outcome["latency_ms"])
-
-
-def join_examples(placements: Iterable[tuple[str, dict]], latencies: Iterable[tuple[str, float]]) -> list:
-    """``(x, y)`` pairs: each placement with the latency measured for the same decision_id."""
-    latency = dict(latencies)
-    return [(x, latency[did]) for did, x in placements if did in latency]
-
-
-def forecast_fields(summary: dict) -> tuple:
-    """What the SINR forecaster learns from in a LocalSummary."""
-    return (summary["ue_id"], summary["serving_cell"], summary["window_end_ms"], summary["sinr_db"],
-            summary["sinr_trend_db_per_s"], summary["speed_mps"])
-
-
-def forecast_examples(summaries: Iterable[tuple]) -> list[tuple[dict, float]]:
-    """``(x, y)`` for the handover SINR forecaster, as the edge twin learns it: each UE's
-    consecutive summaries in the same cell, 0 < dt <= 5 s apart; x from the earlier one
-    (:func:`~tiertwin.pipelines.features.sinr_forecast_features` with horizon dt), y = the later SINR.
-
-    >>> forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])
-    [({'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}, 9.0)]
-    """
-    from tiertwin.pipelines.features import sinr_forecast_features
-
-    by_ue: dict[str, list[tuple]] = {}
-    for summary in summaries:
-        by_ue.setdefault(summary[0], []).append(summary)
-    examples = []
-    for series in by_ue.values():
-        series.sort(key=lambda f: f[2])
-        for (_, cell, t0, sinr, trend, speed), (_, next_cell, t1, next_sinr, _, _) in zip(series, series[1:]):
-            dt = (t1 - t0) / 1000.0
-            if next_cell == cell and 0 < dt <= 5.0:
-                examples.append((sinr_forecast_features(sinr, trend, speed, dt), float(next_sinr)))
-    return examples
-
-
-# The unit of each model's error, in its metric names (mae_ms, live_mae_db, …).
-ERROR_UNITS = {"demand-latency": "ms", "handover-sinr": "db"}
-# Which fused streams each trainable model learns from, and how its examples are made.
-TRAINING_INPUTS = {
-    "demand-latency": {DECISIONS: placement_features, OUTCOMES: measured_latency},
-    "handover-sinr": {SUMMARIES: forecast_fields},
-}
-
-
-def training_schemas(model_names: Iterable[str]) -> set[str]:
-    """The record schemas the given models learn from.
-
-    >>> sorted(training_schemas(["demand-latency"]))
-    ['Decision', 'Outcome']
-    """
-    return {schema for schema, stream in STREAMS.items() for name in model_names if stream in TRAINING_INPUTS[name]}
-
-
-TRAINING_EXAMPLES = {
-    "demand-latency": lambda groups: join_examples(groups.get(DECISIONS, ()), groups.get(OUTCOMES, ())),
-    "handover-sinr": lambda groups: forecast_examples(groups.get(SUMMARIES, ())),
-}
-
-
-def training_examples(decisions: Iterable[dict], outcomes: Iterable[dict]) -> list[tuple[dict, float]]:
-    """``(x, y)`` for each placement decision that has a measured outcome (joined by decision_id).
-
-    >>> from tiertwin.schemas.examples import example
-    >>> d = example("Decision", parameters={"x_rtt_ms": 8.0, "predicted_latency_ms": 12.5})
-    >>> training_examples([d], [example("Outcome")])
-    [({'rtt_ms': 8.0, 'tier': 'edge'}, 13.25)]
-    """
-    placements = [p for p in map(placement_features, decisions) if p is not None]
-    return join_examples(placements, [m for m in map(measured_latency, outcomes) if m is not None])
-
 
 def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
     """MAE of ``model`` on ``examples`` without learning (an untrained model's None counts as 0)."""
@@ -285,7 +199,7 @@ class _TrainModel(beam.DoFn):
     def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
                  live_mae: float) -> dict:
         version = state.live_version + 1
-        unit = ERROR_UNITS.get(state.name, "")
+        unit = TRAINABLE[state.name].error_unit
         details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
                                 f"prequential_mae_{unit}": state.prequential_mae,
                                 "live_version": state.live_version, "evaluated_on": evaluated_on},
@@ -346,7 +260,7 @@ class TrainGlobalModels(beam.PTransform):
     """Per training window, update the global models from the fused streams.
 
     ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
-    from each UE's consecutive summaries (:data:`TRAINING_INPUTS`). Input: the stream
+    from each UE's consecutive summaries (:data:`~tiertwin.pipelines.cloud.trainable.TRAINABLE`). Input: the stream
     dict of :class:`SplitBySchema`. Output: the ModelUpdate records to publish (the pipeline writes them).
     """
 
@@ -361,11 +275,11 @@ class TrainGlobalModels(beam.PTransform):
             _, groups = element
             rows = {stream: [row for bundle in bundles for row in bundle] for stream, bundles in groups.items()}
             for name in config.model_names:
-                yield name, Batch.of(win.start.micros // 1000, win.end.micros // 1000, TRAINING_EXAMPLES[name](rows))
+                yield name, Batch.of(win.start.micros // 1000, win.end.micros // 1000, TRAINABLE[name].examples(rows))
 
         projections = {}
         for name in config.model_names:
-            projections.update(TRAINING_INPUTS[name])
+            projections.update(TRAINABLE[name].inputs)
         training_window = window.FixedWindows(config.train_window_s)
         windowed = {stream: (streams[stream]
                              | f"Project {stream}" >> beam.ParDo(_ProjectPerBundle(project, config.train_window_s))
