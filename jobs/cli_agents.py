@@ -231,7 +231,7 @@ def relay_demands(topics: dict[str, str], bootstrap: str, group_id: str, stop_ev
     with KafkaSink(settings, client_id="bench-relay") as sink:
         letters = DeadLetterSink(sink, stage="bench-relay", topic=topics["deadletters"])
         with KafkaSource([topics["telemetry"], topics["demands"]], group_id, settings, sink.registry, letters,
-                         fetch_max_wait_ms=100) as source:
+                         on_undecodable="dead-letter", fetch_max_wait_ms=100) as source:
             freeze_heap()   # as `tiertwin run` does for an agent
             while not stop_event.is_set():
                 batch = source.poll(50)

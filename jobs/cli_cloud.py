@@ -307,7 +307,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         # Long-polling fetches (answered as soon as a snapshot arrives): this reader shares the process,
         # and so the GIL, with the LOOPBACK SDK worker, and 5 ms fetch waits took a third of a core.
         source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read",
-                             fetch_max_wait_ms=500)
+                             on_undecodable="raise", fetch_max_wait_ms=500)  # the job's own output: must decode
         # Warm up: the job is live once a window of a few records has come out as a snapshot.
         ctx = multiprocessing.get_context("spawn")
         env = {k: v for k, v in os.environ.items() if k.startswith("TIERTWIN_")}

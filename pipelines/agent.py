@@ -245,8 +245,8 @@ class TwinAgent:
         self.dead_letters = DeadLetterSink(self.sink, stage=f"{self.tier}-agent/decode", topic=c.dead_letter_topic)
         self.process_letters = DeadLetterSink(self.sink, stage=f"{self.tier}-agent/process", topic=c.dead_letter_topic)
         rejected = self.metrics.dead_letters
-        self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, profile=c.profile,
-                                  from_beginning=c.from_beginning, client_id=client,
+        self.source = KafkaSource([], c.group_id, s, self.registry, self.dead_letters, on_undecodable="dead-letter",
+                                  profile=c.profile, from_beginning=c.from_beginning, client_id=client,
                                   on_rejected=lambda e: rejected.labels(self.tier, c.instance_id, e.reason).inc(),
                                   session_timeout_ms=c.session_timeout_ms, fetch_max_wait_ms=c.fetch_max_wait_ms,
                                   fetch_min_bytes=c.fetch_min_bytes)
