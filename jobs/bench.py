@@ -12,10 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import typer
-
-bench_app = typer.Typer(help="Benchmarks; each writes bench-results/<name>.json.", no_args_is_help=True)
-
 RESULTS_DIR = Path("bench-results")
 
 

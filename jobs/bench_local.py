@@ -37,7 +37,10 @@ import uuid
 from typing import Any, Callable
 
 import numpy as np
+import typer
 
+from tiertwin.jobs.bench import write_results
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.stats import percentiles
 
 TARGETS = {"p99_ms_at_1000": 0.45, "p99_ms_at_10000": 1.0, "p99_to_floor_p99": 3.0, "cpu_s_per_simulated_s_at_10000": 1.0}
@@ -120,7 +123,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
              device: dict | None = None, connect: bool = True, freeze_after_warmup: bool = True) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
-    from tiertwin.jobs.cli_agents import create_topics, delete_topics
+    from tiertwin.jobs.cli.agents import create_topics, delete_topics
     from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime, DeviceTopics, stats_dict
     from tiertwin.pipelines.models import parameters_to_features
 
@@ -248,48 +251,46 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
             "caveat": "2 shared cores; numbers taken while other work runs are noisy"}
 
 
-def register(app, bench_app) -> None:
-    import typer
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+bench_commands = typer.Typer()
 
-    from tiertwin.jobs.bench import write_results
-    from tiertwin.jobs.cli import console, one_line_errors
 
-    @bench_app.command("local")
-    @one_line_errors
-    def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fleet sizes, one runtime each (repeatable)."),
-              seconds: float = typer.Option(None, help="Simulated seconds per size (default: 20 / 10 / 3 s at 100 / 1k / 10k UEs)."),
-              scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
-              seed: int = typer.Option(7),
-              freeze_gc: bool = typer.Option(True, help=(
-                  "gc.freeze after each runtime's warm-up (its twins, model and world loaded), as `tiertwin run` "
-                  "freezes after start-up: later full collections walk only what the run allocates")),
-              gc_gen0_threshold: int = typer.Option(20_000, help=(
-                  "gc.set_threshold(N, ...) for the run; Python's 700 runs a young collection every ~100 "
-                  "placements, and those pauses were the p99 (1.43 ms vs 0.30 ms at 1k UEs, 2026-12-02)")),
-              gil_switch_interval_ms: float = typer.Option(5.0, help=(
-                  "Python's GIL switch interval in this process (5 = Python's default): how long a decision "
-                  "may wait for the GIL while the uplink or kafka-python's IO thread holds it")),
-              yield_every: int = typer.Option(None, help="DeviceConfig.uplink_yield_every (default: the config's)")):
-        """Demand arises -> placement returned in a device runtime (uplink publishing to the broker), beside the
-        bare River predictions one placement needs; decisions per CPU-second and CPU per simulated second."""
-        import sys
+@bench_commands.command("local")
+@one_line_errors
+def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fleet sizes, one runtime each (repeatable)."),
+          seconds: float = typer.Option(None, help="Simulated seconds per size (default: 20 / 10 / 3 s at 100 / 1k / 10k UEs)."),
+          scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
+          seed: int = typer.Option(7),
+          freeze_gc: bool = typer.Option(True, help=(
+              "gc.freeze after each runtime's warm-up (its twins, model and world loaded), as `tiertwin run` "
+              "freezes after start-up: later full collections walk only what the run allocates")),
+          gc_gen0_threshold: int = typer.Option(20_000, help=(
+              "gc.set_threshold(N, ...) for the run; Python's 700 runs a young collection every ~100 "
+              "placements, and those pauses were the p99 (1.43 ms vs 0.30 ms at 1k UEs, 2026-12-02)")),
+          gil_switch_interval_ms: float = typer.Option(5.0, help=(
+              "Python's GIL switch interval in this process (5 = Python's default): how long a decision "
+              "may wait for the GIL while the uplink or kafka-python's IO thread holds it")),
+          yield_every: int = typer.Option(None, help="DeviceConfig.uplink_yield_every (default: the config's)")):
+    """Demand arises -> placement returned in a device runtime (uplink publishing to the broker), beside the
+    bare River predictions one placement needs; decisions per CPU-second and CPU per simulated second."""
+    import sys
 
-        sys.setswitchinterval(gil_switch_interval_ms / 1000)   # process-wide: a command's choice, not the library's
-        import gc
+    sys.setswitchinterval(gil_switch_interval_ms / 1000)   # process-wide: a command's choice, not the library's
+    import gc
 
-        gc.set_threshold(gc_gen0_threshold, *gc.get_threshold()[1:])
-        default = {100: 20.0, 1_000: 10.0, 10_000: 3.0}
-        seconds_by_size = {n: seconds if seconds is not None else default.get(n, 5.0) for n in ues}
-        device = {} if yield_every is None else {"uplink_yield_every": yield_every}
-        results = bench_local(list(ues), seconds_by_size, scenario, seed, log=console.print, device=device,
-                              freeze_after_warmup=freeze_gc)
-        results.update(freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
-        path = write_results("local", results)
-        for name, check in results["targets"].items():
-            console.print(f"{name}: {check['value']:.3f} (target <= {check['target']}) "
-                          f"{'met' if check['met'] else 'NOT met'}")
-        if "10000" in results["sizes"]:
-            console.print(f"CPU seconds per simulated second at 10,000 UEs: "
-                          f"{results['sizes']['10000']['cpu_s_per_simulated_s']:.2f}")
-        console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} on {os.cpu_count()} CPUs")
-        console.print(f"results: {path}")
+    gc.set_threshold(gc_gen0_threshold, *gc.get_threshold()[1:])
+    default = {100: 20.0, 1_000: 10.0, 10_000: 3.0}
+    seconds_by_size = {n: seconds if seconds is not None else default.get(n, 5.0) for n in ues}
+    device = {} if yield_every is None else {"uplink_yield_every": yield_every}
+    results = bench_local(list(ues), seconds_by_size, scenario, seed, log=console.print, device=device,
+                          freeze_after_warmup=freeze_gc)
+    results.update(freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
+    path = write_results("local", results)
+    for name, check in results["targets"].items():
+        console.print(f"{name}: {check['value']:.3f} (target <= {check['target']}) "
+                      f"{'met' if check['met'] else 'NOT met'}")
+    if "10000" in results["sizes"]:
+        console.print(f"CPU seconds per simulated second at 10,000 UEs: "
+                      f"{results['sizes']['10000']['cpu_s_per_simulated_s']:.2f}")
+    console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} on {os.cpu_count()} CPUs")
+    console.print(f"results: {path}")

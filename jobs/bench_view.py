@@ -21,8 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
 
 from tiertwin.errors import TiertwinError
+from tiertwin.jobs.bench import write_results
+from tiertwin.jobs.cli.common import one_line_errors
 from tiertwin.jobs.twin_api import TwinView, create_app
 from tiertwin.jobs.twin_view_routes import StateFeed, layout_from_scenario
 from tiertwin.schemas.examples import example
@@ -199,26 +204,22 @@ def bench_view(ues: int = 5000, baseline_ues: int = 100, scenario: str = "dense-
     return results
 
 
-def register(app, bench_app) -> None:
-    import typer
-    from rich.console import Console
-    from rich.table import Table
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+bench_commands = typer.Typer()
 
-    from tiertwin.jobs.bench import write_results
-    from tiertwin.jobs.cli import one_line_errors
 
-    @bench_app.command("view")
-    @one_line_errors
-    def bench_view_cmd(ues: int = typer.Option(5000, help="UEs on the map."),
-                       baseline_ues: int = typer.Option(100, help="The small network measured beside it."),
-                       scenario: str = typer.Option("dense-urban-xr", help="Layout (simulator scenario)."),
-                       seconds: float = typer.Option(8.0, help="Browser measurement window per run.")):
-        """Live view with thousands of UEs: server frame cost and headless-Chromium parse/draw cost."""
-        results = bench_view(ues, baseline_ues, scenario, seconds)
-        table = Table("part", f"{ues} UEs", f"{baseline_ues} UEs")
-        for part in ("server", "browser"):
-            big, small = results.get(part, {}), results.get(f"{part}_baseline", {})
-            for key, value in big.items():
-                table.add_row(f"{part}: {key}", str(value), str(small.get(key, "")))
-        Console().print(table)
-        print(f"results: {write_results('view', results)}")
+@bench_commands.command("view")
+@one_line_errors
+def bench_view_cmd(ues: int = typer.Option(5000, help="UEs on the map."),
+                   baseline_ues: int = typer.Option(100, help="The small network measured beside it."),
+                   scenario: str = typer.Option("dense-urban-xr", help="Layout (simulator scenario)."),
+                   seconds: float = typer.Option(8.0, help="Browser measurement window per run.")):
+    """Live view with thousands of UEs: server frame cost and headless-Chromium parse/draw cost."""
+    results = bench_view(ues, baseline_ues, scenario, seconds)
+    table = Table("part", f"{ues} UEs", f"{baseline_ues} UEs")
+    for part in ("server", "browser"):
+        big, small = results.get(part, {}), results.get(f"{part}_baseline", {})
+        for key, value in big.items():
+            table.add_row(f"{part}: {key}", str(value), str(small.get(key, "")))
+    Console().print(table)
+    print(f"results: {write_results('view', results)}")

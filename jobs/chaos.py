@@ -19,18 +19,21 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import typer
 import yaml
 
 from tiertwin.connectors.broker import ManagedBroker
 from tiertwin.connectors.kafka import KafkaSink, TopicReader, read_topic
 from tiertwin.connectors.topics import apply_topology, load_topology
 from tiertwin.errors import TiertwinError
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.settings import Settings
 from tiertwin.topics import (
     ACTIONS_EDGE, ACTIONS_LOCAL, CELL_REPORTS, DEAD_LETTERS, DEMANDS, LOCAL_CHANGELOG, SUMMARIES, TELEMETRY)
@@ -250,25 +253,22 @@ def _account(settings: Settings, report: ChaosReport) -> None:
                                           if l["original"].startswith(b"\x00chaos-garbage")})
 
 
-def register(app, bench_app) -> None:
-    import tempfile
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+commands = typer.Typer()
 
-    import typer
 
-    from tiertwin.jobs.cli import console, one_line_errors
-
-    @app.command("chaos")
-    @one_line_errors
-    def chaos_cmd(seconds: float = typer.Option(40.0, help="How long the fleet streams while things break."),
-                  local_kills: int = typer.Option(3, help="SIGKILLs of the local agent."),
-                  edge_kills: int = typer.Option(2, help="SIGKILLs of the edge agent."),
-                  broker_restarts: int = typer.Option(1, help="Broker restarts mid-run."),
-                  keep: Path = typer.Option(None, help="Keep the private broker, configs and agent logs here.")):
-        """Kill agents and restart a private broker mid-stream; then account for every record."""
-        folder = keep or Path(tempfile.mkdtemp(prefix="tiertwin-chaos-"))
-        report = run_chaos(folder, seconds, local_kills, edge_kills, broker_restarts, on_progress=console.print)
-        for key, value in report.__dict__.items():
-            console.print(f"{key:26} {dict(value) if isinstance(value, defaultdict) else value}")
-        if not report.ok:
-            raise ChaosError(f"records unaccounted for or decision ids not idempotent; logs in {folder}")
-        console.print("[green]every record accounted for; decision ids idempotent[/green]")
+@commands.command("chaos")
+@one_line_errors
+def chaos_cmd(seconds: float = typer.Option(40.0, help="How long the fleet streams while things break."),
+              local_kills: int = typer.Option(3, help="SIGKILLs of the local agent."),
+              edge_kills: int = typer.Option(2, help="SIGKILLs of the edge agent."),
+              broker_restarts: int = typer.Option(1, help="Broker restarts mid-run."),
+              keep: Path = typer.Option(None, help="Keep the private broker, configs and agent logs here.")):
+    """Kill agents and restart a private broker mid-stream; then account for every record."""
+    folder = keep or Path(tempfile.mkdtemp(prefix="tiertwin-chaos-"))
+    report = run_chaos(folder, seconds, local_kills, edge_kills, broker_restarts, on_progress=console.print)
+    for key, value in report.__dict__.items():
+        console.print(f"{key:26} {dict(value) if isinstance(value, defaultdict) else value}")
+    if not report.ok:
+        raise ChaosError(f"records unaccounted for or decision ids not idempotent; logs in {folder}")
+    console.print("[green]every record accounted for; decision ids idempotent[/green]")

@@ -13,6 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
+import typer
+
+from tiertwin.jobs.bench import write_results
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, consumer_progress, deploy, load_spec, status_of, stop
 from tiertwin.settings import Settings
 
@@ -119,22 +123,20 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def register(app, bench_app) -> None:
-    import typer
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+bench_commands = typer.Typer()
 
-    from tiertwin.jobs.bench import write_results
-    from tiertwin.jobs.cli import console, one_line_errors
 
-    @bench_app.command("soak")
-    @one_line_errors
-    def soak_cmd(minutes: float = typer.Option(10.0, help="How long to run."),
-                 ues: int = typer.Option(200, help="Simulated UEs."),
-                 sample: float = typer.Option(5.0, help="Seconds between samples.")):
-        """Steady load for minutes: RSS of every process and the agents' consumer lag over time (JSON + PNG)."""
-        results = run_soak(minutes, ues, sample)
-        path = write_results("soak", results)
-        for name, p in results["processes"].items():
-            console.print(f"{name:28} rss {p['rss_start_mb']:.0f} -> {p['rss_end_mb']:.0f} MB "
-                          f"(+{p['growth_first_half_mb']:.1f} / +{p['growth_second_half_mb']:.1f} MB per half) "
-                          f"bounded={p['bounded']} max_lag={p.get('max_lag', '-')}")
-        console.print(f"wrote {path} and bench-results/soak.png")
+@bench_commands.command("soak")
+@one_line_errors
+def soak_cmd(minutes: float = typer.Option(10.0, help="How long to run."),
+             ues: int = typer.Option(200, help="Simulated UEs."),
+             sample: float = typer.Option(5.0, help="Seconds between samples.")):
+    """Steady load for minutes: RSS of every process and the agents' consumer lag over time (JSON + PNG)."""
+    results = run_soak(minutes, ues, sample)
+    path = write_results("soak", results)
+    for name, p in results["processes"].items():
+        console.print(f"{name:28} rss {p['rss_start_mb']:.0f} -> {p['rss_end_mb']:.0f} MB "
+                      f"(+{p['growth_first_half_mb']:.1f} / +{p['growth_second_half_mb']:.1f} MB per half) "
+                      f"bounded={p['bounded']} max_lag={p.get('max_lag', '-')}")
+    console.print(f"wrote {path} and bench-results/soak.png")

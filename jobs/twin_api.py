@@ -25,11 +25,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import typer
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tiertwin.connectors.kafka import KafkaSink, TopicReader
+from tiertwin.jobs.cli.common import one_line_errors
 from tiertwin.settings import Settings
 from tiertwin.topics import (
     ACTIONS_CLOUD, ACTIONS_EDGE, ACTIONS_LOCAL, CELL_REPORTS, EDGE_STATE, OUTCOMES, SNAPSHOTS, SUMMARIES)
@@ -295,16 +297,15 @@ def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = Fals
         view.stop()
 
 
-def register(app, bench_app) -> None:
-    import typer
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+commands = typer.Typer()
 
-    from tiertwin.jobs.cli import one_line_errors
 
-    @app.command("api")
-    @one_line_errors
-    def api_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
-                port: int = typer.Option(8080, help="Port to bind."),
-                from_beginning: bool = typer.Option(False, help="Rebuild the view from the start of the topics."),
-                scenario: str = typer.Option(None, help="Simulator scenario (preset or YAML) whose site/cell layout the live map draws.")):
-        """Serve the twin API and the live view at / (OpenAPI at /docs); read-only unless TIERTWIN_API_TOKEN is set."""
-        serve(host, port, from_beginning, scenario)
+@commands.command("api")
+@one_line_errors
+def api_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
+            port: int = typer.Option(8080, help="Port to bind."),
+            from_beginning: bool = typer.Option(False, help="Rebuild the view from the start of the topics."),
+            scenario: str = typer.Option(None, help="Simulator scenario (preset or YAML) whose site/cell layout the live map draws.")):
+    """Serve the twin API and the live view at / (OpenAPI at /docs); read-only unless TIERTWIN_API_TOKEN is set."""
+    serve(host, port, from_beginning, scenario)

@@ -60,7 +60,7 @@ def test_worker_watermark_is_the_minimum_over_fresh_partitions_of_one_read():
 
 
 def test_run_accepts_cloud_beside_the_agent_tiers():
-    from tiertwin.jobs.cli import app
+    from tiertwin.jobs.cli.main import app
 
     result = CliRunner().invoke(app, ["run", "nowhere"])
     assert result.exit_code == 1 and "cloud" in result.output

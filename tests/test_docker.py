@@ -8,7 +8,7 @@ import pytest
 import typer.main
 import yaml
 
-from tiertwin.jobs.cli import app
+from tiertwin.jobs.cli.main import app
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 

@@ -75,7 +75,7 @@ def test_targets_are_judged_pooled_and_within_each_round():
 def test_bench_tiers_cli_runs_the_baselines_alone_and_names_a_bad_mode(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from tiertwin.jobs.cli import app
+    from tiertwin.jobs.cli.main import app
 
     monkeypatch.chdir(tmp_path)   # bench results are written under the working directory
     args = ["bench", "tiers", "--seconds", "3", "--warmup", "1", "--rounds", "1", "--out", str(tmp_path / "tiers")]

@@ -99,7 +99,7 @@ def test_the_cloud_twins_own_consumers_authenticate(secure_broker):
 def test_no_command_takes_a_secret_on_the_command_line():
     import typer.main
 
-    from tiertwin.jobs.cli import app
+    from tiertwin.jobs.cli.main import app
 
     def walk(command, path=()):
         yield path, command
@@ -138,7 +138,7 @@ def test_the_cloud_twin_on_prism_fuses_as_the_cloud_tier_and_is_refused_anonymou
     import yaml
 
     from tiertwin.connectors.kafka import read_topic
-    from tiertwin.jobs.cli_cloud import produce, tier_traffic
+    from tiertwin.jobs.cli.cloud import produce, tier_traffic
 
     config = tmp_path / "cloud.yaml"
     config.write_text(yaml.safe_dump({

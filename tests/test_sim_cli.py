@@ -8,12 +8,13 @@ import polars as pl
 import typer
 from typer.testing import CliRunner
 
-from tiertwin.jobs.cli_sim import register
+from tiertwin.jobs.cli import sim
 
 
 def _app() -> typer.Typer:
     app, bench = typer.Typer(), typer.Typer()
-    register(app, bench)
+    app.add_typer(sim.commands)
+    bench.add_typer(sim.bench_commands)
     app.add_typer(bench, name="bench")
     return app
 

@@ -27,7 +27,7 @@ AGENT_TIERS = ("local", "edge")
 def _agent_group_topics(spec) -> list[str]:
     """The topics the spec's agent consumes as a group member, from the agent itself (built as `tiertwin run`
     builds it, with the config the launcher gives it; no Kafka client is made before ``open()``)."""
-    from tiertwin.jobs.cli_agents import make_agent
+    from tiertwin.jobs.cli.agents import make_agent
 
     return make_agent(spec.tier, **spec.effective_config(0)).group_topics()
 

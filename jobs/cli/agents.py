@@ -28,13 +28,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 import yaml
 
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.errors import BrokerSetupError
+from tiertwin.jobs.bench import write_results
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.procs import freeze_heap
 from tiertwin.stats import percentiles
 from tiertwin.topics import MODELS
@@ -467,116 +469,147 @@ def bench_throughput(records: int, demand_every: int, ues: int) -> dict[str, Any
 
 
 # -- CLI -----------------------------------------------------------------------------------------
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    from tiertwin.jobs.bench import write_results
-    from tiertwin.jobs.cli import console, one_line_errors
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+commands = typer.Typer()
+bench_commands = typer.Typer()
 
-    @app.command("run")
-    @one_line_errors
-    def run(tier: Tier = typer.Argument(..., help="Which agent: local or edge."),
-            config: Path = typer.Option(None, "--config", "-c", help="YAML config (see the README)."),
-            metrics_port: int = typer.Option(None, help="Serve Prometheus metrics on this port."),
-            instance_id: str = typer.Option(None, help="Override the config's instance id.")):
-        """Run one local or edge twin agent until SIGTERM / SIGINT."""
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        overrides = {k: v for k, v in {"metrics_port": metrics_port, "instance_id": instance_id}.items() if v is not None}
-        agent = make_agent(tier.value, config, **overrides)
-        run_until_signalled(agent)
 
-    @app.command("pretrain")
-    @one_line_errors
-    def pretrain(source: str = typer.Option("simulator", help="simulator (offline run, random placements) or synthetic."),
-                 scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
-                 seconds: float = typer.Option(60.0, help="Simulated seconds of demands to learn latency from."),
-                 ues: int = typer.Option(60, help="UEs in the simulated scenario."),
-                 samples: int = typer.Option(20_000, help="Synthetic examples per model (handover, bandits, and latency if synthetic)."),
-                 seed: int = typer.Option(7),
-                 out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
-                 publish: bool = typer.Option(False, help="Also publish them to the models topic."),
-                 models_topic: str = typer.Option(MODELS)):
-        """Train the starting models and write pipelines/pretrained/*.pkl.
+@commands.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
+def run(ctx: typer.Context,
+        tier: str = typer.Argument(..., help="Which tier: local, edge (agents) or cloud (Beam)."),
+        config: Path = typer.Option(None, "--config", "-c", help="YAML config (see the README)."),
+        metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port."),
+        instance_id: Optional[str] = typer.Option(None, help="Override the config's instance id."),
+        runner: str = typer.Option("prism", help="cloud: prism | direct | flink | dataflow; Beam flags go after --."),
+        window_s: Optional[float] = typer.Option(None, help="cloud: window size in s (default 10)."),
+        slide_s: Optional[float] = typer.Option(None, help="cloud: sliding period in s (default: fixed windows)."),
+        lateness_s: Optional[float] = typer.Option(None, help="cloud: allowed lateness in s (default 30)."),
+        early_s: Optional[int] = typer.Option(None, help="cloud: early pane every N s (default 2; 0 = none)."),
+        start: Optional[str] = typer.Option(None, help="cloud: earliest | latest (default latest)."),
+        snapshots_dir: Optional[Path] = typer.Option(None, help="cloud: also write snapshots as Parquet here."),
+        train: Optional[bool] = typer.Option(None, "--train/--no-train", help="cloud: train and publish models."),
+        fuse: Optional[bool] = typer.Option(None, "--fuse/--no-fuse", help="cloud: fuse the tiers into snapshots."),
+        train_in_own_process: Optional[bool] = typer.Option(
+            None, "--train-in-own-process/--train-in-job",
+            help="cloud, LOOPBACK runners: training as a second job in a child process (default) or in the "
+                 "fusing job.")):
+    """Run one local or edge twin agent until SIGTERM / SIGINT. `run cloud` starts the cloud twin's streaming Beam job (fusion; training as a second job in a child process)."""
+    from tiertwin.errors import ConfigError
 
-        The demand-latency model learns from the simulator's measured outcomes (features built as the
-        local agent builds them); the handover forecaster and the share bandits from synthetic streams.
-        """
-        from tiertwin.errors import ConfigError
-        from tiertwin.pipelines.pretrain import (PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models,
-                                                 pretrain_on_simulator, write_pretrained)
+    if tier == "cloud":  # jobs/launcher.py starts cloud jobs as `run cloud --config F --runner R`
+        from tiertwin.jobs.cli.cloud import run_cloud
 
-        if source not in ("simulator", "synthetic"):
-            raise ConfigError(f"--source must be simulator or synthetic, not {source!r}")
-        models = pretrain_models(samples, seed)
-        if source == "simulator":
-            held_out = pretrain_on_simulator(models, scenario, seconds, seed, ues)
-            console.print("demand-latency on held-out simulator outcomes: " +
-                          ", ".join(f"{k} {v:.2f}" for k, v in held_out.items()))
-        for path in write_pretrained(models, out or PRETRAINED_DIR):
-            console.print(f"wrote {path}")
-        if publish:
-            from tiertwin.connectors.kafka import KafkaSink
-            from tiertwin.pipelines.models import publish_model
+        return run_cloud(list(ctx.args), runner=runner, config=config, window_s=window_s, slide_s=slide_s,
+                         lateness_s=lateness_s, early_s=early_s, start=start, snapshots_dir=snapshots_dir,
+                         train=train, fuse=fuse, train_in_own_process=train_in_own_process, say=console.print)
+    if ctx.args:
+        raise ConfigError(f"unexpected arguments for `run {tier}`: {' '.join(ctx.args)}")
+    choices = [t.value for t in Tier]
+    if tier not in choices:
+        raise ConfigError(f"tier must be one of {', '.join(choices + ['cloud'])}, not {tier!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = {k: v for k, v in {"metrics_port": metrics_port, "instance_id": instance_id}.items() if v is not None}
+    agent = make_agent(tier, config, **overrides)
+    run_until_signalled(agent)
 
-            with KafkaSink(client_id="tiertwin-pretrain") as sink:
-                for name, model in models.items():
-                    publish_model(sink, name, model, PRETRAINED_VERSION, topic=models_topic,
-                                  trained_on=samples, producer="tiertwin pretrain")
-                    console.print(f"published {name} v{PRETRAINED_VERSION} to {models_topic}")
 
-    @bench_app.command("latency")
-    @one_line_errors
-    def latency(rate: int = typer.Option(5_000, help="Records/s offered (telemetry + demands)."),
-                seconds: float = typer.Option(10.0, help="How long to offer them."),
-                demand_every: int = typer.Option(4, help="One demand per this many telemetry records per UE."),
-                e2e_records: int = typer.Option(5_000, help="Records for Kafka's EndToEndLatency."),
-                ues: int = typer.Option(200),
-                agent_set: list[str] = typer.Option([], "--agent-set", help="Agent config KEY=VALUE (YAML value), repeatable."),
-                c_client_relay: bool = typer.Option(False, "--c-client-relay", help=(
-                    "Also measure the relay on confluent-kafka (librdkafka), if installed: the decision "
-                    "path's Kafka I/O with a C client, for comparison (not a tiertwin dependency)."))):
-        """Record produced -> local decision consumed, beside a kafka-python relay in the same harness (the
-        client's floor) and Kafka's EndToEndLatency (two hops = the broker's floor)."""
-        overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in agent_set)}
-        if c_client_relay:
-            try:
-                import confluent_kafka  # noqa: F401
-            except ImportError:
-                raise BrokerSetupError("--c-client-relay needs confluent-kafka: pip install confluent-kafka") from None
-        results = bench_latency(rate, seconds, demand_every, e2e_records, ues, c_client_relay, **overrides)
-        results["agent_overrides"] = overrides
-        path = write_results("agents-latency", results)
-        ours, floor = results["decision_latency"], results["two_hop_floor"]
-        console.print(f"local decision latency at {results['achieved_rate_records_per_s']:.0f} rec/s: "
-                      f"p50 {ours.get('p50_ms', float('nan')):.2f} ms, p99 {ours.get('p99_ms', float('nan')):.2f} ms, "
-                      f"p99.9 {ours.get('p999_ms', float('nan')):.2f} ms ({ours.get('count', 0)} decisions)")
-        console.print(f"two-hop floor (2 x EndToEndLatency): p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms, "
-                      f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
-        for leg, pct in results["decision_latency_legs"].items():
-            console.print(f"  {leg:20} p50 {pct['p50_ms']:.2f} ms, p99 {pct['p99_ms']:.2f} ms")
-        for key, label in (("kafka_python_relay", "kafka-python relay (same harness, no twin)"),
-                           ("librdkafka_relay", "confluent-kafka relay (C client, no twin)")):
-            relay = results.get(key, {}).get("decision_latency", {})
-            if relay.get("count"):
-                console.print(f"{label}: p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms, "
-                              f"p99.9 {relay['p999_ms']:.2f} ms")
-        if "ratio_to_two_hop_floor" in results:
-            r = results["ratio_to_two_hop_floor"]
-            console.print("ratio to floor: " + ", ".join(
-                f"{k.removesuffix('_ms')} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in r.items()))
-        console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} "
-                      f"on {os.cpu_count()} CPUs; the agent used {results['agent_cpu_share_while_offered']:.2f} CPUs")
-        console.print(f"results: {path}")
+@commands.command("pretrain")
+@one_line_errors
+def pretrain(source: str = typer.Option("simulator", help="simulator (offline run, random placements) or synthetic."),
+             scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
+             seconds: float = typer.Option(60.0, help="Simulated seconds of demands to learn latency from."),
+             ues: int = typer.Option(60, help="UEs in the simulated scenario."),
+             samples: int = typer.Option(20_000, help="Synthetic examples per model (handover, bandits, and latency if synthetic)."),
+             seed: int = typer.Option(7),
+             out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
+             publish: bool = typer.Option(False, help="Also publish them to the models topic."),
+             models_topic: str = typer.Option(MODELS)):
+    """Train the starting models and write pipelines/pretrained/*.pkl.
 
-    @bench_app.command("throughput")
-    @one_line_errors
-    def throughput(records: int = typer.Option(100_000, help="Backlog of telemetry + demand records."),
-                   demand_every: int = typer.Option(4),
-                   ues: int = typer.Option(500)):
-        """Records/s through one local agent process (decisions included)."""
-        results = bench_throughput(records, demand_every, ues)
-        path = write_results("agents-throughput", results)
-        console.print(f"{results['records']} records ({results['demands']} demands -> {results['decisions']} decisions): "
-                      f"{results['records_per_s_first_to_last_decision']:.0f} records/s "
-                      f"({results['records_per_s_including_startup']:.0f} with startup); "
-                      f"{results['records_per_agent_cpu_s']:.0f} records per agent CPU-second "
-                      f"(agent got {results['agent_cpu_share_while_measured']:.2f} CPUs; load {results['load_average_1m_at_end']:.1f})")
-        console.print(f"results: {path}")
+    The demand-latency model learns from the simulator's measured outcomes (features built as the
+    local agent builds them); the handover forecaster and the share bandits from synthetic streams.
+    """
+    from tiertwin.errors import ConfigError
+    from tiertwin.pipelines.pretrain import (PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models,
+                                             pretrain_on_simulator, write_pretrained)
+
+    if source not in ("simulator", "synthetic"):
+        raise ConfigError(f"--source must be simulator or synthetic, not {source!r}")
+    models = pretrain_models(samples, seed)
+    if source == "simulator":
+        held_out = pretrain_on_simulator(models, scenario, seconds, seed, ues)
+        console.print("demand-latency on held-out simulator outcomes: " +
+                      ", ".join(f"{k} {v:.2f}" for k, v in held_out.items()))
+    for path in write_pretrained(models, out or PRETRAINED_DIR):
+        console.print(f"wrote {path}")
+    if publish:
+        from tiertwin.connectors.kafka import KafkaSink
+        from tiertwin.pipelines.models import publish_model
+
+        with KafkaSink(client_id="tiertwin-pretrain") as sink:
+            for name, model in models.items():
+                publish_model(sink, name, model, PRETRAINED_VERSION, topic=models_topic,
+                              trained_on=samples, producer="tiertwin pretrain")
+                console.print(f"published {name} v{PRETRAINED_VERSION} to {models_topic}")
+
+
+@bench_commands.command("latency")
+@one_line_errors
+def latency(rate: int = typer.Option(5_000, help="Records/s offered (telemetry + demands)."),
+            seconds: float = typer.Option(10.0, help="How long to offer them."),
+            demand_every: int = typer.Option(4, help="One demand per this many telemetry records per UE."),
+            e2e_records: int = typer.Option(5_000, help="Records for Kafka's EndToEndLatency."),
+            ues: int = typer.Option(200),
+            agent_set: list[str] = typer.Option([], "--agent-set", help="Agent config KEY=VALUE (YAML value), repeatable."),
+            c_client_relay: bool = typer.Option(False, "--c-client-relay", help=(
+                "Also measure the relay on confluent-kafka (librdkafka), if installed: the decision "
+                "path's Kafka I/O with a C client, for comparison (not a tiertwin dependency)."))):
+    """Record produced -> local decision consumed, beside a kafka-python relay in the same harness (the
+    client's floor) and Kafka's EndToEndLatency (two hops = the broker's floor)."""
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in agent_set)}
+    if c_client_relay:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            raise BrokerSetupError("--c-client-relay needs confluent-kafka: pip install confluent-kafka") from None
+    results = bench_latency(rate, seconds, demand_every, e2e_records, ues, c_client_relay, **overrides)
+    results["agent_overrides"] = overrides
+    path = write_results("agents-latency", results)
+    ours, floor = results["decision_latency"], results["two_hop_floor"]
+    console.print(f"local decision latency at {results['achieved_rate_records_per_s']:.0f} rec/s: "
+                  f"p50 {ours.get('p50_ms', float('nan')):.2f} ms, p99 {ours.get('p99_ms', float('nan')):.2f} ms, "
+                  f"p99.9 {ours.get('p999_ms', float('nan')):.2f} ms ({ours.get('count', 0)} decisions)")
+    console.print(f"two-hop floor (2 x EndToEndLatency): p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms, "
+                  f"p99.9 {floor['p999_ms']:.2f} ms, mean {floor['mean_ms']:.2f} ms")
+    for leg, pct in results["decision_latency_legs"].items():
+        console.print(f"  {leg:20} p50 {pct['p50_ms']:.2f} ms, p99 {pct['p99_ms']:.2f} ms")
+    for key, label in (("kafka_python_relay", "kafka-python relay (same harness, no twin)"),
+                       ("librdkafka_relay", "confluent-kafka relay (C client, no twin)")):
+        relay = results.get(key, {}).get("decision_latency", {})
+        if relay.get("count"):
+            console.print(f"{label}: p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms, "
+                          f"p99.9 {relay['p999_ms']:.2f} ms")
+    if "ratio_to_two_hop_floor" in results:
+        r = results["ratio_to_two_hop_floor"]
+        console.print("ratio to floor: " + ", ".join(
+            f"{k.removesuffix('_ms')} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in r.items()))
+    console.print(f"load average (1 min) at the end: {results['load_average_1m_at_end']:.1f} "
+                  f"on {os.cpu_count()} CPUs; the agent used {results['agent_cpu_share_while_offered']:.2f} CPUs")
+    console.print(f"results: {path}")
+
+
+@bench_commands.command("throughput")
+@one_line_errors
+def throughput(records: int = typer.Option(100_000, help="Backlog of telemetry + demand records."),
+               demand_every: int = typer.Option(4),
+               ues: int = typer.Option(500)):
+    """Records/s through one local agent process (decisions included)."""
+    results = bench_throughput(records, demand_every, ues)
+    path = write_results("agents-throughput", results)
+    console.print(f"{results['records']} records ({results['demands']} demands -> {results['decisions']} decisions): "
+                  f"{results['records_per_s_first_to_last_decision']:.0f} records/s "
+                  f"({results['records_per_s_including_startup']:.0f} with startup); "
+                  f"{results['records_per_agent_cpu_s']:.0f} records per agent CPU-second "
+                  f"(agent got {results['agent_cpu_share_while_measured']:.2f} CPUs; load {results['load_average_1m_at_end']:.1f})")
+    console.print(f"results: {path}")

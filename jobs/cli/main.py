@@ -6,17 +6,16 @@ nothing an operator can cause ends in a traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Callable
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tiertwin.errors import TiertwinError
-from tiertwin.jobs.bench import bench_app
+from tiertwin.jobs import bench_local, bench_view, chaos, soak, twin_api
+from tiertwin.jobs.cli import agents, cloud, deploy, experiments, ops, sim
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.settings import Settings
 
 app = typer.Typer(help="tiertwin: a local / edge / cloud digital twin for 6G mobile-metaverse networks.",
@@ -24,26 +23,7 @@ app = typer.Typer(help="tiertwin: a local / edge / cloud digital twin for 6G mob
 broker_app = typer.Typer(help="The managed local Kafka broker (Apache Kafka 4.x from Maven Central).",
                          no_args_is_help=True)
 topics_app = typer.Typer(help="The topic topology (jobs/topology.yaml).", no_args_is_help=True)
-app.add_typer(broker_app, name="broker")
-app.add_typer(topics_app, name="topics")
-app.add_typer(bench_app, name="bench")
-
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def one_line_errors(fn: Callable) -> Callable:
-    """Turn a TiertwinError into ``error: <message>`` on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TiertwinError as exc:
-            message = " ".join(str(exc).split())
-            Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
+bench_app = typer.Typer(help="Benchmarks; each writes bench-results/<name>.json.", no_args_is_help=True)
 
 
 # -- broker ------------------------------------------------------------------------------------
@@ -196,30 +176,28 @@ def demo(seconds: float = typer.Option(60.0, help="How long the simulated networ
         raise TiertwinError(f"no decisions were made; see the job logs under {Settings.from_env().home / 'jobs'}/")
 
 
-# Each area registers its commands from its own module: ``register(app, bench_app)``.
-COMMAND_MODULES: list[str] = [
-    "tiertwin.jobs.cli_ops",
-    "tiertwin.jobs.twin_api",
-    "tiertwin.jobs.bench_view",
-    "tiertwin.jobs.cli_deploy",
-    "tiertwin.jobs.soak",
-    "tiertwin.jobs.chaos",
-    "tiertwin.jobs.cli_agents",
-    "tiertwin.jobs.cli_sim",
-    "tiertwin.jobs.cli_cloud",
-    "tiertwin.jobs.cli_eval",
-    "tiertwin.jobs.bench_local",
-]
+# The tree. Every area declares its commands beside the code they drive; here they are added, in
+# the order `tiertwin --help` lists them.
+app.add_typer(ops.commands)
+app.add_typer(twin_api.commands)
+app.add_typer(deploy.commands)
+app.add_typer(chaos.commands)
+app.add_typer(agents.commands)
+app.add_typer(sim.commands)
+app.add_typer(cloud.commands)
+app.add_typer(experiments.commands)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
 
-
-def _register_command_modules() -> None:
-    import importlib
-
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(app, bench_app)
-
-
-_register_command_modules()
+bench_app.add_typer(ops.bench_commands)
+bench_app.add_typer(bench_view.bench_commands)
+bench_app.add_typer(soak.bench_commands)
+bench_app.add_typer(agents.bench_commands)
+bench_app.add_typer(sim.bench_commands)
+bench_app.add_typer(cloud.bench_commands)
+bench_app.add_typer(experiments.bench_commands)
+bench_app.add_typer(bench_local.bench_commands)
 
 
 def main() -> None:  # pragma: no cover - console entry point

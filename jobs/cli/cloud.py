@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 import typer
 
+from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.stats import percentiles
 from tiertwin.topics import ACTIONS_LOCAL, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
 
@@ -482,135 +483,59 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
     say(f"cloud twin {job.stop()}")
 
 
-CLOUD_RUN_OPTIONS = [
-    ("runner", str, typer.Option("prism", help="cloud: prism | direct | flink | dataflow; Beam flags go after --.")),
-    ("window_s", Optional[float], typer.Option(None, help="cloud: window size in s (default 10).")),
-    ("slide_s", Optional[float], typer.Option(None, help="cloud: sliding period in s (default: fixed windows).")),
-    ("lateness_s", Optional[float], typer.Option(None, help="cloud: allowed lateness in s (default 30).")),
-    ("early_s", Optional[int], typer.Option(None, help="cloud: early pane every N s (default 2; 0 = none).")),
-    ("start", Optional[str], typer.Option(None, help="cloud: earliest | latest (default latest).")),
-    ("snapshots_dir", Optional[Path], typer.Option(None, help="cloud: also write snapshots as Parquet here.")),
-    ("train", Optional[bool], typer.Option(None, "--train/--no-train", help="cloud: train and publish models.")),
-    ("fuse", Optional[bool], typer.Option(None, "--fuse/--no-fuse", help="cloud: fuse the tiers into snapshots.")),
-    ("train_in_own_process", Optional[bool],
-     typer.Option(None, "--train-in-own-process/--train-in-job",
-                  help="cloud, LOOPBACK runners: training as a second job in a child process (default) or in the "
-                       "fusing job.")),
-]
+# -- commands (added to the `tiertwin` tree in jobs/cli/main.py) ---------------------------------
+commands = typer.Typer()
+bench_commands = typer.Typer()
 
 
-def _install_run_cloud(app: typer.Typer, one_line_errors, say) -> None:
-    """Make ``tiertwin run cloud`` exist beside the agents' ``tiertwin run local|edge``.
+@commands.command("backfill")
+@one_line_errors
+def backfill_cmd(
+    archive_dir: Path = typer.Argument(..., help="Folder written by `tiertwin archive` (topic=*/date=*/hour=*)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Write snapshots here as Parquet (date/hour partitions)."),
+    window_s: float = typer.Option(10.0, help="Window size in s."),
+    slide_s: Optional[float] = typer.Option(None, help="Sliding period in s (default: fixed windows)."),
+    snapshots_topic: Optional[str] = typer.Option(None, help="Also produce snapshots to this topic."),
+    publish_models: bool = typer.Option(False, help="Publish trained models to tiertwin.models."),
+    runner: str = typer.Option("direct", help="direct | prism | flink | dataflow."),
+):
+    """Run the cloud twin bounded over archived logs (replay / backfill) and write the snapshots."""
+    from tiertwin.pipelines import parquet_log
+    from tiertwin.pipelines.cloud.runtime import backfill
+    from tiertwin.settings import Settings
 
-    The agents' module registers ``run`` as one command taking the tier as an argument
-    (and jobs/launcher.py starts cloud jobs as ``run cloud --config F --runner R``), so
-    this wraps that command: same options, plus the cloud ones; ``cloud`` is handled
-    here, every other tier goes to the original callback unchanged.
-    """
-    import enum
-    import inspect
-
-    existing = next((c for c in app.registered_commands if c.name == "run"), None)
-    agents_run = existing.callback if existing is not None else None
-    agent_params = list(inspect.signature(agents_run).parameters.values()) if agents_run else []
-    tier_type = next((p.annotation for p in agent_params if p.name == "tier"), str)
-    if isinstance(tier_type, str):  # postponed annotations: resolve the enum by name in its module
-        tier_type = getattr(inspect.getmodule(agents_run), tier_type, str)
-    agent_names = [p.name for p in agent_params if p.name != "tier"]
-    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-              inspect.Parameter("tier", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                                default=typer.Argument(..., help="Which tier: local, edge (agents) or cloud (Beam).")),
-              *[p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in agent_params if p.name != "tier"]]
-    if "config" not in agent_names:
-        params.append(inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                                        default=typer.Option(None, "--config", "-c", help="YAML config.")))
-    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind, default=default)
-               for name, kind, default in CLOUD_RUN_OPTIONS]
-
-    def run(ctx: typer.Context, tier: str, **options):
-        if tier == "cloud":
-            cloud = {name: options[name] for name, _, _ in CLOUD_RUN_OPTIONS}
-            return run_cloud(list(ctx.args), config=options.get("config"), say=say, **cloud)
-        if agents_run is None:
-            from tiertwin.errors import ConfigError
-
-            raise ConfigError(f"no agent for tier {tier!r} is installed; this build runs: cloud")
-        if ctx.args:
-            from tiertwin.errors import ConfigError
-
-            raise ConfigError(f"unexpected arguments for `run {tier}`: {' '.join(ctx.args)}")
-        tier_value = tier
-        if isinstance(tier_type, type) and issubclass(tier_type, enum.Enum):
-            choices = [t.value for t in tier_type]
-            if tier not in choices:
-                from tiertwin.errors import ConfigError
-
-                raise ConfigError(f"tier must be one of {', '.join(choices + ['cloud'])}, not {tier!r}")
-            tier_value = tier_type(tier)
-        return agents_run(tier=tier_value, **{k: options[k] for k in agent_names})
-
-    run.__signature__ = inspect.Signature(params)
-    run.__doc__ = ((agents_run.__doc__ or "Run a tier's job until SIGTERM / SIGINT.").strip()
-                   + " `run cloud` starts the cloud twin's streaming Beam job (fusion; training as a second job in a"
-                   " child process).")
-    if existing is not None:
-        app.registered_commands.remove(existing)
-    app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        one_line_errors(run))
+    cloud = _config({"window_s": window_s, "slide_s": slide_s, "early_firing_s": None,
+                     "snapshots_topic": snapshots_topic, "snapshots_dir": out,
+                     "models_topic": MODELS if publish_models else None})
+    started = time.perf_counter()
+    backfill(archive_dir, cloud, Settings.from_env(), runner=runner)
+    n = sum(1 for _ in parquet_log.read_records(out, "TwinSnapshot"))
+    console.print(f"{n} snapshots in {out} ({time.perf_counter() - started:.1f} s)")
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    from tiertwin.jobs.cli import console, one_line_errors
+@bench_commands.command("cloud")
+@one_line_errors
+def bench_cloud(
+    rate: float = typer.Option(10_000, help="Records/s produced (event time = wall clock)."),
+    seconds: float = typer.Option(30.0, help="How long to produce."),
+    window_s: float = typer.Option(2.0, help="Window size in s."),
+    out: Path = typer.Option(Path("bench-results"), help="Results folder."),
+    train: bool = typer.Option(True, "--train/--no-train", help="Also train the global models (as `run cloud` does)."),
+    train_in_own_process: bool = typer.Option(
+        True, "--train-in-own-process/--train-in-job",
+        help="Training as a second job in a child process (as `run cloud` does) or inside the fusing job."),
+):
+    """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
+    from tiertwin.jobs.bench import write_results
+    run_cloud_bench = _run_cloud_bench
 
-    _install_run_cloud(app, one_line_errors, console.print)
-
-    @app.command("backfill")
-    @one_line_errors
-    def backfill_cmd(
-        archive_dir: Path = typer.Argument(..., help="Folder written by `tiertwin archive` (topic=*/date=*/hour=*)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Write snapshots here as Parquet (date/hour partitions)."),
-        window_s: float = typer.Option(10.0, help="Window size in s."),
-        slide_s: Optional[float] = typer.Option(None, help="Sliding period in s (default: fixed windows)."),
-        snapshots_topic: Optional[str] = typer.Option(None, help="Also produce snapshots to this topic."),
-        publish_models: bool = typer.Option(False, help="Publish trained models to tiertwin.models."),
-        runner: str = typer.Option("direct", help="direct | prism | flink | dataflow."),
-    ):
-        """Run the cloud twin bounded over archived logs (replay / backfill) and write the snapshots."""
-        from tiertwin.pipelines import parquet_log
-        from tiertwin.pipelines.cloud.runtime import backfill
-        from tiertwin.settings import Settings
-
-        cloud = _config({"window_s": window_s, "slide_s": slide_s, "early_firing_s": None,
-                         "snapshots_topic": snapshots_topic, "snapshots_dir": out,
-                         "models_topic": MODELS if publish_models else None})
-        started = time.perf_counter()
-        backfill(archive_dir, cloud, Settings.from_env(), runner=runner)
-        n = sum(1 for _ in parquet_log.read_records(out, "TwinSnapshot"))
-        console.print(f"{n} snapshots in {out} ({time.perf_counter() - started:.1f} s)")
-
-    @bench_app.command("cloud")
-    @one_line_errors
-    def bench_cloud(
-        rate: float = typer.Option(10_000, help="Records/s produced (event time = wall clock)."),
-        seconds: float = typer.Option(30.0, help="How long to produce."),
-        window_s: float = typer.Option(2.0, help="Window size in s."),
-        out: Path = typer.Option(Path("bench-results"), help="Results folder."),
-        train: bool = typer.Option(True, "--train/--no-train", help="Also train the global models (as `run cloud` does)."),
-        train_in_own_process: bool = typer.Option(
-            True, "--train-in-own-process/--train-in-job",
-            help="Training as a second job in a child process (as `run cloud` does) or inside the fusing job."),
-    ):
-        """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
-        from tiertwin.jobs.bench import write_results
-        run_cloud_bench = _run_cloud_bench
-
-        results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
-                                  train_in_own_process=train_in_own_process)
-        path = write_results("cloud", results, out)
-        latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
-        console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
-                      f"window end -> snapshot p50 {latency.get('p50_ms', float('nan')):.0f} ms, "
-                      f"p95 {latency.get('p95_ms', float('nan')):.0f} ms over {latency['count']} windows; "
-                      f"polars ceiling {ceiling['records_per_s']:.0f} records/s "
-                      f"(ratio {results['ratio_beam_to_polars_records_per_s'] or 0:.3f})")
-        console.print(f"results in {path}")
+    results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
+                              train_in_own_process=train_in_own_process)
+    path = write_results("cloud", results, out)
+    latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
+    console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
+                  f"window end -> snapshot p50 {latency.get('p50_ms', float('nan')):.0f} ms, "
+                  f"p95 {latency.get('p95_ms', float('nan')):.0f} ms over {latency['count']} windows; "
+                  f"polars ceiling {ceiling['records_per_s']:.0f} records/s "
+                  f"(ratio {results['ratio_beam_to_polars_records_per_s'] or 0:.3f})")
+    console.print(f"results in {path}")
