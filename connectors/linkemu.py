@@ -15,7 +15,7 @@ bytes in each direction after the one-way delay of every :class:`Link` on its pa
 For Kafka the proxy must **be** the advertised address of the listener it fronts: clients
 bootstrap through it, then reconnect to whatever the broker advertises, so a listener
 advertised as the proxy makes every request of its clients pay the delay (see
-``ManagedBroker(extra_listeners=...)`` and :mod:`tiertwin.jobs.evaluation`).
+``ManagedBroker(extra_listeners=...)`` and :mod:`tiertwin.jobs.experiments.evaluation`).
 
 >>> path = LinkPath.parse(["2:0.5", "20:3:0.0001"])
 >>> [link.one_way_ms for link in path.links], path.one_way_ms

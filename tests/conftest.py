@@ -65,7 +65,7 @@ def group_id() -> str:
 @pytest.fixture
 def view_topics(new_topic):
     """Fresh topics for a TwinView (twin API and live view tests)."""
-    from tiertwin.jobs.twin_api import ViewTopics
+    from tiertwin.jobs.api.twin_api import ViewTopics
 
     return ViewTopics(summaries=new_topic(1), edge_state=new_topic(1), cell_reports=new_topic(1),
                       snapshots=new_topic(1), outcomes=new_topic(1), decisions=(new_topic(1), new_topic(1)),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tiertwin.jobs.demo import run_demo
-from tiertwin.jobs.launcher import status_of
+from tiertwin.jobs.ops.demo import run_demo
+from tiertwin.jobs.ops.launcher import status_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 
 import json
 
-from tiertwin.jobs.demo import DemoSummary
+from tiertwin.jobs.ops.demo import DemoSummary
 from tiertwin.schemas.examples import example
 
 

@@ -16,7 +16,7 @@ import pytest
 from tiertwin.connectors.kafka import KafkaSink, admin_client, read_topic
 from tiertwin.connectors.topics import wait_for_leaders
 from tiertwin.errors import RecordRejected
-from tiertwin.jobs.bench_local import GcPauses
+from tiertwin.jobs.bench.local import GcPauses
 from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime, DeviceTopics, SpillFile
 from tiertwin.pipelines.pretrain import SyntheticFleet
 from tiertwin.procs import free_ports

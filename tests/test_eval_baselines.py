@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tiertwin.jobs.evaluation import BASELINES, EvalConfig, run_evaluation
+from tiertwin.jobs.experiments.evaluation import BASELINES, EvalConfig, run_evaluation
 
 
 def test_baselines_run_offline_every_round_on_its_seed_with_misses_per_kind(tmp_path):
@@ -41,7 +41,7 @@ def test_a_fixed_seed_repeats_the_baselines_exactly(tmp_path):
 
 def _run(mode, round_index, latencies, missed, start_ms=1_000_000):
     """A synthetic run: one XR frame per latency, the first ``missed`` of them late."""
-    from tiertwin.jobs.evaluation import ModeRun
+    from tiertwin.jobs.experiments.evaluation import ModeRun
 
     demands, outcomes = [], []
     for i, latency in enumerate(latencies):
@@ -54,7 +54,7 @@ def _run(mode, round_index, latencies, missed, start_ms=1_000_000):
 
 
 def test_targets_are_judged_pooled_and_within_each_round():
-    from tiertwin.jobs.evaluation import compare, mode_summary, targets
+    from tiertwin.jobs.experiments.evaluation import compare, mode_summary, targets
 
     runs = {"no-control": [_run("no-control", 0, [40.0] * 10, 8), _run("no-control", 1, [50.0] * 10, 10)],
             "cloud": [_run("cloud", 0, [100.0] * 10, 10), _run("cloud", 1, [100.0] * 10, 10)],

@@ -8,7 +8,7 @@ import pytest
 
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.linkemu import Link
-from tiertwin.jobs.evaluation import EvalBroker, EvalConfig, run_evaluation
+from tiertwin.jobs.experiments.evaluation import EvalBroker, EvalConfig, run_evaluation
 from tiertwin.schemas.examples import example
 
 pytestmark = pytest.mark.broker
@@ -51,7 +51,7 @@ def test_every_request_of_a_tier_client_pays_its_path(eval_broker):
 
 
 def test_live_modes_produce_a_report_where_the_edge_twin_places_faster_than_the_cloud(eval_broker, tmp_path):
-    from tiertwin.jobs.evaluation import device_mode_available
+    from tiertwin.jobs.experiments.evaluation import device_mode_available
 
     live = ("device", "edge", "cloud") if device_mode_available() else ("edge", "cloud")
     config = EvalConfig(seconds=10.0, ues=8, seed=3, warmup_s=2.0, rounds=1, local_edge=LINKS["local_edge"],
@@ -83,7 +83,7 @@ def test_live_modes_produce_a_report_where_the_edge_twin_places_faster_than_the_
         assert (tmp_path / png).stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["comparison"] == results["comparison"]
     # The run of the twin nearest the device is archived: replay what it decided live vs no control.
-    from tiertwin.jobs.whatif import run_whatif
+    from tiertwin.jobs.experiments.whatif import run_whatif
 
     archived = live[0]
     whatif = run_whatif(tmp_path / f"log-{archived}", "logged", "default:cloud", out_dir=tmp_path / "whatif")

@@ -11,7 +11,7 @@ from tiertwin.connectors.archive import archive_topics
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World, load_scenario
 from tiertwin.errors import ConfigError
-from tiertwin.jobs.whatif import LogTopics, parse_policy, run_whatif
+from tiertwin.jobs.experiments.whatif import LogTopics, parse_policy, run_whatif
 
 pytestmark = pytest.mark.broker
 

@@ -12,7 +12,7 @@ import pytest
 from tiertwin.connectors.kafka import KafkaRecord
 from tiertwin.connectors.simulator import World, load_scenario
 from tiertwin.errors import ConfigError
-from tiertwin.jobs.whatif import AgentPolicy, FixedPolicy, make_policy, replay, summarize
+from tiertwin.jobs.experiments.whatif import AgentPolicy, FixedPolicy, make_policy, replay, summarize
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, PRETRAINED_VERSION
 
 SCENARIO = load_scenario("dense-urban-xr").with_overrides(ues=8)

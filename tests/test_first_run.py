@@ -42,8 +42,8 @@ def _start_and_apply_topics(broker: ManagedBroker) -> Settings:
 
 
 def test_demo_runs_on_a_broker_formatted_a_moment_ago(fresh_home):
-    from tiertwin.jobs.demo import run_demo
-    from tiertwin.jobs.launcher import deployed, status_of
+    from tiertwin.jobs.ops.demo import run_demo
+    from tiertwin.jobs.ops.launcher import deployed, status_of
 
     settings = _start_and_apply_topics(fresh_home)
     lines: list[str] = []
@@ -80,7 +80,7 @@ def test_each_caller_waits_out_a_coordinator_that_is_still_loading(fresh_home, m
     that talk to a group coordinator first wait for it themselves; the readers work too."""
     from tiertwin.client import subscribe
     from tiertwin.connectors.archive import archive_topics
-    from tiertwin.jobs.launcher import consumer_progress, skip_to_latest
+    from tiertwin.jobs.ops.launcher import consumer_progress, skip_to_latest
 
     monkeypatch.setattr(ManagedBroker, "wait_serving_groups", lambda self, timeout_s=0.0: None)
     settings = _start_and_apply_topics(fresh_home)

@@ -5,7 +5,7 @@ Run on its own with ``pytest -m fault``; `tiertwin chaos` runs the same scenario
 
 import pytest
 
-from tiertwin.jobs.chaos import run_chaos
+from tiertwin.jobs.bench.chaos import run_chaos
 
 pytestmark = [pytest.mark.broker, pytest.mark.fault]
 

@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from tiertwin.connectors.kafka import DeadLetterSink, KafkaSink, KafkaSource
-from tiertwin.jobs.roundtrip import run_roundtrip
+from tiertwin.jobs.bench.roundtrip import run_roundtrip
 from tiertwin.schemas import MAGIC, SchemaRegistry
 from tiertwin.schemas.examples import EXAMPLE_NAMES, example
 

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer
 from tiertwin.client import subscribe_decisions
 from tiertwin.connectors.archive import archive_topics, read_archive, replay
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.report import write_report
+from tiertwin.jobs.experiments.report import write_report
 from tiertwin.schemas import SCHEMA_DIR
 from tiertwin.schemas.examples import example
 

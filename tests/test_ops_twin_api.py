@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.twin_api import TwinView, create_app
+from tiertwin.jobs.api.twin_api import TwinView, create_app
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.schemas.examples import example
 

@@ -33,7 +33,7 @@ def _agent_group_topics(spec) -> list[str]:
 
 
 def _shipped_agent_specs():
-    from tiertwin.jobs.launcher import SPECS_DIR, load_spec
+    from tiertwin.jobs.ops.launcher import SPECS_DIR, load_spec
 
     specs = [load_spec(path) for path in sorted(SPECS_DIR.glob("*.yaml"))]
     return [spec for spec in specs if spec.tier in AGENT_TIERS]
@@ -52,7 +52,7 @@ def test_the_local_spec_includes_the_outcomes_the_local_agent_learns_from():
 
 
 def test_the_lag_view_measures_the_groups_the_specs_declare():
-    from tiertwin.jobs.twin_view_routes import default_lag_groups
+    from tiertwin.jobs.api.twin_view_routes import default_lag_groups
 
     assert default_lag_groups() == {spec.group_id: spec.inputs for spec in _shipped_agent_specs()
                                     if spec.name in ("local", "edge")}

@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 
 from tests.view_feed import NetworkFeed
-from tiertwin.jobs.bench_view import BrowserUnavailable, MovingNetwork, headless_chromium, synthetic_view
-from tiertwin.jobs.twin_api import TwinView, ViewTopics, create_app
-from tiertwin.jobs.twin_view_routes import layout_from_scenario
+from tiertwin.jobs.bench.view import BrowserUnavailable, MovingNetwork, headless_chromium, synthetic_view
+from tiertwin.jobs.api.twin_api import TwinView, ViewTopics, create_app
+from tiertwin.jobs.api.twin_view_routes import layout_from_scenario
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SCENARIO = "dense-urban-xr"

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from tiertwin.connectors.kafka import KafkaSink
-from tiertwin.jobs.twin_api import TwinView, create_app
-from tiertwin.jobs.twin_view_routes import LagMeter, StateFeed, layout_from_scenario, mount_twin_view
+from tiertwin.jobs.api.twin_api import TwinView, create_app
+from tiertwin.jobs.api.twin_view_routes import LagMeter, StateFeed, layout_from_scenario, mount_twin_view
 from tiertwin.schemas.examples import example
 
 from tests.agent_support import wait_until_or_fail

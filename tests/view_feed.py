@@ -2,7 +2,7 @@
 
 :class:`NetworkFeed` writes LocalSummary (UE twins with positions), EdgeState (cell
 twins), Decision (all three tiers, with realistic per-tier latencies) and Outcome
-records to the topics of a :class:`~tiertwin.jobs.twin_api.ViewTopics`, through
+records to the topics of a :class:`~tiertwin.jobs.api.twin_api.ViewTopics`, through
 :class:`~tiertwin.connectors.kafka.KafkaSink`, so the twin API reads them exactly as
 it reads the agents' output. UEs walk random waypoints over the scenario's layout
 and are served by the nearest cell.

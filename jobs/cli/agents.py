@@ -299,7 +299,7 @@ class _Relay:
         return ""
 
 
-PROBE_SOURCE = Path(__file__).resolve().parent.parent / "connectors" / "java" / "LatencyProbe.java"
+PROBE_SOURCE = Path(__file__).resolve().parents[2] / "connectors" / "java" / "LatencyProbe.java"
 
 
 def _probe_source() -> Path:
@@ -497,7 +497,7 @@ def run(ctx: typer.Context,
     """Run one local or edge twin agent until SIGTERM / SIGINT. `run cloud` starts the cloud twin's streaming Beam job (fusion; training as a second job in a child process)."""
     from tiertwin.errors import ConfigError
 
-    if tier == "cloud":  # jobs/launcher.py starts cloud jobs as `run cloud --config F --runner R`
+    if tier == "cloud":  # jobs/ops/launcher.py starts cloud jobs as `run cloud --config F --runner R`
         from tiertwin.jobs.cli.cloud import run_cloud
 
         return run_cloud(list(ctx.args), runner=runner, config=config, window_s=window_s, slide_s=slide_s,

@@ -412,7 +412,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
 
 # -- commands ----------------------------------------------------------------------------------
 def _load_config_file(path: Optional[Path]) -> tuple[dict, dict]:
-    """``(cloud twin config fields, runner options)`` from a job config YAML (see jobs/launcher.py)."""
+    """``(cloud twin config fields, runner options)`` from a job config YAML (see jobs/ops/launcher.py)."""
     if path is None:
         return {}, {}
     import yaml

@@ -15,9 +15,9 @@ commands = typer.Typer()
 
 @commands.command("deploy")
 @one_line_errors
-def deploy_cmd(specs: list[Path] = typer.Argument(..., help="Job spec files, e.g. jobs/specs/local.yaml.")):
+def deploy_cmd(specs: list[Path] = typer.Argument(..., help="Job spec files, e.g. jobs/ops/specs/local.yaml.")):
     """Validate job specs and start their instances as detached processes; returns at once."""
-    from tiertwin.jobs.launcher import deploy, load_spec
+    from tiertwin.jobs.ops.launcher import deploy, load_spec
 
     loaded = [(path, load_spec(path)) for path in specs]  # validate all before starting any
     for path, spec in loaded:
@@ -30,7 +30,7 @@ def deploy_cmd(specs: list[Path] = typer.Argument(..., help="Job spec files, e.g
 @one_line_errors
 def jobs_cmd(sample: float = typer.Option(1.0, help="Seconds between the two lag samples for records/s.")):
     """List deployed jobs: status, uptime, consumer lag and records/s."""
-    from tiertwin.jobs.launcher import job_rows
+    from tiertwin.jobs.ops.launcher import job_rows
 
     table = Table("name", "tier", "instances", "status", "uptime", "lag", "records/s")
     for row in job_rows(sample_s=sample):
@@ -45,6 +45,6 @@ def jobs_cmd(sample: float = typer.Option(1.0, help="Seconds between the two lag
 def stop_cmd(name: str = typer.Argument(..., help="Job name (see `tiertwin jobs`)."),
              timeout: float = typer.Option(30.0, help="Seconds to wait before SIGKILL.")):
     """Stop a job cleanly: SIGTERM so it commits offsets and flushes state, SIGKILL after the timeout."""
-    from tiertwin.jobs.launcher import stop
+    from tiertwin.jobs.ops.launcher import stop
 
     console.print(f"stopped {name} ({stop(name, timeout_s=timeout)} instance(s))")

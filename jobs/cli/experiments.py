@@ -41,7 +41,7 @@ def bench_tiers(
     from tiertwin.connectors.linkemu import Link
     from tiertwin.errors import ConfigError
     from tiertwin.jobs.bench import write_results
-    from tiertwin.jobs.evaluation import ALL_MODES, EDGE_CLOUD, LOCAL_EDGE, EvalConfig, run_evaluation
+    from tiertwin.jobs.experiments.evaluation import ALL_MODES, EDGE_CLOUD, LOCAL_EDGE, EvalConfig, run_evaluation
 
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
@@ -83,7 +83,7 @@ def whatif_cmd(
     (the local twin's service module, pretrained model unless ``model`` names a ModelUpdate or
     pretrained pickle; ``learn=1`` lets it learn from the replayed outcomes).
     """
-    from tiertwin.jobs.whatif import LogTopics, run_whatif
+    from tiertwin.jobs.experiments.whatif import LogTopics, run_whatif
 
     result = run_whatif(log, a, b, scenario=scenario, out_dir=out or log / "whatif",
                         topics=LogTopics(demands_topic, telemetry_topic, actions_topic))

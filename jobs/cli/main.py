@@ -13,7 +13,10 @@ import typer
 from rich.table import Table
 
 from tiertwin.errors import TiertwinError
-from tiertwin.jobs import bench_local, bench_view, chaos, soak, twin_api
+from tiertwin.jobs.api import twin_api
+from tiertwin.jobs.bench import chaos, soak
+from tiertwin.jobs.bench import local as bench_local
+from tiertwin.jobs.bench import view as bench_view
 from tiertwin.jobs.cli import agents, cloud, deploy, experiments, ops, sim
 from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.settings import Settings
@@ -139,7 +142,7 @@ def topics_list():
 @one_line_errors
 def roundtrip(count: int = typer.Option(100, help="Records per schema.")):
     """Produce and consume every Avro contract through Kafka and print a summary."""
-    from tiertwin.jobs.roundtrip import run_roundtrip
+    from tiertwin.jobs.bench.roundtrip import run_roundtrip
 
     table = Table("schema", "topic", "sent", "received", "intact", "p50 ms", "p99 ms")
     for row in run_roundtrip(count):
@@ -164,7 +167,7 @@ def demo(seconds: float = typer.Option(60.0, help="How long the simulated networ
     beside no control on the same seed."""
     import json
 
-    from tiertwin.jobs.demo import run_demo, summary_tables
+    from tiertwin.jobs.ops.demo import run_demo, summary_tables
 
     summary = run_demo(seconds, ues, with_cloud=cloud, with_api=api, on_progress=console.print, seed=seed,
                        local_twin=local_twin)

@@ -119,7 +119,7 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where report.md and PNGs go (default: DIR/report)."),
 ):
     """Summarise an archive: decision latency per tier, deadline-miss rate, records per topic; PNG plots."""
-    from tiertwin.jobs.report import write_report
+    from tiertwin.jobs.experiments.report import write_report
 
     report = write_report(log_dir, out or log_dir / "report")
     table = Table("topic", "records")

@@ -341,7 +341,7 @@ def run_baseline(mode: str, config: EvalConfig, round_index: int = 0) -> ModeRun
 
 def _agent_specs(mode: str, tag: str):
     """The agents a mode deploys: the local twin service (not in device mode) and the edge twin."""
-    from tiertwin.jobs.launcher import JobSpec
+    from tiertwin.jobs.ops.launcher import JobSpec
     from tiertwin.pipelines.local_twin import LocalAgentConfig
 
     specs = []
@@ -360,7 +360,7 @@ def _wait_for_groups(settings: Settings, groups: list[str], jobs: list[str], tim
     from kafka.errors import KafkaError
 
     from tiertwin.connectors.kafka import admin_client
-    from tiertwin.jobs.launcher import status_of
+    from tiertwin.jobs.ops.launcher import status_of
 
     admin = admin_client(settings, "tiertwin-eval-admin")
     try:
@@ -416,7 +416,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
     """
     from tiertwin.connectors.kafka import KafkaSink, KafkaSource
     from tiertwin.connectors.simulator import SimulatorTopics, World
-    from tiertwin.jobs.launcher import deploy, stop
+    from tiertwin.jobs.ops.launcher import deploy, stop
     from tiertwin.schemas import SchemaRegistry
 
     if mode == "device" and not device_mode_available():
@@ -687,7 +687,7 @@ def run_evaluation(config: EvalConfig, out_dir: Path = RESULTS_DIR, on_progress:
     ``broker``: an already started :class:`EvalBroker` with ``config``'s links (else one is started
     and stopped here, and only if a mode needs agents: baselines alone run without Kafka).
     """
-    from tiertwin.jobs.evaluation_report import write_report
+    from tiertwin.jobs.experiments.evaluation_report import write_report
 
     skipped: dict[str, str] = {}
     if "device" in config.modes and not device_mode_available():

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tiertwin.jobs.evaluation import BASELINES, ModeMetrics
+from tiertwin.jobs.experiments.evaluation import BASELINES, ModeMetrics
 from tiertwin.stats import summary_ms
 
 COLOURS = {"no-control": "#888888", "always-edge": "#b5a642", "always-local": "#7a5aa8",

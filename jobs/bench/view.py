@@ -28,8 +28,8 @@ from rich.table import Table
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.bench import write_results
 from tiertwin.jobs.cli.common import one_line_errors
-from tiertwin.jobs.twin_api import TwinView, create_app
-from tiertwin.jobs.twin_view_routes import StateFeed, layout_from_scenario
+from tiertwin.jobs.api.twin_api import TwinView, create_app
+from tiertwin.jobs.api.twin_view_routes import StateFeed, layout_from_scenario
 from tiertwin.schemas.examples import example
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,9 +1,9 @@
 """The live twin view: a page served by the twin API, and the endpoints it reads.
 
 ``mount_twin_view(app, view, layout)`` adds to the FastAPI app of
-:func:`tiertwin.jobs.twin_api.create_app`:
+:func:`tiertwin.jobs.api.twin_api.create_app`:
 
-- ``GET /`` the page (``jobs/twin_view/``: plain JS + canvas, no build step) and
+- ``GET /`` the page (``jobs/api/twin_view/``: plain JS + canvas, no build step) and
   ``GET /view/*`` its assets;
 - ``GET /layout`` where the sites and cells are: from the simulator's hexagonal
   layout when the API runs with ``--scenario``, otherwise derived from the twins
@@ -15,7 +15,7 @@
 - ``GET /metrics/lag`` committed-versus-end offsets of the agents' consumer groups,
   cached for a couple of seconds because each reading asks the broker.
 
-Statistics are computed here from what :class:`~tiertwin.jobs.twin_api.TwinView`
+Statistics are computed here from what :class:`~tiertwin.jobs.api.twin_api.TwinView`
 holds: decision latency is ``decided_ns - source_emitted_ns`` per tier over a
 sliding window, the deadline-miss rate comes from demand outcomes, records/s from
 ``TwinView.records_seen`` sampled over time.
@@ -50,7 +50,7 @@ from tiertwin.errors import TiertwinError
 from tiertwin.settings import Settings
 
 if TYPE_CHECKING:
-    from tiertwin.jobs.twin_api import TwinView
+    from tiertwin.jobs.api.twin_api import TwinView
 
 STATIC_DIR = Path(__file__).resolve().parent / "twin_view"
 TIERS = ("local", "edge", "cloud")
@@ -60,12 +60,12 @@ LAG_SPECS = ("local", "edge")
 
 
 def default_lag_groups() -> dict[str, list[str]]:
-    """The shipped agent specs' consumer groups and what they consume (``jobs/specs``).
+    """The shipped agent specs' consumer groups and what they consume (``jobs/ops/specs``).
 
     >>> default_lag_groups()["tiertwin-local"]
     ['tiertwin.local.telemetry', 'tiertwin.local.demands', 'tiertwin.outcomes']
     """
-    from tiertwin.jobs.launcher import SPECS_DIR, load_spec
+    from tiertwin.jobs.ops.launcher import SPECS_DIR, load_spec
 
     specs = [load_spec(SPECS_DIR / f"{name}.yaml") for name in LAG_SPECS]
     return {spec.group_id: list(spec.inputs) for spec in specs if spec.group_id and spec.inputs}
@@ -106,7 +106,7 @@ def derived_layout(view: "TwinView") -> dict:
     """Sites and cells as the twins show them: a cell at the mean position of its UEs,
     a site at the mean of its placed cells; cells nobody is served by stay unplaced (None).
 
-    >>> from tiertwin.jobs.twin_api import TwinView
+    >>> from tiertwin.jobs.api.twin_api import TwinView
     >>> view = TwinView()
     >>> for ue, cell, x in [("a", 1, 0.0), ("b", 1, 10.0), ("c", 2, 50.0)]:
     ...     view.apply("s", "tiertwin.LocalSummary", {"ue_id": ue, "serving_cell": cell, "x_m": x, "y_m": 0.0})
@@ -147,7 +147,7 @@ def running_simulator_scenario(settings: Settings | None = None) -> str | None:
     >>> running_simulator_scenario(Settings(home=Path(tempfile.mkdtemp()))) is None
     True
     """
-    from tiertwin.jobs.launcher import deployed, status_of
+    from tiertwin.jobs.ops.launcher import deployed, status_of
 
     for state in deployed(settings):
         spec = state.get("spec") or {}
@@ -345,7 +345,7 @@ class StateFeed:
     def frame_json(self, after_seq: int | None, known_ues: int) -> tuple[str, int, int]:
         """:meth:`frame` as JSON, splicing the once-serialised shared part: ``(json, seq, ue_count)``.
 
-        >>> from tiertwin.jobs.twin_api import TwinView
+        >>> from tiertwin.jobs.api.twin_api import TwinView
         >>> feed = StateFeed(TwinView())
         >>> text, seq, count = feed.frame_json(None, -1)
         >>> json.loads(text) == feed.frame(None, -1)[0]
@@ -382,7 +382,7 @@ class LagMeter:
     def _groups(self) -> dict[str, list[str]]:
         if self.groups is not None:
             return self.groups
-        from tiertwin.jobs.launcher import deployed
+        from tiertwin.jobs.ops.launcher import deployed
 
         groups = {s["spec"]["group_id"]: s["spec"]["inputs"] for s in deployed(self.settings)
                   if s.get("spec", {}).get("group_id") and s["spec"].get("inputs")}
@@ -392,7 +392,7 @@ class LagMeter:
         with self._lock:
             if time.monotonic() - self._at < self.ttl_s:
                 return self._value
-            from tiertwin.jobs.launcher import consumer_progress
+            from tiertwin.jobs.ops.launcher import consumer_progress
 
             rows = []
             for group, topics in sorted(self._groups().items()):

@@ -1,6 +1,6 @@
 """The live three-tier demo: simulator, local, edge and cloud jobs on the managed broker.
 
-``tiertwin demo`` deploys the ready-made specs in ``jobs/specs/`` (agents first, the
+``tiertwin demo`` deploys the ready-made specs in ``jobs/ops/specs/`` (agents first, the
 simulator once they are listening), watches the topics while decisions flow, stops
 every job cleanly, and prints what happened: records per topic, decisions per tier
 and kind with their latency, where demands ran and how often they missed their
@@ -28,7 +28,7 @@ import numpy as np
 from tiertwin.connectors.kafka import TopicReader
 from tiertwin.connectors.simulator.kafka_loop import SimSummary, demand_figures
 from tiertwin.errors import TiertwinError
-from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
+from tiertwin.jobs.ops.launcher import SPECS_DIR, JobSpec, deploy, load_spec, skip_to_latest, status_of, stop
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile
 from tiertwin.topics import (

@@ -17,7 +17,7 @@ import typer
 
 from tiertwin.jobs.bench import write_results
 from tiertwin.jobs.cli.common import console, one_line_errors
-from tiertwin.jobs.launcher import SPECS_DIR, JobSpec, consumer_progress, deploy, load_spec, status_of, stop
+from tiertwin.jobs.ops.launcher import SPECS_DIR, JobSpec, consumer_progress, deploy, load_spec, status_of, stop
 from tiertwin.settings import Settings
 
 

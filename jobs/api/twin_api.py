@@ -186,7 +186,7 @@ def _configured_token() -> str | None:
 
 def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) -> FastAPI:
     """The FastAPI app over ``view``. ``sink_factory`` makes the producer for authenticated writes;
-    ``layout`` (sites and cells, see :mod:`tiertwin.jobs.twin_view_routes`) positions the live view's map."""
+    ``layout`` (sites and cells, see :mod:`tiertwin.jobs.api.twin_view_routes`) positions the live view's map."""
     app = FastAPI(title="tiertwin twin API", version="1",
                   description="Read-only views of the three-tier network twin; writes need a bearer token.")
 
@@ -278,7 +278,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
             sink.close()
         return {"decision_id": record["decision_id"], "topic": view.topics.cloud_actions}
 
-    from tiertwin.jobs.twin_view_routes import mount_twin_view
+    from tiertwin.jobs.api.twin_view_routes import mount_twin_view
 
     mount_twin_view(app, view, layout)
     return app
@@ -287,7 +287,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
 def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = False, scenario: str | None = None) -> None:
     import uvicorn
 
-    from tiertwin.jobs.twin_view_routes import layout_from_scenario
+    from tiertwin.jobs.api.twin_view_routes import layout_from_scenario
 
     layout = layout_from_scenario(scenario) if scenario else None
     view = TwinView(settings=Settings.from_env(), from_beginning=from_beginning).start()

@@ -1,6 +1,6 @@
 """Deploy streaming jobs from specs: one detached process per instance, tracked under ``<home>/jobs``.
 
-A job spec (``jobs/specs/*.yaml``) names the tier, its inputs and outputs, how many
+A job spec (``jobs/ops/specs/*.yaml``) names the tier, its inputs and outputs, how many
 instances to run, the models it uses, and the runner and options::
 
     name: local

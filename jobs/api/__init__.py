@@ -1,0 +1,1 @@
+"""Serving: the twin API and its live view."""

@@ -1,0 +1,1 @@
+"""Experiments over the twin: evaluation against baselines, what-if replays and archive reports."""

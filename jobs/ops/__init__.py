@@ -1,0 +1,1 @@
+"""Deployment: the job launcher, the live demo and the job specs."""
