@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that
 from tiertwin.connectors.archive import archive_topics
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
-from tiertwin.jobs.cli.cloud import polars_snapshots, produce, tier_traffic
+from tiertwin.jobs.bench.cloud import polars_snapshots, produce, tier_traffic
 from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import ReadFromKafka, ReadSpec, WriteToKafka, dead_letter_key
 from tiertwin.pipelines.cloud.config import CloudTwinConfig

@@ -21,7 +21,7 @@ import yaml
 
 from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
-from tiertwin.jobs.cli.cloud import STREAMS, produce, tier_traffic
+from tiertwin.jobs.bench.cloud import STREAMS, produce, tier_traffic
 from tiertwin.pipelines.learners import DEMAND_LATENCY
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
 from tiertwin.pipelines.models import publish_model

@@ -138,7 +138,7 @@ def test_the_cloud_twin_on_prism_fuses_as_the_cloud_tier_and_is_refused_anonymou
     import yaml
 
     from tiertwin.connectors.kafka import read_topic
-    from tiertwin.jobs.cli.cloud import produce, tier_traffic
+    from tiertwin.jobs.bench.cloud import produce, tier_traffic
 
     config = tmp_path / "cloud.yaml"
     config.write_text(yaml.safe_dump({

@@ -8,13 +8,14 @@ import polars as pl
 import typer
 from typer.testing import CliRunner
 
+from tiertwin.jobs.bench import sim as bench_sim
 from tiertwin.jobs.cli import sim
 
 
 def _app() -> typer.Typer:
     app, bench = typer.Typer(), typer.Typer()
     app.add_typer(sim.commands)
-    bench.add_typer(sim.bench_commands)
+    bench.add_typer(bench_sim.bench_commands)
     app.add_typer(bench, name="bench")
     return app
 

@@ -123,7 +123,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
              device: dict | None = None, connect: bool = True, freeze_after_warmup: bool = True) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
-    from tiertwin.jobs.cli.agents import create_topics, delete_topics
+    from tiertwin.jobs.bench.agents import create_topics, delete_topics
     from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime, DeviceTopics, stats_dict
     from tiertwin.pipelines.models import parameters_to_features
 

@@ -14,8 +14,14 @@ from rich.table import Table
 
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.api import twin_api
-from tiertwin.jobs.bench import chaos, soak
+from tiertwin.jobs.bench import agents as bench_agents
+from tiertwin.jobs.bench import chaos
+from tiertwin.jobs.bench import cloud as bench_cloud
 from tiertwin.jobs.bench import local as bench_local
+from tiertwin.jobs.bench import replay as bench_replay
+from tiertwin.jobs.bench import sim as bench_sim
+from tiertwin.jobs.bench import soak
+from tiertwin.jobs.bench import tiers as bench_tiers
 from tiertwin.jobs.bench import view as bench_view
 from tiertwin.jobs.cli import agents, cloud, deploy, experiments, ops, sim
 from tiertwin.jobs.cli.common import console, one_line_errors
@@ -193,13 +199,13 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(bench_app, name="bench")
 
-bench_app.add_typer(ops.bench_commands)
+bench_app.add_typer(bench_replay.bench_commands)
 bench_app.add_typer(bench_view.bench_commands)
 bench_app.add_typer(soak.bench_commands)
-bench_app.add_typer(agents.bench_commands)
-bench_app.add_typer(sim.bench_commands)
-bench_app.add_typer(cloud.bench_commands)
-bench_app.add_typer(experiments.bench_commands)
+bench_app.add_typer(bench_agents.bench_commands)
+bench_app.add_typer(bench_sim.bench_commands)
+bench_app.add_typer(bench_cloud.bench_commands)
+bench_app.add_typer(bench_tiers.bench_commands)
 bench_app.add_typer(bench_local.bench_commands)
 
 
