@@ -1,6 +1,6 @@
 """Import real measurement traces (CSV or Parquet) as Telemetry records.
 
-The column mapping is a small YAML (``jobs/traces/lumos5g.yaml``, ``raca5g.yaml``,
+The column mapping is a small YAML (``connectors/trace_mappings/lumos5g.yaml``, ``raca5g.yaml``,
 ``berlin-v2x.yaml``, or your own), validated by pydantic::
 
     name: lumos5g
@@ -55,7 +55,7 @@ from tiertwin.errors import ConfigError, RecordRejected, config_error
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.topics import TELEMETRY
 
-MAPPING_DIR = Path(__file__).resolve().parent.parent / "jobs" / "traces"
+MAPPING_DIR = Path(__file__).resolve().parent / "trace_mappings"
 TELEMETRY_TOPIC = TELEMETRY
 EARTH_RADIUS_M = 6_371_000.0
 NUMERIC_FIELDS = ("serving_cell", "rsrp_dbm", "sinr_db", "cqi", "throughput_dl_mbps", "throughput_ul_mbps",

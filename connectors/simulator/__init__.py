@@ -3,7 +3,7 @@
 Python API (each module's docstring has runnable examples):
 
 * :class:`Scenario` / :func:`load_scenario` (:mod:`.scenarios`): every knob, validated; presets
-  ``dense-urban-xr``, ``highway-vehicles``, ``stadium-event`` in ``jobs/scenarios/``.
+  ``dense-urban-xr``, ``highway-vehicles``, ``stadium-event`` in ``connectors/simulator/presets/``.
 * :class:`World` (:mod:`.world`): ``World(scenario, seed)``; ``step()`` returns the vectorized
   state; ``telemetry_records()``, ``demand_records()``, ``cell_reports()``, ``outcome_records()``
   return contract-valid dicts; ``apply_decision(decision)`` obeys a Decision;

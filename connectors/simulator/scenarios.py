@@ -1,6 +1,6 @@
 """Scenarios: every knob of the simulated network, validated by pydantic at load time.
 
-A scenario is YAML (the presets live in ``jobs/scenarios/``: ``dense-urban-xr``,
+A scenario is YAML (the presets live in ``connectors/simulator/presets/``: ``dense-urban-xr``,
 ``highway-vehicles``, ``stadium-event``). Every field has a default, so a file
 only states what differs. Errors name the bad field::
 
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tiertwin.errors import ConfigError, config_error
 from tiertwin.pipelines.edf import CRITICAL_PRIORITY
 
-PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "jobs" / "scenarios"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 Placement = Literal["local", "edge", "cloud"]
 
 
@@ -201,7 +201,7 @@ def preset_names() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A preset by name (``jobs/scenarios/<name>.yaml``) or a YAML file by path."""
+    """A preset by name (``connectors/simulator/presets/<name>.yaml``) or a YAML file by path."""
     path = Path(name_or_path)
     if not path.suffix and (PRESET_DIR / f"{name_or_path}.yaml").exists():
         path = PRESET_DIR / f"{name_or_path}.yaml"
