@@ -456,5 +456,5 @@ class WriteToKafka(beam.PTransform):
 
 
 def dead_letter_key(letter: dict) -> str:
-    """Dead letters are keyed ``topic:partition`` (see jobs/topology.yaml)."""
+    """Dead letters are keyed ``topic:partition`` (see jobs/ops/topology.yaml)."""
     return f"{letter['topic']}:{letter['partition']}"

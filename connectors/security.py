@@ -1,6 +1,6 @@
 """Principals and ACLs for a secured broker, derived from the topic topology.
 
-Each tier runs as its own SCRAM principal. ``jobs/topology.yaml`` already says who
+Each tier runs as its own SCRAM principal. ``jobs/ops/topology.yaml`` already says who
 produces and who consumes every topic; :func:`acl_plan` turns that into ACLs:
 a topic's producers get WRITE, its consumers READ, and read-only roles
 (subscribers, the twin API, operators) never get WRITE. Everything else is

@@ -1,4 +1,4 @@
-"""The topic topology (``jobs/topology.yaml``) as data, and applying it to a broker idempotently."""
+"""The topic topology (``jobs/ops/topology.yaml``) as data, and applying it to a broker idempotently."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from tiertwin.connectors.kafka import admin_client
 from tiertwin.errors import ConfigError, config_error
 from tiertwin.settings import Settings
 
-TOPOLOGY_FILE = Path(__file__).resolve().parent.parent / "jobs" / "topology.yaml"
+TOPOLOGY_FILE = Path(__file__).resolve().parent.parent / "jobs" / "ops" / "topology.yaml"
 
 
 def _default_topology_file() -> Path:
-    # Installed (non-editable) layout: tiertwin/jobs/topology.yaml beside tiertwin/connectors.
+    # Installed (non-editable) layout: tiertwin/jobs/ops/topology.yaml inside the installed package.
     if TOPOLOGY_FILE.exists():
         return TOPOLOGY_FILE
-    import tiertwin.jobs
+    import tiertwin.jobs.ops
 
-    return Path(tiertwin.jobs.__file__).resolve().parent / "topology.yaml"
+    return Path(tiertwin.jobs.ops.__file__).resolve().parent / "topology.yaml"
 
 
 class TopicSpec(BaseModel):

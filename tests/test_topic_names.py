@@ -1,4 +1,4 @@
-"""Topic names: the constants of tiertwin.topics and jobs/topology.yaml list the same topics."""
+"""Topic names: the constants of tiertwin.topics and jobs/ops/topology.yaml list the same topics."""
 
 from tiertwin import topics
 from tiertwin.connectors.topics import load_topology

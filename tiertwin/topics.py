@@ -1,6 +1,6 @@
 """The names of tiertwin's Kafka topics, in one place.
 
-``jobs/topology.yaml`` declares each topic (contract, partitions, retention, who writes and reads it);
+``jobs/ops/topology.yaml`` declares each topic (contract, partitions, retention, who writes and reads it);
 these constants are how code names them, and a test (``tests/test_topic_names.py``) checks that the two
 list the same topics. Configs take these as defaults, so a deployment can still rename a topic.
 
@@ -38,6 +38,6 @@ DEAD_LETTERS = "tiertwin.deadletters"
 LOCAL_CHANGELOG = "tiertwin.state.local-changelog"
 EDGE_CHANGELOG = "tiertwin.state.edge-changelog"
 
-#: Every topic above, in the order of ``jobs/topology.yaml``.
+#: Every topic above, in the order of ``jobs/ops/topology.yaml``.
 ALL = (TELEMETRY, DEMANDS, SUMMARIES, MIGRATIONS, CELL_REPORTS, EDGE_STATE, SNAPSHOTS, *ACTIONS, OUTCOMES, MODELS,
        DEAD_LETTERS, LOCAL_CHANGELOG, EDGE_CHANGELOG)

@@ -31,7 +31,7 @@ app = typer.Typer(help="tiertwin: a local / edge / cloud digital twin for 6G mob
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 broker_app = typer.Typer(help="The managed local Kafka broker (Apache Kafka 4.x from Maven Central).",
                          no_args_is_help=True)
-topics_app = typer.Typer(help="The topic topology (jobs/topology.yaml).", no_args_is_help=True)
+topics_app = typer.Typer(help="The topic topology (jobs/ops/topology.yaml).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each writes bench-results/<name>.json.", no_args_is_help=True)
 
 
@@ -116,7 +116,7 @@ def broker_secure():
 # -- topics ------------------------------------------------------------------------------------
 @topics_app.command("apply")
 @one_line_errors
-def topics_apply(file: Path = typer.Option(None, "--file", "-f", help="Topology file (default: jobs/topology.yaml).")):
+def topics_apply(file: Path = typer.Option(None, "--file", "-f", help="Topology file (default: jobs/ops/topology.yaml).")):
     """Create missing topics and bring existing ones to the topology's partitions and retention."""
     from tiertwin.connectors.topics import apply_topology, load_topology
 
