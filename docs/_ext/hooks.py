@@ -81,6 +81,9 @@ def _schemas() -> str:
     return "\n".join(parts)
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def package_tree(root: Path, out: Path) -> Path:
     """Mirror pyproject's ``package-dir`` mapping as a folder tree of symlinks under ``out``."""
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -98,10 +101,10 @@ def package_tree(root: Path, out: Path) -> Path:
     return out
 
 
-def on_config(config):  # noqa: ANN001, ANN201 - MkDocs hook signature
-    root = Path(config.config_file_path).resolve().parent
-    package_tree(root, root / "build" / "docs-packages")
-    return config
+def on_startup(command, dirty):  # noqa: ANN001, ANN201 - MkDocs hook signature
+    # Laid out at start-up, not in on_config: mkdocstrings reads its `paths` in its own on_config,
+    # which runs before a hook's, so on a fresh clone (no build/ yet) the first build found nothing.
+    package_tree(REPO, REPO / "build" / "docs-packages")
 
 
 _BLOCKS = {"topology": _topology, "schemas": _schemas}
