@@ -747,54 +747,40 @@ class DeviceRuntime:
     # Downlink thread
     # =========================================================================================
     def _downlink_loop(self) -> None:
-        from kafka import TopicPartition
-
-        from tiertwin.connectors.kafka import KafkaSource
+        from tiertwin.connectors.kafka import TopicReader
 
         topics = self.config.topics
-        source = None
+        reader = None
         best_version: dict[str, int] = {}
         backoff = self.config.backoff_s[0]
         settings = self.settings.model_copy(update={"connect_timeout_s": self.config.connect_timeout_s})
         while not self._stop.is_set():
             try:
-                if source is None:
-                    source = KafkaSource([], None, settings, self.registry,
+                if reader is None:
+                    # Models whole (the newest version wins), edge state from now on; undecodable records
+                    # are counted by _hand_down, which decodes each one itself.
+                    reader = TopicReader([topics.models, topics.edge_state], settings, on_undecodable="skip",
+                                         start={topics.models: "beginning", topics.edge_state: "end"},
+                                         registry=self.registry,
                                          client_id=f"tiertwin-device-{self.config.device_id}-downlink",
                                          fetch_max_wait_ms=200, reconnect_backoff_max_ms=1000)
-                    consumer = source.consumer
-                    parts = {t: consumer.partitions_for_topic(t) for t in (topics.models, topics.edge_state)}
-                    missing = [t for t, p in parts.items() if not p]
-                    if missing:
-                        raise BrokerUnavailableError(f"no partitions known for {missing}")
-                    models = [TopicPartition(topics.models, p) for p in sorted(parts[topics.models])]
-                    edge = [TopicPartition(topics.edge_state, p) for p in sorted(parts[topics.edge_state])]
-                    consumer.assign(models + edge)
-                    consumer.seek_to_beginning(*models)
-                    consumer.seek_to_end(*edge)
-                    for tp in models + edge:
-                        consumer.position(tp)
                     self.downlink_ready.set()
                     backoff = self.config.backoff_s[0]
-                for message in self._poll(source.consumer):
+                for message in reader.poll_raw(200):
                     self._hand_down(message, best_version)
             except Exception as exc:  # broker gone at start, or the consumer failed: rebuild it later
                 log.info("%s: downlink not reading (%s); retrying", self.config.device_id, exc)
-                if source is not None:
+                if reader is not None:
                     try:
-                        source.close()
+                        reader.close()
                     except Exception:  # noqa: BLE001
                         pass
-                    source = None
+                    reader = None
                     self.stats.downlink_reconnects += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.backoff_s[1])
-        if source is not None:
-            source.close()
-
-    @staticmethod
-    def _poll(consumer) -> list:
-        return [m for messages in consumer.poll(timeout_ms=200).values() for m in messages]
+        if reader is not None:
+            reader.close()
 
     def _hand_down(self, message, best_version: dict[str, int]) -> None:
         try:
