@@ -30,6 +30,7 @@ from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
+from tiertwin.topics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ Profile = Literal["low-latency", "throughput"]
 # topic and go on, raise RecordRejected (what was polled with it is lost), or count it and go on.
 Undecodable = Literal["dead-letter", "raise", "skip"]
 UNDECODABLE = ("dead-letter", "raise", "skip")
-DEAD_LETTER_TOPIC = "tiertwin.deadletters"
+DEAD_LETTER_TOPIC = DEAD_LETTERS   # the name callers import from here
 
 PRODUCER_PROFILES: dict[str, dict[str, Any]] = {
     "low-latency": {"linger_ms": 0, "batch_size": 64 * 1024},

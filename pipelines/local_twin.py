@@ -42,6 +42,8 @@ from tiertwin.pipelines.features import TIERS, demand_features
 from tiertwin.pipelines.learners import DEMAND_LATENCY, DemandLatencyModel, deadline_confidence
 from tiertwin.pipelines.models import FEATURE_PREFIX, ModelSlot
 from tiertwin.pipelines.pretrain import load_pretrained
+from tiertwin.topics import (ACTIONS_LOCAL, DEMANDS, EDGE_STATE, LOCAL_CHANGELOG, SUMMARIES,
+                             TELEMETRY)
 
 TwinSite = Literal["device", "edge", "cloud"]
 _INFINITY = float("inf")
@@ -69,12 +71,12 @@ class LocalAgentConfig(AgentConfig, LocalTwinConfig):
     """Configuration of one local agent instance (``tiertwin run local --config FILE``): the twin's knobs and its topics."""
 
     group_id: str = "tiertwin-local"
-    changelog_topic: str = "tiertwin.state.local-changelog"
-    telemetry_topic: str = "tiertwin.local.telemetry"
-    demands_topic: str = "tiertwin.local.demands"
-    edge_state_topic: str = "tiertwin.cloud.edge-state"
-    summaries_topic: str = "tiertwin.edge.summaries"
-    actions_topic: str = "tiertwin.actions.local"
+    changelog_topic: str = LOCAL_CHANGELOG
+    telemetry_topic: str = TELEMETRY
+    demands_topic: str = DEMANDS
+    edge_state_topic: str = EDGE_STATE
+    summaries_topic: str = SUMMARIES
+    actions_topic: str = ACTIONS_LOCAL
     site: TwinSite = Field("edge", description="Where this service runs (at the edge unless deployed in the cloud)")
 
 
