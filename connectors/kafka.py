@@ -274,19 +274,16 @@ class KafkaSource:
     Iterate it (``for batch in source``) or call :meth:`poll`; after the batch is
     processed and its outputs flushed, call :meth:`commit`. Records that fail to
     decode or validate never reach the caller; they are counted in :attr:`rejected`
-    and handled as ``on_undecodable`` says: ``"dead-letter"`` (to ``dead_letters``,
-    flushed before the commit; the default when a DeadLetterSink is given), ``"raise"``
-    (RecordRejected out of :meth:`poll`, losing the rest of that batch; the default
-    without one) or ``"skip"`` (the batch goes on without them).
+    and handled as ``on_undecodable`` says, a choice every caller makes: ``"dead-letter"``
+    (to ``dead_letters``, flushed before the commit), ``"raise"`` (RecordRejected out of
+    :meth:`poll`, losing the rest of that batch) or ``"skip"`` (the batch goes on without them).
     """
 
     def __init__(self, topics: Iterable[str], group_id: str | None, settings: Settings | None = None,
-                 registry: SchemaRegistry | None = None, dead_letters: DeadLetterSink | None = None,
-                 profile: Profile = "low-latency", from_beginning: bool = True,
+                 registry: SchemaRegistry | None = None, dead_letters: DeadLetterSink | None = None, *,
+                 on_undecodable: Undecodable, profile: Profile = "low-latency", from_beginning: bool = True,
                  client_id: str = "tiertwin-source", on_rejected: Callable[[RecordRejected], None] | None = None,
-                 on_undecodable: Undecodable | None = None, **overrides: Any):
-        if on_undecodable is None:
-            on_undecodable = "dead-letter" if dead_letters is not None else "raise"
+                 **overrides: Any):
         if on_undecodable not in UNDECODABLE:
             raise ConfigError(f"on_undecodable must be one of {', '.join(UNDECODABLE)}, not {on_undecodable!r}")
         if on_undecodable == "dead-letter" and dead_letters is None:

@@ -43,7 +43,7 @@ def test_agents_close_the_loop_with_the_simulator(new_topic, group_id, settings)
     for thread in threads:
         thread.start()
     sink = KafkaSink(settings, client_id="loop-sim")
-    source = KafkaSource(topics.actions, f"{group_id}-sim", settings, client_id="loop-sim")
+    source = KafkaSource(topics.actions, f"{group_id}-sim", settings, on_undecodable="raise", client_id="loop-sim")
     try:
         summary = SimulatorLoop(World(scenario, seed=9), sink, source, topics, realtime=False).run(seconds=3.0)
     finally:

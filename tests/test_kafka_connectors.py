@@ -72,7 +72,7 @@ def test_sigkilled_consumer_restarts_in_its_group_and_loses_nothing(new_topic, g
 
 def test_a_commit_refused_by_a_rebalance_is_skipped_and_the_member_goes_on(new_topic, group_id, settings):
     topic = new_topic(partitions=3)
-    members = [KafkaSource([topic], group_id, settings, client_id=name) for name in ("first", "idle", "joiner")]
+    members = [KafkaSource([topic], group_id, settings, on_undecodable="raise", client_id=name) for name in ("first", "idle", "joiner")]
     first, idle, joiner = members
     stop = threading.Event()
     joining = threading.Thread(target=lambda: [joiner.poll(100) for _ in iter(stop.is_set, True)], daemon=True)
@@ -128,7 +128,8 @@ def test_malformed_records_are_dead_lettered_and_good_ones_processed(new_topic, 
     producer.close()
 
     with KafkaSink(settings) as dl_sink:
-        source = KafkaSource([topic], group_id, settings, dead_letters=DeadLetterSink(dl_sink, "test", dead_topic))
+        source = KafkaSource([topic], group_id, settings, dead_letters=DeadLetterSink(dl_sink, "test", dead_topic),
+                             on_undecodable="dead-letter")
         good = []
         _wait_for(lambda: good.extend(source.poll(200)) or len(good) + source.rejected >= len(values), 30,
                   "all records to be handled")

@@ -52,7 +52,7 @@ def test_read_only_subscriber_reads_but_cannot_produce(secure_broker):
     subscriber = _as(secure_broker, "tiertwin-subscriber")
     with KafkaSink(_as(secure_broker, "tiertwin-local")) as sink:
         sink.send("tiertwin.actions.local", "Decision", example("Decision", decision_id="for-subscriber"), key="k")
-    source = KafkaSource(["tiertwin.actions.local"], "tiertwin-subscriber-test", subscriber)
+    source = KafkaSource(["tiertwin.actions.local"], "tiertwin-subscriber-test", subscriber, on_undecodable="raise")
     seen = []
     for _ in range(50):
         seen += [r.value["decision_id"] for r in source.poll(200)]

@@ -27,7 +27,7 @@ def _decision(decision_id: str, kind: str, **fields) -> dict:
 
 def _read_all(topic: str, settings, until, timeout_s: float = 20.0) -> list:
     records = []
-    with KafkaSource([topic], f"reader-{uuid.uuid4().hex[:8]}", settings, client_id="test-sim-reader", **FRESH) as src:
+    with KafkaSource([topic], f"reader-{uuid.uuid4().hex[:8]}", settings, client_id="test-sim-reader", on_undecodable="raise", **FRESH) as src:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not until(records):
             records += src.poll(200)
@@ -48,7 +48,7 @@ def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_to
         "handover": {"decision_hold_ms": 600_000}})
     world = World(scenario, seed=11)
     sink = KafkaSink(settings, client_id="test-sim")
-    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", **FRESH)
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
     loop = SimulatorLoop(world, sink, source, topics, realtime=True)
     result = {}
     runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=30.0)), daemon=True)
@@ -112,7 +112,7 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
     stop_agent, agent_ready = threading.Event(), threading.Event()
 
     def agent() -> None:  # a minimal local twin: every demand to the edge
-        with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent", **FRESH) as src, \
+        with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent", on_undecodable="raise", **FRESH) as src, \
                 KafkaSink(settings, client_id="test-agent") as out:
             while not stop_agent.is_set():
                 if src.consumer.assignment():
@@ -127,7 +127,7 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
     helper.start()
     assert agent_ready.wait(60), "the test agent never got the demands partition"
     sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
-    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", **FRESH)
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
     try:
         summary = SimulatorLoop(world, sink, source, topics, realtime=False).run(seconds=2.0)
     finally:
@@ -170,7 +170,7 @@ def test_device_mode_places_in_process_and_applies_edge_decisions_from_kafka(bro
         "handover": {"decision_hold_ms": 600_000}})
     world = World(scenario, seed=11)
     sink = KafkaSink(settings, client_id="test-sim")
-    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", **FRESH)
+    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
     assert topics.decision_topics("device") == (edge_actions,)   # the device's own decisions are not read back
     runtime = _device_runtime(topics, settings, tmp_path)
     loop = SimulatorLoop(world, sink, source, topics, realtime=True, local_twin="device", runtime=runtime)
@@ -224,7 +224,7 @@ def test_device_mode_in_lockstep(broker, settings, new_topic, group_id, tmp_path
         "ues": 4, "layout": {"rings": 1, "sectored": False}, "device": {"xr_share": 0.5},
         "compute": {"decision_timeout_ms": 10, "default_placement": "cloud"}})
     sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
-    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", **FRESH)
+    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
     runtime = _device_runtime(topics, settings, tmp_path)
     try:
         summary = SimulatorLoop(World(scenario, seed=5), sink, source, topics, realtime=False, local_twin="device",

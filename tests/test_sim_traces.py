@@ -80,7 +80,7 @@ def test_berlin_v2x_parquet_to_kafka_with_dead_letters(broker, settings, new_top
                               DeadLetterSink(sink, stage="trace-import/map", topic=letters))
     assert report.published == 3 and dict(report.rejected) == {"unmappable-row": 1}
     got = {"t": [], "d": []}
-    with KafkaSource([telemetry, letters], f"g-{uuid.uuid4().hex[:8]}", settings, client_id="test-trace",
+    with KafkaSource([telemetry, letters], f"g-{uuid.uuid4().hex[:8]}", settings, on_undecodable="raise", client_id="test-trace",
                      metadata_max_age_ms=1000) as src:  # fresh topics: refresh metadata until they appear
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (len(got["t"]) < 3 or len(got["d"]) < 1):

@@ -498,8 +498,11 @@ def run_simulator(scenario: Any = "dense-urban-xr", seconds: float | None = None
             sink = KafkaSink(settings, registry, profile="low-latency" if realtime else "throughput",
                              client_id="tiertwin-simulator")
             if decisions:
-                source = KafkaSource(topics.decision_topics(local_twin), group_id, settings, registry,
-                                     from_beginning=False, client_id="tiertwin-simulator")
+                # A decision that does not decode is dead-lettered; its demand falls back as if undecided.
+                letters = DeadLetterSink(sink, stage="simulator/read-decision", topic=topics.deadletters)
+                source = KafkaSource(topics.decision_topics(local_twin), group_id, settings, registry, letters,
+                                     on_undecodable="dead-letter", from_beginning=False,
+                                     client_id="tiertwin-simulator")
         if local_twin == "device":
             from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime
 

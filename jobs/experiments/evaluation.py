@@ -444,7 +444,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         # every few ms, so a remote client pays one one-way delay per decision, not a polling cycle.
         decision_topics = topics.decision_topics("device") if mode == "device" else ACTION_TOPICS
         source = RecordingSource(KafkaSource(decision_topics, f"eval-{tag}-simulator", sim_settings, registry,
-                                             from_beginning=True, client_id=f"eval-{mode}-simulator",
+                                             on_undecodable="raise", from_beginning=True, client_id=f"eval-{mode}-simulator",
                                              fetch_max_wait_ms=200))
         device: dict[str, Any] = {}
         if mode == "device":

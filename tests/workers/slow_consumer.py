@@ -12,7 +12,7 @@ from tiertwin.connectors.kafka import KafkaSource
 
 
 def main(topic: str, group: str, out_path: str) -> None:
-    source = KafkaSource([topic], group, client_id="slow-consumer", max_poll_records=50)
+    source = KafkaSource([topic], group, on_undecodable="raise", client_id="slow-consumer", max_poll_records=50)
     with open(out_path, "a") as out:
         while True:
             batch = source.poll(200)
