@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tiertwin.connectors.kafka import KafkaSink, TopicReader
+from tiertwin.errors import TiertwinError
 from tiertwin.jobs.cli.common import one_line_errors
 from tiertwin.settings import Settings
 from tiertwin.topics import (
@@ -282,6 +284,30 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
 
     mount_twin_view(app, view, layout)
     return app
+
+
+@contextmanager
+def served(app, host: str = "127.0.0.1", timeout_s: float = 20.0):
+    """Serve ``app`` from a background thread on a free port; yields the uvicorn server (its
+    ``config.port`` says where) once it accepts connections, and stops it on exit.
+    Benchmarks and browser tests use it to put the view in front of a real browser."""
+    import uvicorn
+
+    from tiertwin.procs import free_ports
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=free_ports(1, host)[0], log_level="warning"))
+    thread = threading.Thread(target=server.run, name="twin-api-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise TiertwinError(f"the twin API did not start on {host}:{server.config.port} within {timeout_s:.0f} s")
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, from_beginning: bool = False, scenario: str | None = None) -> None:

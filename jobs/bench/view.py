@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from rich.table import Table
 from tiertwin.errors import TiertwinError
 from tiertwin.jobs.bench import write_results
 from tiertwin.jobs.cli.common import one_line_errors
-from tiertwin.jobs.api.twin_api import TwinView, create_app
+from tiertwin.jobs.api.twin_api import TwinView, create_app, served
 from tiertwin.jobs.api.twin_view_routes import StateFeed, layout_from_scenario
 from tiertwin.schemas.examples import example
 
@@ -57,6 +57,18 @@ def headless_chromium(width: int = 1600, height: int = 1000):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+@contextmanager
+def browsing(app, width: int = 1600, height: int = 1000):
+    """``app`` served on a free local port and a headless Chromium driver pointed at it; both stop on exit."""
+    with served(app) as server:
+        driver = headless_chromium(width, height)
+        try:
+            driver.get(f"http://127.0.0.1:{server.config.port}/")
+            yield driver
+        finally:
+            driver.quit()
 
 
 class MovingNetwork:
@@ -139,43 +151,23 @@ def server_frame_costs(view: TwinView, reps: int = 20) -> dict:
             "bare_arrays_json_ms": round(floor_ms, 2), "build_over_bare": round(build_ms / floor_ms, 2)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def browser_costs(ues: int, layout: dict, seconds: float = 8.0) -> dict:
     """Serve a moving ``ues``-UE network and read the page's own counters over ``seconds``."""
-    import uvicorn
-
     view = synthetic_view(ues, layout, decisions=200)
     network = MovingNetwork(view, layout, ues, seed=1).start()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(view, layout=layout), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    driver = None
     try:
-        while not server.started:
-            time.sleep(0.05)
-        driver = headless_chromium()
-        driver.get(f"http://127.0.0.1:{port}/")
-        read = "return {...window.tiertwinView.state.perf, drawn: window.tiertwinView.state.drawn.ues, t: performance.now()}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and driver.execute_script(read)["drawn"] != ues:
-            time.sleep(0.2)
-        time.sleep(2.0)  # let the running averages settle
-        first = driver.execute_script(read)
-        time.sleep(seconds)
-        last = driver.execute_script(read)
+        with browsing(create_app(view, layout=layout)) as driver:
+            read = ("return {...window.tiertwinView.state.perf, drawn: window.tiertwinView.state.drawn.ues, "
+                    "t: performance.now()}")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and driver.execute_script(read)["drawn"] != ues:
+                time.sleep(0.2)
+            time.sleep(2.0)  # let the running averages settle
+            first = driver.execute_script(read)
+            time.sleep(seconds)
+            last = driver.execute_script(read)
     finally:
-        if driver is not None:
-            driver.quit()
         network.stop()
-        server.should_exit = True
-        thread.join(timeout=10)
     elapsed = (last["t"] - first["t"]) / 1000
     return {"ues_drawn": last["drawn"], "frames_per_s": round((last["frames"] - first["frames"]) / elapsed, 2),
             "draws_per_s": round((last["draws"] - first["draws"]) / elapsed, 2),
