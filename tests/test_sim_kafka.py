@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -13,8 +14,9 @@ from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World,
 
 pytestmark = pytest.mark.broker
 # Fresh topics: a group formed before the broker's metadata knows a topic gets no partitions until the
-# next metadata refresh (5 min by default); refresh every second instead.
-FRESH = {"metadata_max_age_ms": 1000}
+# next metadata refresh (5 min by default); refresh every second instead. A record that does not decode
+# fails the test.
+FRESH = {"metadata_max_age_ms": 1000, "on_undecodable": "raise"}
 
 
 def _decision(decision_id: str, kind: str, **fields) -> dict:
@@ -27,11 +29,33 @@ def _decision(decision_id: str, kind: str, **fields) -> dict:
 
 def _read_all(topic: str, settings, until, timeout_s: float = 20.0) -> list:
     records = []
-    with KafkaSource([topic], f"reader-{uuid.uuid4().hex[:8]}", settings, client_id="test-sim-reader", on_undecodable="raise", **FRESH) as src:
+    with KafkaSource([topic], f"reader-{uuid.uuid4().hex[:8]}", settings, client_id="test-sim-reader", **FRESH) as src:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not until(records):
             records += src.poll(200)
     return records
+
+
+@contextmanager
+def _running(loop: SimulatorLoop, seconds: float = 30.0):
+    """``loop`` running in real time on a thread once it holds its action partitions; yields where its
+    summary will be (``["summary"]``, after the block) and stops it on exit."""
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=seconds)), daemon=True)
+    runner.start()
+    try:
+        assert loop.ready.wait(60) and loop.source.consumer.assignment(), \
+            "the simulator never got its action partitions"
+        yield result
+    finally:
+        loop.stop()
+        runner.join(30)
+
+
+def _wait_for(done, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.05)
 
 
 def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_topic, group_id):
@@ -48,35 +72,28 @@ def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_to
         "handover": {"decision_hold_ms": 600_000}})
     world = World(scenario, seed=11)
     sink = KafkaSink(settings, client_id="test-sim")
-    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", **FRESH)
     loop = SimulatorLoop(world, sink, source, topics, realtime=True)
-    result = {}
-    runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=30.0)), daemon=True)
-    runner.start()
     try:
-        assert loop.ready.wait(60) and source.consumer.assignment(), "the simulator never got its action partitions"
-        target = (int(world.serving[1]) + 1) % world.layout.n_cells
-        with KafkaSink(settings, client_id="test-sim-agent") as agent:
-            agent.send(topics.actions[0], "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
-                                                                target=f"cell:{target}"), key="ue-0001")
-            agent.send(topics.actions[0], "Decision", _decision("bad-1", "handover", ue_id="ue-9999",
-                                                                target="cell:0"), key="ue-9999")
-            agent.flush()
-            # act as a local twin: place the first demands on the edge
-            demands = _read_all(topics.demands, settings, lambda recs: len(recs) >= 3)
-            assert len(demands) >= 3
-            for rec in demands[:3]:
-                d = rec.value
-                agent.send(topics.actions[0], "Decision",
-                           _decision(f"place-{d['demand_id']}", "placement", ue_id=d["ue_id"],
-                                     subject_id=d["demand_id"], target="edge"), key=d["ue_id"])
-            agent.flush()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (world.stats.decided < 3 or int(world.serving[1]) != target):
-            time.sleep(0.05)
+        with _running(loop) as result:
+            target = (int(world.serving[1]) + 1) % world.layout.n_cells
+            with KafkaSink(settings, client_id="test-sim-agent") as agent:
+                agent.send(topics.actions[0], "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
+                                                                    target=f"cell:{target}"), key="ue-0001")
+                agent.send(topics.actions[0], "Decision", _decision("bad-1", "handover", ue_id="ue-9999",
+                                                                    target="cell:0"), key="ue-9999")
+                agent.flush()
+                # act as a local twin: place the first demands on the edge
+                demands = _read_all(topics.demands, settings, lambda recs: len(recs) >= 3)
+                assert len(demands) >= 3
+                for rec in demands[:3]:
+                    d = rec.value
+                    agent.send(topics.actions[0], "Decision",
+                               _decision(f"place-{d['demand_id']}", "placement", ue_id=d["ue_id"],
+                                         subject_id=d["demand_id"], target="edge"), key=d["ue_id"])
+                agent.flush()
+            _wait_for(lambda: world.stats.decided >= 3 and int(world.serving[1]) == target)
     finally:
-        loop.stop()
-        runner.join(30)
         source.close()
         sink.close()
     summary = result["summary"]
@@ -112,7 +129,7 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
     stop_agent, agent_ready = threading.Event(), threading.Event()
 
     def agent() -> None:  # a minimal local twin: every demand to the edge
-        with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent", on_undecodable="raise", **FRESH) as src, \
+        with KafkaSource([topics.demands], f"agent-{group_id}", settings, client_id="test-agent", **FRESH) as src, \
                 KafkaSink(settings, client_id="test-agent") as out:
             while not stop_agent.is_set():
                 if src.consumer.assignment():
@@ -127,7 +144,7 @@ def test_as_fast_as_possible_with_an_agent_runs_in_lockstep(broker, settings, ne
     helper.start()
     assert agent_ready.wait(60), "the test agent never got the demands partition"
     sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
-    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
+    source = KafkaSource(topics.actions, group_id, settings, client_id="test-sim", **FRESH)
     try:
         summary = SimulatorLoop(world, sink, source, topics, realtime=False).run(seconds=2.0)
     finally:
@@ -170,26 +187,19 @@ def test_device_mode_places_in_process_and_applies_edge_decisions_from_kafka(bro
         "handover": {"decision_hold_ms": 600_000}})
     world = World(scenario, seed=11)
     sink = KafkaSink(settings, client_id="test-sim")
-    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
+    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", **FRESH)
     assert topics.decision_topics("device") == (edge_actions,)   # the device's own decisions are not read back
     runtime = _device_runtime(topics, settings, tmp_path)
     loop = SimulatorLoop(world, sink, source, topics, realtime=True, local_twin="device", runtime=runtime)
-    result = {}
-    runner = threading.Thread(target=lambda: result.update(summary=loop.run(seconds=30.0)), daemon=True)
-    runner.start()
     try:
-        assert loop.ready.wait(60) and source.consumer.assignment(), "the simulator never got its action partitions"
-        target = (int(world.serving[1]) + 1) % world.layout.n_cells
-        with KafkaSink(settings, client_id="test-sim-edge") as edge:   # act as the edge twin
-            edge.send(edge_actions, "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
-                                                          target=f"cell:{target}"), key="ue-0001")
-            edge.flush()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (world.stats.decided < 10 or int(world.serving[1]) != target):
-            time.sleep(0.05)
+        with _running(loop) as result:
+            target = (int(world.serving[1]) + 1) % world.layout.n_cells
+            with KafkaSink(settings, client_id="test-sim-edge") as edge:   # act as the edge twin
+                edge.send(edge_actions, "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
+                                                              target=f"cell:{target}"), key="ue-0001")
+                edge.flush()
+            _wait_for(lambda: world.stats.decided >= 10 and int(world.serving[1]) == target)
     finally:
-        loop.stop()
-        runner.join(30)
         runtime.close()
         source.close()
         sink.close()
@@ -224,7 +234,7 @@ def test_device_mode_in_lockstep(broker, settings, new_topic, group_id, tmp_path
         "ues": 4, "layout": {"rings": 1, "sectored": False}, "device": {"xr_share": 0.5},
         "compute": {"decision_timeout_ms": 10, "default_placement": "cloud"}})
     sink = KafkaSink(settings, client_id="test-sim", profile="throughput")
-    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", on_undecodable="raise", **FRESH)
+    source = KafkaSource(topics.decision_topics("device"), group_id, settings, client_id="test-sim", **FRESH)
     runtime = _device_runtime(topics, settings, tmp_path)
     try:
         summary = SimulatorLoop(World(scenario, seed=5), sink, source, topics, realtime=False, local_twin="device",
