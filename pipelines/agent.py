@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tiertwin.connectors.kafka import (DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource,
                                        TopicReader, kafka_config)
 from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected, config_error
-from tiertwin.pipelines.models import MODELS_TOPIC, ModelFormatError, ModelSlot
+from tiertwin.pipelines.models import MODELS_TOPIC, ModelRejected, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
@@ -120,6 +120,12 @@ class AgentMetrics:
                                 ["tier", "instance"], registry=r).labels(**labels)
         self.model_version = Gauge("tiertwin_agent_model_version", "Live version of each model", ["tier", "instance", "model"], registry=r)
         self.model_swaps = Counter("tiertwin_agent_model_swaps", "Hot swaps of a model", ["tier", "instance", "model"], registry=r)
+        self.models_refused = Counter("tiertwin_agent_models_refused", "Model updates refused before loading "
+                                      "(unsigned-model, bad-signature, digest-mismatch, bad-model)",
+                                      ["tier", "instance", "model", "reason"], registry=r)
+        self.model_transitions = Counter("tiertwin_agent_model_transitions", "Lifecycle transitions of a model "
+                                         "(shadowing, promoted, rejected, rolled-back, stable, ...-by-operator)",
+                                         ["tier", "instance", "model", "event"], registry=r)
         self.checkpoints = Counter("tiertwin_agent_checkpointed_twins", "Twin states written to the changelog",
                                    ["tier", "instance"], registry=r).labels(**labels)
         self.commit_seconds = Histogram("tiertwin_agent_commit_seconds", "Flush + checkpoint + offset commit (the loop is paused meanwhile)",
@@ -173,6 +179,7 @@ class TwinAgent:
         self.slots = {name: ModelSlot(name, *load_pretrained(name, config.pretrained_dir)) for name in self.model_names}
         for slot in self.slots.values():
             self.metrics.model_version.labels(self.tier, config.instance_id, slot.name).set(slot.version)
+        self._events_seen: dict[str, int] = {}
         self.twins: dict[str, Any] = {}
         self.twin_partition: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -221,21 +228,35 @@ class TwinAgent:
             self.metrics.source_latency.observe(max(0, decided - decision["source_emitted_ns"]) / 1e9)
 
     def offer_model(self, update: dict, record: KafkaRecord | None = None) -> bool:
+        """Hand a ModelUpdate (a model or a command) to its slot. One that fails verification or does not load
+        goes to the dead-letter topic with its reason and is counted; the live model stays."""
         slot = self.slots.get(update["model_name"])
         if slot is None:
             return False
         try:
-            swapped = slot.offer(update)
-        except ModelFormatError as exc:
+            taken = slot.offer(update)
+        except ModelRejected as exc:
+            self.metrics.models_refused.labels(self.tier, self.config.instance_id, slot.name, exc.reason).inc()
+            log.warning("%s: refused %s v%s: %s", self.config.instance_id, slot.name, update.get("version"), exc)
             if record is not None:
-                self.reject(record, "bad-model", str(exc))
+                self.reject(record, exc.reason, str(exc))
             return False
-        if swapped:
+        self.sync_model_metrics()
+        return taken
+
+    def sync_model_metrics(self) -> None:
+        """Live versions and lifecycle transitions of every slot into the metrics (called on each side poll)."""
+        for slot in {id(s): s for s in self.slots.values()}.values():
             labels = (self.tier, self.config.instance_id, slot.name)
             self.metrics.model_version.labels(*labels).set(slot.version)
-            self.metrics.model_swaps.labels(*labels).inc()
-            log.info("%s: swapped in %s v%d", self.config.instance_id, slot.name, slot.version)
-        return swapped
+            seen = self._events_seen.get(slot.name, 0)
+            for event in (e for e in slot.events if e["seq"] > seen):
+                self.metrics.model_transitions.labels(*labels, event["event"]).inc()
+                if event["event"].startswith(("promoted", "rolled-back")):
+                    self.metrics.model_swaps.labels(*labels).inc()
+                log.info("%s: %s %s v%d %s", self.config.instance_id, slot.name, event["event"], event["version"],
+                         {k: v for k, v in event.items() if k not in ("event", "version", "seq")})
+            self._events_seen[slot.name] = slot.n_events
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -290,6 +311,7 @@ class TwinAgent:
             self._next_side_poll = now + self.config.side_poll_interval_ms / 1000
             for record in self.side.poll(0):
                 self.process_side(record)
+            self.sync_model_metrics()
         batch = self.source.poll(self.config.poll_timeout_ms)
         if self._rebalance.revoked or self._rebalance.assigned is not None:
             self._apply_rebalance()

@@ -76,6 +76,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tiertwin.errors import BrokerUnavailableError, RecordRejected, TiertwinError
 from tiertwin.pipelines.local_twin import LocalTwin, LocalTwinConfig
+from tiertwin.pipelines.models import verify_update
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 from tiertwin.topics import ACTIONS_LOCAL, DEAD_LETTERS, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
@@ -143,6 +144,7 @@ class DeviceStats:
     outcomes: int = 0
     learned: int = 0
     models_swapped: int = 0
+    models_refused: int = 0
     edge_states: int = 0
     # the uplink thread
     sent: int = 0                # records the broker acknowledged
@@ -328,6 +330,8 @@ class _StatsCollector:
         "outcomes": "Outcomes reported by the device",
         "learned": "Outcomes the twin learned from",
         "models_swapped": "Models hot-swapped between decisions",
+        "models_refused": "Model updates refused before loading (unsigned, badly signed, digest mismatch, does not "
+                          "load); each one also goes to the dead-letter topic",
         "edge_states": "EdgeState records applied",
         "sent": "Records the broker acknowledged",
         "resent": "Acknowledged records that came back from the spill file",
@@ -538,9 +542,16 @@ class DeviceRuntime:
             kind, value = inbox.popleft()
             if kind == "model":
                 try:
-                    if self.twin.swap_model(value):
+                    live = self.twin.model_version
+                    self.twin.swap_model(value)     # a newer version runs in shadow; the slot promotes it
+                    if self.twin.model_version != live:
                         self.stats.models_swapped += 1
-                except TiertwinError as exc:   # e.g. ModelFormatError: the live model stays
+                except RecordRejected as exc:   # ModelRejected, before anything was unpickled: the live model stays
+                    self.stats.models_refused += 1
+                    log.warning("%s: model %s v%s refused: %s", self.config.device_id,
+                                value.get("model_name"), value.get("version"), exc)
+                    self._dead_letter({k: v for k, v in value.items() if k != "payload"}, exc)
+                except TiertwinError as exc:
                     log.warning("%s: model %s v%s not swapped: %s", self.config.device_id,
                                 value.get("model_name"), value.get("version"), exc)
             else:
@@ -792,10 +803,17 @@ class DeviceRuntime:
             return
         self.stats.downlink_records += 1
         if schema == "tiertwin.ModelUpdate":
-            # The models topic is read whole: hand only versions newer than any handed before.
-            if value["version"] <= best_version.get(value["model_name"], -1):
-                return
-            best_version[value["model_name"]] = value["version"]
+            # The models topic is read whole: hand only versions newer than any handed before (commands
+            # always; the caller's slot verifies both). A refused version does not count as handed.
+            if value.get("action", "publish") == "publish":
+                if value["version"] <= best_version.get(value["model_name"], -1):
+                    return
+                try:
+                    verify_update(value)
+                except RecordRejected:
+                    pass
+                else:
+                    best_version[value["model_name"]] = value["version"]
             self._inbox.append(("model", value))
         elif schema == "tiertwin.EdgeState":
             self._inbox.append(("edge", value))

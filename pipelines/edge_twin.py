@@ -263,18 +263,20 @@ class EdgeTwin:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["holds_cell"] = None      # the agent's (partitions): not part of the twin
-        # A slot's lock does not pickle.
-        state["slots"] = [(s.name, s.model, s.version, s.swaps) for s in state["slots"].values()]
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["slots"] = {name: ModelSlot(name, model, version, swaps) for name, model, version, swaps in state["slots"]}
+        # Slots pickle whole (version, revision, shadow); pickles made before that carry their fields as tuples.
+        if isinstance(state["slots"], list):
+            state["slots"] = {name: ModelSlot(name, model, version, swaps) for name, model, version, swaps in state["slots"]}
         self.__dict__.update(state)
 
     def swap_model(self, update: dict) -> bool:
-        """Take a ModelUpdate record if it is one of this twin's models and newer; True if it replaced the live one.
+        """Take a ModelUpdate record (a newer version of one of this twin's models, or a command); True if taken.
 
-        Raises :class:`~tiertwin.pipelines.models.ModelFormatError` if the payload does not load.
+        The handover forecaster's new versions run in shadow until promoted; the bandits' swap in once verified
+        (nothing scores them yet). Raises :class:`~tiertwin.pipelines.models.ModelRejected` before anything is
+        unpickled if the update is unsigned, badly signed or does not match its digest.
         """
         slot = self.slots.get(update["model_name"])
         return slot is not None and slot.offer(update)
@@ -291,11 +293,13 @@ class EdgeTwin:
 
     @staticmethod
     def _decision(kind: str, ids: Mapping[str, str] | str, stamps: dict, *, target: str, cell_id: int,
-                  ue_id: str | None, parameters: dict, model: str, version: int, confidence: float) -> dict:
+                  ue_id: str | None, parameters: dict, model: str, version: int, confidence: float,
+                  revision: int = 0) -> dict:
         did = f"edge/{kind}/{ids}" if isinstance(ids, str) else ids[kind]
         return {"decision_id": did, "tier": "edge", "kind": kind, "ue_id": ue_id,
                 "cell_id": cell_id, "subject_id": None, "target": target, "parameters": parameters,
-                "model_name": model, "model_version": version, "confidence": min(1.0, max(0.0, confidence)),
+                "model_name": model, "model_version": version, "model_revision": revision,
+                "confidence": min(1.0, max(0.0, confidence)),
                 **stamps, "decided_ns": time.time_ns(), "twin_site": "edge"}
 
     # -- summaries: UE views, migration, handover ----------------------------------------------
@@ -360,8 +364,8 @@ class EdgeTwin:
             return
         dt = (s["window_end_ms"] - view.ts_ms) / 1000.0
         if 0 < dt <= 5.0:
-            model, _ = self.slots[self.config.handover_model].current()
-            model.learn_one(sinr_forecast_features(view.sinr_db, view.trend, view.speed, dt), s["sinr_db"])
+            self.slots[self.config.handover_model].learn(sinr_forecast_features(view.sinr_db, view.trend, view.speed, dt),
+                                                         s["sinr_db"])
             out.learned.append(self.config.handover_model)
 
     def _maybe_handover(self, twin: CellTwin, view: UEView, ids, stamps: dict, out: EdgeOutput) -> None:
@@ -383,7 +387,8 @@ class EdgeTwin:
                       **{f"neighbour_{k}": v for k, v in features_to_parameters(neighbour_x).items()}}
         out.decisions.append(self._decision(
             "handover", ids, stamps, target=f"cell:{view.neighbour[0]}", cell_id=twin.cell_id, ue_id=view.ue_id,
-            parameters=parameters, model=slot.name, version=version, confidence=_sigmoid(margin)))
+            parameters=parameters, model=slot.name, version=version, confidence=_sigmoid(margin),
+            revision=slot.revision))
         self._maybe_hand_off(twin, view, out, decided_cell=view.neighbour[0])
 
     def _maybe_hand_off(self, twin: CellTwin, view: UEView, out: EdgeOutput, decided_cell: int | None = None) -> None:
@@ -467,12 +472,13 @@ class EdgeTwin:
         if previous is not None and previous[4] > 0:
             _, share, prev_context, met, measured = previous
             allocator.update(share, prev_context, allocation_reward(met / measured, share, self.config.share_cost))
+            slot.revision += 1
             out.learned.append(model_name)
         share = allocator.pull(context)
         expected = allocator.expected_reward(share, context)
         decision = self._decision(kind, ids, stamps, target="", cell_id=twin.cell_id, ue_id=None,
                                   parameters={"share": share, "expected_reward": expected, **features_to_parameters(context)},
-                                  model=slot.name, version=version,
+                                  model=slot.name, version=version, revision=slot.revision,
                                   confidence=min(1.0, max(0.0, expected + self.config.share_cost * share)))
         twin.allocations[kind] = [decision["decision_id"], share, context, 0, 0]
         return decision

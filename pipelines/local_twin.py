@@ -372,16 +372,12 @@ class LocalTwin:
         """The UE's EDF queue of local work (the device runs its local work in this order)."""
         return self.twin(ue_id).device
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        slot = state.pop("slot")        # its lock does not pickle
-        state["slot_state"] = (slot.name, slot.model, slot.version, slot.swaps)
-        return state
-
     def __setstate__(self, state: dict) -> None:
-        name, model, version, swaps = state.pop("slot_state")
+        # The slot pickles whole (version, revision, shadow); pickles made before that carry its fields.
+        if "slot_state" in state:
+            name, model, version, swaps = state.pop("slot_state")
+            state["slot"] = ModelSlot(name, model, version, swaps)
         self.__dict__.update(state)
-        self.slot = ModelSlot(name, model, version, swaps)
 
     # -- data module ---------------------------------------------------------------------------
     def observe(self, telemetry: dict) -> bool:
@@ -451,7 +447,7 @@ class LocalTwin:
         decision = {
             "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": demand["serving_cell"],
             "subject_id": demand["demand_id"], "target": tier, "parameters": parameters,
-            "model_name": self.slot.name, "model_version": version,
+            "model_name": self.slot.name, "model_version": version, "model_revision": self.slot.revision,
             "confidence": deadline_confidence(predicted[tier], deadline_ms, _mae(model, tier)),
         }
         if stamps is None:
@@ -489,15 +485,17 @@ class LocalTwin:
         x, tier, demand_id = example
         self._forget_demand(demand_id, did)
         placement = outcome.get("placement")
-        model, _ = self.slot.current()
-        model.learn_one({**x, "tier": placement if placement in TIERS else tier}, outcome["latency_ms"])
+        # The slot scores a shadow (or the previous model, on probation) on the same example first.
+        self.slot.learn({**x, "tier": placement if placement in TIERS else tier}, outcome["latency_ms"])
         return True
 
     def swap_model(self, update: dict) -> bool:
-        """Take a ModelUpdate record if it is this twin's model and newer; True if it replaced the live model.
+        """Take a ModelUpdate record (a newer version of this twin's model, or an operator command); True if taken.
 
-        Decisions read the model and its version together, so a swap falls between two decisions.
-        Raises :class:`~tiertwin.pipelines.models.ModelFormatError` if the payload does not load.
+        A newer version runs in shadow until the slot promotes it (:class:`~tiertwin.pipelines.models.ModelSlot`);
+        decisions read the model and its version together, so a swap falls between two decisions.
+        Raises :class:`~tiertwin.pipelines.models.ModelRejected` (unsigned, badly signed, digest mismatch,
+        does not load) before anything is unpickled; the live model stays.
         """
         return self.slot.offer(update)
 

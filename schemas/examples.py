@@ -59,7 +59,7 @@ _EXAMPLES: dict[str, dict] = {
         "confidence": 0.875, "source_topic": "tiertwin.local.demands", "source_partition": 3,
         "source_offset": 1200, "source_ts_ms": 1_767_225_600_000, "source_emitted_ns": 1_767_225_600_000_000_000,
         "received_ns": 1_767_225_600_001_000_000, "decided_ns": 1_767_225_600_001_200_000,
-        "twin_site": "edge",
+        "twin_site": "edge", "model_revision": 12,
     },
     "Outcome": {
         "outcome_id": "ue-0001/d/42/outcome", "ts_ms": 1_767_225_600_014, "kind": "demand", "ue_id": "ue-0001",
@@ -73,6 +73,7 @@ _EXAMPLES: dict[str, dict] = {
         "payload": b"\x80\x04N.", "metrics": {"mae_ms": 1.25, "live_mae_ms": 1.75},
         "training_window_start_ms": 1_767_225_600_000, "training_window_end_ms": 1_767_225_660_000,
         "trained_on": 12_000, "producer": "cloud-training",
+        "digest": "6a0e2b3b9fd67e94ea8c1e3fd34f0c1b8a4a1c5d8b6f5e0a3d5a2e1f0c9b8a7d", "signature": "", "action": "publish",
     },
     "DeadLetter": {
         "original": b"\x00\x01garbage", "original_key": b"ue-0001", "topic": "tiertwin.local.telemetry",

@@ -13,7 +13,7 @@ from tiertwin.connectors.kafka import KafkaSink
 from tiertwin.connectors.kafka import read_topic
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
 from tiertwin.pipelines.local_twin import LocalTwinAgent
-from tiertwin.pipelines.models import parameters_to_features, publish_model
+from tiertwin.pipelines.models import parameters_to_features, publish_command, publish_model
 from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet
 
 from tests.agent_support import Running, local_agent_config, wait_until
@@ -80,6 +80,9 @@ def test_model_update_changes_version_of_later_decisions(local_config, settings)
         send(sink, local_config.demands_topic, "Demand", first)
         assert len(read_topic(local_config.actions_topic, settings, expect=len(first), timeout_s=30)) == len(first)
         publish_model(sink, DEMAND_LATENCY, default_model(DEMAND_LATENCY), version=7, topic=local_config.models_topic)
+        # v7 runs in shadow until promoted: here by the operator's signed command (the lifecycle's own
+        # verdicts are tests/test_model_lifecycle.py's)
+        publish_command(sink, "promote", DEMAND_LATENCY, 7, topic=local_config.models_topic)
         deadline = time.monotonic() + 20
         while agent.latency_slot.version != 7 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -81,16 +81,39 @@ def test_history_versions_are_loaded(registry):
     assert record["heading_deg"] == 0.0
 
 
-def test_decision_v1_decodes_as_v2_with_the_default_twin_site(registry):
+def _fields(schema) -> list[str]:
+    return [f["name"] for f in schema.raw["fields"]]
+
+
+def test_decision_v1_decodes_as_v3_with_the_default_twin_site(registry):
     # Decision v2 added twin_site; a v1 record (a service twin's, before the field) reads as made at the edge.
     current = registry.current("Decision")
-    v1 = next(v for v in registry.versions("Decision") if v is not current)
-    assert [f["name"] for f in current.raw["fields"]] == [f["name"] for f in v1.raw["fields"]] + ["twin_site"]
-    old = {k: v for k, v in example("Decision").items() if k != "twin_site"}
+    v1 = next(v for v in registry.versions("Decision") if "twin_site" not in _fields(v))
+    assert _fields(current) == _fields(v1) + ["twin_site", "model_revision"]
+    old = {k: v for k, v in example("Decision").items() if k not in ("twin_site", "model_revision")}
     name, record = registry.decode(registry.encode_with(v1, old))
-    assert name == "tiertwin.Decision" and record == {**old, "twin_site": "edge"}
+    assert name == "tiertwin.Decision" and record == {**old, "twin_site": "edge", "model_revision": 0}
     for site in ("device", "edge", "cloud"):
         assert registry.decode(registry.encode("Decision", {**old, "twin_site": site}))[1]["twin_site"] == site
+
+
+def test_decision_v2_decodes_as_v3_at_revision_0(registry):
+    # Decision v3 added model_revision (online updates since the version); a v2 record reads as revision 0.
+    current = registry.current("Decision")
+    v2 = next(v for v in registry.versions("Decision") if _fields(v) == _fields(current)[:-1])
+    old = {k: v for k, v in example("Decision").items() if k != "model_revision"}
+    assert registry.decode(registry.encode_with(v2, old))[1] == {**old, "model_revision": 0}
+    assert registry.decode(registry.encode("Decision", {**old, "model_revision": 41}))[1]["model_revision"] == 41
+
+
+def test_model_update_v1_decodes_unsigned(registry):
+    # ModelUpdate v2 added digest, signature and action; a v1 record reads as an unsigned publish (refused on load).
+    current = registry.current("ModelUpdate")
+    v1 = next(v for v in registry.versions("ModelUpdate") if v is not current)
+    assert _fields(current) == _fields(v1) + ["digest", "signature", "action"]
+    old = {k: v for k, v in example("ModelUpdate").items() if k in _fields(v1)}
+    assert registry.decode(registry.encode_with(v1, old))[1] == {**old, "digest": "", "signature": "",
+                                                                 "action": "publish"}
 
 
 @pytest.mark.parametrize("data,reason", [

@@ -209,12 +209,13 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
         assert stats.send_errors > 0 and stats.spilled > 0, stats
         assert device.drain(90), f"uplink did not catch up: {stats}"
         # the downlink came back too: a model published after the restart swaps in between two decisions
-        from tiertwin.pipelines.models import publish_model
+        from tiertwin.pipelines.models import publish_command, publish_model
 
         old = device.model_version
         with KafkaSink(private.settings, client_id="test-device-outage-models") as sink:
             publish_model(sink, device.twin.model_name, device.twin.model.clone(include_attributes=True), old + 1,
                           topic=topics.models)
+            publish_command(sink, "promote", device.twin.model_name, old + 1, topic=topics.models)
         deadline = time.monotonic() + 30
         while decisions[-1]["model_version"] == old and time.monotonic() < deadline:
             for kind, record in fleet.step(START_MS + tick * 10):
@@ -252,7 +253,7 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
 # -- downlink: a model update swaps the model between two decisions; edge state arrives -------------
 @pytest.mark.broker
 def test_a_model_update_swaps_the_model_between_two_decisions(broker, settings, tmp_path):
-    from tiertwin.pipelines.models import publish_model
+    from tiertwin.pipelines.models import publish_command, publish_model
 
     topics = make_topics(settings, "test.device.models")
     config = DeviceConfig(device_id="models", topics=topics, spill_dir=tmp_path)
@@ -264,6 +265,7 @@ def test_a_model_update_swaps_the_model_between_two_decisions(broker, settings, 
         new_model = device.twin.model.clone(include_attributes=True)
         with KafkaSink(settings, client_id="test-device-models") as sink:
             publish_model(sink, device.twin.model_name, new_model, old + 1, topic=topics.models)
+            publish_command(sink, "promote", device.twin.model_name, old + 1, topic=topics.models)
             edge = {"cell_id": 1, "site_id": 0, "ts_ms": START_MS + 5, "attached_ues": 3, "prb_utilization": 0.9,
                     "cell_load_mbps": 500.0, "mean_sinr_db": 12.0, "mec_queue_gcycles": 40.0, "mec_utilization": 0.8,
                     "mec_capacity_gcps": 200.0, "handovers": 0, "emitted_ns": 0}

@@ -10,7 +10,7 @@ import pytest
 from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
 from tiertwin.pipelines.local_twin import EdfQueue, LocalTwin, LocalTwinConfig
-from tiertwin.pipelines.models import model_update, parameters_to_features
+from tiertwin.pipelines.models import command_update, model_update, parameters_to_features
 from tiertwin.pipelines.pretrain import EPOCH_MS, PRETRAINED_VERSION, SyntheticFleet
 from tiertwin.schemas import SchemaRegistry
 
@@ -203,6 +203,9 @@ def test_swap_model_takes_only_a_newer_version_between_decisions():
     assert not twin.swap_model(model_update(DEMAND_LATENCY, fresh, PRETRAINED_VERSION)), "same version"
     assert not twin.swap_model(model_update("handover-sinr", fresh, 9)), "another model"
     assert twin.swap_model(model_update(DEMAND_LATENCY, fresh, 5))
+    assert twin.place(demand(2))["model_version"] == PRETRAINED_VERSION, "v5 runs in shadow: it does not decide"
+    assert twin.slot.shadow.version == 5
+    assert twin.swap_model(command_update("promote", DEMAND_LATENCY, 5))
     after = twin.place(demand(2))
     assert (before["model_version"], after["model_version"], twin.model_version) == (PRETRAINED_VERSION, 5, 5)
     assert not twin.swap_model(model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 4)), "never downgraded"
@@ -266,7 +269,9 @@ def test_fast_path_makes_the_decisions_rivers_own_predictions_make():
     for i, (kind, record) in enumerate(events):
         if i == len(events) // 2:
             update = model_update(DEMAND_LATENCY, retrained, PRETRAINED_VERSION + 1)
+            promote = command_update("promote", DEMAND_LATENCY, PRETRAINED_VERSION + 1)
             assert fast.swap_model(update) and reference.swap_model(update)
+            assert fast.swap_model(promote) and reference.swap_model(promote)
             rivers_own(reference.model)
         if kind == "telemetry":
             assert fast.observe(record) == reference.observe(record)

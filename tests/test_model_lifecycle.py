@@ -1,0 +1,189 @@
+"""Model lifecycle (#15): identity, signed updates, shadow -> promote -> rollback, checkpointed revision."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from river import linear_model, optim
+
+from tiertwin.pipelines import signing
+from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
+from tiertwin.pipelines.lifecycle import PromotionPolicy
+from tiertwin.pipelines.local_twin import LocalTwin
+from tiertwin.pipelines.models import (ModelRejected, ModelSlot, command_update, model_update, next_version,
+                                       payload_digest, serialize)
+from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet
+
+KEY = b"test-deployment-key-0123456789ab"
+POLICY = PromotionPolicy(min_outcomes=100, max_outcomes=2_000, probation=400)
+
+
+def line(w: float) -> linear_model.LinearRegression:
+    """y = w * a, frozen (learning rate 0): its error on y = 2a is fixed by w."""
+    model = linear_model.LinearRegression(optimizer=optim.SGD(0.0), intercept_lr=0.0)
+    model._weights["a"] = w
+    return model
+
+
+def examples(n: int, seed: int = 1):
+    rng = random.Random(seed)
+    for _ in range(n):
+        a = rng.uniform(1, 10)
+        yield {"a": a}, 2.0 * a + rng.gauss(0, 0.5)
+
+
+def slot_with(live_w: float) -> ModelSlot:
+    return ModelSlot("m", line(live_w), version=1, key=KEY, policy=POLICY)
+
+
+class WritesAFile:
+    """Unpickling this runs Path.write_text: a model payload that would own the twin if loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.write_text, (self.path, "pwned")
+
+
+# -- identity ----------------------------------------------------------------------------------------
+def test_an_update_carries_name_version_digest_and_signature():
+    update = model_update("m", line(2.0), 3, key=KEY)
+    assert (update["model_name"], update["version"], update["action"]) == ("m", 3, "publish")
+    assert update["digest"] == payload_digest(update["payload"]) and len(update["signature"]) == 64
+
+
+def test_versions_never_collide_with_the_shipped_model():
+    # Fresh install: nothing on the topic -> the first publisher's version follows the shipped one.
+    assert next_version([], "m", shipped=PRETRAINED_VERSION) == PRETRAINED_VERSION + 1
+    on_topic = [model_update("m", line(1.0), 1), model_update("m", line(1.0), 4), model_update("other", line(1.0), 9)]
+    assert next_version(on_topic, "m") == 5
+    forged = {**model_update("m", line(1.0), 99), "signature": "00" * 32}
+    assert next_version(on_topic + [forged], "m") == 5, "a forged version does not move the numbering"
+
+
+def test_decisions_name_version_and_revision_and_a_restart_keeps_them():
+    twin = LocalTwin()
+    fleet = SyntheticFleet(n_ues=3, n_cells=2, seed=5)
+    learned = 0
+    for tick in range(60):
+        for kind, record in fleet.step(tick * 10):
+            if kind == "telemetry":
+                twin.observe(record)
+            elif kind == "demand":
+                decision = twin.place(record)
+                assert decision["model_revision"] == learned
+                learned += twin.learn({"kind": "demand", "decision_id": decision["decision_id"],
+                                       "demand_id": record["demand_id"], "placement": decision["target"],
+                                       "latency_ms": 12.0})
+    assert learned > 10 and twin.slot.revision == learned
+    twin.swap_model(model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 7))
+    restored = pickle.loads(pickle.dumps(twin))     # the device's checkpoint: the twin pickles whole
+    assert (restored.slot.version, restored.slot.revision, restored.slot.shadow.version) == (PRETRAINED_VERSION, learned, 7)
+
+
+# -- signed updates ----------------------------------------------------------------------------------
+def test_the_key_file_is_created_once_mode_0600_and_the_env_var_names_its_path(tmp_path, monkeypatch):
+    path = tmp_path / "keys" / "deploy.key"
+    monkeypatch.setenv(signing.KEY_FILE_ENV, str(path))
+    assert signing.key_path() == path
+    key = signing.ensure_key(path)
+    assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert signing.ensure_key(path) == key
+    os.chmod(path, 0o644)
+    with pytest.raises(Exception, match="chmod 600"):
+        signing.ensure_key(path)
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda u: {**u, "signature": ""}, "unsigned-model"),
+    (lambda u: {**u, "signature": signing.sign(u, b"another-deployment-key-0123456")}, "bad-signature"),
+    (lambda u: {**u, "digest": "0" * 64, "signature": signing.sign({**u, "digest": "0" * 64}, KEY)}, "digest-mismatch"),
+])
+def test_a_forged_update_is_refused_before_it_is_unpickled(tmp_path, forge, reason):
+    target = tmp_path / "pwned"
+    payload = pickle.dumps(WritesAFile(target))
+    genuine = {**model_update("m", line(1.0), 5, key=KEY), "payload": payload, "digest": payload_digest(payload)}
+    slot = slot_with(1.0)
+    with pytest.raises(ModelRejected) as refused:
+        slot.offer(forge(genuine))
+    assert refused.value.reason == reason
+    assert not target.exists(), "the forged pickle was loaded"
+    assert (slot.version, slot.shadow) == (1, None), "the live model stays"
+
+
+# -- shadow -> promote -> rollback -------------------------------------------------------------------
+def run(slot: ModelSlot, n: int, seed: int = 1) -> list[int]:
+    """Learn n outcomes; the live version before each (what a decision at that moment would name)."""
+    versions = []
+    for x, y in examples(n, seed):
+        versions.append(slot.current()[1])
+        slot.learn(x, y)
+    return versions
+
+
+def test_a_worse_candidate_stays_shadow_makes_no_decision_and_is_rejected():
+    slot = slot_with(1.8)
+    assert slot.offer(model_update("m", line(0.5), 2, key=KEY))
+    versions = run(slot, 300)
+    assert set(versions) == {1}, "decisions by the worse candidate: 0"
+    assert slot.shadow is None and 2 in slot.rejected
+    assert [e["event"] for e in slot.events] == ["shadowing", "rejected"]
+    assert not slot.offer(model_update("m", line(0.5), 2, key=KEY)), "a rejected version is not shadowed again"
+
+
+def test_a_better_candidate_is_promoted_after_enough_outcomes():
+    slot = slot_with(1.5)
+    slot.offer(model_update("m", line(2.0), 2, key=KEY))
+    versions = run(slot, 400)
+    promoted_at = versions.index(2)
+    assert POLICY.min_outcomes <= promoted_at <= POLICY.min_outcomes + 5
+    assert slot.version == 2 and slot.previous.version == 1, "the previous model stays warm on probation"
+    assert slot.revision == len(versions) - 0, "the revision counts the outcomes learned since v2 was published"
+    events = [e["event"] for e in slot.events]
+    assert events[:2] == ["shadowing", "promoted"]
+
+
+def test_a_bad_promotion_forced_by_hand_rolls_back_by_itself():
+    slot = slot_with(2.0)
+    slot.offer(model_update("m", line(0.5), 2, key=KEY))
+    run(slot, 10)
+    assert slot.offer(command_update("promote", "m", 2, key=KEY)) and slot.version == 2
+    versions = run(slot, 400, seed=2)
+    rolled_at = versions.index(1)
+    assert rolled_at <= POLICY.min_outcomes + 5 and slot.version == 1 and 2 in slot.rejected
+    assert [e["event"] for e in slot.events] == ["shadowing", "promoted-by-operator", "rolled-back"]
+
+
+def test_operator_commands_are_signed_and_reject_and_rollback_work():
+    slot = slot_with(1.5)
+    slot.offer(model_update("m", line(2.0), 2, key=KEY))
+    with pytest.raises(ModelRejected):
+        slot.offer({**command_update("promote", "m", 2, key=KEY), "signature": ""})
+    assert slot.offer(command_update("reject", "m", 2, key=KEY)) and slot.shadow is None
+    slot.offer(model_update("m", line(2.0), 3, key=KEY))
+    slot.offer(command_update("promote", "m", 3, key=KEY))
+    assert slot.offer(command_update("rollback", "m", 3, key=KEY)) and slot.version == 1
+    assert not slot.offer(command_update("rollback", "m", 3, key=KEY)), "nothing left to roll back"
+
+
+def test_a_slot_pickles_with_its_shadow_and_scores():
+    slot = slot_with(1.5)
+    slot.offer(model_update("m", line(2.0), 2, key=KEY))
+    run(slot, 50)
+    restored = pickle.loads(pickle.dumps(slot))
+    restored.key = KEY
+    assert (restored.version, restored.revision, restored.shadow.score.n) == (1, 50, 50)
+    run(restored, 100)
+    assert restored.version == 2
+
+
+def test_serialized_payload_is_what_the_digest_names():
+    model = line(2.0)
+    assert payload_digest(serialize(model)) == model_update("m", model, 1, key=KEY)["digest"]
