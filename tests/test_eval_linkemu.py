@@ -10,6 +10,7 @@ import pytest
 
 from tiertwin.connectors.linkemu import Link, LinkEmulator, LinkPath
 from tiertwin.errors import ConfigError
+from tiertwin.procs import free_ports
 
 
 @pytest.fixture
@@ -37,12 +38,6 @@ def echo_port():
     server.close()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _round_trips(port, n=15, size=200):
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -59,7 +54,7 @@ def _round_trips(port, n=15, size=200):
 
 def test_round_trip_pays_the_one_way_delay_twice(echo_port):
     direct = statistics.median(_round_trips(echo_port))
-    with LinkEmulator(_free_port(), ("127.0.0.1", echo_port), LinkPath.parse(["5", "10"])) as emulator:
+    with LinkEmulator(free_ports(1)[0], ("127.0.0.1", echo_port), LinkPath.parse(["5", "10"])) as emulator:
         rtts = _round_trips(emulator.listen_port)
     assert min(rtts) >= 2 * 15.0                       # never less than the configured path, both ways
     assert statistics.median(rtts) < 2 * 15.0 + direct + 25.0   # and not wildly more (a loaded 2-core machine)
@@ -68,7 +63,7 @@ def test_round_trip_pays_the_one_way_delay_twice(echo_port):
 
 def test_bytes_arrive_whole_and_in_order_despite_jitter(echo_port):
     payload = bytes(range(256)) * 4000                  # ~1 MB, many chunks, each with its own jitter
-    with LinkEmulator(_free_port(), ("127.0.0.1", echo_port), LinkPath.parse(["1:3"]), seed=1) as emulator:
+    with LinkEmulator(free_ports(1)[0], ("127.0.0.1", echo_port), LinkPath.parse(["1:3"]), seed=1) as emulator:
         with socket.create_connection(("127.0.0.1", emulator.listen_port)) as sock:
             threading.Thread(target=sock.sendall, args=(payload,), daemon=True).start()
             received = bytearray()

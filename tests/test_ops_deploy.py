@@ -1,13 +1,13 @@
 """deploy -> jobs -> stop, with real processes, and spec validation errors that name the field."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+from tiertwin.procs import free_ports
 
 pytestmark = pytest.mark.broker
 
@@ -17,14 +17,8 @@ def _cli(*args, env=None, timeout=60):
                           env=env, timeout=timeout)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_deploy_lists_and_stops_a_job(broker, tmp_path):
-    port = _free_port()
+    port = free_ports(1)[0]
     spec = tmp_path / "api.yaml"
     spec.write_text(f"name: twin-api\ntier: api\ninstances: 1\nargs: ['--port', '{port}']\n")
     env = {**os.environ, "TIERTWIN_HOME": str(tmp_path / "home")}

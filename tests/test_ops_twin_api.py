@@ -1,7 +1,6 @@
 """The twin API over a TwinView that follows (fresh) tier topics on the real broker."""
 
 import json
-import socket
 import threading
 
 import httpx
@@ -16,6 +15,7 @@ from tiertwin.schemas import SchemaRegistry
 from tiertwin.schemas.examples import example
 
 from tests.agent_support import wait_until_or_fail
+from tiertwin.procs import free_ports
 
 pytestmark = pytest.mark.broker
 
@@ -72,15 +72,9 @@ def test_api_serves_ue_cell_edge_twins_and_decisions(view_topics, settings, monk
         view.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_decision_stream_delivers_new_decisions_as_server_sent_events(view_topics, settings):
     view = TwinView(view_topics, settings, from_beginning=True).start()
-    port = _free_port()
+    port = free_ports(1)[0]
     server = uvicorn.Server(uvicorn.Config(create_app(view), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from tiertwin.schemas.examples import example
 
 from tests.agent_support import wait_until_or_fail
 from tiertwin.settings import Settings
+from tiertwin.procs import free_ports
 
 SCENARIO = "dense-urban-xr"
 
@@ -132,16 +132,10 @@ def test_frames_carry_ue_ids_only_when_they_change_and_each_decision_once():
     assert frame["ue_ids"] == ["ue-1", "ue-2"] and [d["id"] for d in frame["decisions"]] == ["second"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_state_stream_sends_frames_as_server_sent_events():
     view = TwinView()
     view.apply("s", "tiertwin.LocalSummary", example("LocalSummary", ue_id="ue-1", x_m=5.0))
-    port = _free_port()
+    port = free_ports(1)[0]
     server = uvicorn.Server(uvicorn.Config(create_app(view), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
