@@ -88,11 +88,18 @@ def sinr_forecast_features(sinr_db: float, trend_db_per_s: float, speed_mps: flo
                            horizon_s: float) -> dict[str, float]:
     """Features for forecasting the change of one cell's SINR over ``horizon_s``.
 
+    Physics-shaped: the trend carried over the horizon; the distance moved (path-loss change and
+    shadowing decorrelation both grow with it); the trend itself (the summary's SINR is smoothed,
+    so it lags the present by a fraction of a second); and the level times the distance moved
+    (shadowing reverts to its mean in proportion to the distance moved, ``1 - exp(-d / d_corr)``).
+
     >>> sinr_forecast_features(10.0, -2.0, 5.0, 0.5)
-    {'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}
+    {'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0, 'trend_db_per_s': -2.0, 'sinr_x_speed_h': 2.5}
     """
-    return {"trend_x_h": trend_db_per_s * horizon_s, "speed_x_h": speed_mps * horizon_s,
-            "horizon_s": horizon_s, "sinr_db": sinr_db}
+    speed_x_h = speed_mps * horizon_s
+    return {"trend_x_h": trend_db_per_s * horizon_s, "speed_x_h": speed_x_h,
+            "horizon_s": horizon_s, "sinr_db": sinr_db, "trend_db_per_s": trend_db_per_s,
+            "sinr_x_speed_h": sinr_db * speed_x_h / 10.0}
 
 
 def cell_context(edge: Mapping) -> dict[str, float]:

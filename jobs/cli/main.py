@@ -17,6 +17,7 @@ from tiertwin.jobs.api import twin_api
 from tiertwin.jobs.bench import agents as bench_agents
 from tiertwin.jobs.bench import chaos
 from tiertwin.jobs.bench import cloud as bench_cloud
+from tiertwin.jobs.bench import fidelity as bench_fidelity
 from tiertwin.jobs.bench import local as bench_local
 from tiertwin.jobs.bench import replay as bench_replay
 from tiertwin.jobs.bench import sim as bench_sim
@@ -207,6 +208,7 @@ bench_app.add_typer(bench_sim.bench_commands)
 bench_app.add_typer(bench_cloud.bench_commands)
 bench_app.add_typer(bench_tiers.bench_commands)
 bench_app.add_typer(bench_local.bench_commands)
+bench_app.add_typer(bench_fidelity.bench_commands)
 
 
 def main() -> None:  # pragma: no cover - console entry point

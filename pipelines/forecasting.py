@@ -1,0 +1,91 @@
+"""The edge twin's SINR forecaster: :class:`SinrForecaster`, learned at the horizon it is asked for.
+
+It forecasts the *change* of a cell's SINR over ``x["horizon_s"]`` with a recursive least-squares
+fit (:class:`~tiertwin.pipelines.rls.RecursiveLeastSquares`) over the physics-shaped features of
+:func:`~tiertwin.pipelines.features.sinr_forecast_features`. The prior is 0 change, so an untrained
+forecaster is persistence and learning only adds what the data shows. The edge twin teaches it
+with the SINR it sees ``horizon_s`` after the forecast (:class:`HorizonBuffer`), not the next
+summary's: a model that learns 0.2 s steps and is asked for 0.5 s ahead is wrong by construction.
+
+>>> from tiertwin.pipelines.features import sinr_forecast_features
+>>> f = SinrForecaster()
+>>> x = sinr_forecast_features(10.0, -4.0, 1.0, 0.5)
+>>> f.predict_one(x)
+10.0
+>>> for _ in range(300):
+...     f.learn_one(x, 8.0)
+>>> round(f.predict_one(x), 1)
+8.0
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Mapping
+
+from river import base
+
+from tiertwin.pipelines.rls import RecursiveLeastSquares
+
+FEATURES = ("trend_x_h", "speed_x_h", "sinr_db", "trend_db_per_s", "sinr_x_speed_h", "bias")
+
+
+class SinrForecaster(base.Regressor):
+    """Forecast of a cell's SINR (dB) ``x["horizon_s"]`` ahead (see the module docstring).
+
+    Parameters
+    ----------
+    forgetting
+        RLS forgetting factor per example.
+    horizon_s
+        The horizon it is trained for (the edge twin's ``handover_horizon_s``); informative, the
+        features carry the horizon of each forecast.
+    """
+
+    def __init__(self, forgetting: float = 0.9995, horizon_s: float = 0.5):
+        self.forgetting = forgetting
+        self.horizon_s = horizon_s
+        self._fit = RecursiveLeastSquares(FEATURES, forgetting=forgetting, prior_variance=1.0, clip=4.0, min_clip=0.5)
+        self.n_learned = 0
+
+    def learn_one(self, x: dict, y: float) -> None:
+        self._fit.learn(x, float(y) - float(x["sinr_db"]))
+        self.n_learned += 1
+
+    def predict_one(self, x: dict) -> float:
+        return float(x["sinr_db"]) + self._fit.predict(x)
+
+    def coefficients(self) -> dict[str, float]:
+        return self._fit.coefficients()
+
+
+class HorizonBuffer:
+    """Forecast features waiting for the SINR ``horizon_s`` later, which is their label.
+
+    ``push(t_ms, x)`` keeps the features of a forecast made at ``t_ms``; ``due(t_ms)`` returns those
+    whose horizon has come (at least ``horizon_s``, at most ``horizon_s + slack_s`` old: an older one
+    would teach a longer horizon and is dropped).
+
+    >>> b = HorizonBuffer(0.5)
+    >>> b.push(0, {"sinr_db": 1.0}); b.push(200, {"sinr_db": 2.0})
+    >>> b.due(400), b.due(600)
+    ([], [{'sinr_db': 1.0}])
+    >>> b.due(1_000)        # 800 ms old: beyond 0.5 s + 0.2 s of slack, dropped
+    []
+    """
+
+    def __init__(self, horizon_s: float, slack_s: float = 0.2, maxlen: int = 64):
+        self.horizon_ms = horizon_s * 1000.0
+        self.slack_ms = slack_s * 1000.0
+        self.waiting: deque[tuple[float, Mapping]] = deque(maxlen=maxlen)
+
+    def push(self, t_ms: float, x: Mapping) -> None:
+        self.waiting.append((t_ms, x))
+
+    def due(self, t_ms: float) -> list[Mapping]:
+        out = []
+        while self.waiting and t_ms - self.waiting[0][0] >= self.horizon_ms:
+            t0, x = self.waiting.popleft()
+            if t_ms - t0 <= self.horizon_ms + self.slack_ms:
+                out.append(x)
+        return out

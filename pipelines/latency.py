@@ -1,0 +1,130 @@
+"""The demand-latency model that learns what physics misses: :class:`ResidualLatencyModel`.
+
+Per tier, latency = the physics estimate (bytes over the link, cycles at nominal speed, the queue
+ahead) corrected by a recursive least-squares fit (:class:`~tiertwin.pipelines.rls.RecursiveLeastSquares`)
+over the same physics-shaped terms, starting from weights that *are* the physics estimate. So:
+
+* where physics is exact, the residuals are 0 and the model is the physics estimate, never worse;
+* the weight on ``local_compute_ms`` is nominal / effective device speed and the one on
+  ``edge_compute_ms`` nominal / effective MEC slice speed, learned online with forgetting: a device
+  twice as fast as the training one is followed within a few hundred of its demands;
+* no learning rate and no feature scaling that could drift (what degraded the edge tier online).
+
+>>> model = ResidualLatencyModel()
+>>> x = {"local_compute_ms": 20.0, "local_queue_ms": 5.0, "tier": "local"}
+>>> model.predict_one(x)          # untrained: the physics estimate
+25.0
+>>> for i in range(300):          # the device runs twice as fast as nominal
+...     c = float(i % 17 + 1)
+...     model.learn_one({"local_compute_ms": c, "local_queue_ms": 0.0, "tier": "local"}, c / 2)
+>>> round(model.effective_speed("local"), 1), round(model.predict_one(x), 1)
+(40.0, 12.5)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from river import base
+
+from tiertwin.pipelines.features import CLOUD_CAPACITY_GCPS, DEFAULT_MEC_CAPACITY_GCPS, DEVICE_CAPACITY_GCPS
+from tiertwin.pipelines.rls import RecursiveLeastSquares
+
+# term -> prior weight; the prior weights sum up the physics estimate (transfer + compute + queue).
+TIER_TERMS: dict[str, dict[str, float]] = {
+    # The device's EDF queue holds nominal compute ms too: one term, so one learned speed scales both.
+    "local": {"local_work_ms": 1.0, "local_backlog_ms": 0.0, "bias": 0.0},
+    "edge": {"uplink_ms": 1.0, "downlink_ms": 1.0, "congested_transfer_ms": 0.0, "rtt_ms": 0.0,
+             "edge_compute_ms": 1.0, "edge_queue_ms": 1.0, "edge_queue_low_priority_ms": 0.0, "bias": 0.0},
+    "cloud": {"uplink_ms": 1.0, "downlink_ms": 1.0, "congested_transfer_ms": 0.0, "rtt_ms": 0.0,
+              "cloud_compute_ms": 1.0, "bias": 0.0},
+}
+COMPUTE_TERM = {"local": ("local_work_ms", DEVICE_CAPACITY_GCPS), "edge": ("edge_compute_ms", DEFAULT_MEC_CAPACITY_GCPS),
+                "cloud": ("cloud_compute_ms", CLOUD_CAPACITY_GCPS)}
+
+
+def physics_estimate(x: Mapping, tier: str) -> float:
+    """Transfer + compute at nominal speed + queue ahead, in ms (the model's prior).
+
+    >>> physics_estimate({"uplink_ms": 2.0, "downlink_ms": 3.0, "edge_compute_ms": 4.0, "edge_queue_ms": 1.0}, "edge")
+    10.0
+    >>> physics_estimate({"local_compute_ms": 2.0, "local_queue_ms": 3.0, "local_backlog_ms": 9.0}, "local")
+    5.0
+    """
+    return sum(w * v for w, v in zip(TIER_TERMS[tier].values(), tier_terms(x, tier)))
+
+
+def tier_terms(x: Mapping, tier: str) -> list[float]:
+    """The tier's terms of ``x`` in :data:`TIER_TERMS` order (absent features count 0)."""
+    g = x.get
+    if tier == "local":
+        queue = g("local_queue_ms", 0.0)
+        return [g("local_compute_ms", 0.0) + queue, g("local_backlog_ms", queue) - queue, 1.0]
+    return [1.0 if k == "bias" else g(k, 0.0) for k in TIER_TERMS[tier]]
+
+
+class ResidualLatencyModel(base.Regressor):
+    """Per-tier latency (ms) = physics estimate corrected online; ``x["tier"]`` routes (see the module docstring).
+
+    ``predict_tiers(x)`` predicts every tier at once (what a placement needs) and ``mae(tier)`` is the
+    running mean absolute error, as for :class:`~tiertwin.pipelines.learners.DemandLatencyModel`.
+
+    Parameters
+    ----------
+    forgetting
+        RLS forgetting factor per example of a tier.
+    error_decay
+        Weight of the newest absolute error in the running mean absolute error.
+    """
+
+    def __init__(self, forgetting: float = 0.998, error_decay: float = 0.02):
+        self.forgetting = forgetting
+        self.error_decay = error_decay
+        self._fits = {tier: RecursiveLeastSquares(tuple(terms), terms, forgetting=forgetting)
+                      for tier, terms in TIER_TERMS.items()}
+        self._mae = {tier: 5.0 for tier in TIER_TERMS}
+        self.n_learned = 0
+
+    def _tier(self, x: Mapping) -> str:
+        tier = x.get("tier")
+        if tier not in self._fits:
+            raise ValueError(f"x['tier'] must be one of {sorted(self._fits)}, got {tier!r}")
+        return tier
+
+    def _predict(self, x: Mapping, tier: str) -> float:
+        try:
+            value = self._fits[tier].predict_vector(tier_terms(x, tier))
+        except TypeError:   # a feature that is not a number: as if absent
+            numbers = {k: v for k, v in x.items() if isinstance(v, (int, float))}
+            value = self._fits[tier].predict_vector(tier_terms(numbers, tier))
+        return value if value > 0.0 else 0.0
+
+    def predict_one(self, x: dict) -> float:
+        return self._predict(x, self._tier(x))
+
+    def predict_tiers(self, x: Mapping) -> dict[str, float]:
+        """Predicted latency at every tier for the same features (``x["tier"]`` not needed)."""
+        return {tier: self._predict(x, tier) for tier in self._fits}
+
+    def learn_one(self, x: dict, y: float) -> None:
+        tier = self._tier(x)
+        y = float(y)
+        error = abs(self._predict(x, tier) - y)
+        if math.isfinite(error):
+            self._mae[tier] += self.error_decay * (error - self._mae[tier])
+        self._fits[tier].learn_vector(tier_terms(x, tier), y)
+        self.n_learned += 1
+
+    def mae(self, tier: str) -> float:
+        """Running mean absolute error (ms) of the tier's predictions."""
+        return self._mae[tier]
+
+    def coefficients(self, tier: str) -> dict[str, float]:
+        return self._fits[tier].coefficients()
+
+    def effective_speed(self, tier: str) -> float:
+        """The compute speed (Gcycles/s) the tier's fit implies: nominal / weight on its compute term."""
+        term, nominal = COMPUTE_TERM[tier]
+        weight = self._fits[tier].coefficients()[term]
+        return nominal / weight if weight > 1e-9 else math.inf
