@@ -24,7 +24,7 @@ from tiertwin.connectors.kafka import read_topic
 from tiertwin.jobs.bench.cloud import STREAMS, produce, tier_traffic
 from tiertwin.pipelines.learners import DEMAND_LATENCY
 from tiertwin.pipelines.local_twin import LocalAgentConfig, LocalTwinAgent
-from tiertwin.pipelines.models import publish_model
+from tiertwin.pipelines.models import publish_command
 from tiertwin.pipelines import parquet_log
 from tiertwin.pipelines.parquet_log import event_time_ms
 from tiertwin.pipelines.pretrain import SyntheticFleet, load_pretrained
@@ -78,10 +78,9 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
     snapshots, dead, models = new_topic(2), new_topic(1), new_topic(1)
     agent_topics = {name: new_topic(1, prefix=f"test.cloud.local.{name}") for name in
                     ("telemetry", "demands", "outcomes", "edge_state", "summaries", "actions", "changelog", "dead")}
-    # The live model everyone starts from: the shipped pre-trained one, on the models topic as pretrain puts it.
-    pretrained, live_version = load_pretrained(DEMAND_LATENCY)
-    with KafkaSink(settings) as sink:
-        publish_model(sink, DEMAND_LATENCY, pretrained, live_version, topic=models, producer="test pretrain")
+    # A fresh install: the models topic is empty; everyone starts from the shipped pre-trained model (version 1),
+    # which the trainer registers on the topic, so its first version (2) is judged against the shipped one.
+    _, live_version = load_pretrained(DEMAND_LATENCY)
 
     config = tmp_path / "cloud.yaml"
     config.write_text(yaml.safe_dump({
@@ -148,11 +147,20 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         first = min(newer, key=lambda u: u["version"])
         assert first["version"] == live_version + 1 and first["producer"] == "cloud-twin"
         assert first["metrics"]["mae_ms"] < first["metrics"]["live_mae_ms"]
+        assert first["metrics"]["live_version"] == live_version, "judged against the shipped model"
+        registered = [r.value for r in updates if r.value["model_name"] == DEMAND_LATENCY
+                      and r.value["version"] == live_version]
+        assert registered and registered[0]["digest"], "the shipped model was registered as version 1"
 
-        # The running local agent swaps the new model in, and its decisions say so.
+        # The running local agent shadows the new model (no outcomes reach it here to promote it by itself:
+        # tests/test_model_lifecycle.py has that); an operator's signed promote makes it live, and its decisions say so.
         deadline = time.monotonic() + 30
         while agent.latency_slot.version <= live_version and time.monotonic() < deadline:
-            time.sleep(0.1)
+            shadow = agent.latency_slot.shadow
+            if shadow is not None:
+                with KafkaSink(settings) as sink:
+                    publish_command(sink, "promote", DEMAND_LATENCY, shadow.version, topic=models)
+            time.sleep(0.5)
         swapped = agent.latency_slot.version
         assert swapped > live_version
         fleet = SyntheticFleet(n_ues=3, n_cells=2, seed=4)

@@ -101,7 +101,8 @@ def pretrain(source: str = typer.Option("simulator", help="simulator (offline ru
              samples: int = typer.Option(20_000, help="Synthetic examples per model (handover, bandits, and latency if synthetic)."),
              seed: int = typer.Option(7),
              out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
-             publish: bool = typer.Option(False, help="Also publish them to the models topic."),
+             publish: bool = typer.Option(False, help="Also publish them to the models topic, signed, each as the "
+                                                      "next version of its name there."),
              models_topic: str = typer.Option(MODELS)):
     """Train the starting models and write pipelines/pretrained/*.pkl.
 
@@ -123,10 +124,15 @@ def pretrain(source: str = typer.Option("simulator", help="simulator (offline ru
         console.print(f"wrote {path}")
     if publish:
         from tiertwin.connectors.kafka import KafkaSink
-        from tiertwin.pipelines.models import publish_model
+        from tiertwin.pipelines.models import next_version, publish_model, read_models_topic
 
+        # The next number on the topic, never the shipped one again: twins already run version 1 and would
+        # ignore a second version 1 (the twins shadow the new version and promote it on a measured win).
+        on_topic = read_models_topic(topic=models_topic)
         with KafkaSink(client_id="tiertwin-pretrain") as sink:
             for name, model in models.items():
-                publish_model(sink, name, model, PRETRAINED_VERSION, topic=models_topic,
+                version = next_version(on_topic, name, shipped=PRETRAINED_VERSION)
+                publish_model(sink, name, model, version, topic=models_topic,
                               trained_on=samples, producer="tiertwin pretrain")
-                console.print(f"published {name} v{PRETRAINED_VERSION} to {models_topic}")
+                console.print(f"published {name} v{version} to {models_topic} (signed; shadowed by the twins "
+                              "until it wins)")

@@ -26,7 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.trainable import TRAINABLE
-from tiertwin.pipelines.models import deserialize, model_update
+from tiertwin.pipelines.models import load_update, model_update, newest_verified
 from tiertwin.settings import Settings
 
 def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
@@ -123,7 +123,11 @@ class _TrainModel(beam.DoFn):
         pending.clear()
         for b in later:
             pending.add(b)
-        state = trainer.read() or self._fresh_state(key)
+        state = trainer.read()
+        if state is None:
+            state, registration = self._fresh_state(key)
+            if registration is not None:
+                yield registration
         for batch in ready:
             yield from self._train(state, batch)
         trainer.write(state)
@@ -133,14 +137,24 @@ class _TrainModel(beam.DoFn):
         else:
             next_flush.clear()
 
-    def _fresh_state(self, name: str) -> TrainerState:
-        from tiertwin.pipelines.learners import default_model
+    def _fresh_state(self, name: str) -> tuple[TrainerState, dict | None]:
+        """The trainer's start: the newest verified version on the models topic; with none there (a fresh
+        install), the shipped pretrained model, which every twin already runs as its version 1. That one is
+        then registered on the topic (the returned ModelUpdate), so the first trained version is 2 and is
+        judged against the shipped model, not against an untrained default."""
+        from tiertwin.pipelines.pretrain import load_pretrained
 
         live = self._latest_live(name)
-        if live is None:
-            return TrainerState(name, candidate=default_model(name), live_model=default_model(name))
-        model = deserialize(live["payload"], live["format"])
-        return TrainerState(name, candidate=copy.deepcopy(model), live_model=model, live_version=live["version"])
+        if live is not None:
+            model = load_update(live)
+            return TrainerState(name, candidate=copy.deepcopy(model), live_model=model,
+                                live_version=live["version"]), None
+        shipped, version = load_pretrained(name)
+        state = TrainerState(name, candidate=copy.deepcopy(shipped), live_model=shipped, live_version=version)
+        registration = None
+        if version > 0 and self.config.models_topic:
+            registration = model_update(name, shipped, version, producer="shipped pretrained (registered by cloud-twin)")
+        return state, registration
 
     def _latest_live(self, name: str) -> dict | None:
         """The newest ModelUpdate of ``name`` on the compacted models topic (read on, never re-read)."""
@@ -153,20 +167,16 @@ class _TrainModel(beam.DoFn):
             batch = self._models.poll(200)
             if not batch and self._models.rejected == rejected:
                 break
-            for record in batch:
-                if record.schema != "tiertwin.ModelUpdate":
-                    continue
-                update = record.value
-                seen = self._live_updates.get(update["model_name"])
-                if seen is None or update["version"] > seen["version"]:
-                    self._live_updates[update["model_name"]] = update
+            # Only signed, intact versions count: a forged v99 neither becomes the live model nor moves the numbering.
+            updates = list(self._live_updates.values()) + [r.value for r in batch if r.schema == "tiertwin.ModelUpdate"]
+            self._live_updates = newest_verified(updates)
         return self._live_updates.get(name)
 
     def _follow_live(self, state: TrainerState) -> None:
         live = self._latest_live(state.name)
         if live is not None and live["version"] > state.live_version:
             # A newer model came from elsewhere (pretrain, another job): continue from it.
-            state.live_model = deserialize(live["payload"], live["format"])
+            state.live_model = load_update(live)
             state.live_version = live["version"]
             state.candidate = copy.deepcopy(state.live_model)
             state.learned_since_publish = 0
@@ -198,7 +208,7 @@ class _TrainModel(beam.DoFn):
 
     def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
                  live_mae: float) -> dict:
-        version = state.live_version + 1
+        version = state.live_version + 1       # the newest on the topic (followed before each batch) plus one
         unit = TRAINABLE[state.name].error_unit
         details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
                                 f"prequential_mae_{unit}": state.prequential_mae,
