@@ -187,3 +187,69 @@ def test_a_slot_pickles_with_its_shadow_and_scores():
 def test_serialized_payload_is_what_the_digest_names():
     model = line(2.0)
     assert payload_digest(serialize(model)) == model_update("m", model, 1, key=KEY)["digest"]
+
+
+# -- on a real broker: a forged update on the models topic -------------------------------------------
+@pytest.mark.broker
+def test_an_agent_dead_letters_a_forged_model_and_keeps_deciding(new_topic, group_id, settings, tmp_path):
+    from tiertwin.connectors.kafka import KafkaSink, read_topic
+    from tiertwin.pipelines.local_twin import LocalTwinAgent
+
+    from tests.agent_support import Running, local_agent_config, wait_until
+
+    config = local_agent_config(new_topic, group_id, prefix="test.lifecycle")
+    target = tmp_path / "pwned"
+    payload = pickle.dumps(WritesAFile(target))
+    forged = {**model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 50), "payload": payload,
+              "digest": payload_digest(payload), "signature": "ab" * 32}     # an attacker without the key
+    fleet = SyntheticFleet(n_ues=2, n_cells=2, seed=9)
+    demands = [r for tick in range(5) for kind, r in fleet.step(tick * 10) if kind == "demand"]
+    with KafkaSink(settings) as sink, Running(LocalTwinAgent(config, settings)) as agent:
+        sink.send(config.models_topic, "ModelUpdate", forged, key=DEMAND_LATENCY)
+        sink.flush()
+        assert wait_until(lambda: agent.metrics.value("tiertwin_agent_models_refused_total", model=DEMAND_LATENCY,
+                                                      reason="bad-signature") == 1, 20)
+        for d in demands:
+            sink.send(config.demands_topic, "Demand", d, key=d["ue_id"])
+        sink.flush()
+        decisions = read_topic(config.actions_topic, settings, expect=len(demands), timeout_s=30)
+        letters = read_topic(config.dead_letter_topic, settings, expect=1, timeout_s=20)
+    assert not target.exists(), "the forged pickle was loaded"
+    assert {d.value["model_version"] for d in decisions} == {PRETRAINED_VERSION}, "the live model stayed"
+    assert [(d.value["reason"], d.value["topic"]) for d in letters] == [("bad-signature", config.models_topic)]
+
+
+@pytest.mark.broker
+def test_a_device_refuses_a_forged_model_and_still_takes_the_genuine_one(broker, settings, tmp_path):
+    from tiertwin.connectors.kafka import KafkaSink, read_topic
+    from tiertwin.pipelines.device import DeviceConfig, DeviceRuntime
+    from tiertwin.pipelines.models import publish_command, publish_model
+
+    from tests.test_device_runtime import feed, fleet_records, make_topics
+
+    topics = make_topics(settings, "test.lifecycle.device")
+    target = tmp_path / "pwned"
+    payload = pickle.dumps(WritesAFile(target))
+    forged = {**model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 50), "payload": payload,
+              "digest": payload_digest(payload), "signature": ""}      # unsigned
+    with DeviceRuntime(DeviceConfig(device_id="forged", topics=topics, spill_dir=tmp_path), settings) as device:
+        assert device.downlink_ready.wait(30)
+        records = fleet_records(3, 100_000)
+        old = device.model_version
+        with KafkaSink(settings, client_id="test-lifecycle-device") as sink:
+            sink.send(topics.models, "ModelUpdate", forged, key=DEMAND_LATENCY)
+            sink.flush()
+            # a forged high version must not hide the genuine next one from the downlink
+            publish_model(sink, DEMAND_LATENCY, device.twin.model.clone(include_attributes=True), old + 1,
+                          topic=topics.models)
+            publish_command(sink, "promote", DEMAND_LATENCY, old + 1, topic=topics.models)
+        versions: list[int] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not versions or versions[-1] == old or device.stats.models_refused == 0):
+            versions.extend(d["model_version"] for d in feed(device, [next(records) for _ in range(20)]))
+            time.sleep(0.01)
+        assert device.stats.models_refused == 1 and versions[-1] == old + 1
+        assert device.drain(30)
+    assert not target.exists(), "the forged pickle was loaded"
+    letters = read_topic(topics.dead_letters, settings, expect=1, timeout_s=20)
+    assert [d.value["reason"] for d in letters] == ["unsigned-model"]
