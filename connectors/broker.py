@@ -1,14 +1,19 @@
 """The managed local Apache Kafka broker: resolved from Maven Central, run with the machine's Java.
 
-One KRaft node that is both broker and controller, bound to 127.0.0.1. Its jars,
-configuration, data and log live under ``<home>/kafka`` (``home`` from
-:class:`tiertwin.settings.Settings`). ``tiertwin broker install|start|stop|status``
-drive this module.
+One KRaft node that is both broker and controller, bound to 127.0.0.1, or a cluster of such
+nodes on this machine (``nodes=3``: three combined nodes, a static quorum of three voters),
+each with its own ports, configuration, data and log, all on the same jars. The jars and
+credentials live under ``<home>/kafka`` (``home`` from :class:`tiertwin.settings.Settings`);
+a single node keeps its configuration, data and log there too, the nodes of a cluster under
+``<home>/kafka/node-<id>``, and ``<home>/kafka/cluster.json`` records the cluster's layout so
+that ``stop``, ``status`` and later starts find every node.
+``tiertwin broker install|start|stop|status`` drive this module.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -28,6 +33,9 @@ from tiertwin.settings import Settings
 
 POM = Path(__file__).resolve().parent / "kafka-broker-pom.xml"
 READY_LINE = "Kafka Server started"
+# A cluster's failure detection (Kafka's defaults: 9 s session, 2 s heartbeat). A SIGKILLed node is
+# fenced, and its partitions get new leaders, once it has missed broker.session.timeout.ms of heartbeats.
+CLUSTER_TIMEOUTS = {"broker.session.timeout.ms": "9000", "broker.heartbeat.interval.ms": "2000"}
 
 LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -87,28 +95,123 @@ class BrokerPaths:
     def security_mode(self) -> Path:
         return self.root / "security.mode"
 
+    @property
+    def layout(self) -> Path:
+        return self.root / "cluster.json"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node (broker and controller) of the managed broker: its id, ports and folder.
+
+    A single node lives in ``<home>/kafka`` itself (the layout of every tiertwin home made before
+    clusters), the nodes of a cluster in ``<home>/kafka/node-<id>``.
+    """
+
+    node_id: int
+    port: int
+    controller_port: int
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "broker.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def formatted(self) -> bool:
+        return (self.data / "meta.properties").exists()
+
+    def port_open(self, host: str) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((host, self.port)) == 0
+
+    def server_log_size(self) -> int:
+        log = self.logs / "server.log"
+        return log.stat().st_size if log.exists() else 0
+
 
 class ManagedBroker:
-    """Install, format, start, stop and inspect the single-node broker."""
+    """Install, format, start, stop and inspect the managed broker: one node, or ``nodes`` of them.
 
-    def __init__(self, settings: Settings | None = None, extra_listeners: dict[str, tuple[int, int]] | None = None):
-        self.settings = settings or Settings.from_env()
-        self.paths = BrokerPaths(self.settings.home / "kafka")
+    ``nodes`` is what a new home is formatted as (default 1); a home that was already configured
+    keeps its layout (``cluster.json``), and :meth:`start` refuses another count. Node 1 listens on
+    ``broker_port`` / ``controller_port``; node *i* of a cluster on ``node_ports[i-1]`` if given, else
+    on both plus ``2 * (i - 1)`` (9094/9095, 9096/9097 for the default ports).
+    """
+
+    def __init__(self, settings: Settings | None = None, extra_listeners: dict[str, tuple[int, int]] | None = None,
+                 nodes: int | None = None, node_ports: Sequence[tuple[int, int]] | None = None):
+        settings = settings or Settings.from_env()
+        self.paths = BrokerPaths(settings.home / "kafka")
         # NAME -> (bind port, advertised port) on broker_host, PLAINTEXT; e.g. a listener whose
         # advertised address is a link-emulation proxy in front of it (tiertwin.connectors.linkemu).
         self.extra_listeners = dict(extra_listeners or {})
+        self.requested_nodes = nodes
+        self.nodes = self._layout(settings, nodes, node_ports)
+        if len(self.nodes) > 1 and self.extra_listeners:
+            raise BrokerSetupError("extra listeners (link emulation) are for a single-node broker only")
+        if len(self.nodes) > 1 and settings.bootstrap_servers is None:
+            # Every node bootstraps a client, so a client starting while one node is down still connects.
+            settings = settings.model_copy(update={"bootstrap_servers": ",".join(
+                f"{settings.broker_host}:{n.port}" for n in self.nodes)})
+        self.settings = settings
+
+    def _layout(self, settings: Settings, nodes: int | None,
+                node_ports: Sequence[tuple[int, int]] | None) -> list[Node]:
+        if self.paths.layout.exists():
+            layout = json.loads(self.paths.layout.read_text())
+            return [Node(n["id"], n["port"], n["controller_port"], self.paths.root / f"node-{n['id']}")
+                    for n in layout["nodes"]]
+        if (self.paths.data / "meta.properties").exists() or not nodes or nodes == 1:
+            return [Node(1, settings.broker_port, settings.controller_port, self.paths.root)]
+        ports = list(node_ports or [(settings.broker_port + 2 * i, settings.controller_port + 2 * i)
+                                    for i in range(nodes)])
+        if len(ports) != nodes:
+            raise BrokerSetupError(f"{nodes} nodes need {nodes} port pairs, not {len(ports)}")
+        return [Node(i + 1, port, controller, self.paths.root / f"node-{i + 1}")
+                for i, (port, controller) in enumerate(ports)]
+
+    @property
+    def node_count(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        """What topics get here: min(3, nodes)."""
+        return min(3, len(self.nodes))
 
     @classmethod
     def private(cls, home: Path | None = None, *, main: Settings | None = None, listeners: Sequence[str] = (),
-                **fields: Any) -> "ManagedBroker":
+                nodes: int = 1, **fields: Any) -> "ManagedBroker":
         """A broker of its own beside the shared one (tests, chaos, bench tiers): its own ``home`` (a new
         temporary folder when None; the caller removes it), free ports, and the jars the ``main`` broker
         resolved (installed there first if need be), linked in. Not started.
 
-        ``listeners`` name extra PLAINTEXT listeners, each given a free (bind, advertised) port pair
+        ``nodes``: a cluster of that many nodes, each on free ports. ``listeners`` name extra PLAINTEXT
+        listeners (single node only), each given a free (bind, advertised) port pair
         (:attr:`extra_listeners`: put a proxy on the advertised port). ``fields`` are further
         :class:`Settings` (``broker_security="scram"``, ``connect_timeout_s`` ...). ``bootstrap_servers``
-        is explicit, so no client of it, and no child process given :meth:`env`, falls back to the shared broker.
+        is explicit (every node), so no client of it, and no child process given :meth:`env`, falls back
+        to the shared broker.
         """
         main_broker = cls(main or Settings.from_env())
         main_broker.install()
@@ -117,10 +220,14 @@ class ManagedBroker:
         if not libs.exists():
             libs.parent.mkdir(parents=True, exist_ok=True)
             libs.symlink_to(main_broker.paths.libs.resolve())
-        port, controller, *more = free_ports(2 + 2 * len(listeners))
-        settings = Settings(**{"home": home, "broker_port": port, "controller_port": controller,
-                               "bootstrap_servers": f"127.0.0.1:{port}", "connect_timeout_s": 10, **fields})
-        return cls(settings, extra_listeners={name: (more[2 * i], more[2 * i + 1]) for i, name in enumerate(listeners)})
+        ports = free_ports(2 * nodes + 2 * len(listeners))
+        pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        more = ports[2 * nodes:]
+        bootstrap = ",".join(f"127.0.0.1:{port}" for port, _ in pairs)
+        settings = Settings(**{"home": home, "broker_port": pairs[0][0], "controller_port": pairs[0][1],
+                               "bootstrap_servers": bootstrap, "connect_timeout_s": 10, **fields})
+        return cls(settings, nodes=nodes, node_ports=pairs,
+                   extra_listeners={name: (more[2 * i], more[2 * i + 1]) for i, name in enumerate(listeners)})
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """``base`` (default: this process's environment) with the ``TIERTWIN_*`` variables that point a
@@ -177,25 +284,39 @@ class ManagedBroker:
                                                 "sasl_password_file": self.paths.credentials / "admin.password"})
 
     def write_config(self) -> None:
-        s = self.settings
+        """Write every node's ``server.properties`` (and, for a cluster, ``cluster.json``)."""
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        if len(self.nodes) > 1 and not self.paths.layout.exists():
+            self.paths.layout.write_text(json.dumps({"nodes": [
+                {"id": n.node_id, "port": n.port, "controller_port": n.controller_port} for n in self.nodes]},
+                indent=2) + "\n")
+        for node in self.nodes:
+            node.root.mkdir(parents=True, exist_ok=True)
+            props = self._node_props(node)
+            node.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+            node.config.chmod(0o600)
+        self.paths.log4j.write_text(LOG4J2_XML)
+
+    def _node_props(self, node: Node) -> dict[str, str]:
+        s, host = self.settings, self.settings.broker_host
+        replicas, min_isr = str(self.replication_factor), str(min(2, self.replication_factor))
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{s.broker_host}:{s.controller_port}",
-            "listeners": f"PLAINTEXT://{s.broker_host}:{s.broker_port},CONTROLLER://{s.broker_host}:{s.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{s.broker_host}:{s.broker_port}",
+            "node.id": str(node.node_id),
+            "listeners": f"PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "log.dirs": str(self.paths.data),
+            "log.dirs": str(node.data),
             "num.partitions": "3",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replicas,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.retention.hours": "24",
@@ -203,23 +324,29 @@ class ManagedBroker:
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if len(self.nodes) == 1:
+            props["controller.quorum.bootstrap.servers"] = f"{host}:{node.controller_port}"
+        else:
+            # A static quorum: every node votes. A node that stops heartbeating is fenced (and loses its
+            # leaderships) after broker.session.timeout.ms; tests/test_cluster.py measures the pause.
+            props["controller.quorum.voters"] = ",".join(f"{n.node_id}@{host}:{n.controller_port}"
+                                                         for n in self.nodes)
+            props.update(CLUSTER_TIMEOUTS)
         if s.broker_security == "scram":
-            props.update(self._scram_props())
+            props.update(self._scram_props(node))
         for name, (port, advertised) in self.extra_listeners.items():
-            props["listeners"] += f",{name}://{s.broker_host}:{port}"
-            props["advertised.listeners"] += f",{name}://{s.broker_host}:{advertised}"
+            props["listeners"] += f",{name}://{host}:{port}"
+            props["advertised.listeners"] += f",{name}://{host}:{advertised}"
             props["listener.security.protocol.map"] += f",{name}:PLAINTEXT"
-        self.paths.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        self.paths.config.chmod(0o600)
-        self.paths.log4j.write_text(LOG4J2_XML)
+        return props
 
-    def _scram_props(self) -> dict[str, str]:
+    def _scram_props(self, node: Node) -> dict[str, str]:
         """SASL/SCRAM-SHA-512 for clients and inter-broker traffic, SASL/PLAIN on the controller
         listener (KRaft controllers cannot use SCRAM), and the StandardAuthorizer with deny-by-default."""
-        s, password = self.settings, self.admin_password()
+        host, password = self.settings.broker_host, self.admin_password()
         return {
-            "listeners": f"SASL_PLAINTEXT://{s.broker_host}:{s.broker_port},CONTROLLER://{s.broker_host}:{s.controller_port}",
-            "advertised.listeners": f"SASL_PLAINTEXT://{s.broker_host}:{s.broker_port}",
+            "listeners": f"SASL_PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{host}:{node.port}",
             "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
             "inter.broker.listener.name": "SASL_PLAINTEXT",
             "sasl.enabled.mechanisms": "SCRAM-SHA-512",
@@ -237,104 +364,130 @@ class ManagedBroker:
             "allow.everyone.if.no.acl.found": "false",
         }
 
-    def _java(self, main: str, *args: str, **popen) -> list[str]:
+    def _java(self, main: str, *args: str, logs: Path | None = None) -> list[str]:
         return [
             "java", f"-Xms{min(256, self.settings.broker_heap_mb)}m", f"-Xmx{self.settings.broker_heap_mb}m",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.paths.log4j}", f"-Dtiertwin.log.dir={self.paths.logs}",
+            f"-Dlog4j2.configurationFile={self.paths.log4j}", f"-Dtiertwin.log.dir={logs or self.paths.logs}",
             "-cp", f"{self.paths.libs}/*", main, *args,
         ]
 
     def formatted(self) -> bool:
-        return (self.paths.data / "meta.properties").exists()
+        return all(node.formatted() for node in self.nodes)
 
     def format(self) -> None:
-        """Format KRaft storage once (a standalone controller quorum of one)."""
+        """Format KRaft storage once: a standalone controller quorum of one, or every node of a cluster
+        with one cluster id and the static quorum of its configuration."""
         mode = self.settings.broker_security
         if self.formatted():
             formatted_as = self.paths.security_mode.read_text().strip() if self.paths.security_mode.exists() else "none"
             if formatted_as != mode:
                 raise BrokerSetupError(
-                    f"the broker's storage in {self.paths.data} was formatted with security {formatted_as!r}, "
+                    f"the broker's storage in {self.nodes[0].data} was formatted with security {formatted_as!r}, "
                     f"not {mode!r}; use another TIERTWIN_HOME (or delete that folder) to switch")
             return
+        if any(node.formatted() for node in self.nodes):
+            raise BrokerSetupError(f"only some nodes of the cluster in {self.paths.root} are formatted; "
+                                   "delete that folder (or use another TIERTWIN_HOME) and start again")
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         uuid = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"),
                               capture_output=True, text=True, check=False)
         if uuid.returncode != 0:
             raise BrokerSetupError(f"StorageTool random-uuid failed: {uuid.stderr[-1000:]}")
         cluster_id = uuid.stdout.strip().splitlines()[-1]
-        extra = []
+        extra = ["--standalone"] if len(self.nodes) == 1 else []
         if mode == "scram":  # the super user's SCRAM credential must exist before the broker starts
-            extra = ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={self.admin_password()}]"]
-        done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone",
-                                         "-t", cluster_id, "-c", str(self.paths.config), *extra),
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise BrokerSetupError(f"StorageTool format failed: {(done.stdout + done.stderr)[-1000:]}")
+            extra += ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={self.admin_password()}]"]
+        formats = [subprocess.Popen(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                               "-c", str(node.config), *extra, logs=node.logs),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for node in self.nodes]
+        for proc in formats:
+            output = proc.communicate()[0]
+            if proc.returncode != 0:
+                raise BrokerSetupError(f"StorageTool format failed: {output[-1000:]}")
         self.paths.security_mode.write_text(mode)
 
     # -- run -----------------------------------------------------------------------------------
     def pid(self) -> int | None:
-        try:
-            pid = int(self.paths.pid.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        """The pid of node 1 (the only node of a single broker), None if it is not running."""
+        return self.nodes[0].pid()
+
+    def pids(self) -> dict[int, int | None]:
+        """``{node id: pid, or None if that node is not running}``."""
+        return {node.node_id: node.pid() for node in self.nodes}
+
+    def node(self, node_id: int) -> Node:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise BrokerSetupError(f"the managed broker has no node {node_id} (nodes: "
+                               f"{', '.join(str(n.node_id) for n in self.nodes)})")
 
     def port_open(self) -> bool:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            return sock.connect_ex((self.settings.broker_host, self.settings.broker_port)) == 0
+        """Does some node accept connections?"""
+        return any(node.port_open(self.settings.broker_host) for node in self.nodes)
 
     def start(self, timeout_s: float = 90.0) -> int:
-        """Install, configure, format and start the broker; return its pid once it is ready: it accepts
-        connections and serves consumer groups (:meth:`wait_serving_groups`)."""
-        deadline = time.monotonic() + timeout_s
-        running = self.pid()
-        if running is not None:
-            self.wait_ready(timeout_s)
-            self.wait_serving_groups(max(1.0, deadline - time.monotonic()))
-            return running
-        if self.port_open():
+        """Install, configure, format and start every node that is not running; return node 1's pid once
+        the broker is ready: every node accepts connections and consumer groups are served
+        (:meth:`wait_serving_groups`). A node killed a moment ago restarts here and rejoins."""
+        if self.requested_nodes and self.requested_nodes != len(self.nodes):
             raise BrokerSetupError(
-                f"port {self.settings.broker_port} is taken by another process; "
-                "stop it or set TIERTWIN_BROKER_PORT")
-        self.install()
-        self.write_config()
-        self.format()
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
-        log_offset = self._server_log_size()
-        stdout = open(self.paths.logs / "stdout.log", "ab")
-        proc = subprocess.Popen(self._java("kafka.Kafka", str(self.paths.config)), stdout=stdout,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.paths.pid.write_text(str(proc.pid))
+                f"the broker in {self.paths.root} is configured with {len(self.nodes)} node(s), not "
+                f"{self.requested_nodes}; stop it and use another TIERTWIN_HOME (or delete that folder)")
+        deadline = time.monotonic() + timeout_s
+        host = self.settings.broker_host
+        to_start = [node for node in self.nodes if node.pid() is None]
+        for node in to_start:
+            if node.port_open(host):
+                raise BrokerSetupError(
+                    f"port {node.port} (node {node.node_id}) is taken by another process; "
+                    "stop it or set TIERTWIN_BROKER_PORT")
+        if to_start:
+            self.install()
+            self.write_config()
+            self.format()
+        started: list[tuple[Node, int, subprocess.Popen]] = []
+        for node in to_start:
+            node.logs.mkdir(parents=True, exist_ok=True)
+            log_offset = node.server_log_size()
+            with open(node.logs / "stdout.log", "ab") as stdout:
+                proc = subprocess.Popen(self._java("kafka.Kafka", str(node.config), logs=node.logs), stdout=stdout,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            node.pid_file.write_text(str(proc.pid))
+            started.append((node, log_offset, proc))
         try:
-            self.wait_ready(timeout_s, log_offset=log_offset, proc=proc)
+            for node in self.nodes:
+                launched = next(((offset, proc) for n, offset, proc in started if n is node), (None, None))
+                self._wait_node_ready(node, max(1.0, deadline - time.monotonic()), *launched)
             self.wait_serving_groups(max(1.0, deadline - time.monotonic()))
         except BrokerUnavailableError:
-            self.stop()
+            for node, _, _ in started:
+                self._stop_nodes([node], 10.0)
             raise
-        return proc.pid
+        return self.nodes[0].pid()
 
-    def _server_log_size(self) -> int:
-        log = self.paths.logs / "server.log"
-        return log.stat().st_size if log.exists() else 0
-
-    def wait_ready(self, timeout_s: float = 90.0, log_offset: int | None = None,
-                   proc: subprocess.Popen | None = None) -> None:
-        """Ready = the broker logged that it started and its PLAINTEXT port accepts (it opens unfenced)."""
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Every node logged that it started and its client port accepts."""
         deadline = time.monotonic() + timeout_s
-        log = self.paths.logs / "server.log"
+        for node in self.nodes:
+            self._wait_node_ready(node, max(1.0, deadline - time.monotonic()))
+
+    def _wait_node_ready(self, node: Node, timeout_s: float, log_offset: int | None = None,
+                         proc: subprocess.Popen | None = None) -> None:
+        """Ready = the node logged that it started and its client port accepts (it opens unfenced)."""
+        deadline = time.monotonic() + timeout_s
+        log = node.logs / "server.log"
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                tail = (self.paths.logs / "stdout.log").read_text(errors="replace")[-1500:]
-                raise BrokerUnavailableError(f"broker exited with code {proc.returncode}: {tail}")
+                tail = (node.logs / "stdout.log").read_text(errors="replace")[-1500:]
+                raise BrokerUnavailableError(f"broker node {node.node_id} exited with code {proc.returncode}: {tail}")
             logged = log_offset is None or (log.exists() and READY_LINE in _read_from(log, log_offset))
-            if logged and self.port_open():
+            if logged and node.port_open(self.settings.broker_host):
                 return
             time.sleep(0.2)
-        raise BrokerUnavailableError(f"broker not ready after {timeout_s:.0f}s; see {log}")
+        raise BrokerUnavailableError(f"broker node {node.node_id} not ready after {timeout_s:.0f}s; see {log}")
 
     def wait_serving_groups(self, timeout_s: float = 60.0) -> None:
         """Ready for consumer groups: commit an offset for a throw-away group, then delete the group.
@@ -363,19 +516,38 @@ class ManagedBroker:
             admin.close()
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """SIGTERM (controlled shutdown), then SIGKILL after ``timeout_s``. False if it was not running."""
-        pid = self.pid()
-        if pid is None:
-            self.paths.pid.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.2)
-        if self.pid() is not None:
+        """Stop every node: SIGTERM (controlled shutdown), then SIGKILL after ``timeout_s``.
+        False if none was running."""
+        return self._stop_nodes(self.nodes, timeout_s)
+
+    def stop_node(self, node_id: int, timeout_s: float = 30.0) -> bool:
+        """Stop one node of a cluster cleanly (SIGTERM, SIGKILL after ``timeout_s``)."""
+        return self._stop_nodes([self.node(node_id)], timeout_s)
+
+    def kill_node(self, node_id: int) -> int | None:
+        """SIGKILL one node (a crash, for fault tests); its pid, or None if it was not running."""
+        node = self.node(node_id)
+        pid = node.pid()
+        if pid is not None:
             os.kill(pid, signal.SIGKILL)
-        self.paths.pid.unlink(missing_ok=True)
-        return True
+            while pid_alive(pid):
+                time.sleep(0.02)
+        node.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def _stop_nodes(self, nodes: Sequence[Node], timeout_s: float) -> bool:
+        running = [(node, pid) for node in nodes if (pid := node.pid()) is not None]
+        for node, pid in running:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(node.pid() is not None for node, _ in running):
+            time.sleep(0.2)
+        for node, pid in running:
+            if node.pid() is not None:
+                os.kill(pid, signal.SIGKILL)
+        for node in nodes:
+            node.pid_file.unlink(missing_ok=True)
+        return bool(running)
 
 
 def _read_from(path: Path, offset: int) -> str:

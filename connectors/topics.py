@@ -32,7 +32,8 @@ class TopicSpec(BaseModel):
     schema_: str | None = Field(alias="schema")
     key: str
     partitions: int = Field(ge=1, le=1000)
-    replication_factor: int = Field(ge=1, le=10)
+    # None (the default): min(3, brokers in the cluster), see :func:`replication_for`.
+    replication_factor: int | None = Field(None, ge=1, le=10)
     retention_ms: int = Field(ge=-1)
     cleanup_policy: Literal["delete", "compact", "compact,delete"]
     producers: list[str] = []
@@ -76,15 +77,39 @@ def load_topology(path: Path | None = None) -> Topology:
     return Topology(topics=topics)
 
 
-def apply_topology(topology: Topology, settings: Settings | None = None) -> dict[str, str]:
-    """Create missing topics, add partitions, set retention/cleanup. Returns ``{topic: action}``."""
+def replication_for(spec: TopicSpec, brokers: int) -> tuple[int, int]:
+    """``(replication factor, min.insync.replicas)`` of a topic on a cluster of ``brokers``: the declared
+    factor, else min(3, brokers); two in-sync replicas where there are three or more (an ``acks=all``
+    write then survives the loss of any one broker), else one.
+
+    >>> spec = TopicSpec(name="t", schema=None, key="k", partitions=1, retention_ms=1, cleanup_policy="delete")
+    >>> replication_for(spec, 1), replication_for(spec, 3), replication_for(spec, 5)
+    ((1, 1), (3, 2), (3, 2))
+    """
+    factor = spec.replication_factor or min(3, brokers)
+    return factor, 2 if factor >= 3 else 1
+
+
+def apply_topology(topology: Topology, settings: Settings | None = None, brokers: int | None = None) -> dict[str, str]:
+    """Create missing topics, add partitions, set retention/cleanup and ``min.insync.replicas``.
+    Returns ``{topic: action}``.
+
+    ``brokers``: the cluster's size, for the replication factor (:func:`replication_for`); default:
+    the brokers the cluster reports now (a managed cluster passes its node count, so a node that is
+    down does not lower it). A topic that exists keeps its replication factor (Kafka changes it only
+    by reassigning partitions); its action says so when it differs.
+    """
     admin = admin_client(settings)
     try:
-        existing = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()
-                    if not t["name"].startswith("__")}
+        if brokers is None:
+            brokers = max(1, len(admin.describe_cluster().get("brokers", [])))
+        replication = {t.name: replication_for(t, brokers) for t in topology.topics}
+        configs = {t.name: {**t.configs, "min.insync.replicas": str(replication[t.name][1])} for t in topology.topics}
+        described = {t["name"]: t for t in admin.describe_topics() if not t["name"].startswith("__")}
+        existing = {name: len(t["partitions"]) for name, t in described.items()}
         actions: dict[str, str] = {}
-        missing = {t.name: {"num_partitions": t.partitions, "replication_factor": t.replication_factor,
-                            "configs": t.configs} for t in topology.topics if t.name not in existing}
+        missing = {t.name: {"num_partitions": t.partitions, "replication_factor": replication[t.name][0],
+                            "configs": configs[t.name]} for t in topology.topics if t.name not in existing}
         if missing:
             admin.create_topics(missing, timeout_ms=30_000)
             actions.update({name: "created" for name in missing})
@@ -94,15 +119,19 @@ def apply_topology(topology: Topology, settings: Settings | None = None) -> dict
             admin.create_partitions(grow, timeout_ms=30_000)
         present = [t for t in topology.topics if t.name in existing]
         if present:
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t.name, configs=t.configs)
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t.name, configs=configs[t.name])
                                  for t in present])
         for t in present:
             if t.name in grow:
-                actions[t.name] = f"partitions {existing[t.name]} -> {t.partitions}"
+                action = f"partitions {existing[t.name]} -> {t.partitions}"
             elif existing[t.name] > t.partitions:
-                actions[t.name] = f"kept {existing[t.name]} partitions (Kafka cannot shrink to {t.partitions})"
+                action = f"kept {existing[t.name]} partitions (Kafka cannot shrink to {t.partitions})"
             else:
-                actions[t.name] = "up to date"
+                action = "up to date"
+            has = len(described[t.name]["partitions"][0]["replica_nodes"])
+            if has != replication[t.name][0]:
+                action += f"; replication factor {has} kept (wanted {replication[t.name][0]}: reassign partitions)"
+            actions[t.name] = action
         wait_for_leaders(admin, list(missing), settings=settings)
         return actions
     finally:
@@ -133,3 +162,27 @@ def describe_topics(settings: Settings | None = None) -> list[dict]:
                 for name, n in topics]
     finally:
         admin.close()
+
+
+def partition_health(settings: Settings | None = None) -> dict:
+    """Every partition's replication, internal topics included: ``{"partitions": n, "under_replicated":
+    [...], "offline": [...]}``, each entry ``{topic, partition, leader, replicas, isr}``. Under-replicated:
+    fewer in-sync replicas than replicas; offline: no leader."""
+    from tiertwin.connectors.readiness import wait_out
+
+    admin = admin_client(settings)
+    try:  # a node killed a moment ago is still listed until it is fenced: wait out refused connections
+        topics = wait_out(admin.describe_topics, "a description of every topic", settings)
+    finally:
+        admin.close()
+    health: dict = {"partitions": 0, "under_replicated": [], "offline": []}
+    for topic in sorted(topics, key=lambda t: t["name"]):
+        for p in sorted(topic["partitions"], key=lambda p: p["partition_index"]):
+            health["partitions"] += 1
+            entry = {"topic": topic["name"], "partition": p["partition_index"], "leader": p["leader_id"],
+                     "replicas": list(p["replica_nodes"]), "isr": list(p["isr_nodes"])}
+            if len(p["isr_nodes"]) < len(p["replica_nodes"]):
+                health["under_replicated"].append(entry)
+            if p["leader_id"] < 0:
+                health["offline"].append(entry)
+    return health

@@ -50,21 +50,34 @@ def broker_install(force: bool = typer.Option(False, help="Resolve the jars agai
 
 @broker_app.command("start")
 @one_line_errors
-def broker_start(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to be ready.")):
-    """Install if needed, format KRaft storage once, start the broker and wait until it serves consumer groups."""
+def broker_start(timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to be ready."),
+                 nodes: int = typer.Option(None, "--nodes", min=1, max=9,
+                                           help="KRaft nodes (broker + controller each) on this machine, for a new "
+                                                "TIERTWIN_HOME: 1 (the default) or a cluster, e.g. 3 (a 3-voter quorum; "
+                                                "node i on TIERTWIN_BROKER_PORT/TIERTWIN_CONTROLLER_PORT + 2(i-1)). "
+                                                "A home keeps the count it was first started with.")):
+    """Install if needed, format KRaft storage once, start the broker (every node of a cluster) and wait until
+    it serves consumer groups."""
     from tiertwin.connectors.broker import ManagedBroker
 
-    broker = ManagedBroker()
+    broker = ManagedBroker(nodes=nodes)
     pid = broker.start(timeout_s=timeout)
     s = broker.settings
-    console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap}, serving consumer groups "
-                  f"(pid {pid}, logs {broker.paths.logs})")
+    if broker.node_count == 1:
+        console.print(f"Kafka {broker.kafka_version()} ready on {s.bootstrap}, serving consumer groups "
+                      f"(pid {pid}, logs {broker.nodes[0].logs})")
+        return
+    console.print(f"Kafka {broker.kafka_version()} cluster of {broker.node_count} nodes ready, serving consumer groups")
+    for node in broker.nodes:
+        console.print(f"  node {node.node_id}: {s.broker_host}:{node.port} (controller {node.controller_port}), "
+                      f"pid {node.pid()}, logs {node.logs}")
+    console.print(f"clients: TIERTWIN_BOOTSTRAP_SERVERS={s.bootstrap}")
 
 
 @broker_app.command("stop")
 @one_line_errors
 def broker_stop():
-    """Stop the managed broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
+    """Stop the managed broker, every node of a cluster, cleanly (SIGTERM, then SIGKILL after 30 s)."""
     from tiertwin.connectors.broker import ManagedBroker
 
     console.print("stopped" if ManagedBroker().stop() else "broker was not running")
@@ -73,26 +86,41 @@ def broker_stop():
 @broker_app.command("status")
 @one_line_errors
 def broker_status():
-    """Print the broker's version, listeners and topics; exit 1 if it is not reachable."""
+    """Print the broker's version, nodes, under-replicated partitions and topics; exit 1 if it is not reachable."""
     from tiertwin.connectors.broker import ManagedBroker
     from tiertwin.connectors.kafka import admin_client
+    from tiertwin.connectors.readiness import wait_out
+    from tiertwin.connectors.topics import partition_health
 
     broker = ManagedBroker()
-    admin = admin_client(broker.client_settings())
-    try:
-        cluster = admin.describe_cluster()
+    settings = broker.client_settings()
+    admin = admin_client(settings)
+    try:  # a node killed a moment ago is still listed until it is fenced: wait out refused connections
+        cluster = wait_out(admin.describe_cluster, "a description of the cluster", settings)
         api = admin._manager.broker_version  # kafka-python keeps the probed version here
-        topics = sorted(t for t in admin.list_topics() if not t.startswith("__"))
+        topics = sorted(t for t in wait_out(admin.list_topics, "the list of topics", settings)
+                        if not t.startswith("__"))
     finally:
         admin.close()
-    managed = broker.pid()
+    health = partition_health(settings)
     version = broker.kafka_version() if broker.paths.libs.exists() else "unknown (not the managed broker)"
     console.print(f"Apache Kafka {version} (protocol API {'.'.join(map(str, api)) if api else '?'}), "
                   f"cluster {cluster.get('cluster_id')}, controller {cluster.get('controller_id')}")
-    for b in cluster.get("brokers", []):
-        console.print(f"  listener: node {b.get('broker_id')} at {b.get('host')}:{b.get('port')}")
-    console.print(f"  managed pid: {managed if managed else 'not started by tiertwin'}, "
-                  f"security: {broker.settings.broker_security}")
+    listed = {b.get("broker_id"): b for b in cluster.get("brokers", [])}
+    managed = broker.pids() if broker.formatted() else {}
+    for node_id in sorted(set(listed) | set(managed)):
+        b, pid = listed.get(node_id), managed.get(node_id)
+        where = f"{b.get('host')}:{b.get('port')}" if b else "-"
+        state = "not registered" if b is None else "fenced" if b.get("is_fenced") else "serving"
+        process = f"pid {pid}" if pid else "not running" if node_id in managed else "not started by tiertwin"
+        console.print(f"  node {node_id}: {where} {state}, {process}")
+    console.print(f"  security: {broker.settings.broker_security}")
+    under, offline = health["under_replicated"], health["offline"]
+    console.print(f"  partitions: {health['partitions']}, under-replicated: {len(under)}, offline: {len(offline)}")
+    for p in (under + [p for p in offline if p not in under])[:20]:
+        console.print(f"    {p['topic']}-{p['partition']}: leader {p['leader']}, replicas {p['replicas']}, isr {p['isr']}")
+    if len(under) + len(offline) > 20:
+        console.print("    ...")
     console.print(f"  topics ({len(topics)}): {', '.join(topics) if topics else '-'}")
 
 
@@ -118,12 +146,14 @@ def broker_secure():
 @topics_app.command("apply")
 @one_line_errors
 def topics_apply(file: Path = typer.Option(None, "--file", "-f", help="Topology file (default: jobs/ops/topology.yaml).")):
-    """Create missing topics and bring existing ones to the topology's partitions and retention."""
+    """Create missing topics and bring existing ones to the topology's partitions and retention; replication
+    factor min(3, brokers), min.insync.replicas 2 where there are 3 replicas."""
+    from tiertwin.connectors.broker import ManagedBroker
     from tiertwin.connectors.topics import apply_topology, load_topology
 
-    from tiertwin.connectors.broker import ManagedBroker
-
-    for name, action in apply_topology(load_topology(file), ManagedBroker().client_settings()).items():
+    broker = ManagedBroker()
+    brokers = broker.node_count if broker.formatted() else None  # else: what the cluster reports
+    for name, action in apply_topology(load_topology(file), broker.client_settings(), brokers=brokers).items():
         console.print(f"{name:36} {action}")
 
 
