@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -253,3 +254,45 @@ def test_a_device_refuses_a_forged_model_and_still_takes_the_genuine_one(broker,
     assert not target.exists(), "the forged pickle was loaded"
     letters = read_topic(topics.dead_letters, settings, expect=1, timeout_s=20)
     assert [d.value["reason"] for d in letters] == ["unsigned-model"]
+
+
+@pytest.mark.broker
+def test_manual_promote_reject_rollback_from_the_cli(new_topic, settings):
+    from typer.testing import CliRunner
+
+    from tiertwin.connectors.kafka import KafkaSink, read_topic
+    from tiertwin.jobs.cli.main import app
+    from tiertwin.pipelines.models import publish_model
+
+    topic = new_topic(1, prefix="test.lifecycle.models")
+    twin = LocalTwin()
+    better = twin.model.clone(include_attributes=True)
+    runner = CliRunner()
+
+    def cli(*args: str) -> None:
+        result = runner.invoke(app, ["models", *args, "--topic", topic])
+        assert result.exit_code == 0, result.output
+
+    with KafkaSink(settings) as sink:
+        publish_model(sink, DEMAND_LATENCY, better, 2, topic=topic, producer="test")
+        cli("promote", DEMAND_LATENCY, "2")
+        publish_model(sink, DEMAND_LATENCY, better, 3, topic=topic, producer="test")
+        cli("reject", DEMAND_LATENCY, "3")
+        cli("rollback", DEMAND_LATENCY, "2")
+    records = read_topic(topic, settings, expect=5, timeout_s=20)
+    control = f"{DEMAND_LATENCY}/control".encode()
+    assert [(r.key, r.value["action"]) for r in records] == [
+        (DEMAND_LATENCY.encode(), "publish"), (control, "promote"), (DEMAND_LATENCY.encode(), "publish"),
+        (control, "reject"), (control, "rollback")]
+    # A twin reading the topic: v2 shadowed, promoted by hand; v3 shadowed, rejected; v2 rolled back to v1.
+    seen = []
+    for r in records:
+        twin.swap_model(r.value)
+        seen.append((twin.model_version, twin.slot.shadow.version if twin.slot.shadow else None))
+    assert seen == [(1, 2), (2, None), (2, 3), (2, None), (1, None)]
+    assert twin.model_version == PRETRAINED_VERSION and {2, 3} <= twin.slot.rejected
+    listed = runner.invoke(app, ["models", "list", "--topic", topic, "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["version"], r["verified"], r["commands"]) for r in rows] == [(3, "ok", ["reject"]),
+                                                                          (2, "ok", ["promote", "rollback"])]

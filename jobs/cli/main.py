@@ -25,6 +25,7 @@ from tiertwin.jobs.bench import soak
 from tiertwin.jobs.bench import tiers as bench_tiers
 from tiertwin.jobs.bench import view as bench_view
 from tiertwin.jobs.cli import agents, cloud, deploy, experiments, ops, sim
+from tiertwin.jobs.cli.models import models_app
 from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.settings import Settings
 
@@ -229,6 +230,7 @@ app.add_typer(experiments.commands)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 
 bench_app.add_typer(bench_replay.bench_commands)
 bench_app.add_typer(bench_view.bench_commands)
