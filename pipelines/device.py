@@ -123,6 +123,9 @@ class DeviceConfig(BaseModel):
     connect_timeout_s: float = Field(2.0, gt=0, le=300, description="Bootstrap timeout per (re)connection attempt")
     delivery_timeout_s: float = Field(600.0, ge=31, le=86_400, description=(
         "How long the producer retries a batch by itself (exactly once) before the uplink sends it again (at least once)"))
+    uplink_client: Literal["librdkafka", "kafka-python"] = Field("librdkafka", description=(
+        "The uplink's producer: librdkafka (confluent-kafka; its IO runs in C threads without the GIL, "
+        "5.8 against 37.6 us of CPU per record) or kafka-python (as every other client of tiertwin)"))
     downlink: bool = Field(True, description="Read models and edge state (needs connect=True)")
     offline_uplink: Literal["keep", "count"] = Field("count", description=(
         "connect=False: keep the uplink records in memory (pending_records()) or only count them"))
@@ -641,14 +644,18 @@ class DeviceRuntime:
 
     def _connect_sink(self) -> bool:
         from tiertwin.connectors.kafka import KafkaSink
+        from tiertwin.connectors.rdkafka import RdKafkaSink
 
         settings = self.settings.model_copy(update={"connect_timeout_s": self.config.connect_timeout_s})
+        common = dict(profile="throughput", client_id=f"tiertwin-device-{self.config.device_id}",
+                      delivery_timeout_ms=int(self.config.delivery_timeout_s * 1000), reconnect_backoff_max_ms=1000)
         try:
-            self._sink = KafkaSink(settings, self.registry, profile="throughput",
-                                   client_id=f"tiertwin-device-{self.config.device_id}",
-                                   delivery_timeout_ms=int(self.config.delivery_timeout_s * 1000),
-                                   max_block_ms=int(self.config.flush_timeout_s * 1000),
-                                   reconnect_backoff_max_ms=1000)
+            if self.config.uplink_client == "librdkafka":
+                # connects in the background: an unreachable broker shows as a flush that times out
+                self._sink = RdKafkaSink(settings, self.registry, **common)
+            else:
+                self._sink = KafkaSink(settings, self.registry, max_block_ms=int(self.config.flush_timeout_s * 1000),
+                                       **common)
         except BrokerUnavailableError as exc:
             self.stats.send_errors += 1
             log.info("%s: uplink cannot reach Kafka yet (%s)", self.config.device_id, exc)
@@ -704,6 +711,8 @@ class DeviceRuntime:
                 self._retry.extendleft(reversed(self._inflight))
                 self._inflight = []
                 self.stats.retried_batches += 1
+            if getattr(self._sink, "fatal", None) is not None:   # librdkafka cannot go on: a new producer
+                self._close_sink(abandon=True)
             self._lost_broker(exc)
             return False
         batch, self._inflight = self._inflight, []
@@ -746,13 +755,24 @@ class DeviceRuntime:
         if spill is not None:
             self.stats.spill_pending = spill.pending
             spill.close()
-        if self._sink is not None:
-            try:
-                self._sink._producer.close(timeout=0 if unsent else 5)
-            except Exception:  # closing a producer whose broker is gone  # noqa: BLE001
-                pass
-            self._sink = None
+        self._close_sink(abandon=bool(unsent))
         self.stats.connected = False
+
+    def _close_sink(self, abandon: bool) -> None:
+        """Let the producer go; ``abandon``: what it still holds is kept elsewhere (spill file, retry queue)."""
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        try:
+            if hasattr(sink, "abandon"):    # librdkafka
+                if abandon:
+                    sink.abandon()
+                else:
+                    sink.close(5)
+            else:
+                sink._producer.close(timeout=0 if abandon else 5)
+        except Exception:  # closing a producer whose broker is gone  # noqa: BLE001
+            pass
 
     # =========================================================================================
     # Downlink thread

@@ -1,0 +1,194 @@
+"""A librdkafka producer (confluent-kafka) for the device uplink, built from the shared ``kafka_config``.
+
+The device runtime's uplink hands the broker hundreds of thousands of records per second
+at 10,000 UEs. With kafka-python every record costs Python work in the sending thread
+and again in kafka-python's own IO thread, both holding the GIL the decisions need:
+37.6 µs of CPU per record, all threads counted, against 5.8 µs through librdkafka, whose
+batching, compression, retries and socket IO run in C threads without the GIL
+(50,000 encoded Decisions/LocalSummaries, one broker on this machine, 2026-12-03).
+So the uplink produces through :class:`RdKafkaSink`; every other client stays on kafka-python.
+
+The settings come from :func:`~tiertwin.connectors.kafka.kafka_config` (so SASL/SCRAM is
+never dropped) and are translated key by key by :func:`rdkafka_config`; a kafka-python
+setting without a translation is an error, not silently left out.
+
+>>> from tiertwin.settings import Settings
+>>> config = rdkafka_config(Settings(bootstrap_servers="a:9092,b:9092"), "tiertwin-x", acks="all", linger_ms=5)
+>>> config["bootstrap.servers"], config["client.id"], config["acks"], config["linger.ms"]
+('a:9092,b:9092', 'tiertwin-x', 'all', 5)
+>>> config["partitioner"]     # keyed records land where kafka-python's (Java's) murmur2 puts them
+'murmur2_random'
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tiertwin.connectors.kafka import PRODUCER_PROFILES, Profile, kafka_config
+from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError
+from tiertwin.schemas import SchemaRegistry
+from tiertwin.settings import Settings
+
+log = logging.getLogger("tiertwin.rdkafka")
+
+# kafka-python keyword -> librdkafka property (values that need converting are converted below)
+_RENAMED = {
+    "client_id": "client.id",
+    "request_timeout_ms": "request.timeout.ms",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "acks": "acks",
+    "enable_idempotence": "enable.idempotence",
+    "retries": "retries",
+    "linger_ms": "linger.ms",
+    "batch_size": "batch.size",
+    "delivery_timeout_ms": "delivery.timeout.ms",
+    "reconnect_backoff_ms": "reconnect.backoff.ms",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "compression_type": "compression.type",
+}
+# kafka-python keywords with no librdkafka counterpart, and why leaving them out is right
+_NOT_NEEDED = {
+    "bootstrap_timeout_ms",   # librdkafka connects in the background; flush(timeout) bounds every wait instead
+    "max_block_ms",           # produce() never blocks: a full local queue raises BufferError at once
+    "partitioner",            # a kafka-python object; 'murmur2_random' below is the same key -> partition map
+}
+
+
+def rdkafka_config(settings: Settings, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka properties for a producer: :func:`kafka_config` (``overrides`` in kafka-python's
+    names, as every other client takes them) translated. Raises ConfigError for a setting it cannot translate."""
+    python = kafka_config(settings, client_id, **overrides)
+    config: dict[str, Any] = {"bootstrap.servers": ",".join(python.pop("bootstrap_servers")),
+                              "partitioner": "murmur2_random"}
+    for key, value in python.items():
+        if key in _NOT_NEEDED:
+            continue
+        if key not in _RENAMED:
+            raise ConfigError(f"kafka setting {key!r} has no librdkafka translation (connectors/rdkafka.py)")
+        if key == "retries":
+            value = min(int(value), 2_147_483_647)
+        config[_RENAMED[key]] = value
+    return config
+
+
+class RdKafkaSink:
+    """The producer of :class:`~tiertwin.connectors.kafka.KafkaSink`'s contract on librdkafka:
+    ``acks=all``, idempotent, keyed records partitioned as kafka-python does.
+
+    ``send_raw`` hands a record to librdkafka (no Python per record after that); ``flush(timeout_s)``
+    waits until every record handed over is acknowledged: it raises :class:`BrokerUnavailableError`
+    ``"records not acknowledged within ..."`` if some are still waiting (the producer keeps them and
+    retries them itself, same producer id and sequence numbers: exactly once), or ``"producing failed: ..."``
+    if the producer gave up on some (they are no longer held: the caller sends them again).
+    Only failed deliveries call back into Python (``delivery.report.only.error``).
+    """
+
+    def __init__(self, settings: Settings | None = None, registry: SchemaRegistry | None = None,
+                 profile: Profile = "throughput", client_id: str = "tiertwin-sink", **overrides: Any):
+        from confluent_kafka import Producer
+
+        self.settings = settings or Settings.from_env()
+        self.registry = registry or SchemaRegistry.default()
+        self._errors: list[Exception] = []
+        self.fatal: Exception | None = None   # the producer cannot go on (idempotence state lost): build a new one
+        config = rdkafka_config(self.settings, client_id, acks="all", enable_idempotence=True, retries=2**31 - 1,
+                                **{**PRODUCER_PROFILES[profile], **overrides})
+        config.update({"delivery.report.only.error": True, "on_delivery": self._on_delivery,
+                       "error_cb": self._on_error, "logger": log,
+                       "queue.buffering.max.messages": 1_000_000})
+        self._producer = Producer(config)
+        self._unserved = 0
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self._errors.append(_as_exception(error))
+
+    def _on_error(self, error) -> None:
+        if error.fatal():
+            self.fatal = _as_exception(error)
+            self._errors.append(self.fatal)
+        else:   # a broker down or refusing the connection: retried by librdkafka, reported by flush
+            log.debug("librdkafka: %s", error)
+
+    def send(self, topic: str, schema: str, record: dict, key: str | int | bytes | None = None,
+             timestamp_ms: int | None = None) -> None:
+        """Encode ``record`` with ``schema`` (validated) and produce it. Raises RecordRejected if invalid."""
+        self.send_raw(topic, self.registry.encode(schema, record), key, timestamp_ms)
+
+    def send_raw(self, topic: str, value: bytes, key: str | int | bytes | None = None,
+                 timestamp_ms: int | None = None, partition: int | None = None) -> None:
+        """Hand bytes to librdkafka. BrokerUnavailableError if its local queue stays full."""
+        if key is not None and not isinstance(key, bytes):
+            key = str(key).encode()
+        producer = self._producer
+        kwargs: dict[str, Any] = {}
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        if partition is not None:
+            kwargs["partition"] = partition
+        for _ in range(50):
+            try:
+                producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:     # the local queue is full: let librdkafka deliver some first
+                producer.poll(0.1)
+        else:
+            raise BrokerUnavailableError("the producer's local queue stayed full for 5 s")
+        self._unserved += 1
+        if self._unserved >= 10_000:    # serve error callbacks and logs now and then
+            self._unserved = 0
+            producer.poll(0)
+
+    def flush(self, timeout_s: float | None = 60.0) -> None:
+        """Wait until every record sent so far is acknowledged; raise if any failed or some are still waiting."""
+        left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        self._unserved = 0
+        if self._errors:
+            first, self._errors = self._errors[0], []
+            if _is_authorization(first):
+                credentials = self.settings.sasl_credentials()
+                who = f"principal {credentials[0]!r}" if credentials else "this anonymous client"
+                raise AccessDeniedError(f"the broker refused to let {who} write: {first}")
+            raise BrokerUnavailableError(f"producing failed: {first!r}")
+        if left:
+            raise BrokerUnavailableError(f"records not acknowledged within {timeout_s}s: {left} still waiting")
+
+    def abandon(self) -> int:
+        """Drop whatever the producer still holds (the caller keeps it elsewhere); the number dropped."""
+        left = len(self._producer)
+        if left:
+            self._producer.purge()
+            self._producer.flush(0)     # serves the purged records' callbacks
+        self._errors = []
+        return left
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush (raising as :meth:`flush` does), then let the producer go."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self.abandon()
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    def __enter__(self) -> "RdKafkaSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_exception(error) -> Exception:
+    from confluent_kafka import KafkaException
+
+    return KafkaException(error)
+
+
+def _is_authorization(error: Exception) -> bool:
+    text = str(error)
+    return "AUTHORIZATION" in text.upper() or "authoriz" in text.lower()
