@@ -120,6 +120,19 @@ class TwinView:
             reader.close()
 
     # -- reading -------------------------------------------------------------------------------
+    def consistent(self) -> threading.Lock:
+        """Hold the view still while several of its fields are read together::
+
+            with view.consistent():
+                states, ues = view.merged_cell_states(), list(view.ues.values())
+        """
+        return self._lock
+
+    @property
+    def decision_seq(self) -> int:
+        """The sequence number of the newest decision held (0 before the first)."""
+        return self._seq
+
     def ue(self, ue_id: str) -> dict | None:
         with self._lock:
             twin = self.ues.get(ue_id)
@@ -142,7 +155,7 @@ class TwinView:
     def merged_cell_states(self) -> dict[int, dict]:
         """Every cell's latest state: the edge twin's where it has one, else the gNB's report.
 
-        The caller holds ``_lock`` (so it can read other state in the same consistent moment).
+        The caller holds :meth:`consistent` (so it can read other state in the same moment).
         """
         return {**self.cell_reports, **self.cells}
 
@@ -241,7 +254,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
     @app.get("/decisions")
     def recent_decisions(tier: str | None = None, kind: str | None = None, ue: str | None = None,
                          limit: int = Query(100, ge=1, le=2000)) -> list[dict]:
-        with view._lock:
+        with view.consistent():
             items = [d for _, d in view.decisions]
         items = [d for d in items if (tier is None or d["tier"] == tier) and (kind is None or d["kind"] == kind)
                  and (ue is None or d.get("ue_id") == ue)]
@@ -252,7 +265,7 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
         """Server-Sent Events: one ``data:`` line (JSON decision) per new decision."""
 
         async def events():
-            seq = view._seq
+            seq = view.decision_seq
             yield ": connected\n\n"
             while True:
                 for seq, d in view.decisions_after(seq):

@@ -113,7 +113,7 @@ def derived_layout(view: "TwinView") -> dict:
     >>> [(c["cell_id"], c["x_m"]) for c in derived_layout(view)["cells"]]
     [(1, 5.0), (2, 50.0)]
     """
-    with view._lock:
+    with view.consistent():
         states = view.merged_cell_states()
         positions = [(s["serving_cell"], s["x_m"], s["y_m"]) for s in view.ues.values()]
     sums: dict[int, list[float]] = {}
@@ -226,13 +226,13 @@ class LiveStats:
     def update(self, now: float | None = None) -> dict:
         now = time.monotonic() if now is None else now
         view = self.view
-        with view._lock:
+        with view.consistent():
             new = [(s, d) for s, d in view.decisions if s > self._seq]
             outcomes_total = view.records_seen.get(view.topics.outcomes, 0)
             fresh = outcomes_total - self._outcomes_seen
             new_outcomes = list(view.outcomes)[-fresh:] if fresh > 0 else []
             counts = dict(view.records_seen)
-            decision_seq = view._seq
+            decision_seq = view.decision_seq
         self._outcomes_seen = outcomes_total
         if new:
             self._seq = new[-1][0]
@@ -307,7 +307,7 @@ class StateFeed:
 
     def _build(self, now: float) -> tuple[dict, list[str]]:
         view = self.view
-        with view._lock:
+        with view.consistent():
             ue_ids = list(view.ues)  # insertion order: TwinView only ever adds UEs
             twins = [view.ues[u] for u in ue_ids]
             states = view.merged_cell_states()
@@ -358,10 +358,10 @@ class StateFeed:
         return text, seq, network["ue_count"] if network else 0
 
     def _new_decisions(self, after_seq: int | None) -> tuple[int, list[dict], int]:
-        seq = after_seq if after_seq is not None else max(0, self.view._seq - self.decisions_per_frame)
+        seq = after_seq if after_seq is not None else max(0, self.view.decision_seq - self.decisions_per_frame)
         new = self.view.decisions_after(seq, limit=10**9)
         compact = [compact_decision(s, d) for s, d in new[-self.decisions_per_frame:]]
-        return self.view._seq, compact, (new[-1][0] if new else seq)
+        return self.view.decision_seq, compact, (new[-1][0] if new else seq)
 
 
 # =============================================================================================
