@@ -283,27 +283,6 @@ class RecordingSource:
         self.source.close()
 
 
-def _polling_loop_class():
-    from tiertwin.connectors.simulator import SimulatorLoop
-
-    class PromptDecisionLoop(SimulatorLoop):
-        """The wall-clock loop, applying the decisions that have arrived once per step even when behind.
-
-        ``SimulatorLoop`` polls decisions only while waiting for the next step, so a loop that has
-        fallen behind the wall clock (a loaded machine) would leave arrived decisions unapplied and
-        charge its own lag to the decision wait of every demand, in every mode.
-        """
-
-        def _wait_until(self, due: float) -> None:
-            if due - time.monotonic() <= 0.001:
-                self._poll_decisions(0)
-                self._publish(self.topics.outcomes, "Outcome", self.world.outcome_records())
-                return
-            super()._wait_until(due)
-
-    return PromptDecisionLoop
-
-
 @dataclass
 class ModeRun:
     """What one mode produced in one round: the records the network saw, and the run's bounds."""
@@ -415,7 +394,7 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
     Kafka clients where the network is); it reads only the edge's and cloud's decisions.
     """
     from tiertwin.connectors.kafka import KafkaSink, KafkaSource
-    from tiertwin.connectors.simulator import SimulatorTopics, World
+    from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World
     from tiertwin.jobs.ops.launcher import deploy, stop
     from tiertwin.schemas import SchemaRegistry
 
@@ -444,8 +423,8 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         # every few ms, so a remote client pays one one-way delay per decision, not a polling cycle.
         decision_topics = topics.decision_topics("device") if mode == "device" else ACTION_TOPICS
         source = RecordingSource(KafkaSource(decision_topics, f"eval-{tag}-simulator", sim_settings, registry,
-                                             on_undecodable="raise", from_beginning=True, client_id=f"eval-{mode}-simulator",
-                                             fetch_max_wait_ms=200))
+                                             on_undecodable="raise", from_beginning=True,
+                                             client_id=f"eval-{mode}-simulator", fetch_max_wait_ms=200))
         device: dict[str, Any] = {}
         if mode == "device":
             runtime = _recording_runtime(sim_settings, f"eval-{tag}", topics)
@@ -453,7 +432,9 @@ def run_controlled(mode: str, config: EvalConfig, broker: EvalBroker, round_inde
         world = World(config.scenario_spec(), seed=seed)
         # Commits and flushes are bookkeeping for restarts; inside a run they would block the
         # wall-clock loop for a round trip, an artefact of this loop rather than of the distance.
-        loop = _polling_loop_class()(world, sink, source, topics, realtime=True, commit_interval_s=3600.0, **device)
+        # SimulatorLoop applies the decisions that have arrived once per step, also when it runs behind the
+        # wall clock, so a loaded machine's lag is not charged to every demand's decision wait.
+        loop = SimulatorLoop(world, sink, source, topics, realtime=True, commit_interval_s=3600.0, **device)
         wall = time.monotonic()
         with _frozen_heap():
             summary = loop.run(config.seconds)
