@@ -21,9 +21,10 @@ returns a fresh, untrained one per name, for the cloud trainer when no model is 
 from __future__ import annotations
 
 import math
+import random
 from typing import Mapping
 
-from river import bandit, base, compose, linear_model, optim, preprocessing
+from river import base, compose, linear_model, optim, preprocessing
 
 DEMAND_LATENCY = "demand-latency"
 HANDOVER = "handover-sinr"
@@ -270,8 +271,12 @@ class HandoverForecaster(base.Regressor):
 class ShareAllocator:
     """Contextual bandit choosing a resource share for a cell (LinUCB, disjoint arms).
 
-    Arms are the share levels; the context is :func:`~tiertwin.pipelines.features.cell_context`;
-    the reward (higher is better) comes from measured outcomes.
+    Arms are the share levels, each with its own Bayesian linear regression of the reward on the
+    context (:func:`~tiertwin.pipelines.features.cell_context`); a pull takes the arm with the
+    highest upper bound (posterior mean + one standard deviation), ties broken at random. This is
+    River's ``bandit.LinUCBDisjoint``, owned here so that :meth:`expected_reward` can read an arm's
+    posterior through River's public estimator API. The reward (higher is better) comes from
+    measured outcomes.
 
     >>> allocator = ShareAllocator(shares=(0.5, 1.0), seed=1)
     >>> ctx = {"bias": 1.0, "prb_utilization": 0.9}
@@ -280,6 +285,8 @@ class ShareAllocator:
     ...     allocator.update(0.5, ctx, 0.0)
     >>> allocator.pull(ctx)
     1.0
+    >>> round(allocator.expected_reward(1.0, ctx), 2), round(allocator.expected_reward(0.5, ctx), 2)
+    (0.98, 0.0)
     """
 
     def __init__(self, shares: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0), alpha: float = 1.0,
@@ -287,23 +294,41 @@ class ShareAllocator:
         self.shares = shares
         self.alpha = alpha
         self.seed = seed
-        self.policy = bandit.LinUCBDisjoint(alpha=alpha, seed=seed)
+        self.arms = {self._arm(s): linear_model.BayesianLinearRegression(alpha=alpha) for s in shares}
+        self._rng = random.Random(seed)
         self.n_updates = 0
 
-    def _arm(self, share: float) -> str:
+    def __setstate__(self, state: dict) -> None:
+        # Allocators pickled before the arms were owned here (shipped models, changelog checkpoints)
+        # hold a river LinUCBDisjoint; its per-arm regressions and random state carry over unchanged.
+        policy = state.pop("policy", None)
+        if policy is not None:
+            regressions = vars(policy)["_bayes_lin_regs"]
+            state["arms"] = {self._arm(s): regressions.get(self._arm(s)) or
+                             linear_model.BayesianLinearRegression(alpha=state["alpha"]) for s in state["shares"]}
+            state["_rng"] = vars(policy)["_rng"]
+        self.__dict__.update(state)
+
+    @staticmethod
+    def _arm(share: float) -> str:
         return f"{share:g}"
 
     def pull(self, context: dict) -> float:
-        arm = self.policy.pull([self._arm(s) for s in self.shares], context)
-        return float(arm)
+        bounds = {}
+        for share in self.shares:
+            posterior = self.arms[self._arm(share)].predict_one(context, with_dist=True)
+            bounds[share] = posterior.mu + posterior.sigma
+        best = max(bounds.values())
+        candidates = [share for share, bound in bounds.items() if bound == best]
+        return float(self._rng.choice(candidates) if len(candidates) > 1 else candidates[0])
 
     def update(self, share: float, context: dict, reward: float) -> None:
-        self.policy.update(self._arm(share), context, float(reward))
+        self.arms[self._arm(share)].learn_one(context, float(reward))
         self.n_updates += 1
 
     def expected_reward(self, share: float, context: dict) -> float:
         """The posterior mean reward of ``share`` in ``context`` (no exploration bonus)."""
-        return self.policy._bayes_lin_regs[self._arm(share)].predict_one(context)
+        return self.arms[self._arm(share)].predict_one(context)
 
 
 def allocation_reward(deadline_met_rate: float, share: float, share_cost: float = 0.3) -> float:

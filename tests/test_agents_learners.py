@@ -176,3 +176,44 @@ def test_demand_features_are_the_physics_written_plainly():
         assert x["edge_queue_ms"] == queue_ms
         assert x["edge_queue_low_priority_ms"] == queue_ms * (7 - int(demand["priority"])) / 7.0
         assert all(type(v) is float for v in x.values())
+
+
+def _cell_contexts(n: int, seed: int):
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield {"bias": 1.0, "prb_utilization": rng.random(), "attached_ues": rng.randint(0, 30) / 30}
+
+
+def test_share_allocator_pulls_and_learns_exactly_like_rivers_linucb():
+    """The allocator owns its arms (no reaching into River's privates) but is River's LinUCBDisjoint."""
+    from river import bandit
+
+    shares = (0.25, 0.5, 0.75, 1.0)
+    ours, rivers = ShareAllocator(shares=shares, seed=3), bandit.LinUCBDisjoint(alpha=1.0, seed=3)
+    for i, ctx in enumerate(_cell_contexts(300, seed=4)):
+        pulled = ours.pull(ctx)
+        assert pulled == float(rivers.pull([f"{s:g}" for s in shares], ctx)), f"pull {i}"
+        reward = allocation_reward(1.0 - abs(ctx["prb_utilization"] - pulled), pulled)
+        ours.update(pulled, ctx, reward)
+        rivers.update(f"{pulled:g}", ctx, reward)
+
+
+def test_an_allocator_pickled_with_rivers_policy_loads_and_decides_the_same():
+    """Shipped models and changelog checkpoints written before the arms moved still load."""
+    from river import bandit
+
+    shares = (0.5, 1.0)
+    old = ShareAllocator.__new__(ShareAllocator)   # the former layout: a river policy in ``policy``
+    old.__dict__.update(shares=shares, alpha=1.0, seed=1, n_updates=0,
+                        policy=bandit.LinUCBDisjoint(alpha=1.0, seed=1))
+    twin = ShareAllocator(shares=shares, seed=1)
+    for ctx in _cell_contexts(50, seed=5):
+        old.policy.update(f"{1.0:g}", ctx, ctx["prb_utilization"])
+        twin.update(1.0, ctx, ctx["prb_utilization"])
+    loaded = pickle.loads(pickle.dumps(old))
+    assert "policy" not in vars(loaded)
+    for ctx in _cell_contexts(20, seed=6):
+        assert loaded.expected_reward(1.0, ctx) == pytest.approx(twin.expected_reward(1.0, ctx))
+        assert loaded.pull(ctx) == twin.pull(ctx)
+    shipped, _ = load_pretrained(PRB_SHARE)
+    assert shipped.pull({"bias": 1.0, "prb_utilization": 0.5}) in shipped.shares
