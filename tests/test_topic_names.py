@@ -46,6 +46,20 @@ def test_each_agent_spec_declares_exactly_what_its_agent_consumes():
         assert spec.inputs == _agent_group_topics(spec), spec.name
 
 
+# The config fields naming what each agent produces to (its checkpoints included).
+AGENT_OUTPUTS = {"local": ("actions_topic", "summaries_topic", "changelog_topic"),
+                 "edge": ("actions_topic", "edge_state_topic", "migrations_topic", "changelog_topic")}
+
+
+def test_each_agent_spec_declares_the_topics_its_agent_writes_and_the_models_it_loads():
+    from tiertwin.jobs.cli.agents import make_agent
+
+    for spec in _shipped_agent_specs():
+        agent = make_agent(spec.tier, **spec.effective_config(0))
+        assert spec.outputs == [getattr(agent.config, f) for f in AGENT_OUTPUTS[spec.tier]], spec.name
+        assert spec.models == list(agent.model_names), spec.name
+
+
 def test_the_local_spec_includes_the_outcomes_the_local_agent_learns_from():
     local = next(spec for spec in _shipped_agent_specs() if spec.tier == "local")
     assert topics.OUTCOMES in local.inputs
