@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tiertwin.connectors.kafka import KafkaRecord, KeyHashCachePartitioner
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
 from tiertwin.pipelines.features import cell_context, sinr_forecast_features
+from tiertwin.pipelines.forecasting import HorizonBuffer
 from tiertwin.pipelines.learners import HANDOVER, MEC_SHARE, PRB_SHARE, allocation_reward
 from tiertwin.pipelines.models import ModelSlot, features_to_parameters
 from tiertwin.pipelines.pretrain import load_pretrained
@@ -154,6 +155,25 @@ class CellTwin:
 def handover_margin(serving_forecast_db: float, neighbour_forecast_db: float, hysteresis_db: float) -> float:
     """How far (dB) the neighbour's forecast beats the serving one beyond the hysteresis; > 0 means hand over."""
     return neighbour_forecast_db - serving_forecast_db - hysteresis_db
+
+
+def forecast_features(view: UEView, cell_id: int, horizon_s: float) -> list[tuple[str, int, dict[str, float]]]:
+    """``(role, cell, features)`` of the forecasts a UE view asks for: its serving cell ``cell_id`` and, if
+    it has one, its best neighbour (:func:`~tiertwin.pipelines.features.sinr_forecast_features`, each
+    with the other cell's SINR).
+
+    >>> view = UEView("ue-1")
+    >>> view.sinr_db, view.trend, view.speed, view.neighbour = 5.0, -2.0, 10.0, (4, 9.0)
+    >>> [(role, cell, x["gap_x_speed_h"], x["neighbour"]) for role, cell, x in forecast_features(view, 3, 0.5)]
+    [('serving', 3, 2.0, 0.0), ('neighbour', 4, -2.0, 1.0)]
+    """
+    neighbour = view.neighbour
+    out = [("serving", cell_id, sinr_forecast_features(view.sinr_db, view.trend, view.speed, horizon_s,
+                                                        neighbour[1] if neighbour is not None else None))]
+    if neighbour is not None:
+        out.append(("neighbour", neighbour[0], sinr_forecast_features(neighbour[1], view.neighbour_trend, view.speed,
+                                                                       horizon_s, view.sinr_db, neighbour=True)))
+    return out
 
 
 def _sigmoid(z: float) -> float:
@@ -330,6 +350,7 @@ class EdgeTwin:
         else:   # the same cell as last time: the SINR it forecast can be checked now
             self._learn_forecast(view, summary, out)
         view.update(summary)
+        self._remember_forecasts(view, cell_id)
         self._maybe_handover(twin, view, ids, stamps, out)
         self._maybe_hand_off(twin, view, out)
         return out
@@ -360,13 +381,40 @@ class EdgeTwin:
         return view
 
     def _learn_forecast(self, view: UEView, s: dict, out: EdgeOutput) -> None:
-        if view.summaries == 0:
+        """Teach the forecaster the forecasts whose horizon has come, each with the SINR its cell has now.
+
+        The forecaster learns at the horizon it is asked for (``handover_horizon_s``, give or take one
+        summary), not from one summary to the next: a model taught 0.2 s steps and asked 0.5 s ahead
+        is wrong by construction. A forecast of a cell the UE now neither is served by nor sees as its
+        best neighbour has no label and is dropped."""
+        buffer = getattr(view, "forecasts", None)
+        if buffer is None:
             return
-        dt = (s["window_end_ms"] - view.ts_ms) / 1000.0
-        if 0 < dt <= 5.0:
-            self.slots[self.config.handover_model].learn(sinr_forecast_features(view.sinr_db, view.trend, view.speed, dt),
-                                                         s["sinr_db"])
+        now_ms = s["window_end_ms"]
+        now_sinr = {s["serving_cell"]: s["sinr_db"]}
+        if s["best_neighbour_cell"] is not None and s["best_neighbour_sinr_db"] is not None:
+            now_sinr.setdefault(s["best_neighbour_cell"], s["best_neighbour_sinr_db"])
+        before = {s["serving_cell"]: view.sinr_db}     # the view still holds the previous summary
+        if view.neighbour is not None:
+            before.setdefault(view.neighbour[0], view.neighbour[1])
+        horizon_ms = self.config.handover_horizon_s * 1000.0
+        for t0, (cell, x) in buffer.due(now_ms):
+            if cell not in now_sinr:
+                continue
+            label = now_sinr[cell]
+            if cell in before and now_ms > view.ts_ms:   # the SINR at exactly t0 + horizon, between two summaries
+                share = min(max((t0 + horizon_ms - view.ts_ms) / (now_ms - view.ts_ms), 0.0), 1.0)
+                label = before[cell] + share * (label - before[cell])
+            self.slots[self.config.handover_model].learn(x, label)
             out.learned.append(self.config.handover_model)
+
+    def _remember_forecasts(self, view: UEView, cell_id: int) -> None:
+        """Keep this summary's forecast features until their horizon comes (see :meth:`_learn_forecast`)."""
+        buffer = getattr(view, "forecasts", None)
+        if buffer is None:
+            buffer = view.forecasts = HorizonBuffer(self.config.handover_horizon_s)
+        for _, cell, x in forecast_features(view, cell_id, self.config.handover_horizon_s):
+            buffer.push(view.ts_ms, (cell, x))
 
     def _maybe_handover(self, twin: CellTwin, view: UEView, ids, stamps: dict, out: EdgeOutput) -> None:
         c = self.config
@@ -374,9 +422,7 @@ class EdgeTwin:
             return
         slot = self.slots[c.handover_model]
         model, version = slot.current()
-        h = c.handover_horizon_s
-        serving_x = sinr_forecast_features(view.sinr_db, view.trend, view.speed, h)
-        neighbour_x = sinr_forecast_features(view.neighbour[1], view.neighbour_trend, view.speed, h)
+        (_, _, serving_x), (_, _, neighbour_x) = forecast_features(view, twin.cell_id, c.handover_horizon_s)
         serving, neighbour = model.predict_one(serving_x), model.predict_one(neighbour_x)
         margin = handover_margin(serving, neighbour, c.hysteresis_db)
         if margin <= 0:

@@ -85,21 +85,30 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
 
 
 def sinr_forecast_features(sinr_db: float, trend_db_per_s: float, speed_mps: float,
-                           horizon_s: float) -> dict[str, float]:
+                           horizon_s: float, other_sinr_db: float | None = None,
+                           neighbour: bool = False) -> dict[str, float]:
     """Features for forecasting the change of one cell's SINR over ``horizon_s``.
 
     Physics-shaped: the trend carried over the horizon; the distance moved (path-loss change and
     shadowing decorrelation both grow with it); the trend itself (the summary's SINR is smoothed,
     so it lags the present by a fraction of a second); and the level times the distance moved
-    (shadowing reverts to its mean in proportion to the distance moved, ``1 - exp(-d / d_corr)``).
+    (shadowing reverts to its mean in proportion to the distance moved, ``1 - exp(-d / d_corr)``);
+    with ``other_sinr_db`` (the serving cell's SINR for a neighbour's forecast, the best neighbour's for
+    the serving one), how far the other cell is ahead, times the distance moved (a UE at a cell's
+    edge is usually leaving it). ``neighbour`` marks a best neighbour's forecast: the best of several
+    cells is, on average, about to be less good than it looks (it was picked for being high).
 
     >>> sinr_forecast_features(10.0, -2.0, 5.0, 0.5)
-    {'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0, 'trend_db_per_s': -2.0, 'sinr_x_speed_h': 2.5}
+    {'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0, 'trend_db_per_s': -2.0, 'sinr_x_speed_h': 2.5, 'gap_x_speed_h': 0.0, 'neighbour': 0.0}
+    >>> sinr_forecast_features(10.0, -2.0, 5.0, 0.5, other_sinr_db=14.0)["gap_x_speed_h"]
+    1.0
     """
     speed_x_h = speed_mps * horizon_s
+    gap = 0.0 if other_sinr_db is None else other_sinr_db - sinr_db
     return {"trend_x_h": trend_db_per_s * horizon_s, "speed_x_h": speed_x_h,
             "horizon_s": horizon_s, "sinr_db": sinr_db, "trend_db_per_s": trend_db_per_s,
-            "sinr_x_speed_h": sinr_db * speed_x_h / 10.0}
+            "sinr_x_speed_h": sinr_db * speed_x_h / 10.0, "gap_x_speed_h": gap * speed_x_h / 10.0,
+            "neighbour": 1.0 if neighbour else 0.0}
 
 
 def cell_context(edge: Mapping) -> dict[str, float]:

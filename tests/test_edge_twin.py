@@ -104,13 +104,15 @@ def test_no_handover_without_a_neighbour_nor_within_the_cooldown():
     assert len(twin.observe_summary(summary("ue-c", 0, 2_200, 5.0, 1, 20.0)).decisions) == 1
 
 
-def test_the_forecast_learns_from_the_next_summary_and_replays_are_skipped():
-    twin = persistence_twin()
+def test_the_forecast_learns_at_its_horizon_and_replays_are_skipped():
+    twin = persistence_twin()        # handover_horizon_s 0.5
     twin.observe_summary(summary("ue-d", 0, 100, 10.0, trend=-8.0))
     out = twin.observe_summary(summary("ue-d", 0, 200, 9.0, trend=-8.0))
-    assert out.learned == [HANDOVER] and twin.slots[HANDOVER].model.n_learned == 1
-    replay = twin.observe_summary(summary("ue-d", 0, 200, 9.0, trend=-8.0))
-    assert replay.replayed and replay.learned == [] and twin.twins["0"].ues["ue-d"].summaries == 2
+    assert out.learned == [] and twin.slots[HANDOVER].model.n_learned == 0, "0.1 s later: the horizon has not come"
+    out = twin.observe_summary(summary("ue-d", 0, 600, 6.0, trend=-8.0))
+    assert out.learned == [HANDOVER] and twin.slots[HANDOVER].model.n_learned == 1, "the forecast made at 100 ms"
+    replay = twin.observe_summary(summary("ue-d", 0, 600, 6.0, trend=-8.0))
+    assert replay.replayed and replay.learned == [] and twin.twins["0"].ues["ue-d"].summaries == 3
 
 
 def test_cells_not_served_change_nothing():

@@ -47,3 +47,80 @@ def test_bench_fidelity_writes_its_results(tmp_path, monkeypatch):
     targets = {r["target"] for r in doc["results"]["rows"]}
     assert targets == set(LATENCY_TARGETS) | set(SINR_TARGETS)
     assert "oracle" in result.output and "persistence" in result.output
+
+
+def test_the_edge_forecaster_learns_at_its_horizon_and_beats_persistence_on_a_known_trend():
+    import random
+
+    from tiertwin.pipelines.edge_twin import EdgeTwin, EdgeTwinConfig
+    from tiertwin.pipelines.features import sinr_forecast_features
+    from tiertwin.pipelines.learners import HANDOVER
+    from tiertwin.schemas.examples import example
+
+    horizons = []
+
+    class Recording(SinrForecaster):
+        def learn_one(self, x, y):
+            horizons.append(x["horizon_s"])
+            super().learn_one(x, y)
+
+    config = EdgeTwinConfig(handover_horizon_s=0.6)
+    twin = EdgeTwin(config, {HANDOVER: (Recording(horizon_s=0.6), 0)})
+    rng = random.Random(5)
+    t = 1_000
+    for segment in range(200):       # a UE walking towards or away from its cell: a known trend, a little noise
+        trend, sinr = rng.uniform(-10, 10), rng.uniform(0, 25)
+        ue = f"ue-{segment}"
+        for k in range(20):          # a summary every 200 ms, the SINR on the line
+            twin.observe_summary(example("LocalSummary", ue_id=ue, serving_cell=0, window_start_ms=t - 100,
+                                         window_end_ms=t, sinr_db=sinr + trend * k * 0.2 + rng.gauss(0, 0.1),
+                                         sinr_trend_db_per_s=trend, best_neighbour_cell=None,
+                                         best_neighbour_sinr_db=None, speed_mps=1.5, emitted_ns=0))
+            t += 200
+    assert horizons and set(horizons) == {0.6}, "it learns at the horizon it is asked for"
+    model = twin.slots[HANDOVER].current()[0]
+    model_errors, persistence_errors = [], []
+    for _ in range(500):
+        trend, sinr = rng.uniform(-10, 10), rng.uniform(0, 25)
+        future = sinr + trend * 0.6
+        model_errors.append(abs(model.predict_one(sinr_forecast_features(sinr, trend, 1.5, 0.6)) - future))
+        persistence_errors.append(abs(sinr - future))
+    assert sum(model_errors) < 0.2 * sum(persistence_errors)
+
+
+def test_the_residual_latency_model_is_never_worse_than_physics_where_physics_is_exact():
+    import random
+
+    from tiertwin.pipelines.features import TIERS
+    from tiertwin.pipelines.latency import physics_estimate
+    from tiertwin.pipelines.pretrain import sample_demand, sample_edge, sample_radio
+    from tiertwin.pipelines.features import demand_features
+
+    for seed in range(5):            # a property over random streams: latency is exactly the physics estimate
+        rng = random.Random(seed)
+        model = ResidualLatencyModel()
+        for _ in range(600):
+            x = demand_features(sample_demand(rng), sample_radio(rng), sample_edge(rng), rng.uniform(0, 50),
+                                rng.uniform(50, 100))
+            tier = rng.choice(TIERS)
+            y = physics_estimate(x, tier)
+            assert abs(model.predict_one({**x, "tier": tier}) - y) <= 1e-9 * max(1.0, y)
+            model.learn_one({**x, "tier": tier}, y)
+
+
+def test_the_residual_latency_model_learns_an_unseen_device_speed():
+    import random
+
+    from tiertwin.pipelines.features import demand_features
+    from tiertwin.pipelines.pretrain import sample_demand, sample_radio
+
+    rng = random.Random(3)
+    model = ResidualLatencyModel()
+    errors = []
+    for i in range(400):             # the device runs 40 Gcycles/s, the features assume 20
+        x = {**demand_features(sample_demand(rng, "xr_frame"), sample_radio(rng), None, rng.uniform(0, 20)), "tier": "local"}
+        y = (x["local_compute_ms"] + x["local_queue_ms"]) / 2
+        errors.append(abs(model.predict_one(x) - y))
+        model.learn_one(x, y)
+    assert abs(model.effective_speed("local") - 40.0) < 0.5
+    assert sum(errors[-100:]) < 0.01 * sum(errors[:100])

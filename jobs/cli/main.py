@@ -19,6 +19,7 @@ from tiertwin.jobs.bench import chaos
 from tiertwin.jobs.bench import cloud as bench_cloud
 from tiertwin.jobs.bench import fidelity as bench_fidelity
 from tiertwin.jobs.bench import local as bench_local
+from tiertwin.jobs.bench import models as bench_models
 from tiertwin.jobs.bench import replay as bench_replay
 from tiertwin.jobs.bench import sim as bench_sim
 from tiertwin.jobs.bench import soak
@@ -240,6 +241,7 @@ bench_app.add_typer(bench_sim.bench_commands)
 bench_app.add_typer(bench_cloud.bench_commands)
 bench_app.add_typer(bench_tiers.bench_commands)
 bench_app.add_typer(bench_local.bench_commands)
+bench_app.add_typer(bench_models.bench_commands)
 bench_app.add_typer(bench_fidelity.bench_commands)
 
 

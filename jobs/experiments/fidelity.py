@@ -96,7 +96,7 @@ def simulate(scenario: str, seed: int, config: FidelityConfig) -> Trace:
     from tiertwin.connectors.simulator import World, load_scenario
     from tiertwin.connectors.simulator.oracle import sinr_oracle
     from tiertwin.pipelines.edf import edf_key
-    from tiertwin.pipelines.edge_twin import UEView
+    from tiertwin.pipelines.edge_twin import UEView, forecast_features
     from tiertwin.pipelines.local_twin import UETwin
 
     base = load_scenario(scenario)
@@ -149,13 +149,10 @@ def simulate(scenario: str, seed: int, config: FidelityConfig) -> Trace:
             view.update(s)
             views[s["ue_id"]] = (cell, view)
             ue = world.ue_index[s["ue_id"]]
-            points = [("sinr serving", cell, view.sinr_db, view.trend)]
-            if view.neighbour is not None:
-                points.append(("sinr neighbour", view.neighbour[0], view.neighbour[1], view.neighbour_trend))
-            for target, c, sinr, trend in points:
+            for role, c, x in forecast_features(view, cell, config.horizon_s):
+                target = f"sinr {role}"
                 asked.append((len(trace.sinr), ue, c))
-                trace.sinr.append((now, target, sinr_forecast_features(sinr, trend, view.speed, config.horizon_s),
-                                   math.nan, math.nan))
+                trace.sinr.append((now, target, x, math.nan, math.nan))
         if asked:
             oracle = sinr_oracle(world, [a[1] for a in asked], [a[2] for a in asked], config.horizon_s,
                                  draws=config.draws, rng=np.random.default_rng([seed, now]))
