@@ -119,6 +119,7 @@ def test_leader_killed_no_acknowledged_record_lost_and_it_rejoins(cluster):
                                  "configs": {"min.insync.replicas": "2"}}}, timeout_ms=30_000)
     wait_for_leaders(admin, [topic])
     leaders = {p["partition_index"]: p["leader_id"] for p in admin.describe_topics([topic])[0]["partitions"]}
+    controller = admin.describe_cluster()["controller_id"]
     admin.close()
     victim = max(set(leaders.values()), key=list(leaders.values()).count)
     led = sorted(p for p, leader in leaders.items() if leader == victim)
@@ -190,7 +191,7 @@ def test_leader_killed_no_acknowledged_record_lost_and_it_rejoins(cluster):
         time.sleep(0.5)
     rejoined = time.monotonic() - restarted
     assert not under, under[:3]
-    MEASURED["failover"] = {"killed_node": victim, "partitions_it_led": led, "acked_records": total,
+    MEASURED["failover"] = {"killed_node": victim, "it_was_the_controller": victim == controller, "partitions_it_led": led, "acked_records": total,
                             "produce_pause_s": round(produce_pause, 2), "consume_pause_s": round(consume_pause, 2),
                             "restart_s": round(node_back, 1), "isr_rejoined_s": round(rejoined, 1)}
     print(f"\nfailover: {MEASURED['failover']}")
