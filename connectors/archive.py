@@ -98,10 +98,14 @@ def archived_topics(log_dir: Path) -> list[str]:
     return sorted(p.name.removeprefix("topic=") for p in Path(log_dir).glob("topic=*") if p.is_dir())
 
 
+def archive_files(log_dir: Path, topic: str | None = None) -> list[Path]:
+    """The Parquet files of ``topic`` (every topic if None) in the archive layout, in a stable order."""
+    return sorted(Path(log_dir).glob(f"topic={topic or '*'}/date=*/hour=*/*.parquet"))
+
+
 def archived_count(log_dir: Path, topics: Iterable[str]) -> int:
     """How many records the archive holds for ``topics`` (from the Parquet footers, nothing read)."""
-    return sum(pq.ParquetFile(path).metadata.num_rows
-               for topic in topics for path in (Path(log_dir) / f"topic={topic}").glob("date=*/hour=*/*.parquet"))
+    return sum(pq.ParquetFile(path).metadata.num_rows for topic in topics for path in archive_files(log_dir, topic))
 
 
 def read_archive(log_dir: Path, topic: str) -> Iterator[ArchivedRecord]:
@@ -111,7 +115,7 @@ def read_archive(log_dir: Path, topic: str) -> Iterator[ArchivedRecord]:
     lives in one partition), and partitions are merged by timestamp; ties break on
     (partition, offset), so the order is the same on every run.
     """
-    files = sorted((Path(log_dir) / f"topic={topic}").glob("date=*/hour=*/*.parquet"))
+    files = archive_files(log_dir, topic)
     if not files:
         raise ConfigError(f"no archived records of {topic!r} under {log_dir}")
     by_partition: dict[int, list[ArchivedRecord]] = defaultdict(list)

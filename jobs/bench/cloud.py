@@ -109,10 +109,11 @@ def _archive_frames(archive_dir: Path) -> dict:
     """Decoded columns of a ``tiertwin archive`` folder, one polars frame per contract."""
     import polars as pl
 
+    from tiertwin.connectors.archive import archive_files
     from tiertwin.pipelines.parquet_log import EVENT_TIME_FIELDS, short_name
 
     parts: dict[str, list] = {}
-    for path in sorted(Path(archive_dir).glob("topic=*/date=*/hour=*/*.parquet")):
+    for path in archive_files(archive_dir):
         df = pl.read_parquet(path, hive_partitioning=False)
         for (schema,), group in df.group_by("schema"):
             name = short_name(schema) if schema else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tiertwin.connectors.archive import archived_topics
+from tiertwin.connectors.archive import archive_files, archived_topics
 from tiertwin.errors import ConfigError
 from tiertwin.stats import percentile_expr
 
@@ -25,7 +25,7 @@ class Report:
 
 
 def load_topic(log_dir: Path, topic: str) -> pl.DataFrame:
-    files = sorted((Path(log_dir) / f"topic={topic}").glob("date=*/hour=*/*.parquet"))
+    files = archive_files(log_dir, topic)
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
 
 

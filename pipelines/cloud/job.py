@@ -27,6 +27,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from tiertwin.connectors.archive import archive_files
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
@@ -68,7 +69,7 @@ class ReadArchive(beam.PTransform):
 
     def __init__(self, archive_dir: str | Path, stage: str = "cloud-twin/backfill"):
         super().__init__()
-        self.paths = sorted(str(p) for p in Path(archive_dir).glob("topic=*/date=*/hour=*/*.parquet"))
+        self.paths = [str(p) for p in archive_files(archive_dir)]
         if not self.paths:
             raise ConfigError(f"no archived records under {archive_dir} (expected topic=*/date=*/hour=*/*.parquet)")
         self.stage = stage
