@@ -53,6 +53,13 @@ class SinrForecaster(base.Regressor):
                                                   min_clip=0.1) for role in ROLES}
         self.n_learned = 0
 
+    def released(self, forgetting: float = 0.9995) -> "SinrForecaster":
+        """This forecaster ready to ship after pretraining (typically with ``forgetting`` 1): ``forgetting`` from now on."""
+        self.forgetting = forgetting
+        for fit in self._fits.values():
+            fit.forgetting = forgetting
+        return self
+
     @staticmethod
     def _role(x: Mapping) -> str:
         return "neighbour" if x.get("neighbour", 0.0) > 0.5 else "serving"

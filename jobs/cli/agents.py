@@ -94,33 +94,62 @@ def run(ctx: typer.Context,
 
 @commands.command("pretrain")
 @one_line_errors
-def pretrain(source: str = typer.Option("simulator", help="simulator (offline run, random placements) or synthetic."),
-             scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
-             seconds: float = typer.Option(60.0, help="Simulated seconds of demands to learn latency from."),
-             ues: int = typer.Option(60, help="UEs in the simulated scenario."),
-             samples: int = typer.Option(20_000, help="Synthetic examples per model (handover, bandits, and latency if synthetic)."),
-             seed: int = typer.Option(7),
+def pretrain(source: str = typer.Option("simulator", help="simulator (offline runs of every preset) or synthetic."),
+             scenarios: list[str] = typer.Option([], "--scenario", help="Simulator scenarios (repeatable; default: every preset)."),
+             seconds: float = typer.Option(30.0, help="Simulated seconds per scenario and seed."),
+             ues: int = typer.Option(40, help="UEs per simulated scenario (0: the scenario's own)."),
+             train_seeds: list[int] = typer.Option([7], "--train-seed", help="Seeds the models learn from (repeatable)."),
+             held_out_seeds: list[int] = typer.Option([2024], "--held-out-seed",
+                                                      help="Seeds the models are judged on, never trained on (repeatable)."),
+             force: bool = typer.Option(False, help="Write the retrained models even where they measure worse than the shipped ones."),
+             samples: int = typer.Option(20_000, help="Synthetic examples per model (the share bandits; every model if synthetic)."),
+             seed: int = typer.Option(7, help="Seed of the synthetic examples."),
              out: Path = typer.Option(None, help="Directory (default: the shipped pipelines/pretrained)."),
-             publish: bool = typer.Option(False, help="Also publish them to the models topic, signed, each as the "
-                                                      "next version of its name there."),
+             publish: bool = typer.Option(False, help="Also publish them to the models topic."),
              models_topic: str = typer.Option(MODELS)):
-    """Train the starting models and write pipelines/pretrained/*.pkl.
+    """Train the starting models, judge them against the shipped ones, write the better ones to pipelines/pretrained/.
 
-    The demand-latency model learns from the simulator's measured outcomes (features built as the
-    local agent builds them); the handover forecaster and the share bandits from synthetic streams.
+    simulator: the demand-latency model (residual on physics) and the SINR forecaster learn from offline simulator
+    runs of every preset on the training seeds; then the fidelity table (tiertwin bench fidelity) of the retrained
+    and the shipped models on the held-out seeds is printed, and a retrained model is written only if its
+    prequential MAE is lower on average over scenarios and targets (or with --force). The PRB / MEC share bandits
+    are written from synthetic streams only with --source synthetic (which writes every model, unjudged).
     """
     from tiertwin.errors import ConfigError
-    from tiertwin.pipelines.pretrain import (PRETRAINED_DIR, PRETRAINED_VERSION, pretrain_models,
-                                             pretrain_on_simulator, write_pretrained)
+    from tiertwin.pipelines.learners import DEMAND_LATENCY, HANDOVER
+    from tiertwin.pipelines.pretrain import (PRETRAINED_DIR, PRETRAINED_VERSION, load_pretrained, pretrain_models,
+                                             write_pretrained)
 
     if source not in ("simulator", "synthetic"):
         raise ConfigError(f"--source must be simulator or synthetic, not {source!r}")
-    models = pretrain_models(samples, seed)
-    if source == "simulator":
-        held_out = pretrain_on_simulator(models, scenario, seconds, seed, ues)
-        console.print("demand-latency on held-out simulator outcomes: " +
-                      ", ".join(f"{k} {v:.2f}" for k, v in held_out.items()))
-    for path in write_pretrained(models, out or PRETRAINED_DIR):
+    directory = out or PRETRAINED_DIR
+    if source == "synthetic":
+        models = pretrain_models(samples, seed)
+    else:
+        from tiertwin.jobs.experiments.fidelity import (FidelityConfig, compare, run_fidelity, table,
+                                                        train_candidates)
+        from tiertwin.pipelines.forecasting import SinrForecaster
+
+        common = dict(scenarios=tuple(scenarios), seconds=seconds, ues=ues or None)
+        candidates = train_candidates(FidelityConfig(seeds=tuple(train_seeds), **common), on_progress=console.print)
+        shipped = {name: load_pretrained(name)[0] for name in (DEMAND_LATENCY, HANDOVER)}
+        how = "horizon" if isinstance(shipped[HANDOVER], SinrForecaster) else "steps"
+        results = run_fidelity(FidelityConfig(seeds=tuple(held_out_seeds), **common),
+                               {"shipped": shipped[DEMAND_LATENCY], "retrained": candidates[DEMAND_LATENCY]},
+                               {"shipped": (shipped[HANDOVER], how), "retrained": (candidates[HANDOVER], "horizon")},
+                               on_progress=console.print)
+        console.print(table(results["rows"], title=f"Retrained vs shipped on held-out seeds {list(held_out_seeds)}"))
+        verdict = compare(results["rows"], "retrained", "shipped")
+        models = {}
+        for name, family in ((DEMAND_LATENCY, "latency"), (HANDOVER, "sinr")):
+            v = verdict.get(family, {"mean_ratio": float("nan"), "better": 0, "cases": 0})
+            better = v["mean_ratio"] < 1.0
+            console.print(f"{name}: retrained prequential MAE / shipped = {v['mean_ratio']:.3f} on average, lower in "
+                          f"{v['better']}/{v['cases']} scenario-targets: {'better' if better else 'not better'}"
+                          + ("" if better or not force else " (written anyway: --force)"))
+            if better or force:
+                models[name] = candidates[name]
+    for path in write_pretrained(models, directory):
         console.print(f"wrote {path}")
     if publish:
         from tiertwin.connectors.kafka import KafkaSink

@@ -336,6 +336,58 @@ def adapted(traces: list[Trace], latency_models: dict[str, Any]) -> dict[str, An
     return out
 
 
+# -- pretraining on the simulator ---------------------------------------------------------------
+def train_candidates(config: FidelityConfig, on_progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """A :class:`~tiertwin.pipelines.latency.ResidualLatencyModel` and a
+    :class:`~tiertwin.pipelines.forecasting.SinrForecaster` trained on simulator runs of every scenario of
+    ``config`` on its seeds (the training seeds: keep them apart from the ones the models are judged on).
+
+    Examples of every run are shuffled together and learned without forgetting (an average over the
+    fleet, not the last scenario), then released to learn online with forgetting; the device tier stays at
+    the physics prior (a device's speed is the device's own)."""
+    from tiertwin.connectors.simulator.scenarios import preset_names
+    from tiertwin.pipelines.forecasting import SinrForecaster
+    from tiertwin.pipelines.latency import ResidualLatencyModel
+    from tiertwin.pipelines.learners import DEMAND_LATENCY, HANDOVER
+
+    latency_examples, sinr_examples = [], []
+    for scenario in config.scenarios or tuple(preset_names()):
+        for seed in config.seeds:
+            trace = simulate(scenario, seed, config)
+            on_progress(f"training run {scenario} seed {seed}: {len(trace.latency)} demands, {len(trace.sinr)} SINR forecasts")
+            latency_examples += [(x, y) for _, x, y in trace.latency]
+            sinr_examples += [(x, y) for _, _, x, y, _ in trace.sinr]
+    rng = random.Random(0)
+    rng.shuffle(latency_examples)
+    rng.shuffle(sinr_examples)
+    latency = ResidualLatencyModel(forgetting=1.0)
+    for x, y in latency_examples:
+        latency.learn_one(x, y)
+    forecaster = SinrForecaster(forgetting=1.0, horizon_s=config.horizon_s)
+    for x, y in sinr_examples:
+        forecaster.learn_one(x, y)
+    return {DEMAND_LATENCY: latency.released(), HANDOVER: forecaster.released()}
+
+
+def compare(rows: list[dict], candidate: str, incumbent: str) -> dict[str, dict[str, float]]:
+    """Per target family (``latency``, ``sinr``): the mean over scenarios and targets of the candidate's
+    prequential MAE over the incumbent's, and in how many of them the candidate is better."""
+    by_key = {(r["scenario"], r["target"], r["name"]): r["mae"] for r in rows}
+    out: dict[str, dict[str, float]] = {}
+    for (scenario, target, name), mae in by_key.items():
+        if name != f"{candidate}, prequential":
+            continue
+        base = by_key.get((scenario, target, f"{incumbent}, prequential"))
+        if base is None or not (math.isfinite(mae) and math.isfinite(base)) or base <= 0:
+            continue
+        family = out.setdefault(target.split()[0], {"ratios": [], "better": 0, "cases": 0})
+        family["ratios"].append(mae / base)
+        family["better"] += mae < base
+        family["cases"] += 1
+    return {f: {"mean_ratio": float(np.mean(v["ratios"])), "better": v["better"], "cases": v["cases"]}
+            for f, v in out.items()}
+
+
 def table(rows: list[dict], title: str = "Twin fidelity"):
     """A rich Table of the rows: MAE, median AE, n, against the best naive baseline and (SINR) the oracle gap."""
     from rich.table import Table
