@@ -44,6 +44,7 @@ from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 from tiertwin.topics import OUTCOMES
 
+SLOT_PREFIX = "~slot/"     # changelog keys of model slots (a UE or cell key never starts with "~")
 log = logging.getLogger("tiertwin.agent")
 OUTCOMES_TOPIC = OUTCOMES
 
@@ -180,6 +181,7 @@ class TwinAgent:
         for slot in self.slots.values():
             self.metrics.model_version.labels(self.tier, config.instance_id, slot.name).set(slot.version)
         self._events_seen: dict[str, int] = {}
+        self._slot_marks: dict[str, tuple] = {}
         self.twins: dict[str, Any] = {}
         self.twin_partition: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -340,7 +342,7 @@ class TwinAgent:
         consumer = self.source.consumer
         positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
         self._phase = {"started": time.perf_counter(), "positions": positions, "keys": list(self._dirty),
-                       "pickled": [], "flushed": False}
+                       "pickled": self._slot_states(), "flushed": False}
         self._dirty.clear()
 
     def _advance_checkpoint(self) -> None:
@@ -380,7 +382,8 @@ class TwinAgent:
         """Give the phase's twins back to the dirty set (a rebalance or a full commit supersedes it)."""
         if self._phase is not None:
             self._dirty.update(self._phase["keys"])
-            self._dirty.update(key for key, _, _ in self._phase["pickled"])
+            self._dirty.update(key for key, _, _ in self._phase["pickled"] if not key.startswith(SLOT_PREFIX))
+            self._slot_marks.clear()    # the slots are written again with the next checkpoint
             self._phase = None
 
     def commit(self) -> None:
@@ -410,6 +413,8 @@ class TwinAgent:
             self.changelog.send(self.config.changelog_topic, key=key.encode(), value=value,
                                 partition=self.twin_partition[key])
             written += 1
+        for key, partition, value in self._slot_states():
+            self.changelog.send(self.config.changelog_topic, key=key.encode(), value=value, partition=partition)
         self._dirty.clear()
         self.metrics.checkpoints.inc(written)
         return written
@@ -465,7 +470,9 @@ class TwinAgent:
             while not reader.at_end():
                 for m in reader.poll_raw(500):  # pickled twins, not Avro: read as they are
                     key = m.key.decode()
-                    if m.value is None:
+                    if key.startswith(SLOT_PREFIX):
+                        self._restore_slot(key, m.value)
+                    elif m.value is None:
                         self.twins.pop(key, None)
                         self.twin_partition.pop(key, None)
                     else:
@@ -473,6 +480,35 @@ class TwinAgent:
                         self.twin_partition[key] = m.partition
                         restored += 1
             return restored
+
+    # -- model slots ride the changelog beside the twins ------------------------------------------------
+    # A slot is the instance's, not a partition's: it is written (when it changed) to the lowest partition the
+    # instance holds, keyed by instance and model, and adopted by the same instance when it restores that
+    # partition, so a restart resumes the live version, its revision and any shadow instead of the shipped model.
+    def _slot_key(self, name: str) -> str:
+        return f"{SLOT_PREFIX}{self.config.instance_id}/{name}"
+
+    def _slot_states(self) -> list[tuple[str, int, bytes]]:
+        if not self._held:
+            return []
+        partition = min(self._held)
+        states = []
+        for slot in {id(s): s for s in self.slots.values()}.values():
+            mark = (slot.version, slot.revision, slot.n_events, partition)
+            if self._slot_marks.get(slot.name) != mark:
+                self._slot_marks[slot.name] = mark
+                states.append((self._slot_key(slot.name), partition,
+                               pickle.dumps(slot, protocol=pickle.HIGHEST_PROTOCOL)))
+        return states
+
+    def _restore_slot(self, key: str, value: bytes | None) -> None:
+        name = key[len(self._slot_key("")):]
+        slot = self.slots.get(name)
+        if value is None or slot is None or not key.startswith(self._slot_key("")):
+            return      # another instance's slot, or a model this agent does not hold
+        if slot.adopt(pickle.loads(value)):
+            log.info("%s: %s restored at v%d revision %d", self.config.instance_id, name, slot.version, slot.revision)
+            self.sync_model_metrics()
 
     def restore_twin(self, twin: Any) -> Any:
         """Hook: adapt a restored twin (e.g. an older layout); the default keeps it as is."""

@@ -351,6 +351,23 @@ class ModelSlot:
                             **(figures or {})})
         del self.events[:-EVENTS_KEPT]
 
+    def adopt(self, saved: "ModelSlot") -> bool:
+        """Take this slot's checkpointed state (a restart): live version and revision, shadow, previous model,
+        rejected versions. Not if the slot already runs a newer live version than the checkpoint; a newer
+        shadow taken from the topic meanwhile stays. True if adopted."""
+        if saved.name != self.name or saved.version < self.version:
+            return False
+        newer_shadow = self.shadow if self.shadow is not None and self.shadow.version > max(
+            saved.version, saved.shadow.version if saved.shadow is not None else 0) else None
+        with self._lock:
+            for name in ("model", "version", "digest", "revision", "swaps", "shadow", "previous", "events",
+                         "n_events"):
+                setattr(self, name, getattr(saved, name))
+            self.rejected = self.rejected | saved.rejected
+            if newer_shadow is not None:
+                self.shadow = newer_shadow
+        return True
+
     def current(self) -> tuple[Any, int]:
         """``(model, version)`` read together, so a decision never mixes two versions."""
         with self._lock:

@@ -296,3 +296,40 @@ def test_manual_promote_reject_rollback_from_the_cli(new_topic, settings):
     rows = json.loads(listed.output)
     assert [(r["version"], r["verified"], r["commands"]) for r in rows] == [(3, "ok", ["reject"]),
                                                                           (2, "ok", ["promote", "rollback"])]
+
+
+@pytest.mark.broker
+def test_an_agent_restart_keeps_the_revision_and_the_shadow(new_topic, group_id, settings):
+    from tiertwin.connectors.kafka import KafkaSink, read_topic
+    from tiertwin.pipelines.local_twin import LocalTwinAgent
+    from tiertwin.pipelines.models import publish_model
+
+    from tests.agent_support import Running, local_agent_config, wait_until
+
+    config = local_agent_config(new_topic, group_id, prefix="test.lifecycle.restart")
+    fleet = SyntheticFleet(n_ues=3, n_cells=2, seed=12)
+    demands = [r for tick in range(10) for kind, r in fleet.step(tick * 10) if kind == "demand"]
+    with KafkaSink(settings) as sink:
+        with Running(LocalTwinAgent(config, settings)) as agent:
+            publish_model(sink, DEMAND_LATENCY, default_model(DEMAND_LATENCY), 2, topic=config.models_topic)
+            for d in demands:
+                sink.send(config.demands_topic, "Demand", d, key=d["ue_id"])
+            sink.flush()
+            decisions = read_topic(config.actions_topic, settings, expect=len(demands), timeout_s=30)
+            for i, r in enumerate(decisions):
+                sink.send(config.outcomes_topic, "Outcome", {
+                    "outcome_id": f"o-{i}", "ts_ms": r.value["source_ts_ms"] + 5, "kind": "demand",
+                    "ue_id": r.value["ue_id"], "cell_id": r.value["cell_id"], "demand_id": r.value["subject_id"],
+                    "decision_id": r.value["decision_id"], "placement": r.value["target"], "latency_ms": 12.0,
+                    "deadline_ms": 20.0, "deadline_met": True, "components_ms": {}, "effect": {}, "emitted_ns": 0},
+                    key=r.value["ue_id"])
+            sink.flush()
+            assert wait_until(lambda: agent.latency_slot.revision == len(decisions), 20)
+            assert agent.latency_slot.shadow is not None and agent.latency_slot.shadow.score.n == len(decisions)
+        before = (agent.latency_slot.version, agent.latency_slot.revision, agent.latency_slot.shadow.version)
+        with Running(LocalTwinAgent(config, settings)) as restarted:     # same instance, same group
+            assert wait_until(lambda: restarted.latency_slot.revision == before[1], 30), restarted.latency_slot.status()
+            after = (restarted.latency_slot.version, restarted.latency_slot.revision,
+                     restarted.latency_slot.shadow.version)
+            assert restarted.latency_slot.shadow.score.n == len(decisions), "the shadow's paired score came back too"
+    assert after == before == (PRETRAINED_VERSION, len(decisions), 2)

@@ -227,7 +227,7 @@ def _account(settings: Settings, report: ChaosReport) -> None:
         windows[s["ue_id"]].setdefault(s["window_start_ms"], s["samples"])
     open_samples: dict[str, int] = {}
     for m in _records(settings, TOPICS["local_changelog"]):
-        if m.value is not None:
+        if m.value is not None and not m.key.startswith(b"~"):    # "~slot/...": a model slot, not a UE twin
             open_samples[m.key.decode()] = pickle.loads(m.value).samples
     for ue, sent in sent_per_ue.items():
         accounted = sum(windows[ue].values()) + open_samples.get(ue, 0)
