@@ -237,3 +237,28 @@ def test_scram_and_acls_on_a_cluster(tmp_path_factory, settings):
         assert health["partitions"] > 0 and not health["under_replicated"]
     finally:
         secure.stop()
+
+
+def test_tiers_lose_nothing_when_the_busiest_leader_node_is_killed(settings, tmp_path):
+    """The fault suite (jobs/bench/chaos.py) on a 3-node cluster: a fleet streams telemetry and demands
+    through local and edge agent processes (one of each SIGKILLed too) while the node leading the most
+    telemetry and demand partitions is SIGKILLed and started again 10 s later."""
+    from tiertwin.jobs.bench.chaos import run_chaos
+
+    report = run_chaos(tmp_path, seconds=24, local_kills=1, edge_kills=1, broker_restarts=0, nodes=3,
+                       leader_kills=1, main=settings, on_progress=print)
+    MEASURED["tiers_leader_kill"] = {
+        "telemetry_sent": report.telemetry_sent, "demands_sent": report.demands_sent,
+        "leader_kills": [{k: v for k, v in kill.items() if k != "at_ns"} for kill in report.leader_kills],
+        "local_decision_pause_s": report.local_decision_pause_s,
+        "edge_decision_pause_s": report.edge_decision_pause_s,
+        "local_decision_latency_max_s": report.local_decision_latency_max_s}
+    print(f"\ntiers on a cluster, leader killed: {MEASURED['tiers_leader_kill']}")
+    assert len(report.leader_kills) == 1 and dict(report.kills) == {"local": 1, "edge": 1}
+    assert report.telemetry_sent > 500 and report.demands_sent > 100
+    assert report.unaccounted_ues == {} and report.telemetry_accounted == report.telemetry_sent
+    assert report.demands_decided == report.demands_sent
+    assert report.conflicting_local_ids == 0 and report.conflicting_edge_ids == 0
+    assert report.dead_lettered_malformed == report.malformed_sent > 0
+    assert report.ok
+    assert report.local_decision_pause_s < 20, report.local_decision_pause_s

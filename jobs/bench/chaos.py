@@ -11,6 +11,11 @@ SIGKILLed and restarted and the broker itself is restarted. Afterwards:
   kill) always gets the same decision id; likewise every edge decision id names one
   source record and one kind;
 * every malformed record is in the dead-letter topic.
+
+With ``nodes=3`` the private broker is a 3-node cluster (replication factor 3, two in-sync
+replicas required) and ``leader_kills`` SIGKILL the node that leads the most partitions of the
+busiest topics (telemetry and demands) mid-stream, then start it again; the same accounting holds,
+and the longest pause in local and edge decisions after each kill is measured.
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ class ChaosReport:
     malformed_sent: int = 0
     kills: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     broker_restarts: int = 0
+    nodes: int = 1
+    leader_kills: list[dict] = field(default_factory=list)   # {node, at_ns, restart_s}, one per kill
+    local_decision_pause_s: float = 0.0    # the longest time without a local decision after a leader kill
+    edge_decision_pause_s: float = 0.0
+    local_decision_latency_max_s: float = 0.0   # decided_ns - source_emitted_ns, worst after a leader kill
     telemetry_accounted: int = 0
     unaccounted_ues: dict[str, int] = field(default_factory=dict)
     demands_decided: int = 0
@@ -128,14 +138,18 @@ def _stream(sink: KafkaSink, report: ChaosReport, stop: threading.Event, rate_ti
 
 def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_kills: int = 2,
               broker_restarts: int = 1, seed: int = 5, main: Settings | None = None,
-              on_progress=print) -> ChaosReport:
+              on_progress=print, nodes: int = 1, leader_kills: int = 0, leader_down_s: float = 10.0) -> ChaosReport:
+    """``leader_kills`` (a cluster: ``nodes`` > 1) SIGKILL the busiest partitions' leader node and start
+    it again ``leader_down_s`` later."""
+    if leader_kills and nodes < 3:
+        raise ChaosError("killing a leader node needs a cluster of 3 nodes (nodes=3)")
     folder.mkdir(parents=True, exist_ok=True)
-    private = ManagedBroker.private(folder / "home", main=main)
-    report = ChaosReport()
+    private = ManagedBroker.private(folder / "home", main=main, nodes=nodes)
+    report = ChaosReport(nodes=nodes)
     private.start()
     agents: list[AgentProcess] = []
     try:
-        apply_topology(load_topology(), private.settings)
+        apply_topology(load_topology(), private.settings, brokers=private.node_count)
         common = {"commit_interval_ms": 1000, "session_timeout_ms": 6000}
         local = AgentProcess("local", {**common, "group_id": "tiertwin-local", "instance_id": "chaos-local"},
                              folder, private.env())
@@ -150,7 +164,7 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
         producer = threading.Thread(target=_stream, args=(sink, report, stop, 20.0, seed, errors), daemon=True)
         producer.start()
         events = ([("local", i) for i in range(local_kills)] + [("edge", i) for i in range(edge_kills)]
-                  + [("broker", i) for i in range(broker_restarts)])
+                  + [("broker", i) for i in range(broker_restarts)] + [("leader", i) for i in range(leader_kills)])
         events.sort(key=lambda e: (e[1], e[0]))
         gap = seconds / (len(events) + 1)
         for what, _ in events:
@@ -161,6 +175,16 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
                 time.sleep(1)
                 private.start()
                 report.broker_restarts += 1
+            elif what == "leader":
+                victim = _busiest_leader(private.settings)
+                on_progress(f"chaos: SIGKILL broker node {victim}, the busiest partitions' leader")
+                killed_ns = time.time_ns()
+                private.kill_node(victim)
+                time.sleep(leader_down_s)
+                restarting = time.monotonic()
+                private.start()
+                report.leader_kills.append({"node": victim, "at_ns": killed_ns,
+                                            "restart_s": round(time.monotonic() - restarting, 1)})
             else:
                 agent = local if what == "local" else edge
                 on_progress(f"chaos: SIGKILL {what} agent (pid {agent.proc.pid}) and restart it")
@@ -182,12 +206,43 @@ def run_chaos(folder: Path, seconds: float = 40.0, local_kills: int = 3, edge_ki
                 raise ChaosError(f"{agent.tier} agent exited with {code} on SIGTERM; see {agent.log_path}")
         agents = []
         _account(private.settings, report)
+        _decision_pauses(private.settings, report)
     finally:
         for agent in agents:
             if agent.proc and agent.proc.poll() is None:
                 agent.proc.kill()
         private.stop()
     return report
+
+
+def _busiest_leader(settings: Settings) -> int:
+    """The node that leads the most partitions of the telemetry and demand topics."""
+    from collections import Counter
+
+    from tiertwin.connectors.kafka import admin_client
+
+    admin = admin_client(settings)
+    try:
+        described = admin.describe_topics([TOPICS["telemetry"], TOPICS["demands"]])
+    finally:
+        admin.close()
+    return Counter(p["leader_id"] for t in described for p in t["partitions"]).most_common(1)[0][0]
+
+
+def _decision_pauses(settings: Settings, report: ChaosReport) -> None:
+    """The longest gap between consecutive decisions of a tier from each leader kill to 30 s after it,
+    and the worst decision latency in that span."""
+    for kill in report.leader_kills:
+        start, end = kill["at_ns"], kill["at_ns"] + 30 * 10**9
+        for topic, attr in ((TOPICS["local_actions"], "local_decision_pause_s"),
+                            (TOPICS["edge_actions"], "edge_decision_pause_s")):
+            decisions = [d for d in _decoded(settings, topic) if start <= d["decided_ns"] <= end]
+            times = [start] + sorted(d["decided_ns"] for d in decisions)
+            pause = max((b - a for a, b in zip(times, times[1:])), default=end - start) / 1e9
+            setattr(report, attr, round(max(getattr(report, attr), pause), 2))
+            if attr == "local_decision_pause_s" and decisions:
+                worst = max(d["decided_ns"] - d["source_emitted_ns"] for d in decisions) / 1e9
+                report.local_decision_latency_max_s = round(max(report.local_decision_latency_max_s, worst), 2)
 
 
 def _records(settings: Settings, topic: str) -> list:
@@ -263,10 +318,15 @@ def chaos_cmd(seconds: float = typer.Option(40.0, help="How long the fleet strea
               local_kills: int = typer.Option(3, help="SIGKILLs of the local agent."),
               edge_kills: int = typer.Option(2, help="SIGKILLs of the edge agent."),
               broker_restarts: int = typer.Option(1, help="Broker restarts mid-run."),
+              nodes: int = typer.Option(1, min=1, max=9, help="Nodes of the private broker (3: a replicated cluster)."),
+              leader_kills: int = typer.Option(0, help="SIGKILLs of the node leading the busiest partitions, "
+                                                       "restarted 10 s later (needs --nodes 3)."),
               keep: Path = typer.Option(None, help="Keep the private broker, configs and agent logs here.")):
-    """Kill agents and restart a private broker mid-stream; then account for every record."""
+    """Kill agents and restart a private broker (or kill a leader node of a private cluster) mid-stream; then
+    account for every record."""
     folder = keep or Path(tempfile.mkdtemp(prefix="tiertwin-chaos-"))
-    report = run_chaos(folder, seconds, local_kills, edge_kills, broker_restarts, on_progress=console.print)
+    report = run_chaos(folder, seconds, local_kills, edge_kills, broker_restarts, on_progress=console.print,
+                       nodes=nodes, leader_kills=leader_kills)
     for key, value in report.__dict__.items():
         console.print(f"{key:26} {dict(value) if isinstance(value, defaultdict) else value}")
     if not report.ok:
