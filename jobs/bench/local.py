@@ -61,18 +61,36 @@ def percentiles_ms(values_ns) -> dict[str, float]:
             "mean_ms": float(a.mean())}
 
 
-def _thread_cpu_s() -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of this process, by native thread id."""
+def _thread_cpu_s(names: dict[int, str] | None = None) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of this process, by native thread id (``names``: filled
+    with each thread's name: librdkafka names its threads ``rdk:...``, Python threads by ``threading``)."""
+    import threading
+
     tick = os.sysconf("SC_CLK_TCK")
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[int, float] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, rest = f.read().rsplit(")", 1)
+                fields = rest.split()
         except OSError:
             continue
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        if names is not None:
+            names[int(tid)] = python_names.get(int(tid)) or head.split("(", 1)[1]
     return out
+
+
+def _by_role(cpu_by_thread: dict[int, float], names: dict[int, str]) -> dict[str, float]:
+    """Threads' CPU summed by role: uplink, downlink, librdkafka, kafka-python (its IO thread), other."""
+    roles: dict[str, float] = collections.defaultdict(float)
+    for tid, seconds in cpu_by_thread.items():
+        name = names.get(tid, "")
+        role = ("uplink" if "uplink" in name else "downlink" if "downlink" in name else
+                "librdkafka" if name.startswith("rdk:") else "kafka-python" if name.endswith("network-thread") else "other")
+        roles[role] += seconds
+    return dict(roles)
 
 
 class GcPauses:
@@ -126,7 +144,7 @@ def _floor(model: Any, xs: list[dict]) -> list[int]:
 def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, warmup_s: float = 0.2,
              drain_timeout_s: float = 180.0, floor_samples: int = 20_000, log: Callable[[str], None] = print,
              device: dict | None = None, connect: bool = True, freeze_after_warmup: bool = True,
-             floor_every: int = 4, label: str | None = None) -> dict:
+             floor_every: int = 4, label: str | None = None, model: tuple[Any, int] | None = None) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
     from tiertwin.jobs.bench.agents import create_topics, delete_topics
@@ -142,7 +160,14 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
     world = World(load_scenario(scenario).with_overrides(ues=ues), seed=seed)
     config = DeviceConfig(device_id=f"bench-local-{ues}-{tag}", topics=topics,
                           spill_dir=settings.home / "device" / f"bench-local-{tag}", **(device or {}))
-    device = DeviceRuntime(config, settings, connect=connect).start()
+    twin = None
+    if model is not None:   # every way a size runs decides with the same model (a copy each: the twin may learn)
+        import pickle
+
+        from tiertwin.pipelines.local_twin import LocalTwin
+
+        twin = LocalTwin(config.twin, pickle.loads(pickle.dumps(model[0])), model[1])
+    device = DeviceRuntime(config, settings, connect=connect, twin=twin).start()
     try:
         observe, place = device.observe, device.place
         clock, cpu = time.perf_counter_ns, time.thread_time
@@ -199,8 +224,10 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         drain_started = time.perf_counter()
         drained = device.drain(drain_timeout_s)
         drain_s = time.perf_counter() - drain_started
-        after = _thread_cpu_s()
+        names: dict[int, str] = {}
+        after = _thread_cpu_s(names)
         background = sum(after[tid] - before.get(tid, 0.0) for tid in after if tid != main_tid)
+        background_roles = _by_role({tid: after[tid] - before.get(tid, 0.0) for tid in after if tid != main_tid}, names)
         xs = [parameters_to_features(d["parameters"]) for d in decisions]
         floor = _floor(device.twin.model, xs)
         stats = stats_dict(device.stats)
@@ -220,7 +247,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         "p50_to_floor_p50": ours["p50_ms"] / floor_pct["p50_ms"] if floor_pct.get("p50_ms") else None,
         "p99_to_quiet_floor_p99": ours["p99_ms"] / quiet_pct["p99_ms"] if quiet_pct.get("p99_ms") else None,
         "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "background_threads_s": background,
-                "runtime_total_s": runtime_cpu},
+                "runtime_total_s": runtime_cpu, "other_threads_by_role_s": background_roles},
         "decisions_per_place_cpu_s": decided / place_cpu if place_cpu else None,
         "decisions_per_runtime_cpu_s": decided / runtime_cpu if runtime_cpu else None,
         "cpu_s_per_simulated_s": runtime_cpu / simulated_s,
@@ -231,7 +258,9 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         f"({result['p50_to_floor_p50']:.1f}x), p99 {floor_pct['p99_ms']:.3f} ms ({result['p99_to_floor_p99']:.1f}x); quiet floor "
         f"p99 {quiet_pct['p99_ms']:.3f} ms ({result['p99_to_quiet_floor_p99']:.1f}x) | {result['decisions_per_place_cpu_s']:.0f} "
         f"decisions per place CPU-s | {result['cpu_s_per_simulated_s']:.2f} CPU-s per simulated s (observe {observe_cpu:.1f}, "
-        f"place {place_cpu:.1f}, other threads {background:.1f} over {simulated_s:g} s) | uplink sent {stats['sent']}, "
+        f"place {place_cpu:.1f}, other threads {background:.1f}: "
+        f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(background_roles.items()) if v >= 0.05) or '-'}; over {simulated_s:g} s) "
+        f"| uplink sent {stats['sent']}, "
         f"spilled {stats['spilled']}, drained {drained} in {drain_s:.1f} s")
     return result
 
@@ -248,11 +277,16 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
     with a kafka-python uplink; one runtime each. The results with the targets checked on the runtime's uplink."""
     from tiertwin.settings import Settings
 
+    from tiertwin.pipelines.local_twin import LocalTwinConfig
+    from tiertwin.pipelines.pretrain import load_pretrained
+
     settings = settings or Settings.from_env()
+    # Loaded once: the shipped model file may change while the bench runs (retraining), the comparison may not.
+    model = load_pretrained(LocalTwinConfig().demand_latency_model)
     sizes = {}
     for ues in ue_counts:
         seconds = simulated_s[ues] if isinstance(simulated_s, dict) else simulated_s
-        common = dict(log=log, freeze_after_warmup=freeze_after_warmup, floor_every=floor_every)
+        common = dict(log=log, freeze_after_warmup=freeze_after_warmup, floor_every=floor_every, model=model)
         offline = run_size(ues, seconds, scenario, seed, settings, connect=False, device=device, **common)
         result = sizes[str(ues)] = run_size(ues, seconds, scenario, seed, settings, device=device, **common)
         result["without_uplink"] = {k: offline[k] for k in COMPARED if k in offline}
@@ -275,7 +309,7 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
                                         "target": TARGETS["p99_to_floor_p99"], "floor": "quiet (after the drain)"}
     for check in checks.values():
         check["met"] = check["value"] <= check["target"]
-    return {"scenario": scenario, "seed": seed, "sizes": sizes, "targets": checks,
+    return {"scenario": scenario, "seed": seed, "model": f"{type(model[0]).__name__} v{model[1]}", "sizes": sizes, "targets": checks,
             "percentile": "tiertwin.stats (numpy.percentile, linear interpolation)", "load_average_1m_at_end": load_1m,
             "caveat": "2 shared cores; numbers taken while other work runs are noisy"}
 
