@@ -101,7 +101,7 @@ class RdKafkaSink:
                        "error_cb": self._on_error, "logger": log,
                        "queue.buffering.max.messages": 1_000_000})
         self._producer = Producer(config)
-        self._unserved = 0
+        self._produce = self._producer.produce
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:
@@ -122,6 +122,12 @@ class RdKafkaSink:
     def send_raw(self, topic: str, value: bytes, key: str | int | bytes | None = None,
                  timestamp_ms: int | None = None, partition: int | None = None) -> None:
         """Hand bytes to librdkafka. BrokerUnavailableError if its local queue stays full."""
+        if timestamp_ms is None and partition is None and (key is None or type(key) is bytes):
+            try:    # the uplink's case, without building keyword arguments
+                self._produce(topic, value, key)
+                return
+            except BufferError:
+                pass
         if key is not None and not isinstance(key, bytes):
             key = str(key).encode()
         producer = self._producer
@@ -138,15 +144,11 @@ class RdKafkaSink:
                 producer.poll(0.1)
         else:
             raise BrokerUnavailableError("the producer's local queue stayed full for 5 s")
-        self._unserved += 1
-        if self._unserved >= 10_000:    # serve error callbacks and logs now and then
-            self._unserved = 0
-            producer.poll(0)
 
     def flush(self, timeout_s: float | None = 60.0) -> None:
         """Wait until every record sent so far is acknowledged; raise if any failed or some are still waiting."""
+        # flush also serves the callbacks (failed deliveries, errors, logs): the sender calls it after every batch
         left = self._producer.flush(-1 if timeout_s is None else timeout_s)
-        self._unserved = 0
         if self._errors:
             first, self._errors = self._errors[0], []
             if _is_authorization(first):
