@@ -20,6 +20,7 @@ implement :meth:`TwinAgent.process` and :meth:`TwinAgent.process_side`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import socket
@@ -42,7 +43,7 @@ from tiertwin.pipelines.models import MODELS_TOPIC, ModelRejected, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
-from tiertwin.topics import OUTCOMES
+from tiertwin.topics import MODEL_STATUS, OUTCOMES
 
 SLOT_PREFIX = "~slot/"     # changelog keys of model slots (a UE or cell key never starts with "~")
 log = logging.getLogger("tiertwin.agent")
@@ -60,6 +61,8 @@ class AgentConfig(BaseModel):
     models_topic: str = MODELS_TOPIC
     outcomes_topic: str = OUTCOMES_TOPIC
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    model_status_topic: str | None = Field(MODEL_STATUS, description=(
+        "Where each model lifecycle transition of this instance goes as a ModelStatus record (None: not written)"))
     profile: Literal["low-latency", "throughput"] = "low-latency"
     from_beginning: bool = True
     commit_interval_ms: int = Field(1000, ge=10, le=60_000, description="Checkpoint + commit period; bounds the replay after a crash")
@@ -253,6 +256,7 @@ class TwinAgent:
             self.metrics.model_version.labels(*labels).set(slot.version)
             seen = self._events_seen.get(slot.name, 0)
             for event in (e for e in slot.events if e["seq"] > seen):
+                self._emit_status(slot, event)
                 self.metrics.model_transitions.labels(*labels, event["event"]).inc()
                 if event["event"].startswith(("promoted", "rolled-back")):
                     self.metrics.model_swaps.labels(*labels).inc()
@@ -290,6 +294,8 @@ class TwinAgent:
         self._next_lag_check = 0.0
         self._next_side_poll = 0.0
         self._opened = True
+        for slot in {id(s): s for s in self.slots.values()}.values():    # every instance shows in `tiertwin models list`
+            self._emit_status(slot, {"event": "started", "version": slot.version, "at_ms": int(time.time() * 1000)})
 
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None) -> None:
         """Consume until ``stop_event`` is set (or ``max_seconds`` pass), then shut down cleanly."""
@@ -480,6 +486,19 @@ class TwinAgent:
                         self.twin_partition[key] = m.partition
                         restored += 1
             return restored
+
+    def _emit_status(self, slot: ModelSlot, event: dict) -> None:
+        """A ModelStatus record of a slot's transition, keyed ``<model>/<instance>`` (compacted: the newest stays)."""
+        topic, sink = self.config.model_status_topic, getattr(self, "sink", None)
+        if not topic or sink is None:
+            return
+        figures = {k: float(v) for k, v in event.items() if k not in ("event", "version", "seq", "at_ms")
+                   and isinstance(v, (int, float)) and math.isfinite(v)}
+        sink.send(topic, "ModelStatus", {
+            "model_name": slot.name, "tier": self.tier, "instance": self.config.instance_id, "event": event["event"],
+            "version": event["version"], "live_version": slot.version, "revision": slot.revision,
+            "shadow_version": None if slot.shadow is None else slot.shadow.version, "figures": figures,
+            "at_ms": event["at_ms"]}, key=f"{slot.name}/{self.config.instance_id}")
 
     # -- model slots ride the changelog beside the twins ------------------------------------------------
     # A slot is the instance's, not a partition's: it is written (when it changed) to the lowest partition the

@@ -184,8 +184,10 @@ def newest_verified(updates, key: bytes | None = None) -> dict[str, dict]:
     return newest
 
 
-def read_models_topic(settings=None, topic: str = MODELS_TOPIC, idle_ms: int = 1_000) -> list[dict]:
-    """Every ModelUpdate record on the models topic, from its beginning until it stays quiet ``idle_ms``."""
+def read_models_topic(settings=None, topic: str = MODELS_TOPIC, idle_ms: int = 1_000,
+                      schema: str = "tiertwin.ModelUpdate") -> list[dict]:
+    """Every ``schema`` record on ``topic`` (the models topic by default), from its beginning until it stays
+    quiet ``idle_ms``."""
     from tiertwin.connectors.kafka import TopicReader
 
     reader = TopicReader([topic], settings, on_undecodable="skip", client_id="tiertwin-models-reader")
@@ -196,7 +198,7 @@ def read_models_topic(settings=None, topic: str = MODELS_TOPIC, idle_ms: int = 1
             batch = reader.poll(200)
             if batch:
                 quiet_since = time.monotonic()
-                records.extend(r.value for r in batch if r.schema == "tiertwin.ModelUpdate")
+                records.extend(r.value for r in batch if r.schema == schema)
     finally:
         reader.close()
     return records

@@ -75,6 +75,11 @@ _EXAMPLES: dict[str, dict] = {
         "trained_on": 12_000, "producer": "cloud-training",
         "digest": "6a0e2b3b9fd67e94ea8c1e3fd34f0c1b8a4a1c5d8b6f5e0a3d5a2e1f0c9b8a7d", "signature": "", "action": "publish",
     },
+    "ModelStatus": {
+        "model_name": "demand-latency", "tier": "local", "instance": "local-0", "event": "promoted", "version": 3,
+        "live_version": 3, "revision": 240, "shadow_version": None,
+        "figures": {"outcomes": 200.0, "live_mae": 9.5, "other_mae": 6.25, "t": 4.5}, "at_ms": 1_767_225_660_000,
+    },
     "DeadLetter": {
         "original": b"\x00\x01garbage", "original_key": b"ue-0001", "topic": "tiertwin.local.telemetry",
         "partition": 2, "offset": 77, "reason": "bad-magic", "detail": "magic 0001 is not c301",

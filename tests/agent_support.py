@@ -9,9 +9,9 @@ from tiertwin.pipelines.edge_twin import EdgeAgentConfig
 from tiertwin.pipelines.local_twin import LocalAgentConfig
 
 LOCAL_TOPICS = ("telemetry", "demands", "outcomes", "edge_state", "summaries", "actions", "models", "changelog",
-                "dead_letter")
+                "dead_letter", "model_status")
 EDGE_TOPICS = ("summaries", "cell_reports", "migrations", "edge_state", "actions", "outcomes", "models", "changelog",
-               "dead_letter")
+               "dead_letter", "model_status")
 
 
 class Running:

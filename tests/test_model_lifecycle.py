@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -19,7 +20,7 @@ from tiertwin.pipelines.lifecycle import PromotionPolicy
 from tiertwin.pipelines.local_twin import LocalTwin
 from tiertwin.pipelines.models import (ModelRejected, ModelSlot, command_update, model_update, next_version,
                                        payload_digest, serialize)
-from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet
+from tiertwin.pipelines.pretrain import PRETRAINED_VERSION, SyntheticFleet, load_pretrained
 
 KEY = b"test-deployment-key-0123456789ab"
 POLICY = PromotionPolicy(min_outcomes=100, max_outcomes=2_000, probation=400)
@@ -84,7 +85,7 @@ def test_decisions_name_version_and_revision_and_a_restart_keeps_them():
                                        "demand_id": record["demand_id"], "placement": decision["target"],
                                        "latency_ms": 12.0})
     assert learned > 10 and twin.slot.revision == learned
-    twin.swap_model(model_update(DEMAND_LATENCY, default_model(DEMAND_LATENCY), 7))
+    twin.swap_model(model_update(DEMAND_LATENCY, copy.deepcopy(twin.model), 7))
     restored = pickle.loads(pickle.dumps(twin))     # the device's checkpoint: the twin pickles whole
     assert (restored.slot.version, restored.slot.revision, restored.slot.shadow.version) == (PRETRAINED_VERSION, learned, 7)
 
@@ -291,9 +292,10 @@ def test_manual_promote_reject_rollback_from_the_cli(new_topic, settings):
         seen.append((twin.model_version, twin.slot.shadow.version if twin.slot.shadow else None))
     assert seen == [(1, 2), (2, None), (2, 3), (2, None), (1, None)]
     assert twin.model_version == PRETRAINED_VERSION and {2, 3} <= twin.slot.rejected
-    listed = runner.invoke(app, ["models", "list", "--topic", topic, "--format", "json"])
+    status = new_topic(1, prefix="test.lifecycle.status")
+    listed = runner.invoke(app, ["models", "list", "--topic", topic, "--status-topic", status, "--format", "json"])
     assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.output)
+    rows = json.loads(listed.output)["versions"]
     assert [(r["version"], r["verified"], r["commands"]) for r in rows] == [(3, "ok", ["reject"]),
                                                                           (2, "ok", ["promote", "rollback"])]
 
@@ -311,7 +313,7 @@ def test_an_agent_restart_keeps_the_revision_and_the_shadow(new_topic, group_id,
     demands = [r for tick in range(10) for kind, r in fleet.step(tick * 10) if kind == "demand"]
     with KafkaSink(settings) as sink:
         with Running(LocalTwinAgent(config, settings)) as agent:
-            publish_model(sink, DEMAND_LATENCY, default_model(DEMAND_LATENCY), 2, topic=config.models_topic)
+            publish_model(sink, DEMAND_LATENCY, load_pretrained(DEMAND_LATENCY)[0], 2, topic=config.models_topic)
             for d in demands:
                 sink.send(config.demands_topic, "Demand", d, key=d["ue_id"])
             sink.flush()
@@ -333,3 +335,9 @@ def test_an_agent_restart_keeps_the_revision_and_the_shadow(new_topic, group_id,
                      restarted.latency_slot.shadow.version)
             assert restarted.latency_slot.shadow.score.n == len(decisions), "the shadow's paired score came back too"
     assert after == before == (PRETRAINED_VERSION, len(decisions), 2)
+    statuses = [r.value for r in read_topic(config.model_status_topic, settings, timeout_s=20,
+                                            until=lambda recs: len(recs) >= 3)]
+    assert [(s["event"], s["version"], s["live_version"], s["shadow_version"]) for s in statuses][:3] == [
+        ("started", PRETRAINED_VERSION, PRETRAINED_VERSION, None), ("shadowing", 2, PRETRAINED_VERSION, 2),
+        ("started", PRETRAINED_VERSION, PRETRAINED_VERSION, None)]
+    assert {s["instance"] for s in statuses} == {config.instance_id}

@@ -26,6 +26,7 @@ CELL_REPORTS = "tiertwin.edge.cell-reports"
 EDGE_STATE = "tiertwin.cloud.edge-state"
 SNAPSHOTS = "tiertwin.cloud.snapshots"
 MODELS = "tiertwin.models"
+MODEL_STATUS = "tiertwin.models.status"
 
 # -- decisions, one topic per tier ------------------------------------------------------------------
 ACTIONS_LOCAL = "tiertwin.actions.local"
@@ -40,4 +41,4 @@ EDGE_CHANGELOG = "tiertwin.state.edge-changelog"
 
 #: Every topic above, in the order of ``jobs/ops/topology.yaml``.
 ALL = (TELEMETRY, DEMANDS, SUMMARIES, MIGRATIONS, CELL_REPORTS, EDGE_STATE, SNAPSHOTS, *ACTIONS, OUTCOMES, MODELS,
-       DEAD_LETTERS, LOCAL_CHANGELOG, EDGE_CHANGELOG)
+       MODEL_STATUS, DEAD_LETTERS, LOCAL_CHANGELOG, EDGE_CHANGELOG)

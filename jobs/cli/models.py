@@ -22,7 +22,7 @@ import typer
 from rich.table import Table
 
 from tiertwin.jobs.cli.common import console, one_line_errors
-from tiertwin.topics import MODELS
+from tiertwin.topics import MODEL_STATUS, MODELS
 
 models_app = typer.Typer(help="Model versions on the models topic; promote, reject or roll back one by hand "
                               "(signed commands the twins honour).", no_args_is_help=True)
@@ -55,26 +55,49 @@ def model_rows(updates: list[dict]) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (r["name"], -r["version"]))
 
 
+def status_rows(statuses: list[dict]) -> list[dict]:
+    """The newest ModelStatus per model and instance (the compacted topic may still hold older ones)."""
+    newest: dict[tuple[str, str], dict] = {}
+    for s in statuses:
+        newest[(s["model_name"], s["instance"])] = s
+    return [{"name": s["model_name"], "tier": s["tier"], "instance": s["instance"], "live": s["live_version"],
+             "revision": s["revision"], "shadow": s["shadow_version"], "last_event": s["event"],
+             "event_version": s["version"], "figures": {k: round(v, 4) for k, v in s["figures"].items()},
+             "at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["at_ms"] / 1000))}
+            for _, s in sorted(newest.items())]
+
+
 @models_app.command("list")
 @one_line_errors
 def list_cmd(topic: str = typer.Option(MODELS, help="The models topic."),
+             status_topic: str = typer.Option(MODEL_STATUS, help="The topic of the agents' ModelStatus records."),
              fmt: str = typer.Option("table", "--format", help="table (for people) or json (for scripts).")):
     """Every model version on the models topic (compacted: the newest per name, plus the last command), whether
-    its signature and digest verify with this deployment's key, its figures and the commands about it."""
+    its signature and digest verify with this deployment's key, its figures and the commands about it; then each
+    agent instance's live version, revision, shadow and last transition with its figures."""
     from tiertwin.errors import ConfigError
     from tiertwin.pipelines.models import read_models_topic
 
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format must be table or json, not {fmt!r}")
     rows = model_rows(read_models_topic(topic=topic))
+    instances = status_rows(read_models_topic(topic=status_topic, schema="tiertwin.ModelStatus"))
     if fmt == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"versions": rows, "instances": instances}, indent=2))
         return
-    table = Table("name", "version", "digest", "verified", "producer", "created (UTC)", "metrics", "commands")
+    table = Table("name", "version", "digest", "verified", "producer", "created (UTC)", "metrics", "commands",
+                  title=f"versions on {topic}")
     for r in rows:
         table.add_row(r["name"], str(r["version"]), r["digest"], r["verified"], r["producer"], r["created"],
                       ", ".join(f"{k}={v:g}" for k, v in r["metrics"].items()), ", ".join(r["commands"]))
     console.print(table if rows else f"no models on {topic}")
+    table = Table("name", "tier", "instance", "live", "revision", "shadow", "last event", "figures", "at (UTC)",
+                  title=f"instances ({status_topic})")
+    for r in instances:
+        table.add_row(r["name"], r["tier"], r["instance"], str(r["live"]), str(r["revision"]),
+                      "" if r["shadow"] is None else str(r["shadow"]), f"{r['last_event']} v{r['event_version']}",
+                      ", ".join(f"{k}={v:g}" for k, v in r["figures"].items()), r["at"])
+    console.print(table if instances else f"no agent has reported on {status_topic}")
 
 
 def _command(action: str, name: str, version: int, topic: str) -> None:
