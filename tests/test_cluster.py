@@ -252,7 +252,8 @@ def test_tiers_lose_nothing_when_the_busiest_leader_node_is_killed(settings, tmp
         "leader_kills": [{k: v for k, v in kill.items() if k != "at_ns"} for kill in report.leader_kills],
         "local_decision_pause_s": report.local_decision_pause_s,
         "edge_decision_pause_s": report.edge_decision_pause_s,
-        "local_decision_latency_max_s": report.local_decision_latency_max_s}
+        "local_decision_latency_max_s": report.local_decision_latency_max_s,
+        "pause_without_a_kill_s": report.baseline_pause_s}
     print(f"\ntiers on a cluster, leader killed: {MEASURED['tiers_leader_kill']}")
     assert len(report.leader_kills) == 1 and dict(report.kills) == {"local": 1, "edge": 1}
     assert report.telemetry_sent > 500 and report.demands_sent > 100

@@ -66,6 +66,7 @@ class ChaosReport:
     local_decision_pause_s: float = 0.0    # the longest time without a local decision after a leader kill
     edge_decision_pause_s: float = 0.0
     local_decision_latency_max_s: float = 0.0   # decided_ns - source_emitted_ns, worst after a leader kill
+    baseline_pause_s: dict[str, float] = field(default_factory=dict)  # per tier, the 15 s before the first kill
     telemetry_accounted: int = 0
     unaccounted_ues: dict[str, int] = field(default_factory=dict)
     demands_decided: int = 0
@@ -229,20 +230,30 @@ def _busiest_leader(settings: Settings) -> int:
     return Counter(p["leader_id"] for t in described for p in t["partitions"]).most_common(1)[0][0]
 
 
-def _decision_pauses(settings: Settings, report: ChaosReport) -> None:
-    """The longest gap between consecutive decisions of a tier from each leader kill to 30 s after it,
-    and the worst decision latency in that span."""
+def _decision_pauses(settings: Settings, report: ChaosReport, span_s: float = 30.0) -> None:
+    """For each leader kill: the longest gap between consecutive decisions of a tier from the kill to
+    ``span_s`` after it (``local_pause_s``, ``edge_pause_s`` in the kill's entry) and the worst local
+    decision latency in that span; the report keeps the worst over every kill."""
+    if not report.leader_kills:
+        return
+    decided = {tier: _decoded(settings, TOPICS[f"{tier}_actions"]) for tier in ("local", "edge")}
+    first = report.leader_kills[0]["at_ns"]   # what a tier's longest gap is without a kill, for comparison
+    for tier, decisions in decided.items():
+        times = sorted(d["decided_ns"] for d in decisions if first - 15 * 10**9 <= d["decided_ns"] < first)
+        if len(times) > 1:    # else the tier was not deciding yet
+            report.baseline_pause_s[tier] = round(max(b - a for a, b in zip(times, times[1:])) / 1e9, 2)
     for kill in report.leader_kills:
-        start, end = kill["at_ns"], kill["at_ns"] + 30 * 10**9
-        for topic, attr in ((TOPICS["local_actions"], "local_decision_pause_s"),
-                            (TOPICS["edge_actions"], "edge_decision_pause_s")):
-            decisions = [d for d in _decoded(settings, topic) if start <= d["decided_ns"] <= end]
-            times = [start] + sorted(d["decided_ns"] for d in decisions)
-            pause = max((b - a for a, b in zip(times, times[1:])), default=end - start) / 1e9
-            setattr(report, attr, round(max(getattr(report, attr), pause), 2))
-            if attr == "local_decision_pause_s" and decisions:
-                worst = max(d["decided_ns"] - d["source_emitted_ns"] for d in decisions) / 1e9
-                report.local_decision_latency_max_s = round(max(report.local_decision_latency_max_s, worst), 2)
+        start, end = kill["at_ns"], kill["at_ns"] + int(span_s * 1e9)
+        for tier, decisions in decided.items():
+            within = [d for d in decisions if start <= d["decided_ns"] <= end]
+            times = [start] + sorted(d["decided_ns"] for d in within)
+            kill[f"{tier}_pause_s"] = round(max((b - a for a, b in zip(times, times[1:])), default=end - start) / 1e9, 2)
+            if tier == "local" and within:
+                kill["local_latency_max_s"] = round(max(d["decided_ns"] - d["source_emitted_ns"] for d in within) / 1e9, 2)
+        report.local_decision_pause_s = max(report.local_decision_pause_s, kill["local_pause_s"])
+        report.edge_decision_pause_s = max(report.edge_decision_pause_s, kill["edge_pause_s"])
+        report.local_decision_latency_max_s = max(report.local_decision_latency_max_s,
+                                                  kill.get("local_latency_max_s", 0.0))
 
 
 def _records(settings: Settings, topic: str) -> list:
@@ -332,3 +343,42 @@ def chaos_cmd(seconds: float = typer.Option(40.0, help="How long the fleet strea
     if not report.ok:
         raise ChaosError(f"records unaccounted for or decision ids not idempotent; logs in {folder}")
     console.print("[green]every record accounted for; decision ids idempotent[/green]")
+
+
+# -- bench failover (added to `tiertwin bench` in jobs/cli/main.py) -------------------------------
+bench_commands = typer.Typer()
+
+
+@bench_commands.command("failover")
+@one_line_errors
+def bench_failover_cmd(kills: int = typer.Option(3, min=1, help="Leader nodes SIGKILLed, one after another "
+                                                                 "(each started again 10 s later)."),
+                       keep: Path = typer.Option(None, help="Keep the private cluster, configs and agent logs here.")):
+    """Decision pause p50/max when the node leading the busiest partitions of a private 3-node cluster is
+    SIGKILLed while the fleet streams through local and edge agents; every record accounted for."""
+    import statistics
+
+    from tiertwin.jobs.bench import write_results
+
+    folder = keep or Path(tempfile.mkdtemp(prefix="tiertwin-failover-"))
+    report = run_chaos(folder, seconds=30.0 * kills, local_kills=0, edge_kills=0, broker_restarts=0, nodes=3,
+                       leader_kills=kills, on_progress=console.print)
+    pauses = {tier: [k[f"{tier}_pause_s"] for k in report.leader_kills] for tier in ("local", "edge")}
+    results = {
+        "kills": [{k: v for k, v in kill.items() if k != "at_ns"} for kill in report.leader_kills],
+        **{f"{tier}_decision_pause_s": {"p50": statistics.median(p), "max": max(p)} for tier, p in pauses.items()},
+        "decision_pause_without_a_kill_s": report.baseline_pause_s,
+        "telemetry_sent": report.telemetry_sent, "telemetry_lost": report.telemetry_sent - report.telemetry_accounted,
+        "demands_sent": report.demands_sent, "demands_undecided": report.demands_sent - report.demands_decided,
+        "conflicting_decision_ids": report.conflicting_local_ids + report.conflicting_edge_ids,
+        "target": "decision pause <= 10 s with zero records lost", "ok": report.ok,
+    }
+    path = write_results("failover", results)
+    for tier in ("local", "edge"):
+        p = results[f"{tier}_decision_pause_s"]
+        console.print(f"{tier:6} decision pause p50 {p['p50']:.2f} s, max {p['max']:.2f} s over {kills} leader kill(s) "
+                      f"(longest gap in the 15 s before the first: {report.baseline_pause_s.get(tier, '-')} s)")
+    console.print(f"telemetry lost {results['telemetry_lost']} of {report.telemetry_sent}, demands undecided "
+                  f"{results['demands_undecided']} of {report.demands_sent}; wrote {path}")
+    if not report.ok:
+        raise ChaosError(f"records unaccounted for or decision ids not idempotent; logs in {folder}")

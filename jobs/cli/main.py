@@ -241,6 +241,7 @@ bench_app.add_typer(bench_sim.bench_commands)
 bench_app.add_typer(bench_cloud.bench_commands)
 bench_app.add_typer(bench_tiers.bench_commands)
 bench_app.add_typer(bench_local.bench_commands)
+bench_app.add_typer(chaos.bench_commands)
 bench_app.add_typer(bench_models.bench_commands)
 bench_app.add_typer(bench_fidelity.bench_commands)
 
