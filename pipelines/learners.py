@@ -341,8 +341,17 @@ def allocation_reward(deadline_met_rate: float, share: float, share_cost: float 
 
 
 def default_model(name: str):
-    """A fresh, untrained model for ``name`` (one of :data:`MODEL_NAMES`)."""
-    factories = {DEMAND_LATENCY: DemandLatencyModel, HANDOVER: HandoverForecaster,
+    """A fresh, untrained model for ``name`` (one of :data:`MODEL_NAMES`).
+
+    The demand-latency model is the residual on physics (:class:`~tiertwin.pipelines.latency.ResidualLatencyModel`)
+    and the handover forecaster the horizon-learned RLS (:class:`~tiertwin.pipelines.forecasting.SinrForecaster`),
+    the classes shipped in pipelines/pretrained (a model update must be of the live model's class).
+    :class:`DemandLatencyModel` and :class:`HandoverForecaster` remain for the models pickled before (issue #19).
+    """
+    from tiertwin.pipelines.forecasting import SinrForecaster
+    from tiertwin.pipelines.latency import ResidualLatencyModel
+
+    factories = {DEMAND_LATENCY: ResidualLatencyModel, HANDOVER: SinrForecaster,
                  PRB_SHARE: ShareAllocator, MEC_SHARE: ShareAllocator}
     if name not in factories:
         raise KeyError(f"unknown model name {name!r}; known: {sorted(factories)}")

@@ -39,7 +39,7 @@ from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
 from tiertwin.pipelines.edf import edf_key
 from tiertwin.pipelines.features import TIERS, demand_features
-from tiertwin.pipelines.learners import DEMAND_LATENCY, DemandLatencyModel, deadline_confidence
+from tiertwin.pipelines.learners import DEMAND_LATENCY, deadline_confidence
 from tiertwin.pipelines.models import FEATURE_PREFIX, ModelSlot
 from tiertwin.pipelines.pretrain import load_pretrained
 from tiertwin.topics import (ACTIONS_LOCAL, DEMANDS, EDGE_STATE, LOCAL_CHANGELOG, SUMMARIES,
@@ -486,7 +486,10 @@ class LocalTwin:
         self._forget_demand(demand_id, did)
         placement = outcome.get("placement")
         # The slot scores a shadow (or the previous model, on probation) on the same example first.
-        self.slot.learn({**x, "tier": placement if placement in TIERS else tier}, outcome["latency_ms"])
+        # The model predicts once the placement is decided: the wait for the decision is not its to learn
+        # (a slow decision path would otherwise teach every tier to be slower).
+        waited = (outcome.get("components_ms") or {}).get("decision", 0.0)
+        self.slot.learn({**x, "tier": placement if placement in TIERS else tier}, outcome["latency_ms"] - waited)
         return True
 
     def swap_model(self, update: dict) -> bool:
@@ -607,4 +610,5 @@ class LocalTwinAgent(TwinAgent):
 
 
 def _mae(model: Any, tier: str) -> float:
-    return model.mae(tier) if isinstance(model, DemandLatencyModel) else 5.0
+    mae = getattr(model, "mae", None)     # DemandLatencyModel, ResidualLatencyModel: their running error per tier
+    return mae(tier) if callable(mae) else 5.0

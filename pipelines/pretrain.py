@@ -100,12 +100,7 @@ def pretrain_models(samples: int = 20_000, seed: int = 7) -> dict[str, Any]:
     """Train one model per name on ``samples`` synthetic examples; returns ``{name: model}``."""
     rng = random.Random(seed)
     models = {name: default_model(name) for name in MODEL_NAMES}
-    latency = models[DEMAND_LATENCY]
-    for _ in range(samples):
-        demand, radio, edge = sample_demand(rng), sample_radio(rng), sample_edge(rng)
-        x = demand_features(demand, radio, edge)
-        for tier in TIERS:
-            latency.learn_one({**x, "tier": tier}, true_latency_ms(demand, radio, edge, tier, rng))
+    train_latency_synthetic(models[DEMAND_LATENCY], samples, rng)
     forecaster = models[HANDOVER]
     for _ in range(samples):
         sinr, trend, speed, horizon = rng.uniform(-5, 30), rng.gauss(0, 4), rng.uniform(0, 30), rng.uniform(0.1, 1.0)
@@ -119,6 +114,16 @@ def pretrain_models(samples: int = 20_000, seed: int = 7) -> dict[str, Any]:
             met = allocation_met_rate(share, context) + rng.gauss(0, 0.05)
             allocator.update(share, context, allocation_reward(met, share))
     return models
+
+
+def train_latency_synthetic(model: Any, samples: int, rng: random.Random) -> Any:
+    """Teach a demand-latency model ``samples`` synthetic demands (every tier each); returns it."""
+    for _ in range(samples):
+        demand, radio, edge = sample_demand(rng), sample_radio(rng), sample_edge(rng)
+        x = demand_features(demand, radio, edge)
+        for tier in TIERS:
+            model.learn_one({**x, "tier": tier}, true_latency_ms(demand, radio, edge, tier, rng))
+    return model
 
 
 def simulator_latency_examples(scenario: str = "dense-urban-xr", seconds: float = 60.0, seed: int = 7,

@@ -38,38 +38,49 @@ class RecursiveLeastSquares:
         Weight of the past per example (1: none forgotten; 0.999: a memory of about 1000 examples).
     prior_variance
         Starting uncertainty of every weight (in units of the target squared per feature squared).
+    non_negative
+        Terms whose weight counts as at least 0 when predicting (a queue or a transfer never makes a demand
+        faster: a negative weight learned from a correlation would extrapolate to nonsense on a queue never
+        seen in training). The fit itself is unconstrained: projecting RLS weights breaks its covariance.
     clip
         Innovations are clipped to ``clip`` x the running mean absolute error (at least ``min_clip``):
         one outlier (a demand stuck behind a collapsed uplink) moves the fit no more than a few typical ones.
     """
 
     def __init__(self, features: tuple[str, ...], prior: Mapping[str, float] | None = None, forgetting: float = 0.999,
-                 prior_variance: float = 10.0, clip: float = 5.0, min_clip: float = 1.0):
+                 prior_variance: float = 10.0, clip: float = 5.0, min_clip: float = 1.0,
+                 non_negative: tuple[str, ...] = ()):
         self.features = tuple(features)
         self.prior = dict(prior or {})
         self.forgetting = forgetting
         self.prior_variance = prior_variance
         self.clip = clip
         self.min_clip = min_clip
+        self.non_negative = tuple(non_negative)
+        self._floored = [i for i, k in enumerate(self.features) if k in self.non_negative]
         d = len(self.features)
         self.weights = [float(self.prior.get(k, 0.0)) for k in self.features]
+        self._refresh()
         self.cov = [[prior_variance if i == j else 0.0 for j in range(d)] for i in range(d)]
         self.mae = 0.0
         self.n = 0
+
+    def _refresh(self) -> None:
+        self.used = [max(w, 0.0) if i in self._floored else w for i, w in enumerate(self.weights)]
 
     def vector(self, x: Mapping) -> list[float]:
         return [1.0 if k == "bias" else float(x.get(k, 0.0)) for k in self.features]
 
     def predict(self, x: Mapping) -> float:
         total = 0.0
-        for k, w in zip(self.features, self.weights):
+        for k, w in zip(self.features, self.used):
             total += w if k == "bias" else w * x.get(k, 0.0)
         return total
 
     def predict_vector(self, phi: list[float]) -> float:
         """The prediction for the terms already in ``features`` order."""
         total = 0.0
-        for w, v in zip(self.weights, phi):
+        for w, v in zip(self.used, phi):
             total += w * v
         return total
 
@@ -92,6 +103,7 @@ class RecursiveLeastSquares:
         denominator = lam + sum(phi[i] * p_phi[i] for i in range(d))
         gain = [v / denominator for v in p_phi]
         self.weights = [w + g * error for w, g in zip(self.weights, gain)]
+        self._refresh()
         for i in range(d):
             row, g = cov[i], gain[i]
             for j in range(d):

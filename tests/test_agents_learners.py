@@ -15,7 +15,7 @@ from tiertwin.pipelines.features import (DEFAULT_EDGE, DEFAULT_MEC_CAPACITY_GCPS
 from tiertwin.pipelines.learners import (DEMAND_LATENCY, HANDOVER, MODEL_NAMES, PRB_SHARE, DemandLatencyModel,
                                          ShareAllocator, allocation_reward, default_model)
 from tiertwin.pipelines.pretrain import (allocation_met_rate, load_pretrained, sample_demand, sample_edge,
-                                         sample_radio, true_latency_ms)
+                                         sample_radio, train_latency_synthetic, true_latency_ms)
 
 
 def test_demand_latency_model_beats_static_and_persistence_baselines_under_a_load_trend():
@@ -101,6 +101,11 @@ def test_demand_latency_model_rejects_an_unknown_tier():
 
 
 # -- the folded predictions (DemandLatencyModel._fold) against River's own predict_one -------------------------
+def sgd_model() -> DemandLatencyModel:
+    """A trained DemandLatencyModel: the folds are its own (River pipelines), not the shipped residual model's."""
+    return train_latency_synthetic(DemandLatencyModel(), 3000, random.Random(7))
+
+
 def rivers_own(model):
     """``model`` predicting as it did before the folds, with River's ``predict_one`` per tier: the reference."""
     model._fold = lambda tier: None
@@ -120,7 +125,7 @@ def latency_examples(rng: random.Random, n: int) -> list[tuple[dict, str, float]
 
 def test_folded_predictions_equal_rivers_own_through_learning_and_pickling():
     rng = random.Random(21)
-    fast, _ = load_pretrained(DEMAND_LATENCY)
+    fast = sgd_model()
     reference = rivers_own(copy.deepcopy(fast))
     for round_ in range(6):
         for x, _, _ in latency_examples(rng, 200):
@@ -144,7 +149,7 @@ def test_folded_predictions_equal_rivers_own_through_learning_and_pickling():
 
 def test_features_missing_or_unfoldable_regressors_take_rivers_own_path():
     rng = random.Random(22)
-    model, _ = load_pretrained(DEMAND_LATENCY)
+    model = sgd_model()
     reference = rivers_own(copy.deepcopy(model))
     x = latency_examples(rng, 1)[0][0]
     partial = {k: v for k, v in x.items() if k not in ("edge_queue_low_priority_ms", "downlink_ms")}

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import pickle
 import random
 
 import pytest
 
 from tiertwin.errors import RecordRejected
-from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
+from tiertwin.pipelines.learners import DEMAND_LATENCY, DemandLatencyModel, default_model
 from tiertwin.pipelines.local_twin import EdfQueue, LocalTwin, LocalTwinConfig
 from tiertwin.pipelines.models import command_update, model_update, parameters_to_features
-from tiertwin.pipelines.pretrain import EPOCH_MS, PRETRAINED_VERSION, SyntheticFleet
+from tiertwin.pipelines.pretrain import EPOCH_MS, PRETRAINED_VERSION, SyntheticFleet, train_latency_synthetic
 from tiertwin.schemas import SchemaRegistry
 
 
@@ -249,6 +251,12 @@ def test_given_ids_and_stamps_are_used():
         "local/placement/ue-1/d/2", "device", 42)
 
 
+@functools.cache
+def sgd_model():
+    """A trained DemandLatencyModel: the folded fast path is its own (River pipelines), not the shipped residual model's."""
+    return train_latency_synthetic(DemandLatencyModel(), 3000, random.Random(7))
+
+
 def rivers_own(model):
     """``model`` predicting as it did before the folds, with River's ``predict_one`` per tier: the reference."""
     model._fold = lambda tier: None
@@ -260,7 +268,7 @@ def test_fast_path_makes_the_decisions_rivers_own_predictions_make():
     learning from outcomes (some measured at another tier than decided) and taking a newer model halfway."""
     fleet = SyntheticFleet(n_ues=8, n_cells=3, seed=31, demand_every=1, load=0.9)   # busy: some work stays local
     events = [event for tick in range(240) for event in fleet.step(tick * 10)]
-    fast, reference = LocalTwin(), LocalTwin()
+    fast, reference = (LocalTwin(model=copy.deepcopy(sgd_model()), model_version=PRETRAINED_VERSION) for _ in range(2))
     rivers_own(reference.model)
     retrained = pickle.loads(pickle.dumps(fast.model))
     for decision in feed(LocalTwin(), fleet_events(seed=32, ticks=60)):
@@ -293,7 +301,9 @@ def test_fast_path_makes_the_decisions_rivers_own_predictions_make():
             outcome = {"kind": "demand", "decision_id": a["decision_id"], "demand_id": record["demand_id"],
                        "placement": measured_at, "latency_ms": 0.8 * a["parameters"][f"predicted_{measured_at}_ms"] + 2.0}
             assert fast.learn(outcome) and reference.learn(outcome)
-    assert fast.model.n_learned == reference.model.n_learned > 0 and fast.model_version == PRETRAINED_VERSION + 1
+    # The retrained model (taught 12 ms everywhere) may be rolled back on probation: the same in both twins.
+    assert fast.model.n_learned == reference.model.n_learned > 0 and fast.model_version == reference.model_version
+    assert fast.slot.swaps == reference.slot.swaps >= 1
     assert targets == {"local", "edge", "cloud"} and waited, "the stream exercised every tier and the EDF queue"
     assert folded == decided, "every fast decision was made from folds, every reference one by River's predict_one"
 
