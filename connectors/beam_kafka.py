@@ -24,7 +24,10 @@ this machine's runners, so tiertwin reads Kafka with a **splittable DoFn**:
 
 Elements of ``records`` are ``(schema short name, record dict)``, timestamped with
 the record's event time (:func:`tiertwin.schemas.event_time.event_time_ms`,
-falling back to the Kafka record timestamp).
+falling back to the Kafka record timestamp). With ``batches=True`` they are
+:class:`~tiertwin.schemas.batches.RecordBatch` elements instead: one per fetch, partition
+and contract, decoded and validated column-wise (:func:`~tiertwin.schemas.batches.decode_batch`),
+timestamped with their earliest record; dead letters are the same either way.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from kafka.errors import IllegalStateError
 from tiertwin.connectors.kafka import kafka_config
 from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError, RecordRejected
+from tiertwin.schemas.batches import dead_letter, decode_batch
 from tiertwin.schemas.event_time import event_time_ms, short_name
 from tiertwin.settings import Settings
 
@@ -160,8 +164,9 @@ class PartitionOffsets(RestrictionProvider):
 class _ReadPartition(beam.DoFn):
     """The splittable DoFn: reads one partition's offset range, decodes, dead-letters."""
 
-    def __init__(self, settings: Settings, spec: ReadSpec, stage: str, read_id: str):
+    def __init__(self, settings: Settings, spec: ReadSpec, stage: str, read_id: str, batches: bool = False):
         self.settings, self.spec, self.stage, self.read_id = settings, spec, stage, read_id
+        self.batches = batches
         self.read = Metrics.counter("kafka-read", "records")
         self.rejected = Metrics.counter("kafka-read", "dead_letters")
 
@@ -227,15 +232,25 @@ class _ReadPartition(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
             newest = None
-            for m in messages:
-                if not tracker.try_claim(m.offset):
+            if self.batches:
+                claimed = self._claim_batch(tracker, messages)
+                if claimed:
+                    last_claimed = claimed[-1].offset
+                    self._next_offset[key] = last_claimed + 1
+                    outputs, newest = self._decode_batch(claimed)
+                    yield from outputs
+                if len(claimed) < len(messages):
                     return
-                last_claimed = m.offset
-                self._next_offset[key] = m.offset + 1
-                output = self._decode(m)
-                if not isinstance(output, beam.pvalue.TaggedOutput):
-                    newest = output.timestamp if newest is None else max(newest, output.timestamp)
-                yield output
+            else:
+                for m in messages:
+                    if not tracker.try_claim(m.offset):
+                        return
+                    last_claimed = m.offset
+                    self._next_offset[key] = m.offset + 1
+                    output = self._decode(m)
+                    if not isinstance(output, beam.pvalue.TaggedOutput):
+                        newest = output.timestamp if newest is None else max(newest, output.timestamp)
+                    yield output
             self.read.inc(len(messages))
             if newest is not None:
                 self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
@@ -247,6 +262,32 @@ class _ReadPartition(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
         tracker.defer_remainder(Duration.of(0))
+
+    @staticmethod
+    def _claim_batch(tracker, messages: list) -> list:
+        """Claim a fetch with one claim of its last offset (the tracker claims every offset up to it);
+        if the range was split below it, claim and return only the part still in the range."""
+        if tracker.try_claim(messages[-1].offset):
+            return messages
+        stop = tracker.current_restriction().stop
+        inside = [m for m in messages if m.offset < stop]
+        if inside and tracker.try_claim(inside[-1].offset):
+            return inside
+        return []
+
+    def _decode_batch(self, messages: list) -> tuple[list, Timestamp | None]:
+        """One fetch of one partition -> (a RecordBatch per contract, timestamped with its earliest record,
+        and a dead letter per refused record; the newest event time read, for the watermark)."""
+        batches, letters = decode_batch(self.registry, [m.value for m in messages], keys=[m.key for m in messages],
+                                        topic=messages[0].topic, partition=messages[0].partition,
+                                        offsets=[m.offset for m in messages],
+                                        timestamps_ms=[m.timestamp for m in messages], stage=self.stage)
+        outputs: list = [beam.window.TimestampedValue(batch, min(batch.event_ms) / 1000) for batch in batches]
+        newest = Timestamp.of(max(max(b.event_ms) for b in batches) / 1000) if batches else None
+        if letters:
+            self.rejected.inc(len(letters))
+            outputs += [beam.pvalue.TaggedOutput(DEAD_LETTERS, letter) for letter in letters]
+        return outputs, newest
 
     def _decode(self, m):
         output = decode_record(self.registry, value=m.value, key=m.key, topic=m.topic, partition=m.partition,
@@ -362,10 +403,7 @@ def decode_record(registry, *, value: bytes, key: bytes | None, topic: str, part
     try:
         name, record = registry.decode(value)
     except RecordRejected as exc:
-        letter = {"original": value or b"", "original_key": key, "topic": topic, "partition": partition,
-                  "offset": offset, "reason": exc.reason, "detail": str(exc)[:2000], "stage": stage,
-                  "failed_at_ms": int(time.time() * 1000)}
-        return beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+        return beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(value, key, topic, partition, offset, exc, stage))
     schema = short_name(name)
     ts_ms = event_time_ms(schema, record, default=timestamp_ms)
     return beam.window.TimestampedValue((schema, record), ts_ms / 1000)
@@ -379,19 +417,21 @@ class ReadFromKafka(beam.PTransform):
         spec: start / stop positions and polling (:class:`ReadSpec`); unbounded by default.
         settings: where Kafka is (``Settings.from_env()`` by default).
         stage: the ``stage`` written into dead letters.
+        batches: emit one :class:`~tiertwin.schemas.batches.RecordBatch` per fetch, partition and
+            contract instead of one ``(schema, record)`` per record.
     """
 
     def __init__(self, topics: list[str], spec: ReadSpec = ReadSpec(), settings: Settings | None = None,
-                 stage: str = "cloud-twin/kafka-read"):
+                 stage: str = "cloud-twin/kafka-read", batches: bool = False):
         super().__init__()
-        self.topics, self.spec, self.stage = list(topics), spec, stage
+        self.topics, self.spec, self.stage, self.batches = list(topics), spec, stage, batches
         self.settings = settings or Settings.from_env()
         self.read_id = uuid.uuid4().hex  # what :func:`drain` names
 
     def expand(self, pbegin):
         settings, topics, spec = self.settings, self.topics, self.spec
         reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage,
-                                                                                  self.read_id)
+                                                                                  self.read_id, self.batches)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
                 | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec))
