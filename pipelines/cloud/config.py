@@ -40,6 +40,8 @@ class CloudTwinConfig(BaseModel):
     dead_letter_topic: str | None = Field(DEAD_LETTER_TOPIC, description="None: not written by this job (another "
                                                                        "job reading the same topics writes them).")
     models_topic: str | None = MODELS_TOPIC
+    batches: bool = Field(True, description="Records cross the pipeline as batches (one per fetch, partition "
+                          "and contract, decoded into Arrow columns) instead of one element each.")
     fuse: bool = Field(True, description="Fuse the tiers into snapshots.")
     train: bool = Field(True, description="Train the global models and publish the better ones.")
     train_in_own_process: bool = Field(True, description="Where the SDK worker runs in the launching process "

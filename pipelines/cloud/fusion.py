@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.streams import CELL_FIELDS, DECISIONS, EDGE_STATES, OUTCOMES, SUMMARIES
+from tiertwin.schemas.batches import EVENT_MS, RecordBatch, event_micros
 
 PANES = {PaneInfoTiming.EARLY: "early", PaneInfoTiming.ON_TIME: "on_time", PaneInfoTiming.LATE: "late",
          PaneInfoTiming.UNKNOWN: "unknown"}
@@ -206,6 +207,12 @@ class _AggregatePerBundle(beam.DoFn):
     if each record were windowed, at the cost of a WindowInto per aggregate instead of one
     per record (most of the per-record cost in the Python SDK). Each aggregate leaves at the
     end of the bundle timestamped with its earliest record, so it is as late as that record.
+
+    Elements are record dicts (timestamped with their event time) or
+    :class:`~tiertwin.schemas.batches.RecordBatch` es: a batch of at least
+    :data:`POLARS_MIN_ROWS` rows is aggregated by polars on its Arrow columns
+    (:func:`batch_aggregates`), a smaller one record by record (polars costs a fixed ~0.3 ms a
+    call, more than folding a few hundred records in Python); both give the same aggregates.
     """
 
     def __init__(self, stream: str, slice_us: int, offset_us: int):
@@ -218,12 +225,30 @@ class _AggregatePerBundle(beam.DoFn):
     def start_bundle(self):
         self._open: dict[tuple, list] = {}
 
-    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        if isinstance(element, RecordBatch):
+            if len(element) < POLARS_MIN_ROWS:
+                for record, ms in element.timestamped():
+                    self._fold(record, event_micros(ms))
+                return
+            aggregates, without_cell = batch_aggregates(self.stream, element, self.slice_us, self.offset_us)
+            if without_cell:
+                self.without_cell.inc(without_cell)
+            for key, earliest, aggregate in aggregates:
+                entry = self._open.get(key)
+                if entry is None:
+                    self._open[key] = [earliest, aggregate]
+                else:
+                    entry[0] = min(entry[0], earliest)
+                    entry[1].merge(aggregate)
+            return
+        self._fold(element, timestamp.micros)
+
+    def _fold(self, record: dict, micros: int) -> None:
         cell = record.get(self._cell_field)
         if cell is None:
             self.without_cell.inc()
             return
-        micros = timestamp.micros
         key = (cell, micros - (micros - self.offset_us) % self.slice_us)
         entry = self._open.get(key)
         if entry is None:
@@ -236,6 +261,63 @@ class _AggregatePerBundle(beam.DoFn):
         for (cell, _), (earliest, aggregate) in self._open.items():
             yield WindowedValue((int(cell), aggregate), Timestamp(micros=earliest), (window.GlobalWindow(),))
         self._open = {}
+
+
+# Below this many rows a batch is folded record by record: measured on this machine, polars' fixed cost per
+# call (~0.3 ms for the group-bys of one stream) is more than folding that many records in Python (~1 us each).
+POLARS_MIN_ROWS = 512
+
+
+def batch_aggregates(stream: str, batch: RecordBatch, slice_us: int, offset_us: int
+                     ) -> tuple[list[tuple[tuple, int, CellAggregate]], int]:
+    """One batch of one stream -> ``[((cell, slice start µs), earliest µs, CellAggregate)]`` and the number of
+    rows without a cell, computed by polars on the batch's Arrow columns.
+
+    The same aggregates as folding each record with :data:`ADD_TO_AGGREGATE` (float sums may differ in
+    the last bits: polars adds in its own order).
+    """
+    import polars as pl
+
+    cell_field = CELL_FIELDS[stream]
+    df = pl.from_arrow(batch.columns)
+    with_cell = df.filter(pl.col(cell_field).is_not_null())
+    without_cell = df.height - with_cell.height
+    if with_cell.height == 0:
+        return [], without_cell
+    us = ((pl.col(EVENT_MS) / 1000) * 1000000).cast(pl.Int64)  # as Beam turns event_ms / 1000 s into µs
+    df = with_cell.with_columns(us.alias("_us")).with_columns(
+        (pl.col("_us") - (pl.col("_us") - offset_us) % slice_us).alias("_slice"))
+    key = [cell_field, "_slice"]
+    has_ue = pl.col("ue_id").filter(pl.col("ue_id").is_not_null() & (pl.col("ue_id") != ""))
+    if stream == SUMMARIES:
+        aggs = [pl.len().alias("n"), pl.col("sinr_db").sum().alias("sinr_sum"), pl.col("ue_id").unique().alias("ues")]
+    elif stream == EDGE_STATES:
+        aggs = [pl.len().alias("n"), pl.col("prb_utilization").sum().alias("prb_sum"),
+                pl.col("mec_queue_gcycles").sum().alias("queue_sum")]
+    elif stream == DECISIONS:
+        aggs = [pl.col("tier").value_counts().alias("tiers"), has_ue.unique().alias("ues")]
+    elif stream == OUTCOMES:
+        met = pl.col("deadline_met")
+        aggs = [pl.len().alias("n"), pl.col("latency_ms").drop_nulls().alias("latencies"),
+                met.count().alias("judged"), (~met).sum().alias("missed"), has_ue.unique().alias("ues")]
+    else:
+        raise ConfigError(f"no aggregate for stream {stream!r}")
+    grouped = df.group_by(key).agg(pl.col("_us").min().alias("_earliest"), *aggs)
+    out = []
+    for row in grouped.iter_rows(named=True):
+        a = CellAggregate()
+        if stream == SUMMARIES:
+            a.summaries, a.sinr_sum, a.ues = row["n"], row["sinr_sum"], set(row["ues"])
+        elif stream == EDGE_STATES:
+            a.edge_states, a.prb_sum, a.queue_sum = row["n"], row["prb_sum"], row["queue_sum"]
+        elif stream == DECISIONS:
+            a.decisions_by_tier = {t["tier"]: t["count"] for t in row["tiers"]}
+            a.ues = set(row["ues"])
+        else:
+            a.outcomes, a.latencies, a.judged, a.missed = row["n"], row["latencies"], row["judged"], row["missed"]
+            a.ues = set(row["ues"])
+        out.append(((row[cell_field], row["_slice"]), row["_earliest"], a))
+    return out, without_cell
 
 
 class _ToSnapshot(beam.DoFn):

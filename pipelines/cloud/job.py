@@ -36,6 +36,7 @@ from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.fusion import FuseTiers
 from tiertwin.pipelines.cloud.streams import STREAMS
 from tiertwin.pipelines.cloud.training import TrainGlobalModels
+from tiertwin.schemas.batches import RecordBatch, decode_batch
 from tiertwin.settings import Settings
 
 
@@ -43,16 +44,21 @@ from tiertwin.settings import Settings
 class SplitBySchema(beam.PTransform):
     """``(schema, record)`` -> ``{"summaries": …, "edge_states": …, "decisions": …, "outcomes": …}``.
 
+    A :class:`~tiertwin.schemas.batches.RecordBatch` element goes whole to the stream of its contract.
+
     Records of other contracts (a topic list that includes, say, telemetry) are counted
     under ``cloud-fusion/records_not_fused`` and not fused.
     """
 
     def expand(self, records):
         def route(element):
-            schema, record = element
+            if isinstance(element, RecordBatch):  # a batch holds one contract: it goes whole to its stream
+                schema, record, n = element.schema, element, len(element)
+            else:
+                (schema, record), n = element, 1
             stream = STREAMS.get(schema)
             if stream is None:
-                Metrics.counter("cloud-fusion", "records_not_fused").inc()
+                Metrics.counter("cloud-fusion", "records_not_fused").inc(n)
                 return
             yield beam.pvalue.TaggedOutput(stream, record)
 
@@ -64,18 +70,26 @@ class ReadArchive(beam.PTransform):
     """Bounded read of a ``tiertwin archive`` folder (``DIR/topic=<t>/date=…/hour=…/*.parquet``).
 
     Every archived value is decoded exactly as :class:`ReadFromKafka` decodes a live
-    one, so the outputs are the same: ``.records`` and ``.dead_letters``.
+    one, so the outputs are the same: ``.records`` and ``.dead_letters``. With
+    ``batches=True`` each file is read as Arrow record batches of ``batch_rows`` rows and
+    each is decoded in one call into :class:`~tiertwin.schemas.batches.RecordBatch` es,
+    as the Kafka read does with a fetch.
     """
 
-    def __init__(self, archive_dir: str | Path, stage: str = "cloud-twin/backfill"):
+    def __init__(self, archive_dir: str | Path, stage: str = "cloud-twin/backfill", batches: bool = False,
+                 batch_rows: int = 4096):
         super().__init__()
         self.paths = [str(p) for p in archive_files(archive_dir)]
         if not self.paths:
             raise ConfigError(f"no archived records under {archive_dir} (expected topic=*/date=*/hour=*/*.parquet)")
-        self.stage = stage
+        self.stage, self.batches, self.batch_rows = stage, batches, batch_rows
 
     def expand(self, pbegin):
         stage = self.stage
+        if self.batches:
+            return (pbegin | "Files" >> beam.Create(self.paths)
+                    | "DecodeBatches" >> beam.FlatMap(_read_archive_batches, stage, self.batch_rows).with_outputs(
+                        DEAD_LETTERS, main=RECORDS))
 
         def read(path: str):
             import pyarrow.parquet as pq
@@ -92,6 +106,27 @@ class ReadArchive(beam.PTransform):
 
         return (pbegin | "Files" >> beam.Create(self.paths)
                 | "Decode" >> beam.FlatMap(read).with_outputs(DEAD_LETTERS, main=RECORDS))
+
+
+def _read_archive_batches(path: str, stage: str, batch_rows: int):
+    """One archive file, read as Arrow batches, each decoded in one call (:func:`decode_batch`)."""
+    import pyarrow.parquet as pq
+
+    from tiertwin.schemas import SchemaRegistry
+
+    registry = SchemaRegistry.default()
+    topic = Path(path).parents[2].name.removeprefix("topic=")
+    columns = ["partition", "offset", "timestamp_ms", "key", "value"]
+    for table in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        batches, letters = decode_batch(registry, table.column("value").to_pylist(), topic=topic,
+                                        partition=table.column("partition").to_pylist(),
+                                        offsets=table.column("offset").to_pylist(),
+                                        timestamps_ms=table.column("timestamp_ms").to_pylist(),
+                                        keys=table.column("key").to_pylist(), stage=stage)
+        for batch in batches:
+            yield beam.window.TimestampedValue(batch, min(batch.event_ms) / 1000)
+        for letter in letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
 # -- the whole tier ----------------------------------------------------------------------------
@@ -154,7 +189,7 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
                            ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
                                     idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
                                     max_read_s=config.read_max_s),
-                           settings)
+                           settings, batches=config.batches)
     read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
@@ -170,7 +205,7 @@ def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: Clo
     processing-time clock for early firings.
     """
     config = config.model_copy(update={"early_firing_s": None, "allowed_lateness_s": 0})
-    read = pipeline | "ReadArchive" >> ReadArchive(archive_dir)
+    read = pipeline | "ReadArchive" >> ReadArchive(archive_dir, batches=config.batches)
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
     return outputs

@@ -27,6 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
 from tiertwin.pipelines.cloud.trainable import TRAINABLE
 from tiertwin.pipelines.models import load_update, model_update, newest_verified
+from tiertwin.schemas.batches import RecordBatch, event_micros
 from tiertwin.settings import Settings
 
 def mean_absolute_error(model, examples: list[tuple[dict, float]]) -> float:
@@ -233,7 +234,8 @@ def _models_reader(settings: Settings, topic: str):
 class _ProjectPerBundle(beam.DoFn):
     """What training needs of each record (``project``; None = nothing), one list per bundle and window.
 
-    Keyed ``"all"``: every model sees the whole window. The training window is fixed, so
+    Elements are record dicts or :class:`~tiertwin.schemas.batches.RecordBatch` es (each record of
+    a batch is kept with its own event time). Keyed ``"all"``: every model sees the whole window. The training window is fixed, so
     each record's window is its timestamp rounded down, computed here rather than by a
     WindowInto per record; each list leaves at the end of the bundle timestamped with its
     earliest record, which lies in the list's window, so a WindowInto of the lists
@@ -246,11 +248,17 @@ class _ProjectPerBundle(beam.DoFn):
     def start_bundle(self):
         self._open: dict[int, list] = {}
 
-    def process(self, record: dict, timestamp=beam.DoFn.TimestampParam):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        if isinstance(element, RecordBatch):  # each record of a batch with its own event time
+            for record, ms in element.timestamped():
+                self._keep(record, event_micros(ms))
+        else:
+            self._keep(element, timestamp.micros)
+
+    def _keep(self, record: dict, micros: int) -> None:
         row = self.project(record)
         if row is None:
             return
-        micros = timestamp.micros
         start = micros - micros % self.window_us
         entry = self._open.get(start)
         if entry is None:
@@ -266,17 +274,16 @@ class _ProjectPerBundle(beam.DoFn):
         self._open = {}
 
 
-class TrainGlobalModels(beam.PTransform):
-    """Per training window, update the global models from the fused streams.
+class TrainingExamples(beam.PTransform):
+    """The fused streams -> ``(model name, Batch)``: each model's training examples of each training window.
 
-    ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
-    from each UE's consecutive summaries (:data:`~tiertwin.pipelines.cloud.trainable.TRAINABLE`). Input: the stream
-    dict of :class:`SplitBySchema`. Output: the ModelUpdate records to publish (the pipeline writes them).
+    Input: the stream dict of :class:`~tiertwin.pipelines.cloud.job.SplitBySchema` (record dicts or
+    :class:`~tiertwin.schemas.batches.RecordBatch` es). Output: one Batch per model and window, in that window.
     """
 
-    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
         super().__init__()
-        self.config, self.settings = config, settings or Settings.from_env()
+        self.config = config
 
     def expand(self, streams: dict):
         config = self.config
@@ -297,6 +304,23 @@ class TrainGlobalModels(beam.PTransform):
                     for stream, project in projections.items()}
         return (windowed
                 | "JoinWindow" >> beam.CoGroupByKey()
-                | "Examples" >> beam.FlatMap(to_batches)
+                | "Examples" >> beam.FlatMap(to_batches))
+
+
+class TrainGlobalModels(beam.PTransform):
+    """Per training window, update the global models from the fused streams.
+
+    ``demand-latency`` learns from decisions joined with outcomes, ``handover-sinr``
+    from each UE's consecutive summaries (:data:`~tiertwin.pipelines.cloud.trainable.TRAINABLE`). Input: the stream
+    dict of :class:`SplitBySchema`. Output: the ModelUpdate records to publish (the pipeline writes them).
+    """
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig(), settings: Settings | None = None):
+        super().__init__()
+        self.config, self.settings = config, settings or Settings.from_env()
+
+    def expand(self, streams: dict):
+        return (streams
+                | "TrainingExamples" >> TrainingExamples(self.config)
                 | "AcrossWindows" >> beam.WindowInto(window.GlobalWindows())
-                | "Train" >> beam.ParDo(_TrainModel(config, self.settings)))
+                | "Train" >> beam.ParDo(_TrainModel(self.config, self.settings)))

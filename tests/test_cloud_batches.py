@@ -1,0 +1,280 @@
+"""Cloud fusion in batches (#18): batch and record paths give the same snapshots, training examples and
+dead letters on the same log, late data included; a malformed record dead-letters alone."""
+
+from __future__ import annotations
+
+import math
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
+
+from tiertwin.connectors.beam_kafka import DEAD_LETTERS, RECORDS, decode_record
+from tiertwin.jobs.bench.cloud import tier_traffic
+from tiertwin.pipelines.cloud import fusion
+from tiertwin.pipelines.cloud.config import CloudTwinConfig
+from tiertwin.pipelines.cloud.fusion import FuseTiers
+from tiertwin.pipelines.cloud.job import SplitBySchema
+from tiertwin.pipelines.cloud.training import TrainingExamples
+from tiertwin.schemas import SchemaRegistry
+from tiertwin.pipelines.cloud.streams import CELL_FIELDS, STREAMS
+from tiertwin.schemas.batches import decode_batch, event_micros
+from tiertwin.schemas.examples import example
+
+T0 = 1_767_225_600_000
+REGISTRY = SchemaRegistry.default()
+
+
+def _encode_unchecked(schema: str, record: dict) -> bytes:
+    return REGISTRY.encode(schema, record, validate=False)
+
+
+def _malformed() -> list[bytes]:
+    """One value for each way a record is refused, and the reason it is refused for."""
+    return [
+        b"garbage",                                                                           # truncated
+        b"\x00\x01" + bytes(8) + b"x",                                                         # bad-magic
+        b"\xc3\x01" + bytes(8) + b"x",                                                         # unknown-fingerprint
+        REGISTRY.encode("EdgeState", example("EdgeState", cell_id=1, ts_ms=T0)) + b"\x00",     # trailing-bytes
+        _encode_unchecked("LocalSummary", example("LocalSummary", serving_cell=1, window_end_ms=T0,
+                                                  sinr_db=float("nan"))),                      # non-finite-field
+        _encode_unchecked("EdgeState", example("EdgeState", cell_id=1, ts_ms=T0, prb_utilization=1.5)),  # range
+        _encode_unchecked("Outcome", example("Outcome", cell_id=1, ts_ms=T0, latency_ms=float("inf"))),
+        _encode_unchecked("Decision", example("Decision", cell_id=1, source_ts_ms=T0, decision_id="d" * 300)),
+    ]
+
+
+def _letters_of_records(values: list[bytes]) -> list[dict]:
+    out = []
+    for offset, value in enumerate(values):
+        output = decode_record(REGISTRY, value=value, key=b"k", topic="t", partition=3, offset=offset,
+                               timestamp_ms=T0, stage="s")
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            out.append(output.value)
+    return out
+
+
+def _without_time(letters: list[dict]) -> list[dict]:
+    return [{k: v for k, v in letter.items() if k != "failed_at_ms"} for letter in letters]
+
+
+def test_a_malformed_record_in_a_batch_is_dead_lettered_alone_with_the_record_paths_letter():
+    good = [(s, r) for s, r in tier_traffic(T0, 40, rate_per_s=100, cells=4, seed=1)]
+    values = [REGISTRY.encode(s, r) for s, r in good]
+    bad = _malformed()
+    mixed = values[:10] + bad + values[10:]
+    batches, letters = decode_batch(REGISTRY, mixed, topic="t", partition=3, offsets=range(len(mixed)),
+                                    timestamps_ms=[T0] * len(mixed), keys=[b"k"] * len(mixed), stage="s")
+    assert [d["reason"] for d in letters] == ["truncated", "bad-magic", "unknown-fingerprint", "trailing-bytes",
+                                              "non-finite-field", "out-of-range-field", "non-finite-field",
+                                              "oversized-field"]
+    assert _without_time(letters) == _without_time(_letters_of_records(mixed))
+    assert [d["original"] for d in letters] == bad and [d["offset"] for d in letters] == list(range(10, 18))
+    # Every good record is kept, in order, in the batch of its contract, with its event time.
+    kept = {b.schema: b for b in batches}
+    for schema in ("LocalSummary", "EdgeState", "Decision", "Outcome"):
+        expected = [REGISTRY.decode(v)[1] for (s, _), v in zip(good, values) if s == schema]  # float32 fields
+        assert kept[schema].records == expected
+        assert kept[schema].columns.num_rows == len(expected)
+    assert kept["EdgeState"].event_ms == [r["ts_ms"] for s, r in good if s == "EdgeState"]
+
+
+def test_column_checks_refuse_what_the_record_validator_refuses_and_nothing_else():
+    # Values at the edges of their ranges pass both ways; just outside them fail both ways.
+    edge = [example("EdgeState", cell_id=c, ts_ms=T0, prb_utilization=p, mec_utilization=0.0)
+            for c, p in ((0, 0.0), (1, 1.0), (1_000_000, 0.5), (2, -0.0))]
+    outside = [example("EdgeState", cell_id=1_000_001, ts_ms=T0), example("EdgeState", cell_id=-1, ts_ms=T0),
+               example("EdgeState", ts_ms=T0, mec_utilization=1.0000001)]
+    values = [_encode_unchecked("EdgeState", r) for r in edge + outside]
+    batches, letters = decode_batch(REGISTRY, values, topic="t", partition=3, offsets=range(len(values)),
+                                    timestamps_ms=[T0] * len(values), keys=[b"k"] * len(values), stage="s")
+    assert len(batches[0]) == len(edge)
+    assert len(letters) == len(outside) and _without_time(letters) == _without_time(_letters_of_records(values))
+
+
+# -- both paths on the same log ----------------------------------------------------------------
+def _log() -> list[tuple[str, list[bytes]]]:
+    """Fetches of a log: ``(what happens before, values)``; the third comes after the watermark passed
+    its window (late, within the allowed lateness), the fifth after the window closed."""
+    records = list(tier_traffic(T0, 3_600, rate_per_s=600, cells=4, ues=16, seed=7))
+    encoded = [REGISTRY.encode(s, r) for s, r in records]
+    late = [REGISTRY.encode(s, r) for s, r in tier_traffic(T0 + 500, 200, rate_per_s=400, cells=4, ues=16, seed=8)]
+    closed = [REGISTRY.encode(s, r) for s, r in tier_traffic(T0 + 100, 80, rate_per_s=400, cells=4, ues=16, seed=9)]
+    bad = _malformed()
+    return [("", encoded[:2_400] + bad[:4]),              # big: >= POLARS_MIN_ROWS rows of each contract
+            ("", encoded[2_400:2_600] + bad[4:]),
+            ("watermark", late),                          # late for [T0, T0 + 2 s)
+            ("", encoded[2_600:]),
+            ("close", closed)]                            # after T0 + 2 s + the allowed lateness: dropped
+
+
+def _stream(batched: bool) -> test_stream.TestStream:
+    stream = test_stream.TestStream().advance_watermark_to(T0 / 1000)
+    offset = 0
+    for step, values in _log():
+        if step == "watermark":
+            stream = stream.advance_watermark_to((T0 + 4_000) / 1000)
+        if step == "close":
+            stream = stream.advance_watermark_to((T0 + 7_000) / 1000)
+        fetch = (offset, values)
+        offset += len(values)
+        # A fetch is timestamped no later than its earliest record (outputs may not go back in time).
+        stream = stream.add_elements([TimestampedValue(fetch, (T0 - 1_000) / 1000)])
+    return stream.advance_watermark_to_infinity()
+
+
+def _decode_records(fetch):
+    first, values = fetch
+    for i, value in enumerate(values):
+        yield decode_record(REGISTRY, value=value, key=None, topic="t", partition=0, offset=first + i,
+                            timestamp_ms=T0, stage="s")
+
+
+def _decode_batches(fetch):
+    first, values = fetch
+    batches, letters = decode_batch(REGISTRY, values, topic="t", partition=0,
+                                    offsets=range(first, first + len(values)), timestamps_ms=[T0] * len(values),
+                                    stage="s")
+    for batch in batches:
+        yield TimestampedValue(batch, min(batch.event_ms) / 1000)
+    for letter in letters:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+def _collect(path):
+    """A sink that appends each element, pickled, to ``path`` (the runner may unpickle a copy of this module)."""
+    def append(element):
+        import pickle
+
+        with open(path, "ab") as f:
+            pickle.dump(element, f)
+    return append
+
+
+def _read_back(path) -> list:
+    import pickle
+
+    out = []
+    if path.exists():
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    out.append(pickle.load(f))
+                except EOFError:
+                    return out
+    return out
+
+
+def _run(batched: bool, config: CloudTwinConfig, folder) -> dict[str, list]:
+    folder.mkdir()
+    paths = {name: folder / name for name in ("snapshots", "examples", "letters")}
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(runner="DirectRunner", options=options) as p:
+        decoded = (p | _stream(batched)
+                   | beam.FlatMap(_decode_batches if batched else _decode_records).with_outputs(DEAD_LETTERS,
+                                                                                               main=RECORDS))
+        streams = decoded[RECORDS] | SplitBySchema()
+        streams | FuseTiers(config) | "Snapshots" >> beam.Map(_collect(paths["snapshots"]))
+        (streams | TrainingExamples(config)
+         | "ExampleRows" >> beam.Map(lambda e: (e[0], e[1].start_ms, e[1].end_ms, sorted(map(repr, e[1].examples()))))
+         | "Examples" >> beam.Map(_collect(paths["examples"])))
+        decoded[DEAD_LETTERS] | "Letters" >> beam.Map(_collect(paths["letters"]))
+    return {name: _read_back(path) for name, path in paths.items()}
+
+
+def _comparable(snapshots: list[dict]) -> list[dict]:
+    return sorted(({k: v for k, v in s.items() if k != "emitted_ns"} for s in snapshots),
+                  key=lambda s: (s["cell_id"], s["window_start_ms"], s["pane"], s["summaries"] + s["outcomes"]))
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)  # polars adds floats in its own order
+    return a == b
+
+
+def test_polars_aggregates_of_a_batch_equal_folding_its_records():
+    records = list(tier_traffic(T0, 4_000, rate_per_s=1_000, cells=4, ues=16, seed=11))
+    records.append(("Decision", example("Decision", cell_id=None, source_ts_ms=T0 + 5)))
+    records.append(("Outcome", example("Outcome", cell_id=2, ts_ms=T0 + 7, latency_ms=None, deadline_met=None,
+                                       ue_id="")))
+    values = [REGISTRY.encode(s, r) for s, r in records]
+    batches, _ = decode_batch(REGISTRY, values, topic="t", partition=0, offsets=range(len(values)),
+                              timestamps_ms=[T0] * len(values), stage="s")
+    for batch in batches:
+        stream = STREAMS[batch.schema]
+        got, without_cell = fusion.batch_aggregates(stream, batch, 1_000_000, 0)
+        folded: dict = {}
+        add, cell_field = fusion.ADD_TO_AGGREGATE[stream], CELL_FIELDS[stream]
+        for record, ms in batch.timestamped():
+            if record.get(cell_field) is None:
+                continue
+            us = event_micros(ms)
+            entry = folded.setdefault((record[cell_field], us - us % 1_000_000), [us, fusion.CellAggregate()])
+            entry[0] = min(entry[0], us)
+            add(entry[1], record)
+        assert without_cell == (1 if stream == "decisions" else 0)
+        assert {key for key, _, _ in got} == set(folded)
+        for key, earliest, aggregate in got:
+            assert earliest == folded[key][0]
+            expected = folded[key][1]
+            for name in fusion.CellAggregateCoder.FIELDS:
+                a, b = getattr(aggregate, name), getattr(expected, name)
+                if name == "latencies":
+                    a, b = sorted(a), sorted(b)
+                assert a == b or (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-12)), (stream, name, a, b)
+
+
+def test_batch_and_record_paths_give_equal_snapshots_examples_and_dead_letters(monkeypatch, tmp_path):
+    monkeypatch.setattr(fusion, "POLARS_MIN_ROWS", 1)  # every batch through polars (the folding is the record path's)
+    config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=2, train_window_s=2, train=False)
+    by_record = _run(False, config, tmp_path / "records")
+    by_batch = _run(True, config, tmp_path / "batches")
+
+    records, batches = _comparable(by_record["snapshots"]), _comparable(by_batch["snapshots"])
+    assert [s["pane"] for s in records].count("late") >= 1, "the log has late data"
+    assert len(records) == len(batches)
+    for r, b in zip(records, batches):
+        assert r.keys() == b.keys() and all(_close(r[k], b[k]) for k in r), (r, b)
+    assert sorted(by_record["examples"]) == sorted(by_batch["examples"])
+    assert sum(len(e[3]) for e in by_record["examples"]) > 500
+    assert sorted(map(repr, _without_time(by_record["letters"]))) == \
+        sorted(map(repr, _without_time(by_batch["letters"])))
+    assert len(by_batch["letters"]) == len(_malformed())
+
+
+@pytest.mark.broker
+def test_the_kafka_read_in_batches_gives_every_record_once_and_dead_letters_the_bad_one(new_topic, settings):
+    from apache_beam.testing.util import assert_that
+
+    from tiertwin.connectors.beam_kafka import ReadFromKafka, ReadSpec
+    from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.schemas.batches import RecordBatch
+
+    topic = new_topic(3)
+    records = [example("EdgeState", cell_id=i % 4, ts_ms=T0 + i) for i in range(300)]
+    with KafkaSink(settings) as sink:
+        for r in records[:150]:
+            sink.send(topic, "EdgeState", r, key=r["cell_id"])
+        sink.send_raw(topic, b"\xc3\x01not-a-fingerprint", key="bad")
+        for r in records[150:]:
+            sink.send(topic, "EdgeState", r, key=r["cell_id"])
+
+    def rows(batch):
+        assert isinstance(batch, RecordBatch) and batch.schema == "EdgeState"
+        return [(r["ts_ms"], ms) for r, ms in batch.timestamped()]
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        read = p | ReadFromKafka([topic], ReadSpec(stop="end", max_poll_records=40), settings, batches=True)
+        assert_that(read.records | beam.FlatMap(rows),
+                    lambda got: sorted(got) == [(r["ts_ms"], r["ts_ms"]) for r in records] or _fail(got))
+        assert_that(read.dead_letters | beam.Map(lambda d: (d["topic"], d["reason"], d["original"])),
+                    lambda got: got == [(topic, "unknown-fingerprint", b"\xc3\x01not-a-fingerprint")] or _fail(got),
+                    label="DeadLetters")
+
+
+def _fail(got):
+    raise AssertionError(sorted(got)[:20])
