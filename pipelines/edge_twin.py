@@ -517,8 +517,9 @@ class EdgeTwin:
         previous = twin.allocations.get(kind)
         if previous is not None and previous[4] > 0:
             _, share, prev_context, met, measured = previous
-            allocator.update(share, prev_context, allocation_reward(met / measured, share, self.config.share_cost))
-            slot.revision += 1
+            # through the slot: a shadow allocator is scored on the same reward (docs/twins/model-lifecycle.md)
+            slot.learn({**prev_context, "share": share}, allocation_reward(met / measured, share, self.config.share_cost))
+            allocator, version = slot.current()     # a promotion or a rollback may just have happened
             out.learned.append(model_name)
         share = allocator.pull(context)
         expected = allocator.expected_reward(share, context)
@@ -550,8 +551,7 @@ class EdgeTwin:
             for kind, allocation in list(twin.allocations.items()):
                 if allocation[0] == outcome["decision_id"]:
                     model_name = getattr(self.config, dict(ALLOCATIONS)[kind])
-                    allocator, _ = self.slots[model_name].current()
-                    allocator.update(allocation[1], allocation[2], outcome["effect"]["reward"])
+                    self.slots[model_name].learn({**allocation[2], "share": allocation[1]}, outcome["effect"]["reward"])
                     allocation[4] = 0   # rewarded directly: do not reward it again from demand outcomes
                     learned.append(model_name)
         return learned

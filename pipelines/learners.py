@@ -330,6 +330,22 @@ class ShareAllocator:
         """The posterior mean reward of ``share`` in ``context`` (no exploration bonus)."""
         return self.arms[self._arm(share)].predict_one(context)
 
+    # The regressor view of the same arms, ``x`` = the context plus ``"share"``, ``y`` = the reward: how the
+    # model lifecycle scores a shadow allocator beside the live one and how the cloud trains one
+    # (docs/twins/model-lifecycle.md). Updating through it is updating the arm of that share.
+    def learn_one(self, x: dict, y: float) -> None:
+        share, context = self._split(x)
+        self.update(share, context, y)
+
+    def predict_one(self, x: dict) -> float:
+        share, context = self._split(x)
+        return self.expected_reward(share, context)
+
+    @staticmethod
+    def _split(x: dict) -> tuple[float, dict]:
+        context = dict(x)
+        return float(context.pop("share")), context
+
 
 def allocation_reward(deadline_met_rate: float, share: float, share_cost: float = 0.3) -> float:
     """Reward of an allocation: the share of demands that met their deadline, minus what the share costs.

@@ -9,7 +9,7 @@ import pytest
 
 from tiertwin.pipelines.edge_twin import EdgeTwin, EdgeTwinConfig
 from tiertwin.pipelines.learners import HANDOVER, MEC_SHARE, PRB_SHARE, HandoverForecaster, ShareAllocator, allocation_reward
-from tiertwin.pipelines.models import model_update
+from tiertwin.pipelines.models import command_update, model_update
 from tiertwin.pipelines.pretrain import EPOCH_MS, SyntheticFleet
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.schemas.examples import example
@@ -182,6 +182,8 @@ def test_swap_model_takes_only_a_newer_version():
     assert not twin.swap_model(model_update(PRB_SHARE, ShareAllocator(), before)), "same version"
     assert not twin.swap_model(model_update("demand-latency", ShareAllocator(), 99)), "not one of its models"
     assert twin.swap_model(model_update(PRB_SHARE, ShareAllocator(), before + 5))
+    assert twin.slots[PRB_SHARE].shadow.version == before + 5, "a newer allocator runs in shadow first"
+    assert twin.swap_model(command_update("promote", PRB_SHARE, before + 5))
     decisions = twin.observe_cell_report(SyntheticFleet(n_cells=1).cell_report(0, 0)).decisions
     assert {d["kind"]: d["model_version"] for d in decisions}["prb_share"] == before + 5
 

@@ -81,8 +81,81 @@ class TrainableModel:
     examples: Callable[[dict[str, list]], list[tuple[dict, float]]]
 
 
+# One projection per stream, shared by every model that reads it (the trainer keeps one per stream):
+# a decision row is ("placement", decision_id, x) or ("allocation", kind, decision_id, cell_id, ts_ms, share,
+# context); an outcome row is (decision_id, latency_ms, cell_id, ts_ms, deadline_met, reward), None where absent.
+ALLOCATION_KINDS = {"prb-share": "prb_share", "mec-share": "mec_share"}
+
+
+def decision_fields(decision: dict) -> tuple | None:
+    """What any model learns from in a Decision: a placement's features, or an allocation's share and context."""
+    placement = placement_features(decision)
+    if placement is not None:
+        return ("placement", *placement)
+    parameters = decision["parameters"]
+    if decision["kind"] in ALLOCATION_KINDS.values() and "share" in parameters and decision.get("cell_id") is not None:
+        context = {k: v for k, v in parameters_to_features(parameters).items()}
+        return ("allocation", decision["kind"], decision["decision_id"], decision["cell_id"], decision["source_ts_ms"],
+                float(parameters["share"]), context)
+    return None
+
+
+def outcome_fields(outcome: dict) -> tuple:
+    """What any model learns from in an Outcome."""
+    latency = outcome.get("latency_ms")
+    reward = (outcome.get("effect") or {}).get("reward") if outcome["kind"] == "decision" else None
+    return (outcome.get("decision_id"), None if latency is None else float(latency), outcome.get("cell_id"),
+            outcome["ts_ms"], outcome.get("deadline_met") if outcome["kind"] == "demand" else None, reward)
+
+
 def _latency_examples(rows: dict[str, list]) -> list[tuple[dict, float]]:
-    return join_examples(rows.get(DECISIONS, ()), rows.get(OUTCOMES, ()))
+    placements = [(r[1], r[2]) for r in rows.get(DECISIONS, ()) if r[0] == "placement"]
+    return join_examples(placements, [(o[0], o[1]) for o in rows.get(OUTCOMES, ()) if o[0] is not None
+                                      and o[1] is not None])
+
+
+def allocation_examples(kind: str, decisions: Iterable[tuple], outcomes: Iterable[tuple],
+                        share_cost: float = 0.3) -> list[tuple[dict, float]]:
+    """``(x, y)`` for an allocation bandit, as the edge twin rewards it: ``x`` = the allocation's context plus
+    ``"share"``, ``y`` = the share of the cell's demands that met their deadline from that allocation to the
+    cell's next one, minus ``share_cost`` x share (or the reward an Outcome of the decision names). The last
+    allocation of a cell in the window has no next one and is not learned from.
+
+    >>> decisions = [("allocation", "prb_share", "a1", 3, 1000, 0.5, {"bias": 1.0}),
+    ...              ("allocation", "prb_share", "a2", 3, 2000, 1.0, {"bias": 1.0})]
+    >>> outcomes = [(None, 12.0, 3, 1500, True, None), (None, 30.0, 3, 1600, False, None)]
+    >>> allocation_examples("prb_share", decisions, outcomes)
+    [({'bias': 1.0, 'share': 0.5}, 0.35)]
+    """
+    from tiertwin.pipelines.learners import allocation_reward
+
+    direct = {o[0]: o[5] for o in outcomes if o[0] is not None and o[5] is not None}
+    by_cell: dict[int, list[tuple[int, bool]]] = {}
+    for o in outcomes:
+        if o[4] is not None and o[2] is not None:
+            by_cell.setdefault(o[2], []).append((o[3], bool(o[4])))
+    allocations: dict[int, list[tuple]] = {}
+    for d in decisions:
+        if d[0] == "allocation" and d[1] == kind:
+            allocations.setdefault(d[3], []).append(d)
+    examples = []
+    for cell, series in allocations.items():
+        series.sort(key=lambda d: d[4])
+        for d, following in zip(series, series[1:]):
+            x = {**d[6], "share": d[5]}
+            if d[2] in direct:
+                examples.append((x, float(direct[d[2]])))
+                continue
+            met = [ok for ts, ok in by_cell.get(cell, ()) if d[4] <= ts < following[4]]
+            if met:
+                examples.append((x, round(allocation_reward(sum(met) / len(met), d[5], share_cost), 12)))
+    return examples
+
+
+def _allocation_examples(kind: str) -> Callable[[dict[str, list]], list[tuple[dict, float]]]:
+    def examples(rows: dict[str, list]) -> list[tuple[dict, float]]:
+        return allocation_examples(kind, rows.get(DECISIONS, ()), rows.get(OUTCOMES, ()))
+    return examples
 
 
 def _forecast_examples(rows: dict[str, list]) -> list[tuple[dict, float]]:
@@ -90,9 +163,13 @@ def _forecast_examples(rows: dict[str, list]) -> list[tuple[dict, float]]:
 
 
 TRAINABLE: dict[str, TrainableModel] = {m.name: m for m in (
-    TrainableModel("demand-latency", "ms", {DECISIONS: placement_features, OUTCOMES: measured_latency},
+    TrainableModel("demand-latency", "ms", {DECISIONS: decision_fields, OUTCOMES: outcome_fields},
                    _latency_examples),
     TrainableModel("handover-sinr", "db", {SUMMARIES: forecast_fields}, _forecast_examples),
+    # The allocation bandits learn the reward of a share in a context from the edge's allocation decisions
+    # and the outcomes measured in their cells, as the edge twin does (error unit: reward).
+    *(TrainableModel(name, "reward", {DECISIONS: decision_fields, OUTCOMES: outcome_fields},
+                     _allocation_examples(kind)) for name, kind in ALLOCATION_KINDS.items()),
 )}
 
 
