@@ -281,8 +281,8 @@ class ModelSlot:
         """An operator's ``promote`` / ``reject`` / ``rollback`` of ``version``; True if it acted."""
         if action == "promote" and self.shadow is not None and self.shadow.version == version:
             self._promote("promoted-by-operator")
-        elif action == "reject" and self.shadow is not None and self.shadow.version == version:
-            self._reject("rejected-by-operator")
+        elif action in ("reject", "rollback") and self.shadow is not None and self.shadow.version == version:
+            self._reject("rejected-by-operator")    # a rollback replayed to a twin that only shadows V: V is bad
         elif action in ("reject", "rollback") and self.previous is not None and self.version == version:
             self._rollback("rolled-back-by-operator")
         else:
