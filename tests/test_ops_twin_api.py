@@ -51,6 +51,9 @@ def test_api_serves_ue_cell_edge_twins_and_decisions(view_topics, settings, monk
         assert edge["site_id"] == 2 and edge["cells"] == [7, 8] and edge["mec_queue_gcycles"] == 9.0
 
         assert [d["decision_id"] for d in client.get("/decisions", params={"tier": "edge"}).json()] == ["b"]
+        assert [(m["tier"], m["model_name"], m["model_version"], m["model_revision"])
+                for m in client.get("/models").json()] == [("edge", "demand-latency", 3, 12),
+                                                           ("local", "demand-latency", 3, 12)]
         assert "/ues/{ue_id}" in client.get("/openapi.json").json()["paths"]
 
         manual = {"kind": "handover", "target": "cell:8", "ue_id": "ue-0"}

@@ -70,6 +70,7 @@ class TwinView:
         self.decisions: deque[tuple[int, dict]] = deque(maxlen=self.recent)
         self.outcomes: deque[dict] = deque(maxlen=self.recent)
         self.records_seen: dict[str, int] = {}
+        self.models: dict[tuple[str, str, str], dict] = {}   # (tier, twin_site, model) -> newest version that decided
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -89,6 +90,13 @@ class TwinView:
             elif schema == "tiertwin.Decision":
                 self._seq += 1
                 self.decisions.append((self._seq, value))
+                key = (value["tier"], value.get("twin_site", "edge"), value["model_name"])
+                known = self.models.get(key)
+                if known is None or known["decided_ns"] <= value["decided_ns"]:
+                    self.models[key] = {"tier": key[0], "twin_site": key[1], "model_name": key[2],
+                                        "model_version": value["model_version"],
+                                        "model_revision": value.get("model_revision", 0),
+                                        "decided_ns": value["decided_ns"]}
             elif schema == "tiertwin.Outcome":
                 self.outcomes.append(value)
 
@@ -250,6 +258,13 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
         if site is None:
             raise HTTPException(404, f"no twin for edge site {site_id} yet")
         return site
+
+    @app.get("/models")
+    def live_models() -> list[dict]:
+        """Per tier, site and model: the version (and revision) that made the newest decision seen: what is live
+        there (docs/twins/model-lifecycle.md; ``tiertwin models list`` has each instance's shadow and verdicts)."""
+        with view.consistent():
+            return sorted(view.models.values(), key=lambda m: (m["tier"], m["twin_site"], m["model_name"]))
 
     @app.get("/decisions")
     def recent_decisions(tier: str | None = None, kind: str | None = None, ue: str | None = None,
