@@ -92,7 +92,7 @@ class DemoSummary:
         elif schema == "tiertwin.Telemetry":
             first, last = self.telemetry_ts_ms
             self.telemetry_ts_ms = [min(first, v["ts_ms"]) if first else v["ts_ms"], max(last, v["ts_ms"])]
-        elif schema == "tiertwin.ModelUpdate":
+        elif schema == "tiertwin.ModelUpdate" and v.get("action", "publish") == "publish":   # not operator commands
             self.model_versions[v["model_name"]] = max(v["version"], self.model_versions.get(v["model_name"], 0))
         elif schema == "tiertwin.DeadLetter":
             self.dead_letter_reasons[v["reason"]] += 1
