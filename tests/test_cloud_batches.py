@@ -20,6 +20,7 @@ from tiertwin.pipelines.cloud.job import SplitBySchema
 from tiertwin.pipelines.cloud.training import TrainingExamples
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.pipelines.cloud.streams import CELL_FIELDS, STREAMS
+from tiertwin.schemas import batches as batches_module
 from tiertwin.schemas.batches import decode_batch, event_micros
 from tiertwin.schemas.examples import example
 
@@ -60,7 +61,13 @@ def _without_time(letters: list[dict]) -> list[dict]:
     return [{k: v for k, v in letter.items() if k != "failed_at_ms"} for letter in letters]
 
 
-def test_a_malformed_record_in_a_batch_is_dead_lettered_alone_with_the_record_paths_letter():
+CHECKS = pytest.mark.parametrize("column_checks_from", [1, 10**9], ids=["columns", "predicate"])
+
+
+@CHECKS
+def test_a_malformed_record_in_a_batch_is_dead_lettered_alone_with_the_record_paths_letter(monkeypatch,
+                                                                                           column_checks_from):
+    monkeypatch.setattr(batches_module, "COLUMN_CHECKS_MIN_ROWS", column_checks_from)
     good = [(s, r) for s, r in tier_traffic(T0, 40, rate_per_s=100, cells=4, seed=1)]
     values = [REGISTRY.encode(s, r) for s, r in good]
     bad = _malformed()
@@ -81,7 +88,9 @@ def test_a_malformed_record_in_a_batch_is_dead_lettered_alone_with_the_record_pa
     assert kept["EdgeState"].event_ms == [r["ts_ms"] for s, r in good if s == "EdgeState"]
 
 
-def test_column_checks_refuse_what_the_record_validator_refuses_and_nothing_else():
+@CHECKS
+def test_column_checks_refuse_what_the_record_validator_refuses_and_nothing_else(monkeypatch, column_checks_from):
+    monkeypatch.setattr(batches_module, "COLUMN_CHECKS_MIN_ROWS", column_checks_from)
     # Values at the edges of their ranges pass both ways; just outside them fail both ways.
     edge = [example("EdgeState", cell_id=c, ts_ms=T0, prb_utilization=p, mec_utilization=0.0)
             for c, p in ((0, 0.0), (1, 1.0), (1_000_000, 0.5), (2, -0.0))]
@@ -230,6 +239,7 @@ def test_polars_aggregates_of_a_batch_equal_folding_its_records():
 
 def test_batch_and_record_paths_give_equal_snapshots_examples_and_dead_letters(monkeypatch, tmp_path):
     monkeypatch.setattr(fusion, "POLARS_MIN_ROWS", 1)  # every batch through polars (the folding is the record path's)
+    monkeypatch.setattr(batches_module, "COLUMN_CHECKS_MIN_ROWS", 1)  # and checked on columns
     config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=2, train_window_s=2, train=False)
     by_record = _run(False, config, tmp_path / "records")
     by_batch = _run(True, config, tmp_path / "batches")
