@@ -31,12 +31,10 @@ class NotFlat(Exception):
 
 
 _SCALARS = {"string", "int", "long", "float", "double", "boolean"}
-_SMALL = 1 << 14      # zigzag varints of -8192..8191 are precomputed
+_CHUNK = 1 << 14      # varints are built 14 bits (two 7-bit groups) at a time from tables
 
 
-def _varint(n: int) -> bytes:
-    """Zigzag varint of an Avro int/long."""
-    n = (n << 1) ^ (n >> 63)
+def _uvarint_slow(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -45,15 +43,23 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL_VARINTS = [_varint(i) for i in range(-_SMALL // 2, _SMALL // 2)]
+_LAST = [_uvarint_slow(c) for c in range(_CHUNK)]                              # the final 1-2 bytes
+_MORE = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(_CHUNK)]   # 2 bytes, more follow
 
 
-def _long(n: int, _small=_SMALL_VARINTS, _half=_SMALL // 2) -> bytes:
-    if -_half <= n < _half:
-        return _small[n + _half]
+def _long(n: int, _last=_LAST, _more=_MORE) -> bytes:
+    """Zigzag varint of an Avro int/long (a ns timestamp: 4 table look-ups instead of 9 shifts and appends)."""
     if not -(1 << 63) <= n < (1 << 63):
         raise NotFlat("out of the long range")
-    return _varint(n)
+    n = (n << 1) ^ (n >> 63)
+    if n < 16384:
+        return _last[n]
+    parts = []
+    while n >= 16384:
+        parts.append(_more[n & 16383])
+        n >>= 14
+    parts.append(_last[n])
+    return b"".join(parts)
 
 
 def _scalar_code(kind: str, var: str, indent: str) -> list[str]:
