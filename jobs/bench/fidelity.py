@@ -24,6 +24,8 @@ def bench_fidelity(
     horizon: float = typer.Option(None, help="SINR forecast horizon, s (default: the edge twin's handover_horizon_s)."),
     draws: int = typer.Option(32, help="Monte Carlo draws of the SINR oracle per forecast."),
     warmup: float = typer.Option(2.0, help="Simulated seconds at the start of each run learned from but not scored."),
+    ewma_alpha: float = typer.Option(None, help="The local twins' EWMA weight of the newest telemetry sample (default: "
+                                                "LocalTwinConfig's); 1 = summaries carry the latest SINR unsmoothed."),
 ):
     """MAE and median absolute error of the demand-latency model (per tier) and the SINR forecaster (serving and best
     neighbour, at the edge's horizon) beside running mean / physics baselines and persistence / linear trend / oracle,
@@ -31,10 +33,12 @@ def bench_fidelity(
     from tiertwin.jobs.bench import write_results
     from tiertwin.jobs.experiments.fidelity import FidelityConfig, run_fidelity, table
     from tiertwin.pipelines.edge_twin import EdgeTwinConfig
+    from tiertwin.pipelines.local_twin import LocalTwinConfig
 
     config = FidelityConfig(scenarios=tuple(scenarios), seeds=tuple(seeds), seconds=seconds, ues=ues or None,
                             horizon_s=horizon if horizon is not None else EdgeTwinConfig().handover_horizon_s,
-                            draws=draws, warmup_s=warmup)
+                            draws=draws, warmup_s=warmup,
+                            ewma_alpha=ewma_alpha if ewma_alpha is not None else LocalTwinConfig().ewma_alpha)
     results = run_fidelity(config, on_progress=console.print)
     path = write_results("fidelity", results)
     console.print(table(results["rows"]))
