@@ -76,6 +76,8 @@ def test_page_layout_and_state_frame_follow_the_topics(view_topics, settings):
         assert edge["site"] == 1 and edge["cells"] == [3, 4]
         by_id = {d["id"]: d for d in state["decisions"]}
         assert set(by_id) == {"l0", "l1", "l2", "e0"}
+        assert [(m["tier"], m["model"], m["version"]) for m in state["models"]] == [
+            ("edge", "demand-latency", 3), ("local", "demand-latency", 3)], "the live version per tier"
         assert by_id["e0"]["latency_ms"] == pytest.approx(10.0, abs=1e-3) and by_id["e0"]["kind"] == "handover"
         stats = state["stats"]
         assert stats["latency_ms"]["local"]["p50"] == pytest.approx(2.0, abs=1e-3)

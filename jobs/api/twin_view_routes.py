@@ -312,6 +312,9 @@ class StateFeed:
             twins = [view.ues[u] for u in ue_ids]
             states = view.merged_cell_states()
             snapshots = len(view.snapshots)
+            models = [{"tier": m["tier"], "site": m["twin_site"], "model": m["model_name"], "version": m["model_version"],
+                       "revision": m["model_revision"]} for m in sorted(view.models.values(), key=lambda m: (
+                           m["tier"], m["twin_site"], m["model_name"]))]
         stats = self.stats.update(now)
         self._frame_no += 1
         ues = {"x": [round(t["x_m"], 1) for t in twins], "y": [round(t["y_m"], 1) for t in twins],
@@ -327,6 +330,7 @@ class StateFeed:
                  "rate_in": round(sum(stats["records_per_s"].values()), 1)}
         network = {"frame": self._frame_no, "t_ms": int(time.time() * 1000), "ue_count": len(ue_ids),
                    "xr_count": sum(ues["xr"]), "ues": ues, "cells": cells, "edges": edges, "cloud": cloud,
+                   "models": models,
                    "stats": {k: v for k, v in stats.items() if k != "records_seen"}}
         return network, ue_ids
 

@@ -642,6 +642,9 @@
     $("kpi-dps").textContent = fmt(f.stats.decisions_per_s, 0);
     $("kpi-p95").textContent = TIERS.map((t) => { const v = f.stats.latency_ms[t].p95; return v === null ? "–" : fmt(v, v < 10 ? 1 : 0); }).join(" · ");
     $("kpi-miss").textContent = f.stats.miss_rate === null ? "–" : `${fmt(f.stats.miss_rate * 100, 1)} %`;
+    // the live version per tier: the one that made the newest decision there (docs/twins/model-lifecycle.md)
+    $("kpi-models").textContent = (f.models || []).filter((m) => m.model === "demand-latency" || m.tier === "edge")
+      .map((m) => `${m.tier} ${m.model} v${m.version}`).join(" · ") || "–";
     if (S.connected && Date.now() - S.lastFrameAt > 3 * PERIOD_MS + 1000) $("conn-text").textContent = "stalled";
     else if (S.connected) $("conn-text").textContent = "live";
   }
