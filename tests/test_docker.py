@@ -99,6 +99,7 @@ def _get_json(url: str):
 
 
 @pytest.mark.docker
+@pytest.mark.timeout(840)
 def test_the_compose_stack_builds_and_every_tier_decides(request):
     """Build the images from what is here (Debian packages, wheels, Maven jars), bring up the stack
     (3 Kafka nodes, simulator with device runtimes, edge, cloud on Prism, API), and watch decisions
