@@ -116,7 +116,7 @@ class DeviceConfig(BaseModel):
     uplink_batch_ms: float = Field(20.0, gt=0, le=10_000, description="The uplink sends what is queued at least this often")
     uplink_batch_records: int = Field(2_000, ge=1, le=100_000, description="... or as soon as this many are queued")
     uplink_yield_every: int = Field(64, ge=1, description=(
-        "The uplink gives the GIL back after encoding and sending this many records, so a decision "
+        "The uplink gives the GIL back after encoding, and again after sending, this many records, so a decision "
         "waiting for it waits for a slice of the uplink's work, not a whole batch"))
     flush_timeout_s: float = Field(5.0, gt=0, le=600, description="A batch not acknowledged within this means the broker is gone")
     probe_timeout_s: float = Field(0.5, gt=0, le=60, description="While the broker is gone: wait this long per retry")
@@ -686,11 +686,17 @@ class DeviceRuntime:
             self._spill_reads.append((offset, len(records)))
             batch.extend(records)
             return batch   # memory only after the spill is drained (its records are newer)
-        outbox, encode = self._outbox, self._encode
+        outbox, encode, every = self._outbox, self._encode, self.config.uplink_yield_every
+        encoded = 0
         while outbox and len(batch) < limit:
             entry = encode(outbox.popleft())
             if entry is not None:
                 batch.append(entry)
+            encoded += 1
+            if encoded % every == 0:
+                # Encoding is most of the uplink's GIL time (~10 us a record): without this a decision
+                # waited for the switch interval (5 ms) whenever it asked for the GIL mid-batch.
+                time.sleep(0)
         return batch
 
     def _send_batch(self) -> bool:
