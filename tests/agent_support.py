@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
+from tiertwin.connectors.kafka import admin_client
 from tiertwin.pipelines.edge_twin import EdgeAgentConfig
 from tiertwin.pipelines.local_twin import LocalAgentConfig
 
@@ -57,3 +60,56 @@ def wait_until(condition, timeout_s: float = 20.0) -> bool:
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
     return condition()
+
+
+def start_agent_process(tier: str, config_path, log_path=None) -> subprocess.Popen:
+    """``tiertwin run <tier> --config <path>`` as its own process; its log (stderr) goes to ``log_path``,
+    or to a pipe the caller reads (``communicate``) if None."""
+    stderr = subprocess.PIPE if log_path is None else open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "tiertwin.jobs.cli", "run", tier, "--config", str(config_path)],
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+def produce_fleet(sink, config, fleet, ticks, start_tick):
+    """``ticks`` of a SyntheticFleet's telemetry and demands to the config's topics; returns their counts."""
+    telemetry = demands = 0
+    for tick in range(start_tick, start_tick + ticks):
+        for kind, record in fleet.step(tick * 10):
+            record["emitted_ns"] = time.time_ns()
+            if kind == "telemetry":
+                sink.send(config["telemetry_topic"], "Telemetry", record, key=record["ue_id"])
+                telemetry += 1
+            elif kind == "demand":
+                sink.send(config["demands_topic"], "Demand", record, key=record["ue_id"])
+                demands += 1
+    sink.flush()
+    return telemetry, demands
+
+
+def committed_offset(settings, group: str, topic: str) -> int:
+    """The sum of ``group``'s committed offsets on ``topic``."""
+    admin = admin_client(settings)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)
+
+
+def read_raw(topic, settings):
+    """(key, value) of every record of a raw-bytes topic, latest last."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap.split(","), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for messages in consumer.poll(timeout_ms=500).values():
+                out.extend((m.key.decode(), m.value) for m in messages if m.value is not None)
+        return out
+    finally:
+        consumer.close()
