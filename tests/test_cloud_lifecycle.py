@@ -1,5 +1,5 @@
-"""The cloud trains the allocation bandits globally (#15): from the edge's allocation decisions and the
-outcomes measured in their cells, judged against the shipped allocator, through the same lifecycle."""
+"""The cloud's side of the model lifecycle (#15): on a fresh install its first version is judged against the
+shipped model and, if it wins, a twin promotes it by itself; the allocation bandits are trained globally too."""
 
 from __future__ import annotations
 
@@ -70,3 +70,42 @@ def test_the_prb_share_bandit_is_trained_globally_and_judged_against_the_shipped
             EDGE_STATES: p | "EdgeStates" >> beam.Create([]),
         }
         assert_that(streams | TrainGlobalModels(config), check)
+
+
+def _streams(p, records: list[tuple[str, dict]]) -> dict:
+    by_schema: dict[str, list] = {"Decision": [], "Outcome": [], "LocalSummary": [], "EdgeState": []}
+    for schema, r in records:
+        ts = r.get("ts_ms") or r.get("source_ts_ms") or r.get("window_end_ms")
+        by_schema[schema].append(TimestampedValue(r, ts / 1000))
+    names = {"Decision": DECISIONS, "Outcome": OUTCOMES, "LocalSummary": SUMMARIES, "EdgeState": EDGE_STATES}
+    return {names[s]: p | f"Create {s}" >> beam.Create(rs) for s, rs in by_schema.items()}
+
+
+def test_fresh_install_the_first_cloud_version_is_judged_against_the_shipped_model_and_a_twin_takes_it_if_it_wins():
+    from tiertwin.jobs.bench.cloud import tier_traffic
+    from tiertwin.pipelines.cloud.trainable import training_examples
+    from tiertwin.pipelines.local_twin import LocalTwin
+
+    records = list(tier_traffic(T0, 8_000, rate_per_s=400, cells=4, ues=16, seed=21))
+    config = CloudTwinConfig(model_names=("demand-latency",), train_window_s=2, min_examples=50, models_topic=None,
+                             snapshots_topic=None, early_firing_s=None)
+
+    def check(published):
+        assert published, "the trainer published nothing better than the shipped model"
+        first = min(published, key=lambda u: u["version"])
+        assert first["version"] == PRETRAINED_VERSION + 1 and first["metrics"]["live_version"] == PRETRAINED_VERSION
+        assert first["metrics"]["mae_ms"] < first["metrics"]["live_mae_ms"], "judged against the shipped model"
+        # A twin running the shipped model shadows it, scores it on later outcomes of the same world, promotes it.
+        twin = LocalTwin()
+        assert twin.model_version == PRETRAINED_VERSION and twin.swap_model(first)
+        later = list(tier_traffic(T0 + 60_000, 8_000, rate_per_s=400, cells=4, ues=16, seed=22))
+        examples = training_examples([r for s, r in later if s == "Decision"], [r for s, r in later if s == "Outcome"])
+        for x, y in examples:
+            twin.slot.learn(x, y)
+            if twin.slot.shadow is None:
+                break
+        assert twin.model_version == first["version"], twin.slot.status()
+        assert twin.slot.events[-1]["event"] == "promoted"
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        assert_that(_streams(p, records) | TrainGlobalModels(config), check)
