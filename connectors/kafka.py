@@ -309,8 +309,9 @@ class KafkaSource:
             # moments ago; it then assigns nothing and may never rebalance (dpkp/kafka-python#2377).
             # Knowing every topic's partitions before the first poll joins the group closes that window.
             self._consumer.subscribe(self.topics)
-            for topic in self.topics:
-                self._consumer.partitions_for_topic(topic)
+            for topic in self.topics:   # a cluster node that is down refuses the look-up: wait_out tries another
+                wait_out(lambda: self._consumer.partitions_for_topic(topic), f"the partitions of {topic!r}",
+                         self.settings)
 
     @property
     def consumer(self) -> KafkaConsumer:

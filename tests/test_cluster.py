@@ -204,6 +204,73 @@ def _longest_gap(events: list[tuple[float, int]], after: float) -> float:
     return max(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else float("inf")
 
 
+def test_the_demo_on_a_cluster_goes_on_when_the_busiest_leader_is_killed(cluster, settings, monkeypatch):
+    """The live demo (simulator with the device runtimes, edge service, cloud job on Prism) on the cluster;
+    the node leading the most telemetry and demand partitions is SIGKILLed 15 s in and started again 10 s
+    later. Every record the simulator published is on its topic exactly once, and decisions go on."""
+    from tiertwin import topics as names
+    from tiertwin.connectors.kafka import TopicReader, read_topic
+    from tiertwin.jobs.bench.chaos import _busiest_leader
+    from tiertwin.jobs.ops.demo import run_demo
+
+    prism = settings.home / "bin" / "prism"
+    if not prism.exists():
+        pytest.skip("Prism is not installed (scripts/setup)")
+    (cluster.settings.home / "bin").mkdir(exist_ok=True)
+    if not (cluster.settings.home / "bin" / "prism").exists():
+        (cluster.settings.home / "bin" / "prism").symlink_to(prism.resolve())
+    for key, value in cluster.env().items():
+        if key.startswith("TIERTWIN_"):
+            monkeypatch.setenv(key, value)
+    kill: dict = {}
+
+    def fault():
+        time.sleep(15)
+        kill["node"] = _busiest_leader(cluster.settings)
+        kill["at_ns"] = time.time_ns()
+        cluster.kill_node(kill["node"])
+        time.sleep(10)
+        restarting = time.monotonic()
+        cluster.start()
+        kill["restart_s"] = round(time.monotonic() - restarting, 1)
+
+    chaos = threading.Thread(target=fault, daemon=True)
+    chaos.start()
+    summary = run_demo(seconds=45, ues=20, with_cloud=True, settings=cluster.settings, on_progress=print,
+                       baseline=False, local_twin="device")
+    chaos.join(120)
+    assert "restart_s" in kill, kill
+    published = summary.simulator["published"]
+    on_topic = {}
+    for schema, topic in (("Telemetry", names.TELEMETRY), ("Demand", names.DEMANDS),
+                          ("EdgeState", names.CELL_REPORTS), ("Outcome", names.OUTCOMES)):
+        with TopicReader([topic], cluster.settings, on_undecodable="raise") as reader:
+            on_topic[schema] = sum(reader.end_offsets.values())
+    decided = {tier: sorted(d.value["decided_ns"] for d in read_topic(topic, cluster.settings))
+               for tier, topic in (("local", names.ACTIONS_LOCAL), ("edge", names.ACTIONS_EDGE))}
+    pauses = {}
+    for tier, times in decided.items():
+        window = [kill["at_ns"]] + [t for t in times if kill["at_ns"] <= t <= kill["at_ns"] + 25 * 10**9]
+        pauses[tier] = round(max((b - a for a, b in zip(window, window[1:])), default=25e9) / 1e9, 2)
+    MEASURED["demo_leader_kill"] = {"node": kill["node"], "restart_s": kill["restart_s"], "published": published,
+                                    "on_topic": on_topic, "decision_pause_s": pauses,
+                                    "decisions": {f"{t}/{k}": n for (t, k), n in summary.decisions.items()},
+                                    "device": {k: v for k, v in summary.simulator.get("device", {}).items()
+                                               if k != "runtime"},
+                                    "runtime": summary.simulator.get("device", {}).get("runtime"),
+                                    "snapshots": summary.records.get(names.SNAPSHOTS, 0)}
+    print(f"\ndemo on a cluster, leader killed: {MEASURED['demo_leader_kill']}")
+    runtime = summary.simulator["device"]["runtime"]
+    # what the simulator produced itself, exactly once; its device twins' outcomes go up through their uplink
+    assert {k: on_topic[k] for k in ("Telemetry", "Demand", "EdgeState")} == \
+        {k: published[k] for k in ("Telemetry", "Demand", "EdgeState")}
+    assert on_topic["Outcome"] == published.get("Outcome", 0) + runtime["outcomes"]
+    assert summary.simulator["device"]["placements"] == published["Demand"] == len(decided["local"])
+    assert runtime["send_errors"] == 0 and runtime["encode_errors"] == 0
+    assert all(times and times[-1] > kill["at_ns"] + 10**9 for times in decided.values()), "decisions stopped"
+    assert summary.records.get(names.SNAPSHOTS, 0) > 0
+
+
 def test_scram_and_acls_on_a_cluster(tmp_path_factory, settings):
     from tiertwin.connectors.kafka import KafkaSink
     from tiertwin.connectors.security import apply_security, credential_file
