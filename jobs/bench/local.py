@@ -152,6 +152,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
     from tiertwin.pipelines.models import parameters_to_features
 
     device_overrides = dict(device or {})
+    load_at_start = os.getloadavg()[0]
     tag = uuid.uuid4().hex[:8]
     topics = DeviceTopics(**{field: f"bench.local.{field}.{tag}" for field in DeviceTopics.model_fields})
     if connect:
@@ -240,7 +241,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
     floor_pct = percentiles_ms(floor_interleaved) if floor_interleaved else quiet_pct
     label = label or ("no uplink" if not connect else f"uplink {(device_overrides or {}).get('uplink_client', 'librdkafka')}")
     result = {
-        "ues": ues, "label": label, "simulated_s": simulated_s, "telemetry": telemetry, "decisions": decided,
+        "ues": ues, "label": label, "load_average_1m_at_start": load_at_start, "simulated_s": simulated_s, "telemetry": telemetry, "decisions": decided,
         "summaries": stats["summaries"], "place": ours, "floor": floor_pct, "floor_quiet": quiet_pct,
         "floor_method": "interleaved" if floor_interleaved else "quiet",
         "p99_to_floor_p99": ours["p99_ms"] / floor_pct["p99_ms"] if floor_pct.get("p99_ms") else None,
@@ -343,7 +344,7 @@ bench_commands = typer.Typer()
 @bench_commands.command("local")
 @one_line_errors
 def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fleet sizes, one runtime each (repeatable)."),
-          seconds: float = typer.Option(None, help="Simulated seconds per size (default: 20 / 10 / 3 s at 100 / 1k / 10k UEs)."),
+          seconds: float = typer.Option(None, help="Simulated seconds per size (default: 10 / 5 / 2 s at 100 / 1k / 10k UEs)."),
           scenario: str = typer.Option("dense-urban-xr", help="Simulator scenario (preset name or YAML path)."),
           seed: int = typer.Option(7),
           freeze_gc: bool = typer.Option(True, help=(
@@ -371,7 +372,7 @@ def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fle
     import gc
 
     gc.set_threshold(gc_gen0_threshold, *gc.get_threshold()[1:])
-    default = {100: 20.0, 1_000: 10.0, 10_000: 3.0}
+    default = {100: 10.0, 1_000: 5.0, 10_000: 2.0}   # three ways per size: the whole run stays under 5 min
     seconds_by_size = {n: seconds if seconds is not None else default.get(n, 5.0) for n in ues}
     device: dict[str, Any] = {key: value for key, value in (("uplink_yield_every", yield_every),
                               ("uplink_batch_ms", uplink_batch_ms), ("uplink_client", uplink_client)) if value is not None}
