@@ -135,3 +135,33 @@ def test_pretrain_judges_the_retrained_models_on_held_out_seeds_before_writing(t
     assert "retrained, prequential" in result.output and "shipped, prequential" in result.output
     assert "demand-latency: retrained prequential MAE / shipped" in result.output
     assert {p.name for p in tmp_path.iterdir()} == {"demand-latency.pkl", "handover-sinr.pkl"}
+
+
+def test_the_twin_api_shows_each_tiers_rolling_mae_beside_the_physics_baseline():
+    from fastapi.testclient import TestClient
+
+    from tiertwin.jobs.api.twin_api import TwinView, create_app
+    from tiertwin.pipelines.local_twin import LocalTwin
+    from tiertwin.pipelines.pretrain import SyntheticFleet
+
+    view, twin = TwinView(), LocalTwin()
+    fleet = SyntheticFleet(n_ues=4, n_cells=2, seed=3)
+    for tick in range(60):
+        for kind, record in fleet.step(tick * 10):
+            if kind == "telemetry":
+                twin.observe(record)
+            elif kind == "cell-report":
+                twin.update_edge_state(record)
+            else:
+                decision = twin.place(record)
+                view.apply("tiertwin.actions.local", "tiertwin.Decision", decision)
+                tier = decision["target"]
+                truth = 1.1 * decision["parameters"][f"predicted_{tier}_ms"] + 1.0
+                view.apply("tiertwin.outcomes", "tiertwin.Outcome",
+                           {"kind": "demand", "decision_id": decision["decision_id"], "placement": tier,
+                            "latency_ms": truth + 2.0, "components_ms": {"decision": 2.0}})
+    rows = TestClient(create_app(view)).get("/fidelity").json()
+    assert rows and {r["tier"] for r in rows} <= {"local", "edge", "cloud"}
+    for r in rows:
+        assert r["n"] > 0 and r["baseline"] == "physics + queue"
+        assert r["model_mae_ms"] >= 0 and r["baseline_mae_ms"] >= 0 and isinstance(r["better_than_baseline"], bool)

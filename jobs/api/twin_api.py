@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from tiertwin.connectors.kafka import KafkaSink, TopicReader
 from tiertwin.errors import TiertwinError
+from tiertwin.jobs.api.honesty import HonestyMeter
 from tiertwin.jobs.cli.common import one_line_errors
 from tiertwin.settings import Settings
 from tiertwin.topics import (
@@ -71,6 +72,7 @@ class TwinView:
         self.outcomes: deque[dict] = deque(maxlen=self.recent)
         self.records_seen: dict[str, int] = {}
         self.models: dict[tuple[str, str, str], dict] = {}   # (tier, twin_site, model) -> newest version that decided
+        self.honesty = HonestyMeter()   # per tier: rolling MAE of the latency forecasts beside the physics baseline's
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -90,6 +92,7 @@ class TwinView:
             elif schema == "tiertwin.Decision":
                 self._seq += 1
                 self.decisions.append((self._seq, value))
+                self.honesty.decision(value)
                 key = (value["tier"], value.get("twin_site", "edge"), value["model_name"])
                 known = self.models.get(key)
                 if known is None or known["decided_ns"] <= value["decided_ns"]:
@@ -99,6 +102,7 @@ class TwinView:
                                         "decided_ns": value["decided_ns"]}
             elif schema == "tiertwin.Outcome":
                 self.outcomes.append(value)
+                self.honesty.outcome(value)
 
     def start(self) -> "TwinView":
         self._thread = threading.Thread(target=self._follow, name="twin-view", daemon=True)
@@ -265,6 +269,13 @@ def create_app(view: TwinView, sink_factory=None, layout: dict | None = None) ->
         there (docs/twins/model-lifecycle.md; ``tiertwin models list`` has each instance's shadow and verdicts)."""
         with view.consistent():
             return sorted(view.models.values(), key=lambda m: (m["tier"], m["twin_site"], m["model_name"]))
+
+    @app.get("/fidelity")
+    def fidelity() -> list[dict]:
+        """The honesty meter: per tier, the rolling MAE (last 500 outcomes) of the local twins' latency forecasts
+        beside the physics baseline's on the same demands (docs/evaluation/fidelity.md)."""
+        with view.consistent():
+            return view.honesty.summary()
 
     @app.get("/decisions")
     def recent_decisions(tier: str | None = None, kind: str | None = None, ue: str | None = None,
