@@ -147,7 +147,7 @@ def test_a_better_candidate_is_promoted_after_enough_outcomes():
     promoted_at = versions.index(2)
     assert POLICY.min_outcomes <= promoted_at <= POLICY.min_outcomes + 5
     assert slot.version == 2 and slot.previous.version == 1, "the previous model stays warm on probation"
-    assert slot.revision == len(versions) - 0, "the revision counts the outcomes learned since v2 was published"
+    assert slot.revision == len(versions), "the revision counts the outcomes learned since v2 was published"
     events = [e["event"] for e in slot.events]
     assert events[:2] == ["shadowing", "promoted"]
 
