@@ -48,8 +48,9 @@ def forecast_examples(summaries: Iterable[tuple]) -> list[tuple[dict, float]]:
     consecutive summaries in the same cell, 0 < dt <= 5 s apart; x from the earlier one
     (:func:`~tiertwin.pipelines.features.sinr_forecast_features` with horizon dt), y = the later SINR.
 
-    >>> forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])
-    [({'trend_x_h': -1.0, 'speed_x_h': 2.5, 'horizon_s': 0.5, 'sinr_db': 10.0}, 9.0)]
+    >>> [(x["horizon_s"], x["sinr_db"], x["trend_x_h"], y)
+    ...  for x, y in forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])]
+    [(0.5, 10.0, -1.0, 9.0)]
     """
     from tiertwin.pipelines.features import sinr_forecast_features
 
