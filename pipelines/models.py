@@ -40,6 +40,7 @@ bad-signature
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import threading
 import time
@@ -58,6 +59,7 @@ FEATURE_PREFIX = "x_"
 PUBLISH = "publish"
 COMMANDS = ("promote", "reject", "rollback")
 EVENTS_KEPT = 50
+log = logging.getLogger("tiertwin.models")
 
 
 class ModelRejected(RecordRejected):
@@ -298,8 +300,13 @@ class ModelSlot:
             for other in (shadow, previous):
                 if other is not None:
                     other.score.add(live_error, error_of(other.model, x, y))
-                    other.model.learn_one(x, y)
+                    try:
+                        other.model.learn_one(x, y)
+                    except Exception as exc:  # noqa: BLE001 - a candidate that cannot learn must not stop the live one
+                        self._drop_broken(other, exc)
+                        continue
                     other.revision += 1
+            shadow, previous = self.shadow, self.previous
         live.learn_one(x, y)
         self.revision += 1
         if self.policy is not None:
@@ -318,6 +325,17 @@ class ModelSlot:
                     self.previous = None
 
     # -- transitions ---------------------------------------------------------------------------
+    def _drop_broken(self, other: Candidate, exc: Exception) -> None:
+        """A shadow (rejected) or previous model (no longer a rollback target) whose ``learn_one`` raised."""
+        if other is self.shadow:
+            self.shadow = None
+            self.rejected.add(other.version)
+            self._event("rejected-broken", other.version, {"outcomes": float(other.score.n)})
+        else:
+            self.previous = None
+            self._event("previous-dropped-broken", other.version)
+        log.warning("%s v%d cannot learn (%r): dropped", self.name, other.version, exc)
+
     def _promote(self, event: str) -> None:
         shadow, self.shadow = self.shadow, None
         self._event(event, shadow.version, shadow.score.figures())

@@ -16,7 +16,7 @@ from river import linear_model, optim
 
 from tiertwin.pipelines import signing
 from tiertwin.pipelines.learners import DEMAND_LATENCY, default_model
-from tiertwin.pipelines.lifecycle import PromotionPolicy
+from tiertwin.pipelines.lifecycle import Candidate, PromotionPolicy
 from tiertwin.pipelines.local_twin import LocalTwin
 from tiertwin.pipelines.models import (ModelRejected, ModelSlot, command_update, model_update, next_version,
                                        payload_digest, serialize)
@@ -161,6 +161,19 @@ def test_a_bad_promotion_forced_by_hand_rolls_back_by_itself():
     rolled_at = versions.index(1)
     assert rolled_at <= POLICY.min_outcomes + 5 and slot.version == 1 and 2 in slot.rejected
     assert [e["event"] for e in slot.events] == ["shadowing", "promoted-by-operator", "rolled-back"]
+
+
+class CannotLearn(linear_model.LinearRegression):
+    def learn_one(self, x, y, **kwargs):
+        raise ValueError("broken candidate")
+
+
+def test_a_shadow_that_cannot_learn_is_rejected_and_the_live_model_keeps_learning():
+    slot = slot_with(2.0)
+    slot.shadow = Candidate(CannotLearn(), 2)   # set directly: a class of this test module does not travel pickled
+    run(slot, 5)
+    assert slot.shadow is None and 2 in slot.rejected and slot.revision == 5
+    assert slot.events[-1]["event"] == "rejected-broken"
 
 
 def test_operator_commands_are_signed_and_reject_and_rollback_work():
