@@ -352,6 +352,10 @@ class _StatsCollector:
     def __init__(self, runtime: "DeviceRuntime"):
         self.runtime = runtime
 
+    def _slot(self, name: str, default):
+        slot = getattr(self.runtime.twin, "slot", None)
+        return getattr(slot, name, default)
+
     def collect(self) -> Iterator:
         stats, device = self.runtime.stats, self.runtime.config.device_id
         for name, doc in self.COUNTERS.items():
@@ -362,7 +366,10 @@ class _StatsCollector:
                 ("queued", "Records waiting in memory for the uplink", self.runtime.queued),
                 ("spill_pending", "Records in the spill file not yet acknowledged", self.runtime.spill_pending),
                 ("connected", "1 while the uplink reaches the broker", float(stats.connected)),
-                ("model_version", "Live demand-latency model version", self.runtime.model_version)):
+                ("model_version", "Live demand-latency model version", self.runtime.model_version),
+                ("model_revision", "Online updates of the live model since its version", self._slot("revision", 0)),
+                ("shadow_version", "Version running in shadow beside the live one (0: none)",
+                 getattr(self._slot("shadow", None), "version", 0))):
             family = GaugeMetricFamily(f"tiertwin_device_{name}", doc, labels=["device"])
             family.add_metric([device], float(value))
             yield family
