@@ -30,6 +30,10 @@ from tiertwin.pipelines.rls import RecursiveLeastSquares
 
 FEATURES = ("trend_x_h", "speed_x_h", "sinr_db", "trend_db_per_s", "sinr_x_speed_h", "gap_x_speed_h", "bias")
 ROLES = ("serving", "neighbour")
+# Weight of the newest absolute error in the guard's running MAEs (about 200 labels): where the fit has lately
+# done worse than persistence (a regime it was not trained for, e.g. summaries no longer smoothed), the
+# forecaster falls back to persistence until the fit catches up.
+GUARD_DECAY = 0.005
 
 
 class SinrForecaster(base.Regressor):
@@ -58,6 +62,7 @@ class SinrForecaster(base.Regressor):
         self.forgetting = forgetting
         for fit in self._fits.values():
             fit.forgetting = forgetting
+        self._guard = {role: [0.0, 0.0] for role in ROLES}
         return self
 
     @staticmethod
@@ -65,11 +70,27 @@ class SinrForecaster(base.Regressor):
         return "neighbour" if x.get("neighbour", 0.0) > 0.5 else "serving"
 
     def learn_one(self, x: dict, y: float) -> None:
-        self._fits[self._role(x)].learn(x, float(y) - float(x["sinr_db"]))
+        role = self._role(x)
+        change = float(y) - float(x["sinr_db"])
+        guard = self._guards()[role]
+        guard[0] += GUARD_DECAY * (abs(self._fits[role].predict(x) - change) - guard[0])
+        guard[1] += GUARD_DECAY * (abs(change) - guard[1])
+        self._fits[role].learn(x, change)
         self.n_learned += 1
 
     def predict_one(self, x: dict) -> float:
-        return float(x["sinr_db"]) + self._fits[self._role(x)].predict(x)
+        role = self._role(x)
+        guard = self._guards()[role]
+        if guard[0] > guard[1]:     # persistence has been doing better lately: say so, forecast it
+            return float(x["sinr_db"])
+        return float(x["sinr_db"]) + self._fits[role].predict(x)
+
+    def _guards(self) -> dict[str, list[float]]:
+        """Per role, [running MAE of the fit, of persistence] on the labels learned (pickles from before lack it)."""
+        guards = self.__dict__.get("_guard")
+        if guards is None:
+            guards = self._guard = {role: [0.0, 0.0] for role in ROLES}
+        return guards
 
     def coefficients(self, role: str = "serving") -> dict[str, float]:
         return self._fits[role].coefficients()

@@ -53,6 +53,7 @@ FLOOR_TERMS = {"local": ("local_compute_ms",), "edge": ("uplink_ms", "downlink_m
 # physics misses whole factors (a MEC slice is a third of the server): a loose clip learns them in a few dozen demands.
 FIT_CLIPS = {"local": {"clip": 0.5, "min_clip": 0.1}, "edge": {"clip": 5.0, "min_clip": 1.0},
              "cloud": {"clip": 5.0, "min_clip": 1.0}}
+GUARD_DECAY = 0.01     # weight of the newest absolute error in the guard's running MAEs (about 100 outcomes)
 COMPUTE_TERM = {"local": ("local_work_ms", DEVICE_CAPACITY_GCPS), "edge": ("edge_compute_ms", DEFAULT_MEC_CAPACITY_GCPS),
                 "cloud": ("cloud_compute_ms", CLOUD_CAPACITY_GCPS)}
 
@@ -97,6 +98,19 @@ class ResidualLatencyModel(base.Regressor):
         self._fits = {tier: self._fresh_fit(tier) for tier in TIER_TERMS}
         self._mae = {tier: 5.0 for tier in TIER_TERMS}
         self.n_learned = 0
+        self._init_guard()
+
+    def _init_guard(self) -> None:
+        # The physics prior, never learning, and per tier [running MAE of the fit, of the prior]: a tier predicts with
+        # the prior while it has been doing better (dense-urban-xr's device: physics + queue is exact but for
+        # preemption, and the fit, pulled by that one-sided tail, was 1 % worse).
+        self._priors = {tier: self._fresh_fit(tier) for tier in TIER_TERMS}
+        self._guard = {tier: [0.0, 0.0] for tier in TIER_TERMS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "_guard" not in state:       # pickled before the guard
+            self._init_guard()
 
     def _fresh_fit(self, tier: str) -> RecursiveLeastSquares:
         terms = TIER_TERMS[tier]
@@ -108,6 +122,7 @@ class ResidualLatencyModel(base.Regressor):
         speed belongs to the device, not to the training fleet), the others keeping their weights with their
         uncertainty reset to the prior's, so they adapt at once to the network they land in; ``forgetting`` from now on."""
         self.forgetting = forgetting
+        self._init_guard()
         for tier, fit in self._fits.items():
             if tier in forget:
                 self._fits[tier] = self._fresh_fit(tier)
@@ -123,12 +138,16 @@ class ResidualLatencyModel(base.Regressor):
             raise ValueError(f"x['tier'] must be one of {sorted(self._fits)}, got {tier!r}")
         return tier
 
-    def _predict(self, x: Mapping, tier: str) -> float:
+    def _predict(self, x: Mapping, tier: str, fitted: bool | None = None) -> float:
+        if fitted is None:      # the fit, unless the physics prior has been doing better lately (the guard)
+            guard = getattr(self, "_guard", None)
+            fitted = guard is None or guard[tier][0] <= guard[tier][1]
+        fit = self._fits[tier] if fitted else self._priors[tier]
         try:
-            value = self._fits[tier].predict_vector(tier_terms(x, tier))
+            value = fit.predict_vector(tier_terms(x, tier))
         except TypeError:   # a feature that is not a number: as if absent
             x = {k: v for k, v in x.items() if isinstance(v, (int, float))}
-            value = self._fits[tier].predict_vector(tier_terms(x, tier))
+            value = fit.predict_vector(tier_terms(x, tier))
         floor = 0.0
         for k in FLOOR_TERMS[tier]:
             floor += x.get(k, 0.0)
@@ -148,6 +167,11 @@ class ResidualLatencyModel(base.Regressor):
         error = abs(self._predict(x, tier) - y)
         if math.isfinite(error):
             self._mae[tier] += self.error_decay * (error - self._mae[tier])
+        guard = self._guard[tier]
+        for i, fitted in enumerate((True, False)):
+            e = abs(self._predict(x, tier, fitted) - y)
+            if math.isfinite(e):
+                guard[i] += GUARD_DECAY * (e - guard[i])
         self._fits[tier].learn_vector(tier_terms(x, tier), y)
         self.n_learned += 1
 
