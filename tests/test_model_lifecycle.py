@@ -354,3 +354,24 @@ def test_an_agent_restart_keeps_the_revision_and_the_shadow(new_topic, group_id,
         ("started", PRETRAINED_VERSION, PRETRAINED_VERSION, None), ("shadowing", 2, PRETRAINED_VERSION, 2),
         ("started", PRETRAINED_VERSION, PRETRAINED_VERSION, None)]
     assert {s["instance"] for s in statuses} == {config.instance_id}
+
+
+@pytest.mark.broker
+def test_pretrain_publish_takes_the_next_version_on_the_topic_each_time(new_topic, settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from tiertwin.connectors.kafka import read_topic
+    from tiertwin.jobs.cli.main import app
+
+    topic = new_topic(1, prefix="test.lifecycle.pretrain")
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, ["pretrain", "--source", "synthetic", "--samples", "300", "--out", str(tmp_path),
+                                     "--publish", "--models-topic", topic])
+        assert result.exit_code == 0, result.output
+    records = [r.value for r in read_topic(topic, settings, expect=8, timeout_s=20)]
+    versions = {}
+    for u in records:
+        versions.setdefault(u["model_name"], []).append(u["version"])
+    assert versions and all(v == [PRETRAINED_VERSION + 1, PRETRAINED_VERSION + 2] for v in versions.values()), versions
+    assert next_version(records, DEMAND_LATENCY) == PRETRAINED_VERSION + 3
