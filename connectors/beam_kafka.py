@@ -44,7 +44,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import IllegalStateError
 
@@ -91,6 +91,8 @@ class PartitionSlice:
     partition: int
     start: int
     stop: int
+    # Every (topic, partition) of the same read: a worker holds its watermark until each has been heard from.
+    read_partitions: tuple = ()
 
     @property
     def bounded(self) -> bool:
@@ -117,7 +119,8 @@ def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -
         starts = wait_out(lambda: _offsets_at(consumer, tps, spec.start), what, settings)
         stops = ({tp: UNBOUNDED for tp in tps} if spec.stop is None
                  else wait_out(lambda: _offsets_at(consumer, tps, spec.stop), what, settings))
-        return [PartitionSlice(tp.topic, tp.partition, starts[tp], max(starts[tp], stops[tp])) for tp in tps]
+        every = tuple((tp.topic, tp.partition) for tp in tps)
+        return [PartitionSlice(tp.topic, tp.partition, starts[tp], max(starts[tp], stops[tp]), every) for tp in tps]
     finally:
         consumer.close()
 
@@ -210,6 +213,7 @@ class _ReadPartition(beam.DoFn):
             tracker.try_claim(UNBOUNDED - 1)  # the last offset of the range: all of it is done
             _WORKER_WATERMARKS.forget(self.read_id, key)
             return
+        _WORKER_WATERMARKS.expect(self.read_id, element.read_partitions)
         consumer = self._consumer_at(tp, restriction.start)
         deadline = time.monotonic() + self.spec.max_read_s
         last_claimed = restriction.start - 1
@@ -335,6 +339,7 @@ class _WorkerWatermarks:
         self.stale_s = stale_s
         self._lock = threading.Lock()
         self._own: dict[tuple, tuple[Timestamp, float]] = {}
+        self._expected: set[str] = set()
         # When each partition last moved (records read or an idle step); shared by every DoFn
         # instance of the worker, since a partition's restriction moves between instances.
         self._progress: dict[tuple, float] = {}
@@ -346,6 +351,19 @@ class _WorkerWatermarks:
     def last_progress(self, read_id: str, key: tuple) -> float:
         with self._lock:
             return self._progress.setdefault((read_id, key), time.monotonic())
+
+    def expect(self, read_id: str, keys: tuple) -> None:
+        """Count the partitions ``keys`` of a read before they report: until one has read something (or
+        gone idle), it holds the read's watermark at the beginning of time. Without this, the first partition
+        to report set the watermark alone, and a backlog in the others (a job started on full topics) was late.
+        Done once per read and worker; a partition that never reports here goes stale after ``stale_s``."""
+        if read_id in self._expected:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._expected.add(read_id)
+            for key in keys:
+                self._own.setdefault((read_id, tuple(key)), (MIN_TIMESTAMP, now))
 
     def own(self, read_id: str, key: tuple) -> Timestamp | None:
         with self._lock:

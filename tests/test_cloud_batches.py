@@ -288,3 +288,17 @@ def test_the_kafka_read_in_batches_gives_every_record_once_and_dead_letters_the_
 
 def _fail(got):
     raise AssertionError(sorted(got)[:20])
+
+
+def test_a_read_holds_its_watermark_until_every_partition_has_reported():
+    # A job started on full topics: the first partition read must not move the watermark past the others' backlog.
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+
+    from tiertwin.connectors.beam_kafka import _WorkerWatermarks
+
+    marks = _WorkerWatermarks()
+    marks.expect("read", (("t", 0), ("t", 1)))
+    assert marks.report("read", ("t", 0), Timestamp.of(100)) == MIN_TIMESTAMP
+    assert marks.report("read", ("t", 1), Timestamp.of(50)) == Timestamp.of(50)
+    marks.forget("read", ("t", 1))
+    assert marks.report("read", ("t", 0), Timestamp.of(120)) == Timestamp.of(120)
