@@ -271,7 +271,7 @@ def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
 
 
 def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2,
-                     train: bool = True, train_in_own_process: bool = True) -> dict:
+                     train: bool = True, train_in_own_process: bool = True, batches: bool = True) -> dict:
     """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
     import multiprocessing
     import os
@@ -298,7 +298,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train,
-                             train_in_own_process=train_in_own_process)
+                             train_in_own_process=train_in_own_process, batches=batches)
     # These topics are not in the topology, so say which of them the training job needs.
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
@@ -389,7 +389,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
-        "runner": "prism", "trains_models": train,
+        "runner": "prism", "trains_models": train, "batches": batches,
         "training": ("own process" if result is not None and result.trainer is not None
                      else "in the fusing job" if train else "off"),
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
@@ -412,6 +412,125 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     }
 
 
+def _prefill(topics: dict[str, str], count: int, window_ms: int, partitions: int, settings, log=print) -> dict:
+    """Produce ``count`` tier records (event time spaced 0.1 ms, ending about now), then one sentinel per
+    partition far ahead in event time, so the job's watermark passes every window of the backlog as soon
+    as it has read it (a drained partition would otherwise wait out its idle timeout and a window)."""
+    from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.pipelines.parquet_log import event_time_ms
+    from tiertwin.schemas.examples import example
+
+    rate = 10_000.0
+    start_ms = (int(time.time() * 1000 - count / rate * 1000) // window_ms) * window_ms
+    end_ms = start_ms + int(count / rate * 1000)
+    started = time.perf_counter()
+    with KafkaSink(settings, profile="throughput", client_id="tiertwin-bench-cloud-fill") as sink:
+        produced = produce(sink, tier_traffic(start_ms, count, rate, seed=1), topics)
+        sentinel_ms = end_ms + 10 * window_ms
+        sentinel = {"LocalSummary": example("LocalSummary", serving_cell=999, window_start_ms=sentinel_ms - 100,
+                                            window_end_ms=sentinel_ms),
+                    "EdgeState": example("EdgeState", cell_id=999, ts_ms=sentinel_ms),
+                    "Decision": example("Decision", cell_id=999, source_ts_ms=sentinel_ms, kind="handover"),
+                    "Outcome": example("Outcome", cell_id=999, ts_ms=sentinel_ms, decision_id=None)}
+        for schema, topic in topics.items():
+            for partition in range(partitions):
+                sink.send_raw(topic, sink.registry.encode(schema, sentinel[schema]), key="sentinel",
+                              timestamp_ms=event_time_ms(schema, sentinel[schema]), partition=partition)
+        sink.flush()
+    log(f"pre-filled {produced} records in {time.perf_counter() - started:.1f} s")
+    return {"start_ms": start_ms, "end_ms": end_ms, "produced": produced}
+
+
+def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
+                     batches: bool = True) -> dict:
+    """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
+    how fast it empties them: from the job's submission (when it starts reading) until every window of the
+    backlog has its on-time snapshot, with the CPU the SDK worker and Prism (and the training job, if on)
+    used meanwhile; then polars over the same log, with its CPU."""
+    import os
+    import tempfile
+    import uuid
+
+    from tiertwin.connectors.archive import archive_topics
+    from tiertwin.connectors.kafka import KafkaSource, admin_client
+    from tiertwin.pipelines.cloud.config import CloudTwinConfig
+    from tiertwin.pipelines.cloud.runtime import run_streaming
+    from tiertwin.pipelines.cloud.trainable import training_schemas
+    from tiertwin.settings import Settings
+
+    settings = Settings.from_env()
+    load_before = os.getloadavg()[0]
+    tag = uuid.uuid4().hex[:8]
+    topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
+    out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
+    admin = admin_client(settings)
+    admin.create_topics({t: {"num_partitions": partitions if t in topics.values() else 1, "replication_factor": 1}
+                         for t in [*topics.values(), *out.values()]}, timeout_ms=30_000)
+    window_ms = int(window_s * 1000)
+    filled = _prefill(topics, count, window_ms, partitions, settings, log)
+    config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
+                             input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
+                             dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
+                             train_window_s=max(window_s, 5.0), min_examples=100, train=train, batches=batches)
+    config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
+                                                                in sorted(training_schemas(config.model_names)))})
+    last_window_end = (filled["end_ms"] // window_ms) * window_ms  # windows wholly inside the backlog
+    expected = sum(1 for _ in range(filled["start_ms"], last_window_end, window_ms)) * BENCH_CELLS
+    source = KafkaSource([out["snapshots"]], None, settings, client_id="tiertwin-bench-cloud-read",
+                         on_undecodable="raise", fetch_max_wait_ms=500)
+    result, snapshots = None, {}
+    try:
+        started = time.monotonic()
+        result = run_streaming(config, settings, "prism")
+        submitted_s = time.monotonic() - started
+        trainer_pid = result.trainer.pid if result.trainer is not None else None
+        # From here the job reads: building and submitting it (seconds of imports and Prism start-up) is not draining.
+        cpu_before = _cpu_seconds(trainer_pid)
+        first_s = None
+        deadline = started + 600
+        while time.monotonic() < deadline and len(snapshots) < expected:
+            for r in source.poll(200):
+                v = r.value
+                if v["pane"] == "on_time" and v["cell_id"] < BENCH_CELLS and v["window_end_ms"] <= last_window_end:
+                    snapshots[(v["cell_id"], v["window_start_ms"])] = v
+                    first_s = first_s if first_s is not None else time.monotonic() - started
+        drained_s = time.monotonic() - started
+        cpu_after = _cpu_seconds(trainer_pid)
+    finally:
+        source.close()
+        if result is not None:
+            log(f"prism job {result.stop()}")
+    fused = sum(v["summaries"] + v["edge_states"] + v["decisions"] + v["outcomes"] for v in snapshots.values())
+    in_windows = int((last_window_end - filled["start_ms"]) / 1000 * 10_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        counts = archive_topics(list(topics.values()), Path(tmp), settings)
+        polars_started = time.process_time()
+        polars_wall = time.perf_counter()
+        reference = polars_snapshots(Path(tmp), window_ms)
+        polars_cpu_s, polars_s = time.process_time() - polars_started, time.perf_counter() - polars_wall
+    archived = sum(counts.values())
+    admin.delete_topics([*topics.values(), *out.values()])
+    admin.close()
+    cpu = {f"{name}_s": cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    job_cpu_s = cpu.get("sdk_worker_s", 0.0) + cpu.get("prism_s", 0.0)
+    return {
+        "mode": "drain", "runner": "prism", "batches": batches, "trains_models": train,
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "records_prefilled": filled["produced"], "partitions_per_topic": partitions, "window_s": window_s,
+        "windows_complete": len(snapshots) == expected, "snapshots": len(snapshots), "snapshots_expected": expected,
+        "records_fused": fused, "records_in_complete_windows": in_windows,
+        "job_submitted_s": submitted_s, "first_snapshot_s": first_s, "drained_s": drained_s,
+        # From the job's submission (it reads from then on) until the last window's snapshots are out.
+        "records_per_s": fused / (drained_s - submitted_s) if drained_s > submitted_s else None,
+        "records_per_s_including_startup": fused / drained_s if drained_s else None,
+        "cpu_while_draining": cpu,
+        "cpu_ms_per_1k_records": 1000 * job_cpu_s / (fused / 1000) if fused else None,
+        "polars_ceiling": {"records": archived, "seconds": polars_s, "records_per_s": archived / polars_s,
+                           "cpu_ms_per_1k_records": 1000 * polars_cpu_s / (archived / 1000),
+                           "snapshots": len(reference)},
+    }
+
+
 bench_commands = typer.Typer()
 
 
@@ -426,13 +545,29 @@ def bench_cloud(
     train_in_own_process: bool = typer.Option(
         True, "--train-in-own-process/--train-in-job",
         help="Training as a second job in a child process (as `run cloud` does) or inside the fusing job."),
+    drain: int = typer.Option(0, help="Drain mode: pre-fill the topics with N records and measure how fast the "
+                                      "job empties them (records/s, CPU per 1,000 records) instead of a paced rate."),
+    batches: bool = typer.Option(True, "--batches/--records",
+                                 help="Records cross the job in batches (default) or one element each."),
 ):
     """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
     from tiertwin.jobs.bench import write_results
     run_cloud_bench = _run_cloud_bench
 
+    if drain:
+        results = _run_drain_bench(drain, window_s, log=console.print, train=train, batches=batches)
+        path = write_results("cloud-drain", results, out)
+        ceiling = results["polars_ceiling"]
+        console.print(f"drained {results['records_fused']} records ({'batches' if batches else 'records'}) in "
+                      f"{results['drained_s'] - results['job_submitted_s']:.1f} s after the job's submission: "
+                      f"{results['records_per_s'] or 0:.0f} records/s, "
+                      f"{results['cpu_ms_per_1k_records'] or 0:.1f} ms CPU per 1,000 records (SDK worker + Prism); "
+                      f"polars ceiling {ceiling['records_per_s']:.0f} records/s, "
+                      f"{ceiling['cpu_ms_per_1k_records']:.2f} ms CPU per 1,000")
+        console.print(f"results in {path}")
+        return
     results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
-                              train_in_own_process=train_in_own_process)
+                              train_in_own_process=train_in_own_process, batches=batches)
     path = write_results("cloud", results, out)
     latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
     console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
