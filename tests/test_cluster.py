@@ -118,7 +118,11 @@ def test_leader_killed_no_acknowledged_record_lost_and_it_rejoins(cluster):
     admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 3,
                                  "configs": {"min.insync.replicas": "2"}}}, timeout_ms=30_000)
     wait_for_leaders(admin, [topic])
-    leaders = {p["partition_index"]: p["leader_id"] for p in admin.describe_topics([topic])[0]["partitions"]}
+    deadline = time.monotonic() + 30   # the node asked may not have the new topic's metadata yet
+    while len(leaders := {p["partition_index"]: p["leader_id"] for p in admin.describe_topics([topic])[0]["partitions"]
+                          if p["leader_id"] >= 0}) < partitions and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(leaders) == partitions, leaders
     controller = admin.describe_cluster()["controller_id"]
     admin.close()
     victim = max(set(leaders.values()), key=list(leaders.values()).count)
