@@ -21,6 +21,7 @@ from tiertwin.jobs.bench import fidelity as bench_fidelity
 from tiertwin.jobs.bench import local as bench_local
 from tiertwin.jobs.bench import models as bench_models
 from tiertwin.jobs.bench import replay as bench_replay
+from tiertwin.jobs.bench import scale as bench_scale
 from tiertwin.jobs.bench import sim as bench_sim
 from tiertwin.jobs.bench import soak
 from tiertwin.jobs.bench import tiers as bench_tiers
@@ -244,6 +245,7 @@ bench_app.add_typer(bench_local.bench_commands)
 bench_app.add_typer(chaos.bench_commands)
 bench_app.add_typer(bench_models.bench_commands)
 bench_app.add_typer(bench_fidelity.bench_commands)
+bench_app.add_typer(bench_scale.bench_commands)
 
 
 def main() -> None:  # pragma: no cover - console entry point
