@@ -165,3 +165,22 @@ def test_the_twin_api_shows_each_tiers_rolling_mae_beside_the_physics_baseline()
     for r in rows:
         assert r["n"] > 0 and r["baseline"] == "physics + queue"
         assert r["model_mae_ms"] >= 0 and r["baseline_mae_ms"] >= 0 and isinstance(r["better_than_baseline"], bool)
+
+
+def test_the_residual_models_fast_placement_path_predicts_what_predict_one_does():
+    import random
+
+    from tiertwin.pipelines.features import TIERS, demand_features
+    from tiertwin.pipelines.pretrain import load_pretrained, sample_demand, sample_edge, sample_radio
+
+    rng = random.Random(9)
+    model, _ = load_pretrained("demand-latency")
+    assert isinstance(model, ResidualLatencyModel)
+    for i in range(600):
+        x = demand_features(sample_demand(rng), sample_radio(rng), sample_edge(rng), rng.uniform(0, 40), 60.0)
+        if i % 50 == 0:
+            x.pop("edge_queue_ms")                        # a feature missing: the general path
+        fast = model.predict_tiers(x)
+        assert fast == {tier: model.predict_one({**x, "tier": tier}) for tier in TIERS}
+        tier = rng.choice(TIERS)
+        model.learn_one({**x, "tier": tier}, 1.3 * fast[tier] + rng.uniform(0, 5))   # the guard and the fit move
