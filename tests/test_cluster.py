@@ -1,9 +1,11 @@
 """A managed 3-node cluster (``ManagedBroker(nodes=3)``, ``tiertwin broker start --nodes 3``) on free ports in
 a private home: it starts and reports every node, the topology's topics are replicated three times with two
 in-sync replicas required, a SIGKILLed partition leader loses no acknowledged record, and the node rejoins
-every ISR when it is started again. SCRAM and ACLs work on the cluster too.
+every ISR when it is started again. The live demo and the fault suite's tiers go on, losing nothing, when
+the busiest partitions' leader is SIGKILLed. SCRAM and ACLs work on the cluster too.
 
-Each cluster start costs ~20-25 s on 2 shared cores, the module ~2 min, so these tests run only when asked:
+Each cluster start costs ~20-30 s on 2 shared cores and the module starts three clusters (~5-6 min with the
+demo and the fault run), so these tests run only when asked:
 ``bash scripts/test -m cluster`` (or ``TIERTWIN_CLUSTER_TESTS=1``). The measured numbers are printed
 (``-s``) and kept in ``test-artifacts/cluster.json``.
 """
@@ -30,7 +32,7 @@ MEASURED: dict = {}
 @pytest.fixture(scope="module", autouse=True)
 def only_when_asked(request):
     if "cluster" not in (request.config.getoption("markexpr") or "") and not os.environ.get("TIERTWIN_CLUSTER_TESTS"):
-        pytest.skip("3-node cluster tests (~2 min): run them with `bash scripts/test -m cluster`")
+        pytest.skip("3-node cluster tests (~6 min): run them with `bash scripts/test -m cluster`")
     yield
     if MEASURED:
         ARTIFACT.parent.mkdir(exist_ok=True)
@@ -270,7 +272,9 @@ def test_the_demo_on_a_cluster_goes_on_when_the_busiest_leader_is_killed(cluster
         {k: published[k] for k in ("Telemetry", "Demand", "EdgeState")}
     assert on_topic["Outcome"] == published.get("Outcome", 0) + runtime["outcomes"]
     assert summary.simulator["device"]["placements"] == published["Demand"] == len(decided["local"])
-    assert runtime["send_errors"] == 0 and runtime["encode_errors"] == 0
+    # The uplink may see a send error or two while the dead leader's partitions have none (reported in
+    # MEASURED: 2 errors and 1 reconnect in one run); the counts above show it delivered everything anyway.
+    assert runtime["encode_errors"] == 0 and runtime["spill_pending"] == 0
     assert all(times and times[-1] > kill["at_ns"] + 10**9 for times in decided.values()), "decisions stopped"
     assert summary.records.get(names.SNAPSHOTS, 0) > 0
 
