@@ -184,3 +184,16 @@ def test_the_residual_models_fast_placement_path_predicts_what_predict_one_does(
         assert fast == {tier: model.predict_one({**x, "tier": tier}) for tier in TIERS}
         tier = rng.choice(TIERS)
         model.learn_one({**x, "tier": tier}, 1.3 * fast[tier] + rng.uniform(0, 5))   # the guard and the fit move
+
+
+def test_the_cloud_trains_the_forecaster_at_the_edge_horizon_and_publishes_each_models_baseline():
+    from tiertwin.pipelines.cloud.trainable import TRAINABLE, forecast_examples
+    from tiertwin.pipelines.edge_twin import EdgeTwinConfig
+
+    series = [("ue-1", 3, t, 10.0 - 0.004 * t, -4.0, 1.5) for t in range(0, 3000, 200)]
+    examples = forecast_examples(series, EdgeTwinConfig().handover_horizon_s)
+    assert examples and {x["horizon_s"] for x, _ in examples} == {0.5}
+    assert all(abs(y - (x["sinr_db"] - 2.0)) < 1e-9 for x, y in examples), "the SINR 0.5 s later, interpolated"
+    x = {"uplink_ms": 2.0, "downlink_ms": 3.0, "edge_compute_ms": 4.0, "edge_queue_ms": 1.0, "tier": "edge"}
+    assert TRAINABLE["demand-latency"].baseline(x) == 10.0
+    assert TRAINABLE["handover-sinr"].baseline({"sinr_db": 7.5}) == 7.5

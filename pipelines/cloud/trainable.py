@@ -43,27 +43,39 @@ def forecast_fields(summary: dict) -> tuple:
             summary["sinr_trend_db_per_s"], summary["speed_mps"])
 
 
-def forecast_examples(summaries: Iterable[tuple]) -> list[tuple[dict, float]]:
-    """``(x, y)`` for the handover SINR forecaster, as the edge twin learns it: each UE's
-    consecutive summaries in the same cell, 0 < dt <= 5 s apart; x from the earlier one
-    (:func:`~tiertwin.pipelines.features.sinr_forecast_features` with horizon dt), y = the later SINR.
+def forecast_examples(summaries: Iterable[tuple], horizon_s: float = 0.5,
+                      slack_s: float = 0.2) -> list[tuple[dict, float]]:
+    """``(x, y)`` for the handover SINR forecaster, as the edge twin learns it: at the horizon it is asked for.
+    For each summary, x = :func:`~tiertwin.pipelines.features.sinr_forecast_features` at ``horizon_s`` and
+    y = the UE's SINR ``horizon_s`` later in the same cell, interpolated between the two summaries around
+    that moment (none if the UE left the cell first, or the next summary is more than ``slack_s`` late).
 
     >>> [(x["horizon_s"], x["sinr_db"], x["trend_x_h"], y)
     ...  for x, y in forecast_examples([("ue-1", 3, 1000, 10.0, -2.0, 5.0), ("ue-1", 3, 1500, 9.0, -2.0, 5.0)])]
     [(0.5, 10.0, -1.0, 9.0)]
+    >>> [y for _, y in forecast_examples([("u", 3, 0, 10.0, 0.0, 1.0), ("u", 3, 400, 8.0, 0.0, 1.0),
+    ...                                   ("u", 3, 600, 6.0, 0.0, 1.0)])]
+    [7.0]
     """
     from tiertwin.pipelines.features import sinr_forecast_features
 
     by_ue: dict[str, list[tuple]] = {}
     for summary in summaries:
         by_ue.setdefault(summary[0], []).append(summary)
+    horizon_ms, slack_ms = horizon_s * 1000.0, slack_s * 1000.0
     examples = []
     for series in by_ue.values():
         series.sort(key=lambda f: f[2])
-        for (_, cell, t0, sinr, trend, speed), (_, next_cell, t1, next_sinr, _, _) in zip(series, series[1:]):
-            dt = (t1 - t0) / 1000.0
-            if next_cell == cell and 0 < dt <= 5.0:
-                examples.append((sinr_forecast_features(sinr, trend, speed, dt), float(next_sinr)))
+        for i, (_, cell, t0, sinr, trend, speed) in enumerate(series):
+            due, j = t0 + horizon_ms, i + 1
+            while j < len(series) and series[j][1] == cell and series[j][2] < due:
+                j += 1
+            if j == len(series) or series[j][1] != cell or series[j][2] - t0 > horizon_ms + slack_ms:
+                continue
+            (_, _, t_before, sinr_before, _, _), (_, _, t_after, sinr_after, _, _) = series[j - 1], series[j]
+            share = (due - t_before) / (t_after - t_before) if t_after > t_before else 1.0
+            examples.append((sinr_forecast_features(sinr, trend, speed, horizon_s),
+                             float(sinr_before + share * (sinr_after - sinr_before))))
     return examples
 
 
@@ -73,13 +85,28 @@ class TrainableModel:
 
     ``inputs``: each fused stream it learns from, with what of a record it keeps (None: nothing);
     ``examples``: the ``(x, y)`` pairs of a window from those kept rows, by stream;
-    ``error_unit``: the unit of its error in the metric names (``mae_ms``, ``live_mae_db``, ...).
+    ``error_unit``: the unit of its error in the metric names (``mae_ms``, ``live_mae_db``, ...);
+    ``baseline``: the naive forecast the model must beat, if it has one (its MAE is published beside the model's
+    as ``baseline_mae_<unit>``: docs/evaluation/fidelity.md).
     """
 
     name: str
     error_unit: str
     inputs: dict[str, Callable[[dict], Any]]
     examples: Callable[[dict[str, list]], list[tuple[dict, float]]]
+    baseline: Callable[[dict], float] | None = None
+
+
+def physics_baseline(x: dict) -> float:
+    """The demand-latency model's baseline: transfer + compute at nominal speed + the queue ahead at ``x["tier"]``."""
+    from tiertwin.pipelines.latency import physics_estimate
+
+    return physics_estimate(x, x["tier"])
+
+
+def persistence_baseline(x: dict) -> float:
+    """The SINR forecaster's baseline: the SINR now."""
+    return float(x["sinr_db"])
 
 
 # One projection per stream, shared by every model that reads it (the trainer keeps one per stream):
@@ -165,8 +192,8 @@ def _forecast_examples(rows: dict[str, list]) -> list[tuple[dict, float]]:
 
 TRAINABLE: dict[str, TrainableModel] = {m.name: m for m in (
     TrainableModel("demand-latency", "ms", {DECISIONS: decision_fields, OUTCOMES: outcome_fields},
-                   _latency_examples),
-    TrainableModel("handover-sinr", "db", {SUMMARIES: forecast_fields}, _forecast_examples),
+                   _latency_examples, physics_baseline),
+    TrainableModel("handover-sinr", "db", {SUMMARIES: forecast_fields}, _forecast_examples, persistence_baseline),
     # The allocation bandits learn the reward of a share in a context from the edge's allocation decisions
     # and the outcomes measured in their cells, as the edge twin does (error unit: reward).
     *(TrainableModel(name, "reward", {DECISIONS: decision_fields, OUTCOMES: outcome_fields},

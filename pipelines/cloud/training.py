@@ -195,7 +195,10 @@ class _TrainModel(beam.DoFn):
             candidate_mae = mean_absolute_error(state.candidate, judged)
             live_mae = mean_absolute_error(state.live_model, judged)
             if candidate_mae < live_mae * (1 - self.config.min_improvement):
-                yield self._publish(state, batch, len(judged), candidate_mae, live_mae)
+                baseline = TRAINABLE[state.name].baseline
+                baseline_mae = (sum(abs(baseline(x) - y) for x, y in judged) / len(judged)
+                                if baseline is not None and judged else None)
+                yield self._publish(state, batch, len(judged), candidate_mae, live_mae, baseline_mae)
         errors = 0.0
         for i, (x, y) in enumerate(examples):  # prequential: predict (the judged ones), then learn
             if i % step == 0:
@@ -208,12 +211,14 @@ class _TrainModel(beam.DoFn):
             state.first_window_start_ms = batch.start_ms
 
     def _publish(self, state: TrainerState, batch: Batch, evaluated_on: int, candidate_mae: float,
-                 live_mae: float) -> dict:
+                 live_mae: float, baseline_mae: float | None = None) -> dict:
         version = state.live_version + 1       # the newest on the topic (followed before each batch) plus one
         unit = TRAINABLE[state.name].error_unit
         details = dict(metrics={f"mae_{unit}": candidate_mae, f"live_mae_{unit}": live_mae,
                                 f"prequential_mae_{unit}": state.prequential_mae,
-                                "live_version": state.live_version, "evaluated_on": evaluated_on},
+                                "live_version": state.live_version, "evaluated_on": evaluated_on,
+                                # the naive rule it must beat, on the same examples (docs/evaluation/fidelity.md)
+                                **({f"baseline_mae_{unit}": baseline_mae} if baseline_mae is not None else {})},
                        window_start_ms=state.first_window_start_ms or batch.start_ms,
                        window_end_ms=batch.start_ms, trained_on=state.trained_on, producer="cloud-twin")
         record = model_update(state.name, state.candidate, version, **details)
