@@ -144,7 +144,8 @@ def _floor(model: Any, xs: list[dict]) -> list[int]:
 def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, warmup_s: float = 0.2,
              drain_timeout_s: float = 180.0, floor_samples: int = 20_000, log: Callable[[str], None] = print,
              device: dict | None = None, connect: bool = True, freeze_after_warmup: bool = True,
-             floor_every: int = 4, label: str | None = None, model: tuple[Any, int] | None = None) -> dict:
+             floor_every: int = 4, label: str | None = None, model: tuple[Any, int] | None = None,
+             gc_between_steps: bool = False) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
     from tiertwin.jobs.bench.agents import create_topics, delete_topics
@@ -198,6 +199,11 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         before = _thread_cpu_s()
         wall_started = time.perf_counter()
         gc_pauses = GcPauses().__enter__()
+        import gc
+
+        gc_cpu, young_steps = 0.0, 0
+        if gc_between_steps:    # no collection inside a call: the host collects the young generation after each step
+            gc.disable()
         for _ in steps(simulated_s):
             world.step()
             records = world.telemetry_records()
@@ -215,6 +221,12 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
             t2 = cpu()
             decided += len(demands)
             place_cpu += t2 - t1
+            if gc_between_steps:
+                gc.collect(0)
+                young_steps += 1
+                if young_steps % 100 == 0:   # once per simulated second: what survived the young collections
+                    gc.collect(1)
+                gc_cpu += cpu() - t2
             observe_cpu += t1 - t0
             telemetry += len(records)
             if floor_every and demands:   # the floor in the same conditions (not counted as runtime CPU)
@@ -222,6 +234,8 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
                                                         for i in range(1, len(demands) + 1, floor_every)]))
         fed_wall_s = time.perf_counter() - wall_started
         gc_pauses.__exit__()
+        if gc_between_steps:
+            gc.enable()
         drain_started = time.perf_counter()
         drained = device.drain(drain_timeout_s)
         drain_s = time.perf_counter() - drain_started
@@ -236,10 +250,12 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         device.close(timeout_s=30)
         if connect:
             delete_topics(settings, list(topics.model_dump().values()))
-    runtime_cpu = observe_cpu + place_cpu + background
+    runtime_cpu = observe_cpu + place_cpu + gc_cpu + background
     ours, quiet_pct = percentiles_ms(durations), percentiles_ms(floor)
     floor_pct = percentiles_ms(floor_interleaved) if floor_interleaved else quiet_pct
     label = label or ("no uplink" if not connect else f"uplink {(device_overrides or {}).get('uplink_client', 'librdkafka')}")
+    if gc_between_steps:
+        label += ", GC between steps"
     result = {
         "ues": ues, "label": label, "load_average_1m_at_start": load_at_start, "simulated_s": simulated_s, "telemetry": telemetry, "decisions": decided,
         "summaries": stats["summaries"], "place": ours, "floor": floor_pct, "floor_quiet": quiet_pct,
@@ -247,7 +263,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         "p99_to_floor_p99": ours["p99_ms"] / floor_pct["p99_ms"] if floor_pct.get("p99_ms") else None,
         "p50_to_floor_p50": ours["p50_ms"] / floor_pct["p50_ms"] if floor_pct.get("p50_ms") else None,
         "p99_to_quiet_floor_p99": ours["p99_ms"] / quiet_pct["p99_ms"] if quiet_pct.get("p99_ms") else None,
-        "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "background_threads_s": background,
+        "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "gc_between_steps_s": gc_cpu, "background_threads_s": background,
                 "runtime_total_s": runtime_cpu, "other_threads_by_role_s": background_roles},
         "decisions_per_place_cpu_s": decided / place_cpu if place_cpu else None,
         "decisions_per_runtime_cpu_s": decided / runtime_cpu if runtime_cpu else None,
@@ -259,7 +275,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         f"({result['p50_to_floor_p50']:.1f}x), p99 {floor_pct['p99_ms']:.3f} ms ({result['p99_to_floor_p99']:.1f}x); quiet floor "
         f"p99 {quiet_pct['p99_ms']:.3f} ms ({result['p99_to_quiet_floor_p99']:.1f}x) | {result['decisions_per_place_cpu_s']:.0f} "
         f"decisions per place CPU-s | {result['cpu_s_per_simulated_s']:.2f} CPU-s per simulated s (observe {observe_cpu:.1f}, "
-        f"place {place_cpu:.1f}, other threads {background:.1f}: "
+        f"place {place_cpu:.1f}, {f'GC between steps {gc_cpu:.1f}, ' if gc_between_steps else ''}other threads {background:.1f}: "
         f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(background_roles.items()) if v >= 0.05) or '-'}; over {simulated_s:g} s) "
         f"| uplink sent {stats['sent']}, "
         f"spilled {stats['spilled']}, drained {drained} in {drain_s:.1f} s")
@@ -273,7 +289,7 @@ COMPARED = ("p99_to_floor_p99", "p99_to_quiet_floor_p99", "p50_to_floor_p50", "p
 def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, scenario: str = "dense-urban-xr",
                 seed: int = 7, settings=None, log: Callable[[str], None] = print,
                 device: dict | None = None, freeze_after_warmup: bool = True, compare_kafka_python: bool = True,
-                floor_every: int = 4) -> dict[str, Any]:
+                floor_every: int = 4, gc_between_steps: bool = False) -> dict[str, Any]:
     """Run every fleet size in turn, each without uplink, with the runtime's uplink and (``compare_kafka_python``)
     with a kafka-python uplink; one runtime each. The results with the targets checked on the runtime's uplink."""
     from tiertwin.settings import Settings
@@ -287,7 +303,8 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
     sizes = {}
     for ues in ue_counts:
         seconds = simulated_s[ues] if isinstance(simulated_s, dict) else simulated_s
-        common = dict(log=log, freeze_after_warmup=freeze_after_warmup, floor_every=floor_every, model=model)
+        common = dict(log=log, freeze_after_warmup=freeze_after_warmup, floor_every=floor_every, model=model,
+                      gc_between_steps=gc_between_steps)
         offline = run_size(ues, seconds, scenario, seed, settings, connect=False, device=device, **common)
         result = sizes[str(ues)] = run_size(ues, seconds, scenario, seed, settings, device=device, **common)
         result["without_uplink"] = {k: offline[k] for k in COMPARED if k in offline}
@@ -364,7 +381,10 @@ def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fle
               "Also run every size with a kafka-python uplink (the uplink before 2026-12-03), side by side")),
           floor_every: int = typer.Option(4, help=(
               "Time the floor for every N-th decision right after each step's placements (same conditions); "
-              "0: only the quiet floor after the drain"))):
+              "0: only the quiet floor after the drain")),
+          gc_between_steps: bool = typer.Option(False, help=(
+              "Automatic GC off while feeding; the host collects the young generation after each 10 ms step "
+              "(and generation 1 once per simulated second), outside place(), its CPU counted as the runtime's"))):
     """Demand arises -> placement returned in a device runtime (uplink publishing to the broker), beside the
     bare River predictions one placement needs; decisions per CPU-second and CPU per simulated second."""
     import sys
@@ -379,8 +399,8 @@ def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fle
                               ("uplink_batch_ms", uplink_batch_ms), ("uplink_client", uplink_client)) if value is not None}
     results = bench_local(list(ues), seconds_by_size, scenario, seed, log=console.print, device=device,
                           freeze_after_warmup=freeze_gc, compare_kafka_python=compare_kafka_python,
-                          floor_every=floor_every)
-    results.update(freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
+                          floor_every=floor_every, gc_between_steps=gc_between_steps)
+    results.update(gc_between_steps=gc_between_steps, freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
     path = write_results("local", results)
     console.print(side_by_side(results))
     for name, check in results["targets"].items():
