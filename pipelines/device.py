@@ -61,6 +61,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -80,7 +81,7 @@ from tiertwin.pipelines.models import verify_update
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.schemas.flat_encoder import NotFlat, compile_encoder
 from tiertwin.settings import Settings
-from tiertwin.topics import ACTIONS_LOCAL, DEAD_LETTERS, EDGE_STATE, MODELS, OUTCOMES, SUMMARIES
+from tiertwin.topics import ACTIONS_LOCAL, DEAD_LETTERS, EDGE_STATE, MODEL_STATUS, MODELS, OUTCOMES, SUMMARIES
 
 log = logging.getLogger("tiertwin.device")
 
@@ -99,6 +100,7 @@ class DeviceTopics(BaseModel):
     models: str = MODELS
     edge_state: str = EDGE_STATE
     dead_letters: str = DEAD_LETTERS
+    model_status: str = MODEL_STATUS
 
 
 class DeviceConfig(BaseModel):
@@ -149,6 +151,7 @@ class DeviceStats:
     learned: int = 0
     models_swapped: int = 0
     models_refused: int = 0
+    model_transitions: int = 0   # lifecycle transitions of the model slot, sent up as ModelStatus
     edge_states: int = 0
     # the uplink thread
     sent: int = 0                # records the broker acknowledged
@@ -336,6 +339,8 @@ class _StatsCollector:
         "models_swapped": "Models hot-swapped between decisions",
         "models_refused": "Model updates refused before loading (unsigned, badly signed, digest mismatch, does not "
                           "load); each one also goes to the dead-letter topic",
+        "model_transitions": "Lifecycle transitions of the model slot (shadowing, promoted, rejected, rolled back), "
+                             "each sent up as a ModelStatus record",
         "edge_states": "EdgeState records applied",
         "sent": "Records the broker acknowledged",
         "resent": "Acknowledged records that came back from the spill file",
@@ -378,8 +383,8 @@ class _StatsCollector:
 # =============================================================================================
 # The runtime
 # =============================================================================================
-_DECISION, _SUMMARY, _OUTCOME, _DEAD_LETTER = range(4)
-_SCHEMAS = ("Decision", "LocalSummary", "Outcome", "DeadLetter")
+_DECISION, _SUMMARY, _OUTCOME, _DEAD_LETTER, _MODEL_STATUS = range(5)
+_SCHEMAS = ("Decision", "LocalSummary", "Outcome", "DeadLetter", "ModelStatus")
 
 
 class DeviceRuntime:
@@ -403,13 +408,14 @@ class DeviceRuntime:
         self.metrics.register(_StatsCollector(self))
         self.registry = SchemaRegistry.default()
         t = self.config.topics
-        self._topics = (t.actions, t.summaries, t.outcomes, t.dead_letters)
+        self._topics = (t.actions, t.summaries, t.outcomes, t.dead_letters, t.model_status)
         # The uplink encodes with compiled encoders (schemas/flat_encoder.py: the same bytes as fastavro,
         # Decision 9.5 vs 14.1 us, LocalSummary 5.5 vs 7.7 us of CPU); a schema they cannot take uses fastavro.
         self._schemas = tuple(self.registry.current(name) for name in _SCHEMAS)
         self._fast_encoders = tuple(_compiled_or_none(schema) for schema in self._schemas)
         self._outbox: collections.deque = collections.deque()    # caller -> uplink: (kind, record, key)
         self._inbox: collections.deque = collections.deque()     # downlink -> caller: (kind, record)
+        self._status_seen = getattr(getattr(self.twin, "slot", None), "n_events", 0)   # reported before a restart
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._spill: SpillFile | None = None
@@ -500,6 +506,24 @@ class DeviceRuntime:
             self.stats.learned += 1
         self._queue(_OUTCOME, outcome, outcome["ue_id"])
         self.stats.outcomes += 1
+        self._model_status()      # learning from it may have promoted or rolled back a version
+
+    def _model_status(self) -> None:
+        """Each new lifecycle transition of the twin's model slot goes up as a ModelStatus record, keyed
+        ``<model>/<device_id>`` like an agent instance's (the status topic is compacted by that key)."""
+        slot = getattr(self.twin, "slot", None)
+        if slot is None or slot.n_events == self._status_seen:
+            return
+        for event in (e for e in slot.events if e["seq"] > self._status_seen):
+            figures = {k: float(v) for k, v in event.items() if k not in ("event", "version", "seq", "at_ms")
+                       and isinstance(v, (int, float)) and math.isfinite(v)}
+            self._queue(_MODEL_STATUS, {
+                "model_name": slot.name, "tier": "local", "instance": self.config.device_id, "event": event["event"],
+                "version": event["version"], "live_version": slot.version, "revision": slot.revision,
+                "shadow_version": None if slot.shadow is None else slot.shadow.version, "figures": figures,
+                "at_ms": event["at_ms"]}, f"{slot.name}/{self.config.device_id}")
+            self.stats.model_transitions += 1
+        self._status_seen = slot.n_events
 
     def device_queue(self, ue_id: str):
         """The UE's EDF queue of local work (run it in this order)."""
@@ -561,6 +585,7 @@ class DeviceRuntime:
                     self.twin.swap_model(value)     # a newer version runs in shadow; the slot promotes it
                     if self.twin.model_version != live:
                         self.stats.models_swapped += 1
+                    self._model_status()
                 except RecordRejected as exc:   # ModelRejected, before anything was unpickled: the live model stays
                     self.stats.models_refused += 1
                     log.warning("%s: model %s v%s refused: %s", self.config.device_id,

@@ -281,6 +281,13 @@ def test_a_model_update_swaps_the_model_between_two_decisions(broker, settings, 
     assert set(versions[:swap]) == {old} and set(versions[swap:]) == {old + 1}
     assert device.stats.models_swapped == 1
     assert device.stats.edge_states == 1 and device.twin.edge_states[1]["prb_utilization"] == pytest.approx(0.9)
+    # the transitions went up as ModelStatus records, keyed by model and device like an agent instance's
+    statuses = read_topic(topics.model_status, settings, expect=device.stats.model_transitions, timeout_s=30)
+    assert device.stats.model_transitions >= 2
+    assert {r.key.decode() for r in statuses} == {f"{device.twin.model_name}/models"}
+    events = [(r.value["event"], r.value["version"]) for r in statuses]
+    assert ("shadowing", old + 1) in events and events[-1][1] == old + 1 and "promoted" in events[-1][0]
+    assert statuses[-1].value["live_version"] == old + 1
 
 
 # -- metrics -----------------------------------------------------------------------------------------
