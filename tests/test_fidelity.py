@@ -160,6 +160,10 @@ def test_the_twin_api_shows_each_tiers_rolling_mae_beside_the_physics_baseline()
                 view.apply("tiertwin.outcomes", "tiertwin.Outcome",
                            {"kind": "demand", "decision_id": decision["decision_id"], "placement": tier,
                             "latency_ms": truth + 2.0, "components_ms": {"decision": 2.0}})
+    from tiertwin.jobs.api.twin_view_routes import StateFeed
+
+    frame, _ = StateFeed(view).frame(None, -1)      # what the live view draws beside the live models
+    assert {r["tier"] for r in frame["fidelity"]} == {r["tier"] for r in view.honesty.summary()} != set()
     rows = TestClient(create_app(view)).get("/fidelity").json()
     assert rows and {r["tier"] for r in rows} <= {"local", "edge", "cloud"}
     for r in rows:

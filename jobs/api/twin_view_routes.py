@@ -315,6 +315,9 @@ class StateFeed:
             models = [{"tier": m["tier"], "site": m["twin_site"], "model": m["model_name"], "version": m["model_version"],
                        "revision": m["model_revision"]} for m in sorted(view.models.values(), key=lambda m: (
                            m["tier"], m["twin_site"], m["model_name"]))]
+            # the honesty meter: rolling latency MAE of the local twins' forecasts beside physics + queue's
+            fidelity = [{"tier": r["tier"], "n": r["n"], "model_ms": round(r["model_mae_ms"], 2),
+                         "baseline_ms": round(r["baseline_mae_ms"], 2)} for r in view.honesty.summary()]
         stats = self.stats.update(now)
         self._frame_no += 1
         ues = {"x": [round(t["x_m"], 1) for t in twins], "y": [round(t["y_m"], 1) for t in twins],
@@ -330,7 +333,7 @@ class StateFeed:
                  "rate_in": round(sum(stats["records_per_s"].values()), 1)}
         network = {"frame": self._frame_no, "t_ms": int(time.time() * 1000), "ue_count": len(ue_ids),
                    "xr_count": sum(ues["xr"]), "ues": ues, "cells": cells, "edges": edges, "cloud": cloud,
-                   "models": models,
+                   "models": models, "fidelity": fidelity,
                    "stats": {k: v for k, v in stats.items() if k != "records_seen"}}
         return network, ue_ids
 

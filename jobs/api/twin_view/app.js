@@ -645,6 +645,9 @@
     // the live version per tier: the one that made the newest decision there (docs/twins/model-lifecycle.md)
     $("kpi-models").textContent = (f.models || []).filter((m) => m.model === "demand-latency" || m.tier === "edge")
       .map((m) => `${m.tier} ${m.model} v${m.version}`).join(" · ") || "–";
+    // the honesty meter: per tier, the rolling MAE of the latency forecasts beside the physics baseline's
+    $("kpi-fidelity").textContent = (f.fidelity || []).map((r) => `${r.tier} ${fmt(r.model_ms, 1)} / ${fmt(r.baseline_ms, 1)}`)
+      .join(" · ") || "–";
     if (S.connected && Date.now() - S.lastFrameAt > 3 * PERIOD_MS + 1000) $("conn-text").textContent = "stalled";
     else if (S.connected) $("conn-text").textContent = "live";
   }
