@@ -49,3 +49,15 @@ def test_every_kafka_client_is_built_with_the_shared_config(path):
     bare = [f"{path.relative_to(ROOT)}:{line} {name}(...)" for line, name, scope in _client_calls(path)
             if "kafka_config(" not in scope]
     assert not bare, f"built without tiertwin.connectors.kafka.kafka_config (SASL would be dropped): {bare}"
+
+
+def test_every_producer_waits_for_every_in_sync_replica():
+    """On a cluster (``tiertwin broker start --nodes 3``, min.insync.replicas 2) a record is safe once
+    ``acks=all`` acknowledged it: every kafka-python producer tiertwin builds says so itself, rather than
+    leaning on the client's default."""
+    producers = [(p.relative_to(ROOT).as_posix(), line, scope) for p in _project_files()
+                 for line, name, scope in _client_calls(p) if name == "KafkaProducer"]
+    assert producers
+    weak = [f"{path}:{line}" for path, line, scope in producers
+            if '"acks": "all"' not in scope and 'acks="all"' not in scope]
+    assert not weak, f"KafkaProducer built without acks='all': {weak}"
