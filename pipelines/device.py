@@ -708,8 +708,11 @@ class DeviceRuntime:
         return True
 
     def _next_batch(self) -> list[tuple[str, bytes | None, bytes]]:
-        """In order: records to send again, then the spill file, then memory."""
-        limit = self.config.uplink_batch_records
+        """In order: records to send again, then the spill file, then memory.
+
+        A batch is at most ``queue_limit`` records too: librdkafka takes a whole batch at once even with
+        the broker gone, and what it holds unconfirmed counts against the memory bound like the queue."""
+        limit = min(self.config.uplink_batch_records, self.config.queue_limit)
         batch: list = []
         while self._retry and len(batch) < limit:
             batch.append(self._retry.popleft())
