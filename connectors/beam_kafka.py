@@ -245,10 +245,12 @@ class _ReadPartition(beam.DoFn):
                     outputs, newest = self._decode_batch(claimed)
                     yield from outputs
                 if len(claimed) < len(messages):
+                    self._lost_position(key)
                     return
             else:
                 for m in messages:
                     if not tracker.try_claim(m.offset):
+                        self._lost_position(key)
                         return
                     last_claimed = m.offset
                     self._next_offset[key] = m.offset + 1
@@ -267,6 +269,13 @@ class _ReadPartition(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
         tracker.defer_remainder(Duration.of(0))
+
+    def _lost_position(self, key: tuple) -> None:
+        """The runner split the range under a fetch: the consumer has handed over records this restriction
+        may not claim, so its position is past the next offset to read. Forget it, so whatever resumes
+        here seeks. (Before, the resumed restriction read on from the consumer's position and silently
+        skipped those records: a drained backlog lost 0.7-30 % of them, more with longer bundles.)"""
+        self._next_offset.pop(key, None)
 
     @staticmethod
     def _claim_batch(tracker, messages: list) -> list:

@@ -302,3 +302,59 @@ def test_a_read_holds_its_watermark_until_every_partition_has_reported():
     assert marks.report("read", ("t", 1), Timestamp.of(50)) == Timestamp.of(50)
     marks.forget("read", ("t", 1))
     assert marks.report("read", ("t", 0), Timestamp.of(120)) == Timestamp.of(120)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batches", "records"])
+def test_a_split_under_a_fetch_makes_the_resumed_read_seek_back(batched):
+    # The runner checkpoints the range while a fetch is in hand: the records past the split are not claimed,
+    # so whatever resumes the range must seek to them instead of reading on from the consumer's position.
+    from apache_beam.io.restriction_trackers import OffsetRange
+
+    from tiertwin.connectors.beam_kafka import UNBOUNDED, KafkaOffsetTracker, PartitionSlice, ReadSpec, _ReadPartition
+
+    class Message:
+        def __init__(self, offset):
+            self.topic, self.partition, self.offset, self.key, self.timestamp = "t", 0, offset, None, T0
+            self.value = REGISTRY.encode("EdgeState", example("EdgeState", cell_id=1, ts_ms=T0 + offset))
+
+    class Consumer:
+        def __init__(self):
+            self.seeks = []
+
+        def seek(self, tp, offset):
+            self.seeks.append(offset)
+
+        def poll(self, timeout_ms):
+            from kafka import TopicPartition
+            return {TopicPartition("t", 0): [Message(o) for o in range(10, 20)]}
+
+        def highwater(self, tp):
+            return 1000
+
+    class Tracker(KafkaOffsetTracker):
+        def try_claim(self, position):  # the runner's checkpoint lands before this claim
+            if position >= 14 and self.current_restriction().stop == UNBOUNDED:
+                self.try_split(0)
+            return super().try_claim(position)
+
+    class Watermark:
+        def current_watermark(self):
+            return None
+
+        def set_watermark(self, _):
+            pass
+
+    reader = _ReadPartition(settings=None, spec=ReadSpec(), stage="s", read_id="split-test", batches=batched)
+    reader.registry, reader._next_offset, consumer = REGISTRY, {}, Consumer()
+    reader._consumers = {("t", 0): consumer}
+    reader._consumer_at = lambda tp, offset: (reader._next_offset.get(("t", 0)) != offset
+                                              and (consumer.seek(tp, offset), reader._next_offset.__setitem__(
+                                                  ("t", 0), offset)), consumer)[1]
+    tracker = Tracker(OffsetRange(10, UNBOUNDED))
+    outputs = list(reader._read(PartitionSlice("t", 0, 10, UNBOUNDED), tracker, Watermark()))
+    resume_at = tracker.current_restriction().stop
+    claimed = sum(len(o.value) if batched else 1 for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput))
+    assert claimed == resume_at - 10 and resume_at < 20
+    consumer.seeks.clear()
+    reader._consumer_at(None, resume_at)
+    assert consumer.seeks == [resume_at], "the resumed range seeks back to its first offset"

@@ -493,8 +493,18 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
         first_s = None
         deadline = started + 600
         total = 0  # panes accumulate: a window's newest pane holds all its records so far
+        last_window = last_window_end - window_ms
+        settled_at = None  # when the last window had all its on-time snapshots and nothing new came
+        last_progress = (time.monotonic() - started, cpu_before)
         while time.monotonic() < deadline and total < in_windows:
-            for r in source.poll(200):
+            if sum(1 for (_, w) in on_time if w == last_window) >= BENCH_CELLS:
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at > 10:
+                    break  # records missing from the snapshots: reported as such (all_fused false)
+            fetched = source.poll(200)
+            if fetched:  # the time and CPU of the last snapshot (not of the wait for missing records)
+                settled_at, last_progress = None, (time.monotonic() - started, _cpu_seconds(trainer_pid))
+            for r in fetched:
                 v = r.value
                 if v["cell_id"] >= BENCH_CELLS or v["window_end_ms"] > last_window_end:
                     continue  # a sentinel's window
@@ -505,8 +515,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
                 if v["pane"] == "on_time":
                     on_time[key] = n
                 first_s = first_s if first_s is not None else time.monotonic() - started
-        drained_s = time.monotonic() - started
-        cpu_after = _cpu_seconds(trainer_pid)
+        drained_s, cpu_after = last_progress
     finally:
         source.close()
         if result is not None:
