@@ -84,6 +84,20 @@ class EdgeAgentConfig(AgentConfig, EdgeTwinConfig):
 # =============================================================================================
 # Data module: per-cell twins
 # =============================================================================================
+def summary_sinr(s: dict) -> tuple[float, float | None]:
+    """The serving and best-neighbour SINR "now" of a LocalSummary: the window's latest samples where the
+    summary carries them (v2), else the denoised values (a v1 producer). Denoising lags a moving UE's radio
+    by about a window, which a forecast from "now" would have to make up.
+
+    >>> summary_sinr({"sinr_db": 10.0, "sinr_last_db": 12.5, "best_neighbour_sinr_db": 4.0})
+    (12.5, 4.0)
+    """
+    serving = s.get("sinr_last_db")
+    neighbour = s.get("best_neighbour_sinr_last_db")
+    return (s["sinr_db"] if serving is None else serving,
+            s.get("best_neighbour_sinr_db") if neighbour is None else neighbour)
+
+
 class UEView:
     """What the edge knows of one UE from its summaries (enough to forecast and to migrate)."""
 
@@ -119,15 +133,16 @@ class UEView:
     def update(self, s: dict) -> None:
         """Fold one LocalSummary in (its serving cell is this view's cell)."""
         dt = (s["window_end_ms"] - self.ts_ms) / 1000.0
+        sinr_now, neighbour_now = summary_sinr(s)
         neighbour = None
-        if s["best_neighbour_cell"] is not None and s["best_neighbour_sinr_db"] is not None:
+        if s["best_neighbour_cell"] is not None and neighbour_now is not None:
             trend = 0.0
             if self.neighbour is not None and self.neighbour[0] == s["best_neighbour_cell"] and 0 < dt <= 5.0:
-                trend = (s["best_neighbour_sinr_db"] - self.neighbour[1]) / dt
-            neighbour = (s["best_neighbour_cell"], s["best_neighbour_sinr_db"], trend)
+                trend = (neighbour_now - self.neighbour[1]) / dt
+            neighbour = (s["best_neighbour_cell"], neighbour_now, trend)
         self.neighbour = neighbour[:2] if neighbour else None
         self.neighbour_trend = neighbour[2] if neighbour else 0.0
-        self.ts_ms, self.sinr_db, self.trend, self.speed = s["window_end_ms"], s["sinr_db"], s["sinr_trend_db_per_s"], s["speed_mps"]
+        self.ts_ms, self.sinr_db, self.trend, self.speed = s["window_end_ms"], sinr_now, s["sinr_trend_db_per_s"], s["speed_mps"]
         self.summaries += 1
 
 
@@ -391,9 +406,10 @@ class EdgeTwin:
         if buffer is None:
             return
         now_ms = s["window_end_ms"]
-        now_sinr = {s["serving_cell"]: s["sinr_db"]}
-        if s["best_neighbour_cell"] is not None and s["best_neighbour_sinr_db"] is not None:
-            now_sinr.setdefault(s["best_neighbour_cell"], s["best_neighbour_sinr_db"])
+        serving_now, neighbour_now = summary_sinr(s)
+        now_sinr = {s["serving_cell"]: serving_now}
+        if s["best_neighbour_cell"] is not None and neighbour_now is not None:
+            now_sinr.setdefault(s["best_neighbour_cell"], neighbour_now)
         before = {s["serving_cell"]: view.sinr_db}     # the view still holds the previous summary
         if view.neighbour is not None:
             before.setdefault(view.neighbour[0], view.neighbour[1])

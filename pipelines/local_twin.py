@@ -123,6 +123,10 @@ DENOISED = ("sinr_db", "rsrp_dbm", "throughput_dl_mbps", "throughput_ul_mbps", "
 class UETwin:
     """The local twin of one UE: denoised radio state, short history, summary window, device queue."""
 
+    # Twins checkpointed before the latest raw samples were kept read them as unknown.
+    sinr_last: float | None = None
+    neighbour_sinr_last: float | None = None
+
     def __init__(self, ue_id: str, history_length: int = 20):
         self.ue_id = ue_id
         self.serving_cell = -1
@@ -130,6 +134,8 @@ class UETwin:
         self.last_ts_ms = 0
         self.radio: dict[str, float] = {}
         self.neighbour: tuple[int, float] | None = None
+        self.sinr_last: float | None = None               # the latest samples, not denoised (the edge forecasts
+        self.neighbour_sinr_last: float | None = None     # from them: a smoothed "now" lags the radio)
         self.position = (0.0, 0.0, 0.0)
         self.battery_pct = 100.0
         self.xr_active = False
@@ -151,14 +157,16 @@ class UETwin:
         else:
             for k in DENOISED:
                 radio[k] += alpha * (t[k] - radio[k])
+        self.sinr_last = float(t["sinr_db"])
         if t["neighbours"]:
             best = t["neighbours"][0]
+            self.neighbour_sinr_last = float(best["sinr_db"])
             if self.neighbour is not None and self.neighbour[0] == best["cell_id"]:
                 self.neighbour = (best["cell_id"], self.neighbour[1] + alpha * (best["sinr_db"] - self.neighbour[1]))
             else:
                 self.neighbour = (best["cell_id"], float(best["sinr_db"]))
         else:
-            self.neighbour = None
+            self.neighbour = self.neighbour_sinr_last = None
         self.serving_cell, self.last_seq, self.last_ts_ms = t["serving_cell"], t["seq"], t["ts_ms"]
         self.position = (t.get("x_m", 0.0), t.get("y_m", 0.0), t.get("speed_mps", 0.0))
         self.battery_pct, self.xr_active = t["battery_pct"], t.get("xr_active", False)
@@ -198,6 +206,7 @@ class UETwin:
             "throughput_dl_mbps": self.sum_dl / n, "rtt_ms": self.sum_rtt / n,
             "best_neighbour_cell": self.neighbour[0] if self.neighbour else None,
             "best_neighbour_sinr_db": self.neighbour[1] if self.neighbour else None,
+            "sinr_last_db": self.sinr_last, "best_neighbour_sinr_last_db": self.neighbour_sinr_last,
             "x_m": x, "y_m": y, "speed_mps": speed, "battery_pct": self.battery_pct,
             "cpu_util": min(1.0, self.sum_cpu / n), "xr_active": self.xr_active,
             "demands": sum(self.placed.values()), "placed_local": self.placed["local"],

@@ -81,6 +81,19 @@ def test_history_versions_are_loaded(registry):
     assert record["heading_deg"] == 0.0
 
 
+def test_local_summary_v1_decodes_with_no_raw_samples(registry):
+    # LocalSummary v2 added the window's latest raw SINR samples; a v1 summary reads them as unknown (null),
+    # and the edge then forecasts from the denoised values as before.
+    from tiertwin.pipelines.edge_twin import summary_sinr
+
+    v1 = next(v for v in registry.versions("LocalSummary") if "sinr_last_db" not in _fields(v))
+    old = {k: v for k, v in example("LocalSummary").items() if k in _fields(v1)}
+    _, record = registry.decode(registry.encode_with(v1, old))
+    assert record["sinr_last_db"] is None and record["best_neighbour_sinr_last_db"] is None
+    assert summary_sinr(record) == (old["sinr_db"], old["best_neighbour_sinr_db"])
+    assert summary_sinr(example("LocalSummary", sinr_last_db=14.5, best_neighbour_sinr_last_db=6.0)) == (14.5, 6.0)
+
+
 def _fields(schema) -> list[str]:
     return [f["name"] for f in schema.raw["fields"]]
 

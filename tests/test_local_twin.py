@@ -197,6 +197,17 @@ def test_due_summaries_close_windows_at_the_summary_interval():
     assert registry.decode(registry.encode("LocalSummary", summary))[1]["samples"] == 3
 
 
+def test_a_summary_carries_the_latest_raw_samples_beside_the_denoised_ones():
+    twin = LocalTwin(LocalTwinConfig(summary_interval_ms=100, ewma_alpha=0.3))
+    for i, sinr in enumerate((10.0, 10.0, 20.0)):
+        twin.observe(telemetry(ts_ms=EPOCH_MS + 50 * i, seq=i + 1, sinr_db=sinr,
+                               neighbours=[{"cell_id": 4, "sinr_db": 2.0 * (i + 1), "rsrp_dbm": -100.0}]))
+    [summary] = twin.due_summaries()
+    assert summary["sinr_db"] == pytest.approx(13.0)       # denoised: 10 + 0.3 * (20 - 10)
+    assert summary["sinr_last_db"] == 20.0                  # what the radio said last
+    assert summary["best_neighbour_sinr_last_db"] == 6.0 and summary["best_neighbour_sinr_db"] < 6.0
+
+
 def test_swap_model_takes_only_a_newer_version_between_decisions():
     twin = LocalTwin()
     before = twin.place(demand(1))
