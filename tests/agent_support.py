@@ -70,6 +70,15 @@ def start_agent_process(tier: str, config_path, log_path=None) -> subprocess.Pop
                             stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
+def terminate_all(processes, timeout_s: float = 60.0) -> None:
+    """SIGTERM every process still running (an agent commits and checkpoints on it), then wait for each."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(timeout_s)
+
+
 def produce_fleet(sink, config, fleet, ticks, start_tick):
     """``ticks`` of a SyntheticFleet's telemetry and demands to the config's topics; returns their counts."""
     telemetry = demands = 0

@@ -19,7 +19,8 @@ from collections import defaultdict
 import pytest
 import yaml
 
-from tests.agent_support import committed_offset, produce_fleet, read_raw, start_agent_process
+from tests.agent_support import (committed_offset, produce_fleet, read_raw, start_agent_process, terminate_all,
+                                 wait_until)
 from tiertwin.connectors.kafka import KafkaSink, read_topic
 from tiertwin.pipelines.pretrain import SyntheticFleet
 
@@ -56,14 +57,10 @@ def test_two_local_instances_share_partitions_and_the_survivor_takes_over_a_kill
             telemetry, demands = produce_fleet(sink, config, fleet, 30, 0)
             assert len(read_topic(topics["actions"], settings, expect=demands, timeout_s=90)) >= demands
             # both members hold partitions: each has restored (possibly zero) twins for its own assignment
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not all("restored" in _log(log) for log in logs):
-                time.sleep(0.2)
+            wait_until(lambda: all("restored" in _log(log) for log in logs), 30)
             owners = {name: re.findall(r"partitions \[?([^\n]*)", _log(log)) for name, log in zip("ab", logs)}
             assert all(owners.values()), f"both instances were assigned partitions: {owners}"
-            deadline = time.monotonic() + 30
-            while committed_offset(settings, group_id, topics["demands"]) < demands and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: committed_offset(settings, group_id, topics["demands"]) >= demands, 30)
             assert committed_offset(settings, group_id, topics["demands"]) == demands, "a checkpoint + commit happened"
 
             more_telemetry, more_demands = produce_fleet(sink, config, fleet, 30, 30)
@@ -73,18 +70,12 @@ def test_two_local_instances_share_partitions_and_the_survivor_takes_over_a_kill
             agents[0].wait(10)
             more_telemetry, more_demands = produce_fleet(sink, config, fleet, 20, 60)
             telemetry, demands = telemetry + more_telemetry, demands + more_demands
-            deadline = time.monotonic() + 90   # the dead member's session expires, then the survivor catches up
-            while time.monotonic() < deadline and (
-                    committed_offset(settings, group_id, topics["demands"]) < demands
-                    or committed_offset(settings, group_id, topics["telemetry"]) < telemetry):
-                time.sleep(0.2)
+            # the dead member's session expires, then the survivor catches up
+            wait_until(lambda: committed_offset(settings, group_id, topics["demands"]) >= demands
+                       and committed_offset(settings, group_id, topics["telemetry"]) >= telemetry, 90)
             takeover_s = time.monotonic() - killed_at
         finally:
-            for agent in agents:
-                if agent.poll() is None:
-                    agent.send_signal(signal.SIGTERM)
-            for agent in agents:
-                agent.wait(60)
+            terminate_all(agents)
     assert agents[1].returncode == 0, _log(logs[1])[-2000:]
     assert committed_offset(settings, group_id, topics["demands"]) == demands, _log(logs[1])[-2000:]
     print(f"survivor caught up {takeover_s:.1f} s after the kill (session timeout 6 s)")
@@ -156,12 +147,9 @@ def test_three_edge_instances_share_cells_and_survivors_restore_a_killed_ones_ce
                 sent += 1
             sink.flush()
             # every cell's twin, with the UE it has seen, is checkpointed, and all three hold partitions
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and not (
-                    len(twins := _cell_twins(topics["changelog"], settings)) == CELLS
-                    and committed_offset(settings, group_id, topics["summaries"]) == sent
-                    and all("restored" in _log(log) for log in logs)):
-                time.sleep(0.3)
+            wait_until(lambda: len(_cell_twins(topics["changelog"], settings)) == CELLS
+                       and committed_offset(settings, group_id, topics["summaries"]) == sent
+                       and all("restored" in _log(log) for log in logs), 90)
             assert len(_cell_twins(topics["changelog"], settings)) == CELLS, _log(logs[0])[-2000:]
             assert all("restored" in _log(log) for log in logs), "all three instances were assigned cells"
 
@@ -178,17 +166,11 @@ def test_three_edge_instances_share_cells_and_survivors_restore_a_killed_ones_ce
                 return len(twins) == CELLS and all(
                     {f"ue-{c}-before", f"ue-{c}-after"} <= set(twins[str(c)].ues) for c in range(CELLS))
 
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and not (
-                    committed_offset(settings, group_id, topics["summaries"]) == sent and every_cell_knows_both_ues()):
-                time.sleep(0.3)
+            wait_until(lambda: committed_offset(settings, group_id, topics["summaries"]) == sent
+                       and every_cell_knows_both_ues(), 90)
             takeover_s = time.monotonic() - killed_at
     finally:
-        for agent in agents:
-            if agent.poll() is None:
-                agent.send_signal(signal.SIGTERM)
-        for agent in agents:
-            agent.wait(60)
+        terminate_all(agents)
     survivors = "\n".join(_log(log) for log in logs[1:])
     assert all(agent.returncode == 0 for agent in agents[1:]), survivors[-2000:]
     print(f"edge survivors caught up {takeover_s:.1f} s after the kill (session timeout 6 s)")
