@@ -1,5 +1,5 @@
 """``tiertwin bench cloud``: records/s and window-end -> snapshot latency of the cloud twin on Prism, beside a polars
-re-implementation of fusion over the same log (the ceiling).
+re-implementation of fusion over the same log (the ceiling); ``--drain N``: how fast it empties a backlog.
 
 Also home of :func:`tier_traffic`, a deterministic generator of the four record
 streams the cloud fuses (used by the benchmark and the tests), whose outcomes are
@@ -572,7 +572,8 @@ def bench_cloud(
     read_max_s: float = typer.Option(None, help="Drain mode: the job's read_max_s (how long a partition with a "
                                                 "backlog is read per bundle); default: CloudTwinConfig's."),
 ):
-    """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling)."""
+    """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling);
+    with --drain N, how fast the job empties a backlog of N records and its CPU per 1,000 records."""
     from tiertwin.jobs.bench import write_results
     run_cloud_bench = _run_cloud_bench
 
