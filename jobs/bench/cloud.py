@@ -441,6 +441,19 @@ def _prefill(topics: dict[str, str], count: int, window_ms: int, partitions: int
     return {"start_ms": start_ms, "end_ms": end_ms, "produced": produced}
 
 
+def _counters(result) -> dict:
+    """The job's Beam counters by name (committed values; empty if the runner reports none)."""
+    try:
+        found = result.metrics().query().get("counters", [])
+    except Exception:  # noqa: BLE001 -- a runner without metrics: the bench reports none
+        return {}
+    totals: dict[str, int] = {}
+    for c in found:
+        name = f"{c.key.metric.namespace}/{c.key.metric.name}"
+        totals[name] = totals.get(name, 0) + (c.committed or 0)
+    return totals
+
+
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
                      batches: bool = True, read_max_s: float | None = None) -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
@@ -452,7 +465,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     import uuid
 
     from tiertwin.connectors.archive import archive_topics
-    from tiertwin.connectors.kafka import KafkaSource, admin_client
+    from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
     from tiertwin.pipelines.cloud.runtime import run_streaming
     from tiertwin.pipelines.cloud.trainable import training_schemas
@@ -520,7 +533,15 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
         source.close()
         if result is not None:
             log(f"prism job {result.stop()}")
+    counters = _counters(result.result) if result is not None else {}
     fused = sum(snapshots.values())
+    # After the drain every window has fired its last pane: what the job fused in the end, late panes included.
+    final: dict = {}
+    for r in read_topic(out["snapshots"], settings, timeout_s=5.0):
+        v = r.value
+        if v["cell_id"] < BENCH_CELLS and v["window_end_ms"] <= last_window_end:
+            key = (v["cell_id"], v["window_start_ms"])
+            final[key] = max(final.get(key, 0), v["summaries"] + v["edge_states"] + v["decisions"] + v["outcomes"])
     with tempfile.TemporaryDirectory() as tmp:
         counts = archive_topics(list(topics.values()), Path(tmp), settings)
         polars_started = time.process_time()
@@ -537,6 +558,8 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
         "read_max_s": config.read_max_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "records_prefilled": filled["produced"], "partitions_per_topic": partitions, "window_s": window_s,
+        # Where records went (Beam counters, sentinels included): read from Kafka, aggregated by fusion.
+        "counters": counters, "records_fused_after_drain": sum(final.values()),
         "all_fused": fused == in_windows, "windows": len(snapshots), "records_fused": fused,
         "records_in_complete_windows": in_windows, "records_fused_on_time": sum(on_time.values()),
         "job_submitted_s": submitted_s, "first_snapshot_s": first_s, "drained_s": drained_s,

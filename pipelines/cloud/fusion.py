@@ -218,15 +218,18 @@ class _AggregatePerBundle(beam.DoFn):
     def __init__(self, stream: str, slice_us: int, offset_us: int):
         self.stream, self.slice_us, self.offset_us = stream, slice_us, offset_us
         self.without_cell = Metrics.counter("cloud-fusion", "records_without_cell")
+        self.aggregated = Metrics.counter("cloud-fusion", "records_aggregated")
 
     def setup(self):
         self._cell_field, self._add = CELL_FIELDS[self.stream], ADD_TO_AGGREGATE[self.stream]
 
     def start_bundle(self):
         self._open: dict[tuple, list] = {}
+        self._records = 0
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         if isinstance(element, RecordBatch):
+            self._records += len(element)
             if len(element) < POLARS_MIN_ROWS:
                 for record, ms in element.timestamped():
                     self._fold(record, event_micros(ms))
@@ -242,6 +245,7 @@ class _AggregatePerBundle(beam.DoFn):
                     entry[0] = min(entry[0], earliest)
                     entry[1].merge(aggregate)
             return
+        self._records += 1
         self._fold(element, timestamp.micros)
 
     def _fold(self, record: dict, micros: int) -> None:
@@ -258,6 +262,9 @@ class _AggregatePerBundle(beam.DoFn):
         self._add(entry[1], record)
 
     def finish_bundle(self):
+        if self._records:
+            self.aggregated.inc(self._records)  # one counter update a bundle
+            self._records = 0
         for (cell, _), (earliest, aggregate) in self._open.items():
             yield WindowedValue((int(cell), aggregate), Timestamp(micros=earliest), (window.GlobalWindow(),))
         self._open = {}
