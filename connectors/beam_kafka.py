@@ -279,15 +279,14 @@ class _ReadPartition(beam.DoFn):
 
     @staticmethod
     def _claim_batch(tracker, messages: list) -> list:
-        """Claim a fetch with one claim of its last offset (the tracker claims every offset up to it);
-        if the range was split below it, claim and return only the part still in the range."""
-        if tracker.try_claim(messages[-1].offset):
-            return messages
+        """Claim a fetch with one claim of its last offset (the tracker claims every offset up to it); if
+        the range ends inside the fetch (a bounded range, or a split), claim and return only the part in it.
+        One claim only: a tracker refuses a second claim below a failed one."""
         stop = tracker.current_restriction().stop
-        inside = [m for m in messages if m.offset < stop]
+        inside = messages if messages[-1].offset < stop else [m for m in messages if m.offset < stop]
         if inside and tracker.try_claim(inside[-1].offset):
             return inside
-        return []
+        return []  # split meanwhile: nothing of this fetch is ours
 
     def _decode_batch(self, messages: list) -> tuple[list, Timestamp | None]:
         """One fetch of one partition -> (a RecordBatch per contract, timestamped with its earliest record,

@@ -358,3 +358,19 @@ def test_a_split_under_a_fetch_makes_the_resumed_read_seek_back(batched):
     consumer.seeks.clear()
     reader._consumer_at(None, resume_at)
     assert consumer.seeks == [resume_at], "the resumed range seeks back to its first offset"
+
+
+def test_a_fetch_that_runs_past_the_end_of_a_bounded_range_is_claimed_up_to_it():
+    from apache_beam.io.restriction_trackers import OffsetRange
+
+    from tiertwin.connectors.beam_kafka import KafkaOffsetTracker, _ReadPartition
+
+    class Message:
+        def __init__(self, offset):
+            self.offset = offset
+
+    tracker = KafkaOffsetTracker(OffsetRange(10, 15))
+    claimed = _ReadPartition._claim_batch(tracker, [Message(o) for o in range(10, 20)])
+    assert [m.offset for m in claimed] == [10, 11, 12, 13, 14]
+    tracker.check_done()
+
