@@ -57,6 +57,25 @@ def new_topic(broker, settings):
     admin.close()
 
 
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory, broker):
+    """A second managed broker with SASL/SCRAM, the StandardAuthorizer and the topology's ACLs (one per run)."""
+    from tiertwin.connectors.broker import ManagedBroker
+    from tiertwin.connectors.security import apply_security
+    from tiertwin.connectors.topics import apply_topology, load_topology
+
+    secure = ManagedBroker.private(tmp_path_factory.mktemp("secure-home"), main=broker.settings,
+                                   broker_security="scram", connect_timeout_s=5)
+    secure.start()
+    try:
+        topology = load_topology()
+        apply_topology(topology, secure.client_settings())
+        apply_security(secure, topology)
+        yield secure
+    finally:
+        secure.stop()
+
+
 @pytest.fixture
 def group_id() -> str:
     return f"test-group-{uuid.uuid4().hex[:12]}"

@@ -67,35 +67,19 @@ def test_flush_times_out_while_the_broker_is_unreachable_and_the_producer_keeps_
 
 
 @pytest.mark.broker
-def test_sasl_scram_principals_and_acls_hold_for_the_librdkafka_producer(broker, tmp_path_factory):
+def test_sasl_scram_principals_and_acls_hold_for_the_librdkafka_producer(secure_broker):
     """On a SCRAM broker with ACLs: the local tier's principal writes its action topic through librdkafka,
     another tier's principal is refused (AccessDeniedError), as with kafka-python (tests/test_security.py)."""
-    from tiertwin.connectors.broker import ManagedBroker
-    from tiertwin.connectors.security import apply_security, credential_file
-    from tiertwin.connectors.topics import apply_topology, load_topology
+    from tests.secure_support import settings_as
     from tiertwin.errors import AccessDeniedError
     from tiertwin.schemas.examples import example
 
-    secure = ManagedBroker.private(tmp_path_factory.mktemp("secure-rdkafka"), main=broker.settings,
-                                   broker_security="scram", connect_timeout_s=5)
-    secure.start()
-    try:
-        topology = load_topology()
-        apply_topology(topology, secure.client_settings())
-        apply_security(secure, topology)
-
-        def as_(principal):
-            return secure.settings.model_copy(update={"sasl_username": principal,
-                                                      "sasl_password_file": credential_file(secure, principal)})
-
-        with RdKafkaSink(as_("tiertwin-local"), client_id="test-rdkafka-local") as sink:
-            sink.send("tiertwin.actions.local", "Decision", example("Decision"), key="ue-1")
-            sink.flush(20)
-        intruder = RdKafkaSink(as_("tiertwin-edge"), client_id="test-rdkafka-edge",
-                               delivery_timeout_ms=10_000, request_timeout_ms=5_000)
-        intruder.send("tiertwin.actions.local", "Decision", example("Decision"), key="ue-1")
-        with pytest.raises(AccessDeniedError, match="tiertwin-edge"):
-            intruder.flush(20)
-        intruder.abandon()
-    finally:
-        secure.stop()
+    with RdKafkaSink(settings_as(secure_broker, "tiertwin-local"), client_id="test-rdkafka-local") as sink:
+        sink.send("tiertwin.actions.local", "Decision", example("Decision"), key="ue-1")
+        sink.flush(20)
+    intruder = RdKafkaSink(settings_as(secure_broker, "tiertwin-edge"), client_id="test-rdkafka-edge",
+                           delivery_timeout_ms=10_000, request_timeout_ms=5_000)
+    intruder.send("tiertwin.actions.local", "Decision", example("Decision"), key="ue-1")
+    with pytest.raises(AccessDeniedError, match="tiertwin-edge"):
+        intruder.flush(20)
+    intruder.abandon()

@@ -2,33 +2,16 @@
 
 import pytest
 
-from tiertwin.connectors.broker import ManagedBroker
+from tests.secure_support import settings_as
 from tiertwin.connectors.kafka import KafkaSink, KafkaSource
-from tiertwin.connectors.security import apply_security, credential_file
-from tiertwin.connectors.topics import apply_topology, load_topology
+from tiertwin.connectors.security import credential_file
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError
 from tiertwin.schemas.examples import example
 
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory, broker):
-    secure = ManagedBroker.private(tmp_path_factory.mktemp("secure-home"), main=broker.settings,
-                                   broker_security="scram", connect_timeout_s=5)
-    secure.start()
-    try:
-        topology = load_topology()
-        apply_topology(topology, secure.client_settings())
-        apply_security(secure, topology)
-        yield secure
-    finally:
-        secure.stop()
-
-
-def _as(broker, principal):
-    return broker.settings.model_copy(update={"sasl_username": principal,
-                                              "sasl_password_file": credential_file(broker, principal)})
+_as = settings_as
 
 
 def test_each_tier_writes_only_its_own_action_topic(secure_broker):
