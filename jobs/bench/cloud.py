@@ -276,10 +276,9 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     import multiprocessing
     import os
     import tempfile
-    import uuid
 
     from tiertwin.connectors.archive import archive_topics
-    from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
+    from tiertwin.connectors.kafka import KafkaSource, read_topic
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
     from tiertwin.pipelines.cloud.runtime import run_streaming
     from tiertwin.pipelines.cloud.trainable import training_schemas
@@ -287,12 +286,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
 
     settings = Settings.from_env()
     load_before = os.getloadavg()[0]
-    tag = uuid.uuid4().hex[:8]
-    topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
-    out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
-    admin = admin_client(settings)
-    admin.create_topics({t: {"num_partitions": partitions if t in topics.values() else 1, "replication_factor": 1}
-                         for t in [*topics.values(), *out.values()]}, timeout_ms=30_000)
+    topics, out, admin = _bench_topics(settings, partitions)
     window_ms = int(window_s * 1000)
     config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
@@ -454,6 +448,22 @@ def _counters(result) -> dict:
     return totals
 
 
+def _bench_topics(settings, partitions: int):
+    """Fresh tier topics (``partitions`` each) and output topics for one bench run; ``(tier topics by
+    schema, output topics by name, the admin client that made them)``."""
+    import uuid
+
+    from tiertwin.connectors.kafka import admin_client
+
+    tag = uuid.uuid4().hex[:8]
+    topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
+    out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
+    admin = admin_client(settings)
+    admin.create_topics({t: {"num_partitions": partitions if t in topics.values() else 1, "replication_factor": 1}
+                         for t in [*topics.values(), *out.values()]}, timeout_ms=30_000)
+    return topics, out, admin
+
+
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
                      batches: bool = True, read_max_s: float | None = None) -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
@@ -462,10 +472,9 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     used meanwhile; then polars over the same log, with its CPU."""
     import os
     import tempfile
-    import uuid
 
     from tiertwin.connectors.archive import archive_topics
-    from tiertwin.connectors.kafka import KafkaSource, admin_client, read_topic
+    from tiertwin.connectors.kafka import KafkaSource, read_topic
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
     from tiertwin.pipelines.cloud.runtime import run_streaming
     from tiertwin.pipelines.cloud.trainable import training_schemas
@@ -473,12 +482,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
 
     settings = Settings.from_env()
     load_before = os.getloadavg()[0]
-    tag = uuid.uuid4().hex[:8]
-    topics = {schema: f"bench.cloud.{schema.lower()}.{tag}" for schema in STREAMS}
-    out = {name: f"bench.cloud.{name}.{tag}" for name in ("snapshots", "deadletters", "models")}
-    admin = admin_client(settings)
-    admin.create_topics({t: {"num_partitions": partitions if t in topics.values() else 1, "replication_factor": 1}
-                         for t in [*topics.values(), *out.values()]}, timeout_ms=30_000)
+    topics, out, admin = _bench_topics(settings, partitions)
     window_ms = int(window_s * 1000)
     filled = _prefill(topics, count, window_ms, partitions, settings, log)
     # Lateness long enough that no record of the backlog is dropped: a record the watermark passed is
