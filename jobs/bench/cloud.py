@@ -21,6 +21,7 @@ from typing import Iterator
 
 import typer
 
+from tiertwin.errors import ConfigError
 from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.stats import percentiles
 from tiertwin.topics import ACTIONS_LOCAL, EDGE_STATE, OUTCOMES, SUMMARIES
@@ -605,6 +606,11 @@ def bench_cloud(
     run_cloud_bench = _run_cloud_bench
 
     if drain:
+        # The backlog is laid out at 10 records per ms of event time (tier_traffic); only whole windows count.
+        least = int(2 * window_s * 1000 * 10)
+        if drain < least:
+            raise ConfigError(f"--drain {drain:,} records span {drain // 10:,} ms of event time: less than two "
+                              f"{window_s:g} s windows; drain at least {least:,} (or use a smaller --window-s)")
         results = _run_drain_bench(drain, window_s, log=console.print, train=train, batches=batches,
                                    read_max_s=read_max_s)
         path = write_results("cloud-drain", results, out)
