@@ -20,7 +20,6 @@ implement :meth:`TwinAgent.process` and :meth:`TwinAgent.process_side`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import socket
@@ -492,13 +491,8 @@ class TwinAgent:
         topic, sink = self.config.model_status_topic, getattr(self, "sink", None)
         if not topic or sink is None:
             return
-        figures = {k: float(v) for k, v in event.items() if k not in ("event", "version", "seq", "at_ms")
-                   and isinstance(v, (int, float)) and math.isfinite(v)}
-        sink.send(topic, "ModelStatus", {
-            "model_name": slot.name, "tier": self.tier, "instance": self.config.instance_id, "event": event["event"],
-            "version": event["version"], "live_version": slot.version, "revision": slot.revision,
-            "shadow_version": None if slot.shadow is None else slot.shadow.version, "figures": figures,
-            "at_ms": event["at_ms"]}, key=f"{slot.name}/{self.config.instance_id}")
+        sink.send(topic, "ModelStatus", slot.status_record(event, self.tier, self.config.instance_id),
+                  key=f"{slot.name}/{self.config.instance_id}")
 
     # -- model slots ride the changelog beside the twins ------------------------------------------------
     # A slot is the instance's, not a partition's: it is written (when it changed) to the lowest partition the

@@ -61,7 +61,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import os
 import socket
 import struct
@@ -515,13 +514,8 @@ class DeviceRuntime:
         if slot is None or slot.n_events == self._status_seen:
             return
         for event in (e for e in slot.events if e["seq"] > self._status_seen):
-            figures = {k: float(v) for k, v in event.items() if k not in ("event", "version", "seq", "at_ms")
-                       and isinstance(v, (int, float)) and math.isfinite(v)}
-            self._queue(_MODEL_STATUS, {
-                "model_name": slot.name, "tier": "local", "instance": self.config.device_id, "event": event["event"],
-                "version": event["version"], "live_version": slot.version, "revision": slot.revision,
-                "shadow_version": None if slot.shadow is None else slot.shadow.version, "figures": figures,
-                "at_ms": event["at_ms"]}, f"{slot.name}/{self.config.device_id}")
+            self._queue(_MODEL_STATUS, slot.status_record(event, "local", self.config.device_id),
+                        f"{slot.name}/{self.config.device_id}")
             self.stats.model_transitions += 1
         self._status_seen = slot.n_events
 

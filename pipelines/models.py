@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import pickle
 import threading
 import time
@@ -392,6 +393,16 @@ class ModelSlot:
         """``(model, version)`` read together, so a decision never mixes two versions."""
         with self._lock:
             return self.model, self.version
+
+    def status_record(self, event: dict, tier: str, instance: str) -> dict:
+        """The ModelStatus record (schemas/ModelStatus.avsc) of one of :attr:`events`, as ``instance`` of
+        ``tier`` reports it; its key on the compacted status topic is ``<model>/<instance>``."""
+        figures = {k: float(v) for k, v in event.items() if k not in ("event", "version", "seq", "at_ms")
+                   and isinstance(v, (int, float)) and math.isfinite(v)}
+        return {"model_name": self.name, "tier": tier, "instance": instance, "event": event["event"],
+                "version": event["version"], "live_version": self.version, "revision": self.revision,
+                "shadow_version": None if self.shadow is None else self.shadow.version, "figures": figures,
+                "at_ms": event["at_ms"]}
 
     def status(self) -> dict:
         """Live, shadow and previous versions with their figures (for metrics, the CLI and the docs)."""
