@@ -68,10 +68,6 @@ class BrokerPaths:
         return self.root / "libs"
 
     @property
-    def config(self) -> Path:
-        return self.root / "server.properties"
-
-    @property
     def log4j(self) -> Path:
         return self.root / "log4j2.xml"
 
@@ -82,10 +78,6 @@ class BrokerPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
-
-    @property
-    def pid(self) -> Path:
-        return self.root / "broker.pid"
 
     @property
     def stamp(self) -> Path:

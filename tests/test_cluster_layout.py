@@ -21,7 +21,7 @@ def test_a_single_node_keeps_its_files_in_kafka(tmp_path):
     broker = ManagedBroker(Settings(home=tmp_path))
     broker.write_config()
     (node,) = broker.nodes
-    assert node.root == tmp_path / "kafka" and node.config == broker.paths.config
+    assert node.root == tmp_path / "kafka" and node.config == tmp_path / "kafka" / "server.properties"
     assert not broker.paths.layout.exists()
     props = _props(node.config)
     assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:9093" and "controller.quorum.voters" not in props
