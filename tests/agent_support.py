@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from tiertwin.connectors.kafka import admin_client
+from tiertwin.connectors.kafka import TopicReader, admin_client
 from tiertwin.pipelines.edge_twin import EdgeAgentConfig
 from tiertwin.pipelines.local_twin import LocalAgentConfig
 
@@ -106,19 +106,9 @@ def committed_offset(settings, group: str, topic: str) -> int:
 
 
 def read_raw(topic, settings):
-    """(key, value) of every record of a raw-bytes topic, latest last."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap.split(","), group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for messages in consumer.poll(timeout_ms=500).values():
-                out.extend((m.key.decode(), m.value) for m in messages if m.value is not None)
-        return out
-    finally:
-        consumer.close()
+    """(key, value) of every record of a raw-bytes topic (a changelog of pickles), latest last."""
+    out = []
+    with TopicReader([topic], settings, on_undecodable="raise") as reader:   # poll_raw decodes nothing
+        while not reader.at_end():
+            out.extend((m.key.decode(), m.value) for m in reader.poll_raw(500) if m.value is not None)
+    return out

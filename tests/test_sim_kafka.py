@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.agent_support import wait_until
 from tiertwin.connectors.kafka import KafkaSink, KafkaSource
 from tiertwin.connectors.simulator import SimulatorLoop, SimulatorTopics, World, parse_scenario
 
@@ -52,12 +53,6 @@ def _running(loop: SimulatorLoop, seconds: float = 30.0):
         runner.join(30)
 
 
-def _wait_for(done, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not done():
-        time.sleep(0.05)
-
-
 def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_topic, group_id):
     topics = SimulatorTopics(telemetry=new_topic(2), demands=new_topic(2), cell_reports=new_topic(1),
                              outcomes=new_topic(2), actions=(new_topic(2),), deadletters=new_topic(1))
@@ -92,7 +87,7 @@ def test_decisions_on_the_action_topic_change_the_world(broker, settings, new_to
                                _decision(f"place-{d['demand_id']}", "placement", ue_id=d["ue_id"],
                                          subject_id=d["demand_id"], target="edge"), key=d["ue_id"])
                 agent.flush()
-            _wait_for(lambda: world.stats.decided >= 3 and int(world.serving[1]) == target)
+            wait_until(lambda: world.stats.decided >= 3 and int(world.serving[1]) == target)
     finally:
         source.close()
         sink.close()
@@ -198,7 +193,7 @@ def test_device_mode_places_in_process_and_applies_edge_decisions_from_kafka(bro
                 edge.send(edge_actions, "Decision", _decision("ho-1", "handover", ue_id="ue-0001",
                                                               target=f"cell:{target}"), key="ue-0001")
                 edge.flush()
-            _wait_for(lambda: world.stats.decided >= 10 and int(world.serving[1]) == target)
+            wait_until(lambda: world.stats.decided >= 10 and int(world.serving[1]) == target)
     finally:
         runtime.close()
         source.close()
