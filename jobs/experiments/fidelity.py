@@ -75,12 +75,6 @@ def physics_ms(x: dict, tier: str) -> float:
     return x["uplink_ms"] + x["downlink_ms"] + x[f"{tier}_compute_ms"]
 
 
-def physics_queue_ms(x: dict, tier: str) -> float:
-    """Physics plus the queue ahead (the device's EDF wait, the MEC queue)."""
-    extra = {"local": x["local_queue_ms"], "edge": x["edge_queue_ms"], "cloud": 0.0}[tier]
-    return physics_ms(x, tier) + extra
-
-
 def richest_physics_ms(x: dict, tier: str) -> float:
     """Physics plus every delay the features name: EDF wait (local); RTT and the priority-weighted MEC queue (edge);
     RTT (cloud)."""
@@ -185,6 +179,8 @@ def _summary(errors: list[float]) -> dict[str, float]:
 
 def score_latency(traces: list[Trace], models: dict[str, Any], warmup_s: float) -> dict[str, dict[str, list[float]]]:
     """Absolute errors per target and name: baselines, then each model frozen and prequential."""
+    from tiertwin.pipelines.latency import physics_estimate
+
     errors: dict[str, dict[str, list[float]]] = {t: {} for t in LATENCY_TARGETS}
 
     def add(tier: str, name: str, predicted: float, y: float) -> None:
@@ -200,7 +196,7 @@ def score_latency(traces: list[Trace], models: dict[str, Any], warmup_s: float) 
             if t_ms >= scored_from:
                 add(tier, "running mean", sums[tier] / counts[tier] if counts[tier] else 0.0, y)
                 add(tier, "physics", physics_ms(x, tier), y)
-                add(tier, "physics + queue", physics_queue_ms(x, tier), y)
+                add(tier, "physics + queue", physics_estimate(x, tier), y)   # the residual model's prior
                 add(tier, "richest physics", richest_physics_ms(x, tier), y)
                 for name, m in frozen.items():
                     add(tier, f"{name}, frozen", m.predict_one(x), y)
