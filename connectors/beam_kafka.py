@@ -81,6 +81,8 @@ class ReadSpec:
     poll_interval_s: float = 0.15
     idle_after_s: float = 0.5
     max_poll_records: int = 2000
+    # Which client fetches: librdkafka (confluent-kafka; parses fetches in its own C threads) or kafka-python.
+    client: Literal["librdkafka", "kafka-python"] = "librdkafka"
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,16 @@ class _ReadPartition(beam.DoFn):
         key = (tp.topic, tp.partition)
         consumer = self._consumers.get(key)
         if consumer is None:
-            consumer = _consumer(self.settings, f"tiertwin-beam-{tp.topic}-{tp.partition}",
-                                 fetch_min_bytes=1, fetch_max_wait_ms=500,
-                                 max_poll_records=self.spec.max_poll_records)
+            if self.spec.client == "librdkafka":
+                from tiertwin.connectors.rdkafka import RdKafkaPartitionConsumer
+
+                consumer = RdKafkaPartitionConsumer(self.settings, f"tiertwin-beam-{tp.topic}-{tp.partition}",
+                                                    max_poll_records=self.spec.max_poll_records,
+                                                    fetch_min_bytes=1, fetch_max_wait_ms=500)
+            else:
+                consumer = _consumer(self.settings, f"tiertwin-beam-{tp.topic}-{tp.partition}",
+                                     fetch_min_bytes=1, fetch_max_wait_ms=500,
+                                     max_poll_records=self.spec.max_poll_records)
             consumer.assign([tp])
             self._consumers[key] = consumer
         if self._next_offset.get(key) != offset:  # keep the prefetched data when resuming where we were

@@ -194,3 +194,154 @@ def _as_exception(error) -> Exception:
 def _is_authorization(error: Exception) -> bool:
     text = str(error)
     return "AUTHORIZATION" in text.upper() or "authoriz" in text.lower()
+
+
+# kafka-python consumer keywords -> librdkafka properties (the settings the Beam read passes)
+_CONSUMER_RENAMED = {
+    "fetch_min_bytes": "fetch.min.bytes",
+    "fetch_max_wait_ms": "fetch.wait.max.ms",
+    "enable_auto_commit": "enable.auto.commit",
+}
+
+
+class PartitionRecord:
+    """One record as :class:`RdKafkaPartitionConsumer` hands it over: the attributes of kafka-python's
+    ``ConsumerRecord`` that the Beam read uses."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int, key: bytes | None,
+                 value: bytes | None):
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.timestamp, self.key, self.value = timestamp, key, value
+
+
+class RdKafkaPartitionConsumer:
+    """A group-less librdkafka consumer of assigned partitions, with the part of kafka-python's
+    ``KafkaConsumer`` API the Beam read uses: ``assign``, ``seek``, ``poll(timeout_ms)`` -> ``{tp: records}``,
+    ``position``, ``highwater``, ``close``.
+
+    Why: kafka-python parses a fetch in Python, about 10 µs of the reading thread's CPU per record (and its
+    IO thread holds the GIL meanwhile); librdkafka fetches, decompresses and parses in its own C threads and
+    prefetches the next fetch while Python decodes this one, so a record costs the GIL only the few calls
+    that hand it over (see docs/cloud-twin.md for the measurements).
+
+    ``poll`` returns as soon as one record is there, with whatever else librdkafka has queued, up to
+    ``max_poll_records`` (``Consumer.consume(n, timeout)`` would wait until it has ``n`` or the timeout
+    passed: a caught-up partition would wait out every poll). Settings come from :func:`rdkafka_config`,
+    so SASL/SCRAM is the same as every other client's.
+    """
+
+    def __init__(self, settings: Settings, client_id: str, max_poll_records: int = 2000, **overrides: Any):
+        from confluent_kafka import Consumer
+
+        consumer = {key: overrides.pop(key) for key in list(overrides) if key in _CONSUMER_RENAMED}
+        overrides.pop("group_id", None)
+        config = rdkafka_config(settings, client_id, **overrides)
+        config.pop("partitioner", None)
+        config.pop("request.timeout.ms", None)   # a producer property (librdkafka warns and ignores it)
+        config.update({_CONSUMER_RENAMED[key]: value for key, value in consumer.items()})
+        # No group: positions are the reader's (assign), never committed. librdkafka wants a group id anyway.
+        config.update({"group.id": f"{client_id}-unused", "enable.auto.commit": False,
+                       "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+                       "logger": log, "error_cb": self._on_error})
+        self._consumer = Consumer(config)
+        self.max_poll_records = max_poll_records
+        self._assigned: dict[tuple, Any] = {}     # (topic, partition) -> the caller's TopicPartition
+        self._position: dict[tuple, int] = {}
+        self._fetched: set[tuple] = set()        # partitions whose librdkafka position is of the current seek
+        self._reassign, self._closed = False, False
+
+    @staticmethod
+    def _on_error(error) -> None:
+        log.debug("librdkafka: %s", error)
+
+    def assign(self, tps: list) -> None:
+        """Read these partitions (from where :meth:`seek` puts them; from the earliest offset if never)."""
+        self._assigned = {(tp.topic, tp.partition): tp for tp in tps}
+        self._reassign = True
+
+    def seek(self, tp, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on; whatever librdkafka had prefetched for it is dropped."""
+        self._check_open()
+        self._position[(tp.topic, tp.partition)] = offset
+        self._fetched.discard((tp.topic, tp.partition))  # librdkafka's position is stale until a record comes
+        self._reassign = True
+
+    def _assign(self) -> None:
+        # Assigning sets the start even before the first fetch (seek() needs a partition that is already fetching).
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self._consumer.assign([TopicPartition(t, p, self._position.get((t, p), OFFSET_BEGINNING))
+                               for t, p in self._assigned])
+        self._reassign = False
+
+    def poll(self, timeout_ms: int) -> dict:
+        self._check_open()
+        if self._reassign:
+            self._assign()
+        consumer = self._consumer
+        first = consumer.poll(timeout_ms / 1000)
+        if first is None:
+            return {}
+        messages = [first]
+        if self.max_poll_records > 1:
+            messages += consumer.consume(self.max_poll_records - 1, 0)
+        by_tp: dict = {}
+        record = PartitionRecord
+        for m in messages:
+            if m.error() is not None:
+                self._on_message_error(m)
+                continue
+            key = (m.topic(), m.partition())
+            records = by_tp.get(key)
+            if records is None:
+                records = by_tp[key] = []
+            records.append(record(key[0], key[1], m.offset(), m.timestamp()[1], m.key(), m.value()))
+        out = {}
+        for key, records in by_tp.items():
+            self._position[key] = records[-1].offset + 1
+            self._fetched.add(key)
+            out[self._assigned.get(key, key)] = records
+        return out
+
+    def _on_message_error(self, message) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        error = message.error()
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal() or not error.retriable():
+            raise KafkaException(error)
+        log.debug("librdkafka: %s", error)
+
+    def position(self, tp) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        self._check_open()
+        own = self._position.get((tp.topic, tp.partition))
+        if (tp.topic, tp.partition) not in self._fetched:
+            return own
+        found = self._consumer.position([TopicPartition(tp.topic, tp.partition)])[0].offset
+        # librdkafka's position also moves over offsets without records (transaction markers, compaction)
+        known = [o for o in (own, found) if o is not None and o >= 0]
+        return max(known) if known else None
+
+    def highwater(self, tp) -> int | None:
+        """The partition's end offset as of the last fetch response (no broker round trip); None before one."""
+        from confluent_kafka import TopicPartition
+
+        self._check_open()
+        _, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+        return high if high >= 0 else None
+
+    def _check_open(self) -> None:
+        if self._closed:   # what kafka-python raises on a closed consumer: the read defers its remainder
+            from kafka.errors import IllegalStateError
+
+            raise IllegalStateError("the consumer is closed")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()

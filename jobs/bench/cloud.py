@@ -272,7 +272,8 @@ def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
 
 
 def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2,
-                     train: bool = True, train_in_own_process: bool = True, batches: bool = True) -> dict:
+                     train: bool = True, train_in_own_process: bool = True, batches: bool = True,
+                     client: str = "librdkafka") -> dict:
     """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
     import multiprocessing
     import os
@@ -293,7 +294,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train,
-                             train_in_own_process=train_in_own_process, batches=batches)
+                             train_in_own_process=train_in_own_process, batches=batches, kafka_client=client)
     # These topics are not in the topology, so say which of them the training job needs.
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
@@ -384,7 +385,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     polars_rate = archived / polars_s if polars_s else 0.0
     snapshot_latency = _percentiles(list(per_window.values()))
     return {
-        "runner": "prism", "trains_models": train, "batches": batches,
+        "runner": "prism", "trains_models": train, "batches": batches, "kafka_client": client,
         "training": ("own process" if result is not None and result.trainer is not None
                      else "in the fusing job" if train else "off"),
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
@@ -466,7 +467,7 @@ def _bench_topics(settings, partitions: int):
 
 
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
-                     batches: bool = True, read_max_s: float | None = None) -> dict:
+                     batches: bool = True, read_max_s: float | None = None, client: str = "librdkafka") -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
     how fast it empties them: from the job's submission (when it starts reading) until every window of the
     backlog has its on-time snapshot, with the CPU the SDK worker and Prism (and the training job, if on)
@@ -491,7 +492,8 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=600,
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
-                             train_window_s=max(window_s, 5.0), min_examples=100, train=train, batches=batches)
+                             train_window_s=max(window_s, 5.0), min_examples=100, train=train, batches=batches,
+                             kafka_client=client)
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
     if read_max_s is not None:
@@ -559,7 +561,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     cpu = {f"{name}_s": cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     job_cpu_s = cpu.get("sdk_worker_s", 0.0) + cpu.get("prism_s", 0.0)
     return {
-        "mode": "drain", "runner": "prism", "batches": batches, "trains_models": train,
+        "mode": "drain", "runner": "prism", "batches": batches, "kafka_client": client, "trains_models": train,
         "read_max_s": config.read_max_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "records_prefilled": filled["produced"], "partitions_per_topic": partitions, "window_s": window_s,
@@ -599,6 +601,7 @@ def bench_cloud(
                                  help="Records cross the job in batches (default) or one element each."),
     read_max_s: float = typer.Option(None, help="Drain mode: the job's read_max_s (how long a partition with a "
                                                 "backlog is read per bundle); default: CloudTwinConfig's."),
+    client: str = typer.Option("librdkafka", help="The Kafka client the job reads with: librdkafka or kafka-python."),
 ):
     """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling);
     with --drain N, how fast the job empties a backlog of N records and its CPU per 1,000 records."""
@@ -612,11 +615,11 @@ def bench_cloud(
             raise ConfigError(f"--drain {drain:,} records span {drain // 10:,} ms of event time: less than two "
                               f"{window_s:g} s windows; drain at least {least:,} (or use a smaller --window-s)")
         results = _run_drain_bench(drain, window_s, log=console.print, train=train, batches=batches,
-                                   read_max_s=read_max_s)
+                                   read_max_s=read_max_s, client=client)
         path = write_results("cloud-drain", results, out)
         ceiling = results["polars_ceiling"]
         console.print(f"drained {results['records_fused']} of {results['records_in_complete_windows']} records "
-                      f"({results['records_fused_on_time']} on time; {'batches' if batches else 'records'}) in "
+                      f"({results['records_fused_on_time']} on time; {'batches' if batches else 'records'}, {client}) in "
                       f"{results['drained_s'] - results['job_submitted_s']:.1f} s after the job's submission: "
                       f"{results['records_per_s'] or 0:.0f} records/s, "
                       f"{results['cpu_ms_per_1k_records'] or 0:.1f} ms CPU per 1,000 records (SDK worker + Prism); "
@@ -625,7 +628,7 @@ def bench_cloud(
         console.print(f"results in {path}")
         return
     results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
-                              train_in_own_process=train_in_own_process, batches=batches)
+                              train_in_own_process=train_in_own_process, batches=batches, client=client)
     path = write_results("cloud", results, out)
     latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
     console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "

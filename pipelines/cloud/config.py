@@ -61,6 +61,8 @@ class CloudTwinConfig(BaseModel):
     read_interval_s: float = Field(0.15, gt=0, description="A caught-up partition is read again after this long "
                                                            "(every read is a bundle, which costs CPU on Prism).")
     read_max_s: float = Field(0.1, gt=0, description="A partition with a backlog hands its records on this often.")
+    kafka_client: str = Field("librdkafka", pattern="^(librdkafka|kafka-python)$",
+                              description="The client the Kafka read fetches with (librdkafka: confluent-kafka).")
 
     @model_validator(mode="after")
     def _trainable_models(self):

@@ -188,7 +188,7 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
     reader = ReadFromKafka(list(config.input_topics),
                            ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
                                     idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
-                                    max_read_s=config.read_max_s),
+                                    max_read_s=config.read_max_s, client=config.kafka_client),
                            settings, batches=config.batches)
     read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
