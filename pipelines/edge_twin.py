@@ -43,6 +43,7 @@ from tiertwin.connectors.kafka import KafkaRecord, KeyHashCachePartitioner
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
 from tiertwin.pipelines.features import cell_context, sinr_forecast_features
 from tiertwin.pipelines.forecasting import HorizonBuffer
+from tiertwin.pipelines.geometry import RadioGeometry
 from tiertwin.pipelines.learners import HANDOVER, MEC_SHARE, PRB_SHARE, allocation_reward
 from tiertwin.pipelines.models import ModelSlot, features_to_parameters
 from tiertwin.pipelines.pretrain import load_pretrained
@@ -57,6 +58,9 @@ class EdgeTwinConfig(BaseModel):
     cells: list[int] = Field(default_factory=list, description="Cells this instance serves; empty = every cell of its partitions")
     hysteresis_db: float = Field(3.0, ge=0, le=30)
     handover_horizon_s: float = Field(0.5, gt=0, le=10, description="How far ahead the SINR forecast looks")
+    scenario: str | None = Field(None, description=(
+        "The network this edge runs in (a simulator preset name or scenario YAML): its sites' positions, sector "
+        "boresights and 3GPP model give the SINR forecaster the geometry of each UE's move (None: no geometry)"))
     handover_cooldown_ms: int = Field(2_000, ge=0, description="No second handover of a UE within this much event time")
     allocation_interval_ms: int = Field(1_000, ge=1, description="PRB / MEC shares re-decided per cell at most this often")
     share_cost: float = Field(0.3, ge=0, le=10, description="Reward penalty per unit of share given")
@@ -99,7 +103,22 @@ def summary_sinr(s: dict) -> tuple[float, float | None]:
 
 
 class UEView:
-    """What the edge knows of one UE from its summaries (enough to forecast and to migrate)."""
+    """What the edge knows of one UE from its summaries (enough to forecast and to migrate).
+
+    Its position is the latest summary's; its velocity points along the move between its last two summaries
+    (a jump longer than the speed allows, a highway lane wrapping around, keeps the heading before it),
+    at the latest summary's speed.
+
+    >>> view = UEView("ue-1")
+    >>> for t, x in ((0, 0.0), (100, 3.0), (200, 6.0)):
+    ...     view.update({"window_end_ms": t, "sinr_db": 5.0, "sinr_trend_db_per_s": 0.0, "best_neighbour_cell": None,
+    ...                  "speed_mps": 30.0, "x_m": x, "y_m": 0.0})
+    >>> view.position, view.velocity
+    ((6.0, 0.0), (30.0, 0.0))
+    """
+
+    position: tuple[float, float] | None = None     # class defaults: views pickled before these existed
+    velocity: tuple[float, float] = (0.0, 0.0)
 
     def __init__(self, ue_id: str):
         self.ue_id = ue_id
@@ -142,8 +161,24 @@ class UEView:
             neighbour = (s["best_neighbour_cell"], neighbour_now, trend)
         self.neighbour = neighbour[:2] if neighbour else None
         self.neighbour_trend = neighbour[2] if neighbour else 0.0
+        self._move(s, dt)
         self.ts_ms, self.sinr_db, self.trend, self.speed = s["window_end_ms"], sinr_now, s["sinr_trend_db_per_s"], s["speed_mps"]
         self.summaries += 1
+
+    def _move(self, s: dict, dt: float) -> None:
+        """Position and velocity from a summary (see the class docstring)."""
+        x, y, speed = s.get("x_m"), s.get("y_m"), float(s.get("speed_mps") or 0.0)
+        if x is None or y is None:
+            return
+        heading = self.velocity
+        if self.position is not None and 0 < dt <= 5.0:
+            dx, dy = x - self.position[0], y - self.position[1]
+            step = math.hypot(dx, dy)
+            if 1e-6 < step <= 2.0 * speed * dt + 1.0:
+                heading = (dx / step, dy / step)
+        norm = math.hypot(*heading)
+        self.velocity = (heading[0] / norm * speed, heading[1] / norm * speed) if norm > 0 else (0.0, 0.0)
+        self.position = (float(x), float(y))
 
 
 class CellTwin:
@@ -172,10 +207,13 @@ def handover_margin(serving_forecast_db: float, neighbour_forecast_db: float, hy
     return neighbour_forecast_db - serving_forecast_db - hysteresis_db
 
 
-def forecast_features(view: UEView, cell_id: int, horizon_s: float) -> list[tuple[str, int, dict[str, float]]]:
+def forecast_features(view: UEView, cell_id: int, horizon_s: float, geometry: RadioGeometry | None = None,
+                      loads=None) -> list[tuple[str, int, dict[str, float]]]:
     """``(role, cell, features)`` of the forecasts a UE view asks for: its serving cell ``cell_id`` and, if
     it has one, its best neighbour (:func:`~tiertwin.pipelines.features.sinr_forecast_features`, each
-    with the other cell's SINR).
+    with the other cell's SINR); with a ``geometry`` and the UE's position, also the deterministic SINR change
+    of each cell over the horizon and the shadowing's mean reversion
+    (:meth:`~tiertwin.pipelines.geometry.RadioGeometry.features`, cell ``loads`` held).
 
     >>> view = UEView("ue-1")
     >>> view.sinr_db, view.trend, view.speed, view.neighbour = 5.0, -2.0, 10.0, (4, 9.0)
@@ -188,6 +226,11 @@ def forecast_features(view: UEView, cell_id: int, horizon_s: float) -> list[tupl
     if neighbour is not None:
         out.append(("neighbour", neighbour[0], sinr_forecast_features(neighbour[1], view.neighbour_trend, view.speed,
                                                                        horizon_s, view.sinr_db, neighbour=True)))
+    if geometry is not None and view.position is not None:
+        geo = geometry.features(view.position, view.velocity, horizon_s,
+                                [(cell, x["sinr_db"]) for _, cell, x in out], loads)
+        for (_, _, x), g in zip(out, geo):
+            x.update(g)
     return out
 
 
@@ -266,6 +309,7 @@ class EdgeTwin:
         self.handed_in: OrderedDict[str, dict] = OrderedDict()  # ue -> TwinMigration, until its first summary here
         self.holds_cell = holds_cell
         self._cells = frozenset(config.cells)
+        self._geometry = RadioGeometry.from_scenario(config.scenario) if config.scenario else None
 
     # -- state ---------------------------------------------------------------------------------
     def cell(self, cell_id: int) -> CellTwin:
@@ -365,8 +409,9 @@ class EdgeTwin:
         else:   # the same cell as last time: the SINR it forecast can be checked now
             self._learn_forecast(view, summary, out)
         view.update(summary)
-        self._remember_forecasts(view, cell_id)
-        self._maybe_handover(twin, view, ids, stamps, out)
+        features = self._forecast_features(view, cell_id)
+        self._remember_forecasts(view, features)
+        self._maybe_handover(twin, view, features, ids, stamps, out)
         self._maybe_hand_off(twin, view, out)
         return out
 
@@ -424,21 +469,31 @@ class EdgeTwin:
             self.slots[self.config.handover_model].learn(x, label)
             out.learned.append(self.config.handover_model)
 
-    def _remember_forecasts(self, view: UEView, cell_id: int) -> None:
+    def _remember_forecasts(self, view: UEView, features: list[tuple[str, int, dict[str, float]]]) -> None:
         """Keep this summary's forecast features until their horizon comes (see :meth:`_learn_forecast`)."""
         buffer = getattr(view, "forecasts", None)
         if buffer is None:
             buffer = view.forecasts = HorizonBuffer(self.config.handover_horizon_s)
-        for _, cell, x in forecast_features(view, cell_id, self.config.handover_horizon_s):
+        for _, cell, x in features:
             buffer.push(view.ts_ms, (cell, x))
 
-    def _maybe_handover(self, twin: CellTwin, view: UEView, ids, stamps: dict, out: EdgeOutput) -> None:
+    def _forecast_features(self, view: UEView, cell_id: int) -> list[tuple[str, int, dict[str, float]]]:
+        """:func:`forecast_features` of the view now, with this twin's geometry and its cells' latest loads
+        (once per summary: the forecasts remembered and the handover decided share them)."""
+        geometry, loads = self.__dict__.get("_geometry"), None
+        if geometry is not None:
+            loads = geometry.loads({twin.cell_id: twin.state["prb_utilization"] for twin in self.twins.values()
+                                    if twin.state is not None})
+        return forecast_features(view, cell_id, self.config.handover_horizon_s, geometry, loads)
+
+    def _maybe_handover(self, twin: CellTwin, view: UEView, features: list[tuple[str, int, dict[str, float]]], ids,
+                        stamps: dict, out: EdgeOutput) -> None:
         c = self.config
         if view.neighbour is None or view.ts_ms - view.last_handover_ms < c.handover_cooldown_ms:
             return
         slot = self.slots[c.handover_model]
         model, version = slot.current()
-        (_, _, serving_x), (_, _, neighbour_x) = forecast_features(view, twin.cell_id, c.handover_horizon_s)
+        (_, _, serving_x), (_, _, neighbour_x) = features
         serving, neighbour = model.predict_one(serving_x), model.predict_one(neighbour_x)
         margin = handover_margin(serving, neighbour, c.hysteresis_db)
         if margin <= 0:

@@ -28,7 +28,8 @@ from river import base
 
 from tiertwin.pipelines.rls import RecursiveLeastSquares
 
-FEATURES = ("trend_x_h", "speed_x_h", "sinr_db", "trend_db_per_s", "sinr_x_speed_h", "gap_x_speed_h", "bias")
+FEATURES = ("trend_x_h", "speed_x_h", "sinr_db", "trend_db_per_s", "sinr_x_speed_h", "gap_x_speed_h", "bias",
+            "geo_change_db", "geo_reversion_db")
 ROLES = ("serving", "neighbour")
 # Weight of the newest absolute error in the guard's running MAEs (about 200 labels): where the fit has lately
 # done worse than persistence (a regime it was not trained for, e.g. summaries no longer smoothed), the

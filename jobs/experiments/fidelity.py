@@ -93,8 +93,11 @@ def simulate(scenario: str, seed: int, config: FidelityConfig) -> Trace:
     from tiertwin.pipelines.edge_twin import UEView, forecast_features
     from tiertwin.pipelines.local_twin import UETwin
 
+    from tiertwin.pipelines.geometry import RadioGeometry
+
     base = load_scenario(scenario)
     world = World(base.with_overrides(ues=config.ues), seed=seed)
+    geometry = RadioGeometry.from_scenario(base)     # what the edge twin deployed in this network knows
     trace = Trace(scenario=base.name, seed=seed, start_ms=world.now_ms)
     twins: dict[str, UETwin] = {}
     views: dict[str, tuple[int, UEView]] = {}     # ue -> (cell of its last summary, view)
@@ -143,7 +146,8 @@ def simulate(scenario: str, seed: int, config: FidelityConfig) -> Trace:
             view.update(s)
             views[s["ue_id"]] = (cell, view)
             ue = world.ue_index[s["ue_id"]]
-            for role, c, x in forecast_features(view, cell, config.horizon_s):
+            loads = geometry.loads({c: r["prb_utilization"] for c, r in edge.items()})
+            for role, c, x in forecast_features(view, cell, config.horizon_s, geometry, loads):
                 target = f"sinr {role}"
                 asked.append((len(trace.sinr), ue, c))
                 trace.sinr.append((now, target, x, math.nan, math.nan))
