@@ -1,4 +1,5 @@
-"""A librdkafka producer (confluent-kafka) for the device uplink, built from the shared ``kafka_config``.
+"""librdkafka clients (confluent-kafka), built from the shared ``kafka_config``: the device uplink's producer
+and the cloud twin's partition reader.
 
 The device runtime's uplink hands the broker hundreds of thousands of records per second
 at 10,000 UEs. With kafka-python every record costs Python work in the sending thread
@@ -6,7 +7,9 @@ and again in kafka-python's own IO thread, both holding the GIL the decisions ne
 37.6 µs of CPU per record, all threads counted, against 5.8 µs through librdkafka, whose
 batching, compression, retries and socket IO run in C threads without the GIL
 (50,000 encoded Decisions/LocalSummaries, one broker on this machine, 2026-12-03).
-So the uplink produces through :class:`RdKafkaSink`; every other client stays on kafka-python.
+So the uplink produces through :class:`RdKafkaSink`, and the cloud twin's Beam read fetches through
+:class:`RdKafkaPartitionConsumer` (kafka-python parsed a fetch at about 10 µs of Python per record);
+every other client stays on kafka-python.
 
 The settings come from :func:`~tiertwin.connectors.kafka.kafka_config` (so SASL/SCRAM is
 never dropped) and are translated key by key by :func:`rdkafka_config`; a kafka-python
@@ -204,6 +207,27 @@ _CONSUMER_RENAMED = {
 }
 
 
+def rdkafka_consumer_config(settings: Settings, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka properties for a group-less consumer of assigned partitions: :func:`rdkafka_config`
+    (so SASL/SCRAM too) plus the consumer settings in ``overrides`` (kafka-python's names), translated.
+
+    >>> from tiertwin.settings import Settings
+    >>> config = rdkafka_consumer_config(Settings(bootstrap_servers="a:9092"), "tiertwin-r", fetch_max_wait_ms=500)
+    >>> config["fetch.wait.max.ms"], config["enable.auto.commit"], "partitioner" in config
+    (500, False, False)
+    """
+    consumer = {key: overrides.pop(key) for key in list(overrides) if key in _CONSUMER_RENAMED}
+    overrides.pop("group_id", None)
+    config = rdkafka_config(settings, client_id, **overrides)
+    config.pop("partitioner", None)
+    config.pop("request.timeout.ms", None)   # a producer property (librdkafka warns and ignores it)
+    config.update({_CONSUMER_RENAMED[key]: value for key, value in consumer.items()})
+    # No group: positions are the reader's (assign), never committed. librdkafka wants a group id anyway.
+    config.update({"group.id": f"{client_id}-unused", "enable.auto.commit": False,
+                   "enable.auto.offset.store": False, "auto.offset.reset": "earliest"})
+    return config
+
+
 class PartitionRecord:
     """One record as :class:`RdKafkaPartitionConsumer` hands it over: the attributes of kafka-python's
     ``ConsumerRecord`` that the Beam read uses."""
@@ -235,16 +259,8 @@ class RdKafkaPartitionConsumer:
     def __init__(self, settings: Settings, client_id: str, max_poll_records: int = 2000, **overrides: Any):
         from confluent_kafka import Consumer
 
-        consumer = {key: overrides.pop(key) for key in list(overrides) if key in _CONSUMER_RENAMED}
-        overrides.pop("group_id", None)
-        config = rdkafka_config(settings, client_id, **overrides)
-        config.pop("partitioner", None)
-        config.pop("request.timeout.ms", None)   # a producer property (librdkafka warns and ignores it)
-        config.update({_CONSUMER_RENAMED[key]: value for key, value in consumer.items()})
-        # No group: positions are the reader's (assign), never committed. librdkafka wants a group id anyway.
-        config.update({"group.id": f"{client_id}-unused", "enable.auto.commit": False,
-                       "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-                       "logger": log, "error_cb": self._on_error})
+        config = rdkafka_consumer_config(settings, client_id, **overrides)
+        config.update({"logger": log, "error_cb": self._on_error})
         self._consumer = Consumer(config)
         self.max_poll_records = max_poll_records
         self._assigned: dict[tuple, Any] = {}     # (topic, partition) -> the caller's TopicPartition
