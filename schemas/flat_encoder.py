@@ -149,7 +149,7 @@ def compile_encoder(raw: dict, header: bytes = b"") -> Callable[[dict], bytes]:
 
     The code is per schema: runs of float/double fields are packed by one ``struct`` call, string
     fields remember the encodings of their first values (names, sites, topics repeat), small ints
-    are a table look-up. Decision 3.3 against 9.0 us, LocalSummary 2.9 against 5.7 us (2026-12-03)."""
+    are a table look-up: Decision 5.7 against 9.0 us, LocalSummary 4.5 against 5.7 us before (2026-12-03)."""
     if raw.get("type") != "record":
         raise NotFlat("not a record")
     namespace: dict[str, Any] = {"NotFlat": NotFlat, "_long": _long, "_pack_f": struct.Struct("<f").pack,
