@@ -84,6 +84,83 @@ def demand_features(demand: Mapping, radio: Mapping | None, edge: Mapping | None
     }
 
 
+# The keys of demand_features, in its order (the Decision's ``x_`` parameters follow it).
+DEMAND_FEATURES = ("uplink_ms", "downlink_ms", "congested_transfer_ms", "rtt_ms", "local_compute_ms", "local_queue_ms",
+                   "local_backlog_ms", "edge_compute_ms", "edge_queue_ms", "edge_queue_low_priority_ms",
+                   "cloud_compute_ms", "sinr_db", "prb_utilization", "mec_utilization", "cpu_util", "compute_gcycles",
+                   "input_kb", "output_kb")
+
+
+def radio_terms(radio: Mapping | None) -> tuple[float, float, float, float, float]:
+    """What :func:`placement_features` needs of a UE's denoised radio state, computed once per telemetry update:
+    ``(uplink kbit/ms, downlink kbit/ms, rtt_ms, sinr_db, cpu_util)`` (links clamped at ``MIN_LINK_MBPS``).
+
+    >>> radio_terms(None)
+    (20000.0, 100000.0, 10.0, 10.0, 0.3)
+    """
+    radio = radio or DEFAULT_RADIO
+    ul_mbps, dl_mbps = radio.get("throughput_ul_mbps", 20.0), radio.get("throughput_dl_mbps", 100.0)
+    return ((MIN_LINK_MBPS if MIN_LINK_MBPS > ul_mbps else ul_mbps) * 1000.0,
+            (MIN_LINK_MBPS if MIN_LINK_MBPS > dl_mbps else dl_mbps) * 1000.0,
+            float(radio.get("rtt_ms", 10.0)), float(radio.get("sinr_db", 10.0)), float(radio.get("cpu_util", 0.3)))
+
+
+def edge_terms(edge: Mapping | None) -> tuple[float, float, float, float]:
+    """What :func:`placement_features` needs of a cell's EdgeState, computed once per EdgeState:
+    ``(MEC capacity Gcycles/s, edge_queue_ms, prb_utilization, mec_utilization)``.
+
+    >>> edge_terms(None)
+    (200.0, 0.0, 0.5, 0.0)
+    """
+    edge = edge or DEFAULT_EDGE
+    mec_capacity = max(float(edge.get("mec_capacity_gcps") or DEFAULT_MEC_CAPACITY_GCPS), 1e-3)
+    return (mec_capacity, float(edge.get("mec_queue_gcycles", 0.0)) / mec_capacity * 1000.0,
+            float(edge.get("prb_utilization", 0.5)), float(edge.get("mec_utilization", 0.0)))
+
+
+DEFAULT_RADIO_TERMS = radio_terms(None)
+DEFAULT_EDGE_TERMS = edge_terms(None)
+
+
+def placement_features(demand: Mapping, radio: tuple, edge: tuple, local_queue_ms: float,
+                       local_backlog_ms: float) -> dict[str, float]:
+    """:func:`demand_features`, the same numbers operand for operand, from :func:`radio_terms` and
+    :func:`edge_terms` (cached per UE and per cell): what the local twin computes per demand, on the device.
+
+    >>> d = {"compute_gcycles": 0.5, "input_bytes": 125_000, "output_bytes": 250_000, "priority": 6}
+    >>> r = {"throughput_ul_mbps": 100.0, "throughput_dl_mbps": 200.0, "rtt_ms": 8.0, "cpu_util": 0.5, "sinr_db": 15.0}
+    >>> e = {"mec_capacity_gcps": 100.0, "mec_queue_gcycles": 1.0, "prb_utilization": 0.5, "mec_utilization": 0.25}
+    >>> placement_features(d, radio_terms(r), edge_terms(e), 2.0, 3.0) == demand_features(d, r, e, 2.0, 3.0)
+    True
+    """
+    ul, dl, rtt, sinr, cpu = radio
+    mec_capacity, edge_queue_ms, prb_utilization, mec_utilization = edge
+    gcycles = float(demand["compute_gcycles"])
+    input_bytes, output_bytes = demand["input_bytes"], demand["output_bytes"]
+    uplink_ms = input_bytes * 8.0 / ul
+    downlink_ms = output_bytes * 8.0 / dl
+    return {
+        "uplink_ms": uplink_ms,
+        "downlink_ms": downlink_ms,
+        "congested_transfer_ms": (uplink_ms + downlink_ms) * prb_utilization,
+        "rtt_ms": rtt,
+        "local_compute_ms": gcycles / DEVICE_CAPACITY_GCPS * 1000.0,
+        "local_queue_ms": local_queue_ms,
+        "local_backlog_ms": local_backlog_ms,
+        "edge_compute_ms": gcycles / mec_capacity * 1000.0,
+        "edge_queue_ms": edge_queue_ms,
+        "edge_queue_low_priority_ms": edge_queue_ms * (7 - int(demand.get("priority", 0))) / 7.0,
+        "cloud_compute_ms": gcycles / CLOUD_CAPACITY_GCPS * 1000.0,
+        "sinr_db": sinr,
+        "prb_utilization": prb_utilization,
+        "mec_utilization": mec_utilization,
+        "cpu_util": cpu,
+        "compute_gcycles": gcycles,
+        "input_kb": input_bytes / 1000.0,
+        "output_kb": output_bytes / 1000.0,
+    }
+
+
 def sinr_forecast_features(sinr_db: float, trend_db_per_s: float, speed_mps: float,
                            horizon_s: float, other_sinr_db: float | None = None,
                            neighbour: bool = False) -> dict[str, float]:

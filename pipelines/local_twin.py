@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+import struct
 import time
 from collections import OrderedDict, deque
 from typing import Any, Literal
@@ -37,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tiertwin.connectors.kafka import KafkaRecord
 from tiertwin.errors import RecordRejected
 from tiertwin.pipelines.agent import AgentConfig, TwinAgent, decision_id, decision_stamps
-from tiertwin.pipelines.edf import edf_key
-from tiertwin.pipelines.features import TIERS, demand_features
+from tiertwin.pipelines.edf import NOT_CRITICAL_OFFSET_MS, edf_key
+from tiertwin.pipelines.features import (DEFAULT_EDGE_TERMS, DEFAULT_RADIO_TERMS, DEMAND_FEATURES, TIERS,
+                                          edge_terms, placement_features, radio_terms)
 from tiertwin.pipelines.learners import DEMAND_LATENCY, deadline_confidence
 from tiertwin.pipelines.models import FEATURE_PREFIX, ModelSlot
 from tiertwin.pipelines.pretrain import load_pretrained
@@ -47,6 +49,7 @@ from tiertwin.topics import (ACTIONS_LOCAL, DEMANDS, EDGE_STATE, LOCAL_CHANGELOG
 
 TwinSite = Literal["device", "edge", "cloud"]
 _INFINITY = float("inf")
+_time_ns = time.time_ns
 _REMAINING = operator.itemgetter(1)     # of an EdfQueue task [deadline, remaining compute]
 
 
@@ -126,6 +129,8 @@ class UETwin:
     # Twins checkpointed before the latest raw samples were kept read them as unknown.
     sinr_last: float | None = None
     neighbour_sinr_last: float | None = None
+    # features.radio_terms of ``radio``, computed by the first placement after a telemetry update (None: stale).
+    radio_terms: tuple | None = None
 
     def __init__(self, ue_id: str, history_length: int = 20):
         self.ue_id = ue_id
@@ -157,6 +162,7 @@ class UETwin:
         else:
             for k in DENOISED:
                 radio[k] += alpha * (t[k] - radio[k])
+        self.radio_terms = None
         self.sinr_last = float(t["sinr_db"])
         if t["neighbours"]:
             best = t["neighbours"][0]
@@ -318,6 +324,43 @@ class _ParameterNames(dict):
 _FEATURE_KEYS = _ParameterNames()
 
 
+def _compile_parameters_builder():
+    """``parameters(predicted_ms, deadline_ms, wait_ms, predicted, x)``: a Decision's parameters in one dict display
+    (the same keys and order as built key by key before: chosen tier, deadline, EDF wait, ``predicted_<tier>_ms``,
+    then ``x_<feature>`` in :data:`~tiertwin.pipelines.features.DEMAND_FEATURES` order). Features other than those
+    (a model's own ``x``) are added after them."""
+    predicted = ", ".join(f"{_PREDICTED_KEYS[t]!r}: p[{t!r}]" for t in TIERS)
+    features = ", ".join(f"{FEATURE_PREFIX + k!r}: x[{k!r}]" for k in DEMAND_FEATURES)
+    source = (f"def parameters(chosen, deadline, wait, p, x):\n"
+              f"    return {{'predicted_latency_ms': chosen, 'deadline_ms': deadline, 'edf_wait_ms': wait, {predicted}, "
+              f"{features}}}\n")
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # noqa: S102 - built from the module's own constant names
+    return namespace["parameters"]
+
+
+_decision_parameters = _compile_parameters_builder()
+_EXAMPLE = struct.Struct(f"<{len(DEMAND_FEATURES)}d")
+
+
+def _pack_example(x: dict) -> bytes | dict:
+    """A placement's features as they wait for the outcome (up to ``pending_outcomes`` of them): one bytes object
+    instead of a dict of 18 float objects. At 10,000 UEs 100,000 examples wait; freeing an old dict (its floats
+    long out of the cache) cost each placement that evicted one more than the packing does. Exact (doubles)."""
+    if len(x) == len(DEMAND_FEATURES):
+        try:
+            return _EXAMPLE.pack(*[x[k] for k in DEMAND_FEATURES])
+        except (KeyError, struct.error):
+            pass
+    return x
+
+
+def _unpack_example(packed: bytes | dict) -> dict:
+    if type(packed) is bytes:
+        return dict(zip(DEMAND_FEATURES, _EXAMPLE.unpack(packed)))
+    return packed
+
+
 class LocalTwin:
     """The local twins of a set of UEs (a device hosts its own UE's, the service many). No Kafka inside.
 
@@ -350,12 +393,20 @@ class LocalTwin:
         self.slot = ModelSlot(config.demand_latency_model, model, model_version)
         self.twins: dict[str, UETwin] = {}
         self.edge_states: dict[int, dict] = {}
-        self.pending: OrderedDict[str, tuple[dict, str, str]] = OrderedDict()   # decision id -> (x, tier, demand id)
+        # decision id -> (x, tier, demand id); x packed (_pack_example) while it waits for its outcome
+        self.pending: OrderedDict[str, tuple[Any, str, str]] = OrderedDict()
         self.pending_by_demand: dict[str, str] = {}     # demand id -> its latest pending decision id
         self._due: dict[str, None] = {}     # UEs whose summary window is due, in the order they became due
         # Both cost tables are built once: place() only picks one.
         self._costs = {tier: float(config.tier_costs.get(tier, 1.0)) for tier in TIERS}
         self._low_battery_costs = {**self._costs, "local": 2 * self._costs["local"]}
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        # Caches of place(), not state (not pickled): per cell (EdgeState, features.edge_terms of it), and
+        # (model, its per-tier running error) for the decision's confidence.
+        self._edge_terms: dict[int, tuple[dict, tuple]] = {}
+        self._mae: tuple[Any, Any] = (None, None)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -381,12 +432,19 @@ class LocalTwin:
         """The UE's EDF queue of local work (the device runs its local work in this order)."""
         return self.twin(ue_id).device
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_edge_terms", None)
+        state.pop("_mae", None)
+        return state
+
     def __setstate__(self, state: dict) -> None:
         # The slot pickles whole (version, revision, shadow); pickles made before that carry its fields.
         if "slot_state" in state:
             name, model, version, swaps = state.pop("slot_state")
             state["slot"] = ModelSlot(name, model, version, swaps)
         self.__dict__.update(state)
+        self._init_caches()
 
     # -- data module ---------------------------------------------------------------------------
     def observe(self, telemetry: dict) -> bool:
@@ -427,50 +485,86 @@ class LocalTwin:
         ``stamps`` (the provenance fields, see :func:`~tiertwin.pipelines.agent.decision_stamps`) default
         to the demand itself as the source. A demand placed locally enters the UE's EDF queue.
         """
-        received_ns = time.time_ns()
+        received_ns = _time_ns()
         c = self.config
         ue_id = demand["ue_id"]
         twin = self.twins.get(ue_id) or self.twin(ue_id)
-        model, version = self.slot.current()
-        now_ms, deadline_ms = demand["ts_ms"], demand["deadline_ms"]
+        slot = self.slot
+        model, version = slot.current()
+        now_ms, deadline_ms, cell = demand["ts_ms"], demand["deadline_ms"], demand["serving_cell"]
         # The device runs local work in edf_key order (the simulated device too); background work
-        # (below critical_priority) waits behind everything queued.
-        key = edf_key(now_ms, deadline_ms, demand["priority"], c.critical_priority)
+        # (below critical_priority) waits behind everything queued. edf_key, inlined (per demand, on the device).
         critical = demand["priority"] >= c.critical_priority
+        key = float(now_ms) + (float(deadline_ms) if critical else NOT_CRITICAL_OFFSET_MS)
         queue = twin.device
-        wait, backlog = queue.waits(now_ms, key if critical else _INFINITY)
-        x = demand_features(demand, twin.radio or None, self.edge_states.get(demand["serving_cell"]), wait, backlog)
+        if queue.tasks:
+            wait, backlog = queue.waits(now_ms, key if critical else _INFINITY)
+        else:   # nothing queued: what waits() gives, without its calls
+            if now_ms > queue.clock_ms:
+                queue.clock_ms = now_ms
+            wait = backlog = 0.0
+        # The radio and edge terms change with telemetry and EdgeState, not per demand: computed once per update.
+        terms = twin.radio_terms
+        if terms is None:
+            terms = twin.radio_terms = radio_terms(twin.radio) if twin.radio else DEFAULT_RADIO_TERMS
+        edge = self.edge_states.get(cell)
+        if edge is None:
+            cell_terms = DEFAULT_EDGE_TERMS
+        else:
+            cached = self._edge_terms.get(cell)
+            if cached is None or cached[0] is not edge:
+                cached = self._edge_terms[cell] = (edge, edge_terms(edge))
+            cell_terms = cached[1]
+        x = placement_features(demand, terms, cell_terms, wait, backlog)
         predicted = model.predict_tiers(x)
         costs = self._low_battery_costs if twin.battery_pct < c.low_battery_pct else self._costs
         tier = choose_tier(predicted, deadline_ms, costs, c.deadline_margin)
         if tier == "local":
             queue.add(now_ms, key, x["local_compute_ms"])
         twin.placed[tier] += 1
-        parameters = {"predicted_latency_ms": predicted[tier], "deadline_ms": float(deadline_ms), "edf_wait_ms": wait}
-        for t, v in predicted.items():
-            parameters[_PREDICTED_KEYS[t]] = v
-        # The features travel with the decision (the cloud learns from them); demand_features gives floats.
-        for k, v in x.items():    # a loop, not update(comprehension): no temporary dict (0.6 us of ~20 per placement)
-            parameters[_FEATURE_KEYS[k]] = v
-        did = decision_id or f"local/placement/{demand['demand_id']}"
-        decision = {
-            "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": demand["serving_cell"],
-            "subject_id": demand["demand_id"], "target": tier, "parameters": parameters,
-            "model_name": self.slot.name, "model_version": version, "model_revision": self.slot.revision,
-            "confidence": deadline_confidence(predicted[tier], deadline_ms, _mae(model, tier)),
-        }
+        chosen = predicted[tier]
+        # The features travel with the decision (the cloud learns from them): one dict display, built once.
+        try:
+            if len(predicted) != len(TIERS):
+                raise KeyError
+            parameters = _decision_parameters(chosen, float(deadline_ms), wait, predicted, x)
+        except KeyError:    # a model predicting other tiers than the three: key by key
+            parameters = {"predicted_latency_ms": chosen, "deadline_ms": float(deadline_ms), "edf_wait_ms": wait}
+            for t, v in predicted.items():
+                parameters[_PREDICTED_KEYS[t]] = v
+            for k, v in x.items():
+                parameters[_FEATURE_KEYS[k]] = v
+        mae = self._mae
+        if mae[0] is not model:     # the model's running error per tier (DemandLatencyModel, ResidualLatencyModel)
+            fn = getattr(model, "mae", None)
+            mae = self._mae = (model, fn if callable(fn) else None)
+        confidence = deadline_confidence(chosen, deadline_ms, mae[1](tier) if mae[1] is not None else 5.0)
+        demand_id = demand["demand_id"]
+        did = decision_id or f"local/placement/{demand_id}"
         if stamps is None:
-            decision.update(source_topic="device", source_partition=0, source_offset=0, source_ts_ms=now_ms,
-                            source_emitted_ns=demand.get("emitted_ns", 0), received_ns=received_ns)
+            decision = {
+                "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": cell,
+                "subject_id": demand_id, "target": tier, "parameters": parameters,
+                "model_name": slot.name, "model_version": version, "model_revision": slot.revision,
+                "confidence": confidence, "source_topic": "device", "source_partition": 0, "source_offset": 0,
+                "source_ts_ms": now_ms, "source_emitted_ns": demand.get("emitted_ns", 0), "received_ns": received_ns,
+                "twin_site": c.site,
+            }
         else:
+            decision = {
+                "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": cell,
+                "subject_id": demand_id, "target": tier, "parameters": parameters,
+                "model_name": slot.name, "model_version": version, "model_revision": slot.revision,
+                "confidence": confidence,
+            }
             decision.update(stamps)
-        decision["twin_site"] = c.site
-        self._remember(did, demand["demand_id"], x, tier)
-        decision["decided_ns"] = time.time_ns()
+            decision["twin_site"] = c.site
+        self._remember(did, demand_id, x, tier)
+        decision["decided_ns"] = _time_ns()
         return decision
 
     def _remember(self, did: str, demand_id: str, x: dict, tier: str) -> None:
-        self.pending[did] = (x, tier, demand_id)
+        self.pending[did] = (_pack_example(x), tier, demand_id)
         self.pending_by_demand[demand_id] = did
         limit = self.config.pending_outcomes
         while len(self.pending) > limit:
@@ -492,6 +586,7 @@ class LocalTwin:
         if example is None:
             return False
         x, tier, demand_id = example
+        x = _unpack_example(x)
         self._forget_demand(demand_id, did)
         placement = outcome.get("placement")
         # The slot scores a shadow (or the previous model, on probation) on the same example first.
