@@ -48,6 +48,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import IllegalStateError
 
+from tiertwin.connectors.beam_resume import RESUME_LOG, ResumePolicy, committed_positions
 from tiertwin.connectors.kafka import kafka_config
 from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import ConfigError, RecordRejected
@@ -83,6 +84,8 @@ class ReadSpec:
     max_poll_records: int = 2000
     # Which client fetches: librdkafka (confluent-kafka; parses fetches in its own C threads) or kafka-python.
     client: Literal["librdkafka", "kafka-python"] = "librdkafka"
+    # Commit offsets to this consumer group, and start from its committed offsets (see connectors/beam_resume.py).
+    resume: "ResumePolicy | None" = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
         what = f"the offsets of {', '.join(repr(t) for t in topics)}"
         starts = wait_out(lambda: _offsets_at(consumer, tps, spec.start), what, settings)
+        if spec.resume is not None:  # resume where the group committed (the others start at spec.start)
+            committed = wait_out(lambda: committed_positions(settings, spec.resume.group_id, tps), what, settings)
+            starts = {tp: committed[tp][0] if tp in committed else starts[tp] for tp in tps}
         stops = ({tp: UNBOUNDED for tp in tps} if spec.stop is None
                  else wait_out(lambda: _offsets_at(consumer, tps, spec.stop), what, settings))
         every = tuple((tp.topic, tp.partition) for tp in tps)
@@ -175,6 +181,7 @@ class _ReadPartition(beam.DoFn):
         self.batches = batches
         self.read = Metrics.counter("kafka-read", "records")
         self.rejected = Metrics.counter("kafka-read", "dead_letters")
+        self.committed = Metrics.counter("kafka-read", "offset_commits")
 
     def setup(self):
         from tiertwin.schemas import SchemaRegistry
@@ -209,11 +216,15 @@ class _ReadPartition(beam.DoFn):
         return consumer
 
     def process(self, element: PartitionSlice,
+                finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF's keyword parameters (passed by name)
                 tracker=beam.DoFn.RestrictionParam(PartitionOffsets()),
                 watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
-        yield from self._read(element, tracker, watermark)
+        yield from self._read(element, tracker, watermark, finalizer)
 
-    def _read(self, element: PartitionSlice, tracker, watermark):
+    def _read(self, element: PartitionSlice, tracker, watermark, finalizer=None):
+        commits: list = []  # what to do once the runner holds this bundle (_commit_when_finalized)
+        if finalizer is not None:  # every bundle: Prism finalizes each bundle of a stage that can ask for it
+            finalizer.register(lambda: [commit() for commit in commits])
         restriction = tracker.current_restriction()
         if restriction.start >= restriction.stop:
             return
@@ -223,6 +234,8 @@ class _ReadPartition(beam.DoFn):
             _WORKER_WATERMARKS.forget(self.read_id, key)
             return
         _WORKER_WATERMARKS.expect(self.read_id, element.read_partitions)
+        if self.spec.resume is not None:
+            RESUME_LOG.started(self.read_id, key, restriction.start)
         consumer = self._consumer_at(tp, restriction.start)
         deadline = time.monotonic() + self.spec.max_read_s
         last_claimed = restriction.start - 1
@@ -242,6 +255,7 @@ class _ReadPartition(beam.DoFn):
                 highwater = consumer.highwater(tp)
                 if highwater is not None and self._next_offset[key] >= highwater:
                     self._advance_idle(key, watermark)
+                    self._commit_when_finalized(commits, tp)
                 # else: records exist that this poll did not bring (a slow fetch, a starved CPU); not idle
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
@@ -271,13 +285,39 @@ class _ReadPartition(beam.DoFn):
             if newest is not None:
                 self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
             _WORKER_WATERMARKS.progressed(self.read_id, key)
+            if self.spec.resume is not None:
+                RESUME_LOG.note(self.read_id, key, self._next_offset[key],
+                                None if newest is None else newest.micros // 1000)
             highwater = consumer.highwater(tp)
             if highwater is not None and self._next_offset[key] >= highwater:
                 # Caught up: end the bundle now so its records (and watermark) move on downstream,
                 # instead of waiting out max_read_s for a trickle.
+                self._commit_when_finalized(commits, tp)
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
         tracker.defer_remainder(Duration.of(0))
+
+    def _commit_when_finalized(self, commits: list, tp: TopicPartition) -> None:
+        """Once the runner holds this bundle, commit the partition's resume point (connectors/beam_resume.py):
+        the last breakpoint before the replay point of the read's held watermark, at most this bundle's end.
+        Only bundles that caught their partition up commit (a read with a backlog runs ahead of downstream)."""
+        resume = self.spec.resume
+        key = (tp.topic, tp.partition)
+        if resume is None or key not in self._next_offset:
+            return
+        held = _WORKER_WATERMARKS.held(self.read_id)
+        if held is None or held <= MIN_TIMESTAMP:
+            return
+        replay_from = resume.replay_from(held.micros // 1000)
+        upto, read_id, settings = self._next_offset[key], self.read_id, self.settings
+
+        def commit():
+            offset = RESUME_LOG.to_commit(read_id, key, upto, replay_from)
+            if offset is not None:
+                RESUME_LOG.commit(settings, resume.group_id, tp, offset, replay_from)
+                self.committed.inc()
+
+        commits.append(commit)
 
     def _lost_position(self, key: tuple) -> None:
         """The runner split the range under a fetch: the consumer has handed over records this restriction
@@ -397,6 +437,13 @@ class _WorkerWatermarks:
             fresh = [w for (rid, _), (w, seen) in self._own.items() if rid == read_id and now - seen < self.stale_s]
         return min(fresh)
 
+    def held(self, read_id: str) -> Timestamp | None:
+        """The read's held watermark here: the minimum over its fresh partitions (None: none reported)."""
+        now = time.monotonic()
+        with self._lock:
+            fresh = [w for (rid, _), (w, seen) in self._own.items() if rid == read_id and now - seen < self.stale_s]
+        return min(fresh) if fresh else None
+
     def forget(self, read_id: str, key: tuple) -> None:
         with self._lock:
             self._own.pop((read_id, key), None)
@@ -423,9 +470,10 @@ class _ReadOpenPartition(_ReadPartition):
 
     @beam.DoFn.unbounded_per_element()
     def process(self, element: PartitionSlice,
+                finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF's keyword parameters (passed by name)
                 tracker=beam.DoFn.RestrictionParam(PartitionOffsets()),
                 watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
-        yield from self._read(element, tracker, watermark)
+        yield from self._read(element, tracker, watermark, finalizer)
 
 
 def decode_record(registry, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,

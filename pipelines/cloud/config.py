@@ -63,6 +63,13 @@ class CloudTwinConfig(BaseModel):
     read_max_s: float = Field(0.1, gt=0, description="A partition with a backlog hands its records on this often.")
     kafka_client: str = Field("librdkafka", pattern="^(librdkafka|kafka-python)$",
                               description="The client the Kafka read fetches with (librdkafka: confluent-kafka).")
+    consumer_group: str | None = Field("tiertwin-cloud-twin", min_length=1, description="The Kafka consumer group "
+                                       "the job commits its resume offsets to and resumes from (the training job "
+                                       "beside it: '<group>-training'); None: no commits, start at `start`.")
+    resume_margin_s: float = Field(10.0, ge=0, description="Event time a snapshot may take to be written after the "
+                                   "watermark closed its window: commits stay this far further behind.")
+    emitted_before_ms: int | None = Field(None, description="Set at start-up from the group's commits: windows "
+                                          "starting before it were emitted before a restart and are not again.")
 
     @model_validator(mode="after")
     def _trainable_models(self):
@@ -101,6 +108,25 @@ class CloudTwinConfig(BaseModel):
             raise ConfigError(f"training {', '.join(self.model_names)} needs {', '.join(sorted(used))} records; "
                               f"no input topic carries them")
         return topics
+
+    def resume_policy(self):
+        """Where the read commits and how far behind its watermark (None: ``consumer_group`` is None).
+
+        The replay point is aligned on the fusion windows (the training windows when the job only trains);
+        a job that does both holds back by the longer training window too.
+
+        >>> CloudTwinConfig(window_s=10, allowed_lateness_s=30, resume_margin_s=10).resume_policy().replay_from(100_000)
+        60000
+        """
+        from tiertwin.connectors.beam_resume import ResumePolicy
+
+        if self.consumer_group is None:
+            return None
+        window_s = self.window_s if self.fuse else self.train_window_s
+        period_s = (self.slide_s or self.window_s) if self.fuse else self.train_window_s
+        margin_s = self.resume_margin_s + (max(0.0, self.train_window_s - window_s) if self.train else 0.0)
+        return ResumePolicy(self.consumer_group, window_ms=round(window_s * 1000), period_ms=round(period_s * 1000),
+                            lateness_ms=round(self.allowed_lateness_s * 1000), margin_ms=round(margin_s * 1000))
 
     def windowing(self) -> window.WindowFn:
         from apache_beam.transforms import window

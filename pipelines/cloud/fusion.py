@@ -41,6 +41,11 @@ class CellAggregate:
     into what folding all its records at once gives. The p95 needs the values themselves,
     so the latencies are kept (one float per outcome), everything else is counts and sums.
 
+    The sums are exact: integers in millionths (:func:`fixed`), so they add up to the same
+    value whatever the order the runner merges the partial aggregates in, and a window computed
+    twice from the same records (after a restart, see connectors/beam_resume.py) gives the same
+    snapshot to the bit.
+
     >>> from tiertwin.schemas.examples import example
     >>> a, b = CellAggregate(), CellAggregate()
     >>> a.add_summary(example("LocalSummary", ue_id="ue-1", sinr_db=10.0))
@@ -48,14 +53,14 @@ class CellAggregate:
     >>> b.add_outcome(example("Outcome", ue_id="ue-1", latency_ms=12.0, deadline_met=False))
     >>> total = a.merge(b)
     >>> total.summaries, total.sinr_sum, sorted(total.ues), total.latencies, total.missed
-    (2, 30.0, ['ue-1', 'ue-2'], [12.0], 1)
+    (2, 30000000, ['ue-1', 'ue-2'], [12.0], 1)
     """
 
     summaries: int = 0
-    sinr_sum: float = 0.0
+    sinr_sum: int = 0      # millionths of a dB
     edge_states: int = 0
-    prb_sum: float = 0.0
-    queue_sum: float = 0.0
+    prb_sum: int = 0       # millionths
+    queue_sum: int = 0     # millionths of a Gcycle
     decisions_by_tier: dict = field(default_factory=dict)
     outcomes: int = 0
     latencies: list = field(default_factory=list)
@@ -65,13 +70,13 @@ class CellAggregate:
 
     def add_summary(self, r: dict) -> None:
         self.summaries += 1
-        self.sinr_sum += r["sinr_db"]
+        self.sinr_sum += fixed(r["sinr_db"])
         self.ues.add(r["ue_id"])
 
     def add_edge_state(self, r: dict) -> None:
         self.edge_states += 1
-        self.prb_sum += r["prb_utilization"]
-        self.queue_sum += r["mec_queue_gcycles"]
+        self.prb_sum += fixed(r["prb_utilization"])
+        self.queue_sum += fixed(r["mec_queue_gcycles"])
 
     def add_decision(self, r: dict) -> None:
         tier = r["tier"]
@@ -104,6 +109,18 @@ class CellAggregate:
         self.missed += other.missed
         self.ues |= other.ues
         return self
+
+
+FIXED_POINT = 1_000_000
+
+
+def fixed(value: float) -> int:
+    """``value`` in millionths, rounded half up (the polars path rounds the same way: the same float operations).
+
+    >>> fixed(14.25), fixed(-0.0000005), fixed(0.1)
+    (14250000, 0, 100000)
+    """
+    return math.floor(value * FIXED_POINT + 0.5)
 
 
 class CellAggregateCoder(beam.coders.Coder):
@@ -144,6 +161,10 @@ def _mean(total: float, n: int) -> float | None:
     return total / n if n else None
 
 
+def _fixed_mean(total: int, n: int) -> float | None:
+    return total / (n * FIXED_POINT) if n else None
+
+
 def _p95(values: list[float]) -> float | None:
     """95th percentile with linear interpolation (numpy's and polars' ``linear``)."""
     if not values:
@@ -172,12 +193,13 @@ def snapshot(cell: int, window_start_ms: int, window_end_ms: int, total: CellAgg
         "cell_id": int(cell), "window_start_ms": int(window_start_ms), "window_end_ms": int(window_end_ms),
         "pane": pane, "ues": len(total.ues), "summaries": total.summaries, "edge_states": total.edge_states,
         "decisions": sum(total.decisions_by_tier.values()), "outcomes": total.outcomes,
-        "mean_sinr_db": _mean(total.sinr_sum, total.summaries),
-        "mean_prb_utilization": _mean(total.prb_sum, total.edge_states),
-        "mean_mec_queue_gcycles": _mean(total.queue_sum, total.edge_states),
-        "mean_latency_ms": _mean(sum(latencies), len(latencies)), "p95_latency_ms": _p95(latencies),
+        "mean_sinr_db": _fixed_mean(total.sinr_sum, total.summaries),
+        "mean_prb_utilization": _fixed_mean(total.prb_sum, total.edge_states),
+        "mean_mec_queue_gcycles": _fixed_mean(total.queue_sum, total.edge_states),
+        # fsum: correctly rounded, so the same whatever order the partial aggregates merged in
+        "mean_latency_ms": _mean(math.fsum(latencies), len(latencies)), "p95_latency_ms": _p95(latencies),
         "deadline_miss_rate": _mean(total.missed, total.judged),
-        "decisions_by_tier": dict(total.decisions_by_tier), "emitted_ns": time.time_ns(),
+        "decisions_by_tier": dict(sorted(total.decisions_by_tier.items())), "emitted_ns": time.time_ns(),
     }
 
 
@@ -282,8 +304,8 @@ def batch_aggregates(stream: str, batch: RecordBatch, slice_us: int, offset_us: 
     """One batch of one stream -> ``[((cell, slice start µs), earliest µs, CellAggregate)]`` and the number of
     rows without a cell, computed by polars on the batch's Arrow columns.
 
-    The same aggregates as folding each record with :data:`ADD_TO_AGGREGATE` (float sums may differ in
-    the last bits: polars adds in its own order).
+    The same aggregates as folding each record with :data:`ADD_TO_AGGREGATE` (sums are exact integers:
+    :func:`fixed`).
     """
     import polars as pl
 
@@ -299,10 +321,11 @@ def batch_aggregates(stream: str, batch: RecordBatch, slice_us: int, offset_us: 
     key = [cell_field, "_slice"]
     has_ue = pl.col("ue_id").filter(pl.col("ue_id").is_not_null() & (pl.col("ue_id") != ""))
     if stream == SUMMARIES:
-        aggs = [pl.len().alias("n"), pl.col("sinr_db").sum().alias("sinr_sum"), pl.col("ue_id").unique().alias("ues")]
+        aggs = [pl.len().alias("n"), _fixed_col("sinr_db").sum().alias("sinr_sum"),
+                pl.col("ue_id").unique().alias("ues")]
     elif stream == EDGE_STATES:
-        aggs = [pl.len().alias("n"), pl.col("prb_utilization").sum().alias("prb_sum"),
-                pl.col("mec_queue_gcycles").sum().alias("queue_sum")]
+        aggs = [pl.len().alias("n"), _fixed_col("prb_utilization").sum().alias("prb_sum"),
+                _fixed_col("mec_queue_gcycles").sum().alias("queue_sum")]
     elif stream == DECISIONS:
         aggs = [pl.col("tier").value_counts().alias("tiers"), has_ue.unique().alias("ues")]
     elif stream == OUTCOMES:
@@ -329,9 +352,26 @@ def batch_aggregates(stream: str, batch: RecordBatch, slice_us: int, offset_us: 
     return out, without_cell
 
 
+def _fixed_col(name: str):
+    import polars as pl
+
+    return (pl.col(name) * FIXED_POINT + 0.5).floor().cast(pl.Int64)
+
+
 class _ToSnapshot(beam.DoFn):
+    """The snapshot of a cell and window pane; none for a window that starts before ``emitted_before_ms``
+    (emitted before the job restarted: connectors/beam_resume.py), counted as
+    ``cloud-fusion/windows_emitted_before_restart``."""
+
+    def __init__(self, emitted_before_ms: int | None = None):
+        self.emitted_before_ms = emitted_before_ms
+        self.skipped = Metrics.counter("cloud-fusion", "windows_emitted_before_restart")
+
     def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         cell, partials = element
+        if self.emitted_before_ms is not None and win.start.micros // 1000 < self.emitted_before_ms:
+            self.skipped.inc()
+            return
         total = CellAggregate()
         for partial in partials:
             total.merge(partial)
@@ -367,4 +407,4 @@ class FuseTiers(beam.PTransform):
                                               accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                                               allowed_lateness=config.allowed_lateness_s)
                 | "ByCellAndWindow" >> beam.GroupByKey()
-                | "Snapshot" >> beam.ParDo(_ToSnapshot()))
+                | "Snapshot" >> beam.ParDo(_ToSnapshot(config.emitted_before_ms)))

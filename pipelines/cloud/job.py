@@ -28,6 +28,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from tiertwin.connectors.archive import archive_files
+from tiertwin.connectors.beam_resume import resume_boundary
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
@@ -184,11 +185,19 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
     """Kafka -> cloud twin -> Kafka (+ Parquet): the streaming job ``tiertwin run cloud`` runs.
 
     Returns the id of its Kafka read (what :func:`tiertwin.connectors.beam_kafka.drain` stops).
+
+    With a ``consumer_group`` the read commits resume offsets and starts from the group's; windows
+    that start before the group's resume boundary were emitted before the restart and are not
+    emitted again (connectors/beam_resume.py).
     """
+    resume = config.resume_policy()
+    if resume is not None and config.fuse and config.emitted_before_ms is None:
+        config = config.model_copy(update={"emitted_before_ms": resume_boundary(settings, resume.group_id,
+                                                                                list(config.input_topics))})
     reader = ReadFromKafka(list(config.input_topics),
                            ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
                                     idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
-                                    max_read_s=config.read_max_s, client=config.kafka_client),
+                                    max_read_s=config.read_max_s, client=config.kafka_client, resume=resume),
                            settings, batches=config.batches)
     read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)

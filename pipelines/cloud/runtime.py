@@ -244,6 +244,7 @@ def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, run
     if loopback and config.fuse and config.train and config.train_in_own_process:
         trainer = TrainerProcess(config.model_copy(update={
             "fuse": False, "dead_letter_topic": None, "input_topics": config.training_input_topics(),
+            "consumer_group": config.consumer_group and f"{config.consumer_group}-training",
             "read_interval_s": max(config.read_interval_s, TRAINER_READ_INTERVAL_S),
             "read_max_s": max(config.read_max_s, TRAINER_READ_INTERVAL_S / 2)}), settings, runner, extra_args)
         config = config.model_copy(update={"train": False})
