@@ -128,6 +128,10 @@ def kafka_config(settings: Settings, client_id: str, **overrides: Any) -> dict[s
         "client_id": client_id,
         "bootstrap_timeout_ms": int(settings.connect_timeout_s * 1000),
         "request_timeout_ms": max(30_000, int(settings.connect_timeout_s * 1000)),
+        # kafka-python backs off up to 30 s between attempts to reach a node, and refreshes metadata
+        # only after an attempt: when a leader dies, a client learned the new leaders up to 7 s after the
+        # cluster had elected them (bench failover). Java's clients cap this at 1 s; so do we.
+        "reconnect_backoff_max_ms": 1000,
     }
     credentials = settings.sasl_credentials()
     if credentials is not None:
