@@ -263,3 +263,41 @@ def test_the_forecaster_with_geometry_beats_persistence_driving_past_a_mast_at_i
                 model_errors.append(abs(model.predict_one(features) - future))
                 persistence_errors.append(abs(features["sinr_db"] - future))
     assert sum(model_errors) < 0.5 * sum(persistence_errors), (sum(model_errors), sum(persistence_errors))
+
+
+def test_the_latency_gate_is_never_worse_than_the_best_naive_baseline_on_a_stream():
+    """Property: on streams where one naive baseline is the truth but for noise (physics without the queue, the
+    richest physics, a constant that only the running mean finds), the gated model's prequential MAE per tier is
+    at most the best baseline's, scored after each tier's first 50 outcomes (no gate knows the winner before it has
+    seen any), with 2 % of slack for its rolling errors' noise."""
+    import random
+
+    from tiertwin.pipelines.features import TIERS, demand_features
+    from tiertwin.pipelines.latency import physics_estimate, physics_ms, richest_physics_ms
+    from tiertwin.pipelines.pretrain import sample_demand, sample_edge, sample_radio
+
+    truths = {"physics": physics_ms, "richest physics": richest_physics_ms, "running mean": lambda x, tier: 40.0}
+    for seed in range(3):
+        for truth_name, truth in truths.items():
+            rng = random.Random(seed)
+            model = ResidualLatencyModel()
+            errors = {tier: {"model": 0.0, "physics + queue": 0.0, "physics": 0.0, "richest physics": 0.0,
+                             "running mean": 0.0} for tier in TIERS}
+            sums, counts = {t: 0.0 for t in TIERS}, {t: 0 for t in TIERS}
+            for _ in range(3000):
+                x = demand_features(sample_demand(rng), sample_radio(rng), sample_edge(rng), rng.uniform(0, 50),
+                                    rng.uniform(50, 100))
+                tier = rng.choice(TIERS)
+                y = truth(x, tier) * rng.uniform(0.7, 1.3) + rng.expovariate(0.2) * (rng.random() < 0.05) * 20
+                e = errors[tier] if counts[tier] >= 50 else {}
+                for name, predicted in (("model", model.predict_one({**x, "tier": tier})),
+                                        ("physics + queue", physics_estimate(x, tier)), ("physics", physics_ms(x, tier)),
+                                        ("richest physics", richest_physics_ms(x, tier)),
+                                        ("running mean", sums[tier] / counts[tier] if counts[tier] else 0.0)):
+                    e[name] = e.get(name, 0.0) + abs(predicted - y)
+                model.learn_one({**x, "tier": tier}, y)
+                sums[tier] += y
+                counts[tier] += 1
+            for tier, e in errors.items():
+                best = min(v for k, v in e.items() if k != "model")
+                assert e["model"] <= 1.02 * best, (seed, truth_name, tier, e)

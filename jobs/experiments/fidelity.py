@@ -68,20 +68,9 @@ class Trace:
 
 
 # -- baselines ----------------------------------------------------------------------------------
-def physics_ms(x: dict, tier: str) -> float:
-    """Bytes over the link and cycles at nominal speed."""
-    if tier == "local":
-        return x["local_compute_ms"]
-    return x["uplink_ms"] + x["downlink_ms"] + x[f"{tier}_compute_ms"]
-
-
-def richest_physics_ms(x: dict, tier: str) -> float:
-    """Physics plus every delay the features name: EDF wait (local); RTT and the priority-weighted MEC queue (edge);
-    RTT (cloud)."""
-    if tier == "local":
-        return x["local_compute_ms"] + x["local_queue_ms"]
-    extra = x["edge_queue_low_priority_ms"] if tier == "edge" else 0.0
-    return physics_ms(x, tier) + x["rtt_ms"] + extra
+# physics_ms (bytes over the link and cycles at nominal speed) and richest_physics_ms (plus every delay the features
+# name) live beside the residual model, whose per-tier gate weighs its fit against them.
+from tiertwin.pipelines.latency import physics_ms, richest_physics_ms  # noqa: E402
 
 
 # -- one simulator run --------------------------------------------------------------------------
