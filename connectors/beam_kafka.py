@@ -33,10 +33,12 @@ timestamped with their earliest record; dead letters are the same either way.
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import apache_beam as beam
@@ -109,8 +111,10 @@ def _consumer(settings: Settings, client_id: str, **overrides) -> KafkaConsumer:
     return KafkaConsumer(**kafka_config(settings, client_id, enable_auto_commit=False, group_id=None, **overrides))
 
 
-def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -> list[PartitionSlice]:
-    """The partitions of ``topics`` with the offset range ``spec`` asks for."""
+def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec,
+                        shard: tuple[int, int] = (0, 1)) -> list[PartitionSlice]:
+    """The partitions of ``topics`` with the offset range ``spec`` asks for; with ``shard=(i, n)``, every n-th
+    of them from the i-th (in topic, partition order)."""
     consumer = _consumer(settings, "tiertwin-beam-discover")
     try:
         tps = []
@@ -120,6 +124,7 @@ def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec) -
             if not partitions:
                 raise ConfigError(f"topic {topic!r} does not exist on {settings.bootstrap}")
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = tps[shard[0]::shard[1]]
         what = f"the offsets of {', '.join(repr(t) for t in topics)}"
         starts = wait_out(lambda: _offsets_at(consumer, tps, spec.start), what, settings)
         if spec.resume is not None:  # resume where the group committed (the others start at spec.start)
@@ -229,7 +234,7 @@ class _ReadPartition(beam.DoFn):
         if restriction.start >= restriction.stop:
             return
         tp, key = TopicPartition(element.topic, element.partition), (element.topic, element.partition)
-        if restriction.stop == UNBOUNDED and self.read_id in _DRAINED_READS:
+        if restriction.stop == UNBOUNDED and drained(self.read_id):
             tracker.try_claim(UNBOUNDED - 1)  # the last offset of the range: all of it is done
             _WORKER_WATERMARKS.forget(self.read_id, key)
             return
@@ -454,8 +459,20 @@ _WORKER_WATERMARKS = _WorkerWatermarks()
 _DRAINED_READS: set[str] = set()
 
 
+def _drain_marker(read_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / "tiertwin-drain" / read_id
+
+
+def drained(read_id: str) -> bool:
+    """Whether :func:`drain` was called for ``read_id`` (in this process, or in another on this machine)."""
+    return read_id in _DRAINED_READS or _drain_marker(read_id).exists()
+
+
 def drain(read_id: str) -> None:
-    """Make the unbounded read ``read_id`` finish in this process (the SDK worker, with LOOPBACK).
+    """Make the unbounded read ``read_id`` finish, in this process and in SDK workers on this machine.
+
+    The SDK workers are this process with LOOPBACK, or its worker pool's child processes with several
+    workers (``--sdk-workers``): those see a marker file (``<tmp>/tiertwin-drain/<read_id>``).
 
     At its next step each of the read's restrictions gives up the rest of its open offset
     range (claims it without reading it), so the read's watermark reaches the end of time,
@@ -463,6 +480,9 @@ def drain(read_id: str) -> None:
     no bundle is cut off mid-flight as a cancel does. Records not yet read stay in Kafka.
     """
     _DRAINED_READS.add(read_id)
+    marker = _drain_marker(read_id)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 class _ReadOpenPartition(_ReadPartition):
@@ -503,22 +523,25 @@ class ReadFromKafka(beam.PTransform):
         stage: the ``stage`` written into dead letters.
         batches: emit one :class:`~tiertwin.schemas.batches.RecordBatch` per fetch, partition and
             contract instead of one ``(schema, record)`` per record.
+        shard: ``(i, n)``: read only every n-th partition from the i-th (n reads, one per SDK worker).
+        read_id: what :func:`drain` names (a fresh one by default; the shards of one job share theirs).
     """
 
     def __init__(self, topics: list[str], spec: ReadSpec = ReadSpec(), settings: Settings | None = None,
-                 stage: str = "cloud-twin/kafka-read", batches: bool = False):
+                 stage: str = "cloud-twin/kafka-read", batches: bool = False, shard: tuple[int, int] = (0, 1),
+                 read_id: str | None = None):
         super().__init__()
-        self.topics, self.spec, self.stage, self.batches = list(topics), spec, stage, batches
+        self.topics, self.spec, self.stage, self.batches, self.shard = list(topics), spec, stage, batches, shard
         self.settings = settings or Settings.from_env()
-        self.read_id = uuid.uuid4().hex  # what :func:`drain` names
+        self.read_id = read_id or uuid.uuid4().hex  # what :func:`drain` names
 
     def expand(self, pbegin):
-        settings, topics, spec = self.settings, self.topics, self.spec
+        settings, topics, spec, shard = self.settings, self.topics, self.spec, self.shard
         reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage,
                                                                                   self.read_id, self.batches)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
-                | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec))
+                | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec, shard))
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(reader).with_outputs(
                     DEAD_LETTERS, main=RECORDS))

@@ -4,14 +4,9 @@ the kill are not emitted again (it resumed from its committed offsets instead of
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,67 +15,13 @@ from tiertwin.connectors.beam_resume import resume_boundary
 from tiertwin.connectors.kafka import KafkaSink, read_topic
 from tiertwin.jobs.bench.cloud import STREAMS, produce, tier_traffic
 from tiertwin.pipelines.parquet_log import event_time_ms
+from tests.cloud_support import kill_job, start_job, stop_job
 
 pytestmark = pytest.mark.broker
 
 WINDOW_MS = 2_000
 CELL = {"LocalSummary": "serving_cell", "EdgeState": "cell_id", "Decision": "cell_id", "Outcome": "cell_id"}
 COUNT = {"LocalSummary": "summaries", "EdgeState": "edge_states", "Decision": "decisions", "Outcome": "outcomes"}
-
-
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        parent = stack.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            stack += children
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def start_job(config: Path, log: Path, extra: tuple = ()) -> subprocess.Popen:
-    """``tiertwin run cloud`` in its own process group (so a kill takes Prism and the SDK worker with it)."""
-    job = subprocess.Popen([sys.executable, "-m", "tiertwin.jobs.cli", "run", "cloud", "--config", str(config),
-                            "--runner", "prism", *extra], stdout=log.open("a"), stderr=subprocess.STDOUT,
-                           cwd=os.getcwd(), start_new_session=True)
-    deadline = time.monotonic() + 120
-    while "cloud twin running" not in log.read_text():
-        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    return job
-
-
-def kill_job(job: subprocess.Popen) -> None:
-    """SIGKILL the job's whole process group and wait until none of its processes is left."""
-    family = [job.pid, *_descendants(job.pid)]
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(10)
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in family:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def stop_job(job: subprocess.Popen) -> None:
-    if job.poll() is None:
-        job.send_signal(signal.SIGTERM)
-        try:
-            job.wait(60)
-        except subprocess.TimeoutExpired:
-            kill_job(job)
 
 
 class Traffic(threading.Thread):

@@ -71,7 +71,10 @@ def run(ctx: typer.Context,
         train_in_own_process: Optional[bool] = typer.Option(
             None, "--train-in-own-process/--train-in-job",
             help="cloud, LOOPBACK runners: training as a second job in a child process (default) or in the "
-                 "fusing job.")):
+                 "fusing job."),
+        sdk_workers: Optional[int] = typer.Option(
+            None, "--sdk-workers", min=1, max=16,
+            help="cloud: SDK worker processes the fusing job reads and aggregates in (default 1).")):
     """Run one local or edge twin agent until SIGTERM / SIGINT. `run cloud` starts the cloud twin's streaming Beam job (fusion; training as a second job in a child process)."""
     from tiertwin.errors import ConfigError
 
@@ -80,7 +83,8 @@ def run(ctx: typer.Context,
 
         return run_cloud(list(ctx.args), runner=runner, config=config, window_s=window_s, slide_s=slide_s,
                          lateness_s=lateness_s, early_s=early_s, start=start, snapshots_dir=snapshots_dir,
-                         train=train, fuse=fuse, train_in_own_process=train_in_own_process, say=console.print)
+                         train=train, fuse=fuse, train_in_own_process=train_in_own_process,
+                         sdk_workers=sdk_workers, say=console.print)
     if ctx.args:
         raise ConfigError(f"unexpected arguments for `run {tier}`: {' '.join(ctx.args)}")
     choices = [t.value for t in Tier]

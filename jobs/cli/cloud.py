@@ -51,7 +51,7 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
               window_s: Optional[float] = None, slide_s: Optional[float] = None, lateness_s: Optional[float] = None,
               early_s: Optional[int] = None, start: Optional[str] = None, snapshots_dir: Optional[Path] = None,
               train: Optional[bool] = None, fuse: Optional[bool] = None,
-              train_in_own_process: Optional[bool] = None, say=print) -> None:
+              train_in_own_process: Optional[bool] = None, sdk_workers: Optional[int] = None, say=print) -> None:
     """Start the streaming cloud twin and block until SIGINT / SIGTERM, then drain it (cancel if that stalls)."""
     from tiertwin.errors import JobFailedError
     from tiertwin.pipelines.cloud.runtime import run_streaming
@@ -60,7 +60,7 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
     fields, runner_options = _load_config_file(config)
     overrides = {"window_s": window_s, "slide_s": slide_s, "allowed_lateness_s": lateness_s, "start": start,
                  "snapshots_dir": snapshots_dir, "train": train, "fuse": fuse,
-                 "train_in_own_process": train_in_own_process}
+                 "train_in_own_process": train_in_own_process, "sdk_workers": sdk_workers}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if early_s is not None:
         fields["early_firing_s"] = early_s or None
@@ -68,7 +68,8 @@ def run_cloud(extra_args: list[str], runner: str = "prism", config: Optional[Pat
     job = run_streaming(cloud, Settings.from_env(), runner, [*_beam_flags(runner_options), *extra_args])
     trained = (f"{cloud.models_topic} (training job pid {job.trainer.pid})" if job.trainer is not None
                else cloud.models_topic if cloud.train else "not trained")
-    say(f"cloud twin running on {runner}: {', '.join(cloud.input_topics)} -> "
+    workers = f" ({cloud.sdk_workers} SDK workers)" if cloud.sdk_workers > 1 else ""
+    say(f"cloud twin running on {runner}{workers}: {', '.join(cloud.input_topics)} -> "
         f"{cloud.snapshots_topic if cloud.fuse else 'not fused'}; models: {trained}")
 
     # Wait on an event, not inside wait_until_finish: a signal raised into its gRPC stream leaves

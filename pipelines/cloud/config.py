@@ -70,6 +70,8 @@ class CloudTwinConfig(BaseModel):
                                    "watermark closed its window: commits stay this far further behind.")
     emitted_before_ms: int | None = Field(None, description="Set at start-up from the group's commits: windows "
                                           "starting before it were emitted before a restart and are not again.")
+    sdk_workers: int = Field(1, ge=1, le=16, description="SDK worker processes the fusing job reads and aggregates "
+                             "in, each with every n-th input partition (Prism: one worker per environment).")
 
     @model_validator(mode="after")
     def _trainable_models(self):

@@ -379,6 +379,41 @@ class _ToSnapshot(beam.DoFn):
                        PANES.get(pane.timing, "unknown"))
 
 
+class AggregateTiers(beam.PTransform):
+    """The four tier streams -> one PCollection of ``(cell, CellAggregate)`` partials, folded per bundle and
+    window slice (:class:`_AggregatePerBundle`), not yet windowed: the first half of :class:`FuseTiers`,
+    which runs beside the Kafka read (in each SDK worker when there are several)."""
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
+        super().__init__()
+        self.config = config
+
+    def expand(self, streams: dict):
+        slice_us, offset_us = window_slices_us(self.config.windowing())
+        partials = [records | f"Aggregate {stream}" >> beam.ParDo(
+                        _AggregatePerBundle(stream, slice_us, offset_us)).with_output_types(tuple[int, CellAggregate])
+                    for stream, records in streams.items()]
+        return partials | "AllTiers" >> beam.Flatten()
+
+
+class SnapshotAggregates(beam.PTransform):
+    """``(cell, CellAggregate)`` partials -> TwinSnapshots: windowed, grouped by cell, one per pane
+    (the second half of :class:`FuseTiers`)."""
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
+        super().__init__()
+        self.config = config
+
+    def expand(self, partials):
+        config = self.config
+        return (partials
+                | "Window" >> beam.WindowInto(config.windowing(), trigger=config.trigger(),
+                                              accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                                              allowed_lateness=config.allowed_lateness_s)
+                | "ByCellAndWindow" >> beam.GroupByKey()
+                | "Snapshot" >> beam.ParDo(_ToSnapshot(config.emitted_before_ms)))
+
+
 class FuseTiers(beam.PTransform):
     """Join the four tier streams by cell and event-time window into TwinSnapshot records.
 
@@ -387,7 +422,8 @@ class FuseTiers(beam.PTransform):
     window and pane (early panes every ``early_firing_s`` of processing time, the
     on-time pane when the watermark passes the window end, a late pane per late
     bundle within ``allowed_lateness_s``; panes accumulate, so each is the full view).
-    Records are folded into :class:`CellAggregate` per bundle before the shuffle.
+    Records are folded into :class:`CellAggregate` per bundle before the shuffle
+    (:class:`AggregateTiers`, then :class:`SnapshotAggregates`).
     """
 
     def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
@@ -395,16 +431,5 @@ class FuseTiers(beam.PTransform):
         self.config = config
 
     def expand(self, streams: dict):
-        config = self.config
-        windowing = config.windowing()
-        slice_us, offset_us = window_slices_us(windowing)
-        partials = [records | f"Aggregate {stream}" >> beam.ParDo(
-                        _AggregatePerBundle(stream, slice_us, offset_us)).with_output_types(tuple[int, CellAggregate])
-                    for stream, records in streams.items()]
-        return (partials
-                | "AllTiers" >> beam.Flatten()
-                | "Window" >> beam.WindowInto(windowing, trigger=config.trigger(),
-                                              accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                                              allowed_lateness=config.allowed_lateness_s)
-                | "ByCellAndWindow" >> beam.GroupByKey()
-                | "Snapshot" >> beam.ParDo(_ToSnapshot(config.emitted_before_ms)))
+        return (streams | "Partials" >> AggregateTiers(self.config)
+                | "Snapshots" >> SnapshotAggregates(self.config))

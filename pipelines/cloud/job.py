@@ -26,6 +26,7 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.resources import ResourceHint
 
 from tiertwin.connectors.archive import archive_files
 from tiertwin.connectors.beam_resume import resume_boundary
@@ -34,7 +35,7 @@ from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
                                             dead_letter_key, decode_record)
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
-from tiertwin.pipelines.cloud.fusion import FuseTiers
+from tiertwin.pipelines.cloud.fusion import AggregateTiers, FuseTiers, SnapshotAggregates
 from tiertwin.pipelines.cloud.streams import STREAMS
 from tiertwin.pipelines.cloud.training import TrainGlobalModels
 from tiertwin.schemas.batches import RecordBatch, decode_batch
@@ -194,15 +195,75 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
     if resume is not None and config.fuse and config.emitted_before_ms is None:
         config = config.model_copy(update={"emitted_before_ms": resume_boundary(settings, resume.group_id,
                                                                                 list(config.input_topics))})
-    reader = ReadFromKafka(list(config.input_topics),
-                           ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
-                                    idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
-                                    max_read_s=config.read_max_s, client=config.kafka_client, resume=resume),
-                           settings, batches=config.batches)
+    spec = ReadSpec(start=config.start, max_out_of_order_ms=config.max_out_of_order_ms,
+                    idle_after_s=config.idle_after_s, poll_interval_s=config.read_interval_s,
+                    max_read_s=config.read_max_s, client=config.kafka_client, resume=resume)
+    if config.sdk_workers > 1:
+        return _build_sharded(pipeline, config, settings, spec)
+    reader = ReadFromKafka(list(config.input_topics), spec, settings, batches=config.batches)
     read = pipeline | "ReadTiers" >> reader
     outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
     return reader.read_id
+
+
+class SdkWorkerHint(ResourceHint):
+    """``tiertwin_sdk_worker=i``: a resource hint that only makes an environment of its own, so Prism (which
+    starts one SDK worker per environment) runs the transforms under it in a worker of their own."""
+
+    urn = "beam:resources:tiertwin_sdk_worker:v1"
+
+
+ResourceHint.register_resource_hint("tiertwin_sdk_worker", SdkWorkerHint)
+
+
+class _Shard(beam.PTransform):
+    """One SDK worker's part of a job with several: its share of the partitions read, split by contract and
+    (when fusing) aggregated per bundle. Outputs ``dead_letters``, the four streams, and ``partials``."""
+
+    def __init__(self, reader: ReadFromKafka, config: CloudTwinConfig):
+        super().__init__()
+        self.reader, self.config = reader, config
+
+    def expand(self, pbegin):
+        read = pbegin | "Read" >> self.reader
+        streams = read[RECORDS] | "Split" >> SplitBySchema()
+        outputs = {DEAD_LETTERS: read[DEAD_LETTERS], **streams}
+        if self.config.fuse:
+            outputs["partials"] = streams | "Partials" >> AggregateTiers(self.config)
+        return outputs
+
+
+def _build_sharded(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: Settings, spec: ReadSpec) -> str:
+    """``sdk_workers`` = n > 1: n Kafka reads, each of every n-th partition and in an SDK worker of its own
+    (shard 0 in the default environment, which also windows, fuses, trains and writes; the others under a
+    :class:`SdkWorkerHint`). Each worker decodes and aggregates what it reads; only the per-bundle aggregates
+    (and, when training in the job, the records training uses) cross to the default one.
+
+    Each read holds its watermark at the slowest of its own partitions; the runner takes the minimum over
+    the reads where they are flattened, so no window closes before every worker's partitions passed it.
+    The reads share one read id, so :func:`~tiertwin.connectors.beam_kafka.drain` stops all of them.
+    """
+    import uuid
+
+    read_id, n = uuid.uuid4().hex, config.sdk_workers
+    shards = []
+    for i in range(n):
+        shard = _Shard(ReadFromKafka(list(config.input_topics), spec, settings, batches=config.batches,
+                                     shard=(i, n), read_id=read_id), config)
+        if i:
+            shard = shard.with_resource_hints(tiertwin_sdk_worker=str(i))
+        shards.append(pipeline | f"Worker {i}" >> shard)
+    outputs = {}
+    if config.fuse:
+        outputs["snapshots"] = ([s["partials"] for s in shards] | "AllPartials" >> beam.Flatten()
+                                | "Fuse" >> SnapshotAggregates(config))
+    if config.train:
+        streams = {name: [s[name] for s in shards] | f"All {name}" >> beam.Flatten() for name in STREAMS.values()}
+        outputs["model_updates"] = streams | "Train" >> TrainGlobalModels(config, settings)
+    dead_letters = [s[DEAD_LETTERS] for s in shards] | "AllDeadLetters" >> beam.Flatten()
+    write_outputs(outputs, dead_letters, config, settings)
+    return read_id
 
 
 def build_backfill(pipeline: beam.Pipeline, archive_dir: str | Path, config: CloudTwinConfig,

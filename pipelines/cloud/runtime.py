@@ -240,11 +240,13 @@ def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, run
     extra_args = list(extra_args)
     args = runner_args(runner, settings, streaming=True, extra=extra_args)
     loopback = "--environment_type=LOOPBACK" in args
+    if loopback and config.sdk_workers > 1:
+        _process_workers(args)
     trainer = None
     if loopback and config.fuse and config.train and config.train_in_own_process:
         trainer = TrainerProcess(config.model_copy(update={
             "fuse": False, "dead_letter_topic": None, "input_topics": config.training_input_topics(),
-            "consumer_group": config.consumer_group and f"{config.consumer_group}-training",
+            "consumer_group": config.consumer_group and f"{config.consumer_group}-training", "sdk_workers": 1,
             "read_interval_s": max(config.read_interval_s, TRAINER_READ_INTERVAL_S),
             "read_max_s": max(config.read_max_s, TRAINER_READ_INTERVAL_S / 2)}), settings, runner, extra_args)
         config = config.model_copy(update={"train": False})
@@ -266,6 +268,24 @@ def run_streaming(config: CloudTwinConfig, settings: Settings | None = None, run
     if loopback:
         _tune_gc_for_worker()
     return run
+
+
+def _process_workers(args: list[str]) -> None:
+    """LOOPBACK with several SDK workers: the worker pool starts each as a child process (Beam's
+    ``use_loopback_process_worker``), one per environment, instead of a thread of this process (one GIL).
+    The pool runs ``python -c <code>`` from PATH: first on PATH goes a ``python`` that runs this
+    interpreter with :mod:`tiertwin.pipelines.cloud.worker` (metric ids of its own per worker)."""
+    import os
+    import stat
+    import sys
+    import tempfile
+
+    args.append("--experiments=use_loopback_process_worker")
+    bin_dir = Path(tempfile.mkdtemp(prefix="tiertwin-sdk-worker-"))
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tiertwin.pipelines.cloud.worker "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _tune_gc_for_worker() -> None:
