@@ -70,10 +70,11 @@ def _long(n: int, _last=_LAST, _more=_MORE) -> bytes:
 _STRING_CACHE = 1024     # per string field: the encodings of its first distinct values (names, enums-in-all-but-name)
 
 
-def _string(v: Any, cache: dict, prefix: bytes) -> bytes:
-    """``prefix`` + the Avro encoding of the string ``v``, remembered in ``cache`` while it has room."""
-    if type(v) is not str:
-        raise NotFlat("not a str")
+def _string(v: Any, cache: dict, prefix: bytes, limit: int) -> bytes:
+    """``prefix`` + the Avro encoding of the string ``v`` (at most ``limit`` characters), remembered in ``cache``
+    while it has room."""
+    if type(v) is not str or len(v) > limit:
+        raise NotFlat("not a str, or too long")
     b = v.encode()
     e = prefix + _long(len(b)) + b
     if len(cache) < _STRING_CACHE:
@@ -86,12 +87,13 @@ def _int_code(var: str, indent: str) -> list[str]:
             f"{indent}a(_LAST[{var} << 1] if 0 <= {var} < 8192 else _long({var}))"]
 
 
-def _scalar_code(kind: str, var: str, indent: str, namespace: dict, i: int, prefix: bytes = b"") -> list[str]:
+def _scalar_code(kind: str, var: str, indent: str, namespace: dict, i: int, prefix: bytes = b"",
+                 max_length: int = 1 << 62) -> list[str]:
     """Lines appending the encoding of the scalar in ``var`` to ``parts`` (``a``), after ``prefix``."""
     if kind == "string":
         namespace[f"_S{i}"], namespace[f"_SP{i}"] = {}, prefix
         return [f"{indent}e = _S{i}.get({var})",
-                f"{indent}a(e if e is not None else _string({var}, _S{i}, _SP{i}))"]
+                f"{indent}a(e if e is not None else _string({var}, _S{i}, _SP{i}, {max_length}))"]
     lines = [f"{indent}a({prefix!r})"] if prefix else []
     if kind in ("int", "long"):
         return lines + _int_code(var, indent)
@@ -140,18 +142,39 @@ class _MapPacker:
             raise NotFlat("map value") from None
 
 
-def compile_encoder(raw: dict, header: bytes = b"") -> Callable[[dict], bytes]:
+def _check_code(field: dict, var: str) -> list[str]:
+    """The contract's range checks of one field (those of ``Schema.validate``), raising NotFlat instead."""
+    branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
+    is_float = any(b in ("float", "double") for b in branches)
+    bounds = field.get("range")
+    tests = []
+    if bounds is not None:
+        tests.append(f"not ({float(bounds[0])!r} <= {var} <= {float(bounds[1])!r})")
+    if is_float:
+        tests.append(f"{var} - {var} != 0.0")    # not finite (inf - inf and nan - nan are nan)
+    if not tests:
+        return []
+    return [f"    if {var} is not None and type({var}) is not bool and ({' or '.join(tests)}): raise NotFlat"]
+
+
+def compile_encoder(raw: dict, header: bytes = b"", checked: bool = False) -> Callable[[dict], bytes]:
     """``encode(record) -> header + Avro binary body`` for the record schema ``raw`` (its .avsc dict).
 
     Raises :class:`NotFlat` at compile time for a schema with other field types (nested records,
     arrays, fixed, unions other than ``["null", scalar]``), and at call time for a value the compiled
     code does not take (a missing field without default, another Python type).
 
+    ``checked``: the record must also pass the contract's checks (``Schema.validate``: ranges, finite
+    floats, string lengths), else NotFlat: the caller then validates (the precise error) and encodes with
+    fastavro. One pass over the record instead of two (LocalSummary: 1.8 us of validation saved).
+
     The code is per schema: runs of float/double fields are packed by one ``struct`` call, string
     fields remember the encodings of their first values (names, sites, topics repeat), small ints
     are a table look-up: Decision 5.7 against 9.0 us, LocalSummary 4.5 against 5.7 us before (2026-12-03)."""
     if raw.get("type") != "record":
         raise NotFlat("not a record")
+    from tiertwin.schemas.codec import DEFAULT_MAX_STRING
+
     namespace: dict[str, Any] = {"NotFlat": NotFlat, "_long": _long, "_pack_f": struct.Struct("<f").pack,
                                  "_pack_d": struct.Struct("<d").pack, "_HEADER": header, "_LAST": _LAST,
                                  "_string": _string, "_struct_error": struct.error}
@@ -173,17 +196,21 @@ def compile_encoder(raw: dict, header: bytes = b"") -> Callable[[dict], bytes]:
             get = f"    {var} = r.get({name!r}, _D{i})"
         else:
             get = f"    {var} = r[{name!r}]"
+        checks = _check_code(field, var) if checked else []
+        max_length = int(field.get("maxLength", DEFAULT_MAX_STRING)) if checked else 1 << 62
         if ftype in ("float", "double"):
             lines.append(get)
+            lines += checks
             run.append((var, "f" if ftype == "float" else "d"))
             continue
         close_run()
         lines.append(get)
+        lines += checks
         if isinstance(ftype, str) and ftype in _SCALARS:
-            lines += _scalar_code(ftype, var, "    ", namespace, i)
+            lines += _scalar_code(ftype, var, "    ", namespace, i, max_length=max_length)
         elif isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null" and ftype[1] in _SCALARS:
             lines += [f"    if {var} is None:", "        a(b'\\x00')", "    else:"]
-            lines += _scalar_code(ftype[1], var, "        ", namespace, i, prefix=b"\x02")
+            lines += _scalar_code(ftype[1], var, "        ", namespace, i, prefix=b"\x02", max_length=max_length)
         elif isinstance(ftype, dict) and ftype.get("type") == "enum":
             namespace[f"_E{i}"] = {symbol: _long(k) for k, symbol in enumerate(ftype["symbols"])}
             lines += [f"    e = _E{i}.get({var}) if type({var}) is str else None",

@@ -58,3 +58,38 @@ def test_a_value_it_does_not_take_is_not_flat(change):
     schema = REGISTRY.current("Decision")
     with pytest.raises(NotFlat):
         compile_encoder(schema.raw, schema.header)({**example("Decision"), **change})
+
+
+@pytest.mark.parametrize("schema,encode", FLAT, ids=[s.name for s, _ in FLAT])
+def test_checked_encoder_takes_only_what_validate_passes(schema, encode):
+    """checked=True: a record it encodes passes Schema.validate and has fastavro's bytes; one that fails the
+    contract's checks (random values: out of range, NaN, long strings) is NotFlat."""
+    checked = compile_encoder(schema.raw, schema.header, checked=True)
+    rng = random.Random(5)
+    records = [example(schema.name.split(".")[-1])] + list(generate_many(schema.parsed, 300))
+    for record in records[1:60]:    # push some values onto the edges and beyond
+        for f in schema.raw["fields"]:
+            if f.get("range") and rng.random() < 0.3:
+                lo, hi = f["range"]
+                record[f["name"]] = rng.choice([lo, hi, lo - 1, hi + 1, float("nan"), float("inf"), (lo + hi) / 2])
+    encoded = 0
+    for record in records:
+        try:
+            value = checked(record)
+        except NotFlat:
+            continue
+        schema.validate(record)     # raises if the checked encoder let an invalid record through
+        assert value == REGISTRY.encode_with(schema, record, validate=False)
+        encoded += 1
+    assert encoded >= 1
+
+
+def test_checked_encoder_refuses_out_of_range_and_long_strings():
+    schema = REGISTRY.current("LocalSummary")
+    checked = compile_encoder(schema.raw, schema.header, checked=True)
+    good = example("LocalSummary")
+    assert checked(good) == REGISTRY.encode("LocalSummary", good)
+    for change in ({"sinr_db": 51.0}, {"cpu_util": float("nan")}, {"x_m": float("inf")}, {"ue_id": "u" * 257},
+                   {"best_neighbour_sinr_db": -31.0}, {"samples": -1}):
+        with pytest.raises(NotFlat):
+            checked({**good, **change})
