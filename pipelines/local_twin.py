@@ -159,9 +159,19 @@ class UETwin:
         radio = self.radio
         if not radio:
             radio.update({k: float(t[k]) for k in DENOISED})
-        else:
-            for k in DENOISED:
-                radio[k] += alpha * (t[k] - radio[k])
+        else:   # for k in DENOISED: radio[k] += alpha * (t[k] - radio[k]), unrolled (per record, on the device)
+            v = radio["sinr_db"]
+            radio["sinr_db"] = v + alpha * (t["sinr_db"] - v)
+            v = radio["rsrp_dbm"]
+            radio["rsrp_dbm"] = v + alpha * (t["rsrp_dbm"] - v)
+            v = radio["throughput_dl_mbps"]
+            radio["throughput_dl_mbps"] = v + alpha * (t["throughput_dl_mbps"] - v)
+            v = radio["throughput_ul_mbps"]
+            radio["throughput_ul_mbps"] = v + alpha * (t["throughput_ul_mbps"] - v)
+            v = radio["rtt_ms"]
+            radio["rtt_ms"] = v + alpha * (t["rtt_ms"] - v)
+            v = radio["cpu_util"]
+            radio["cpu_util"] = v + alpha * (t["cpu_util"] - v)
         self.radio_terms = None
         self.sinr_last = float(t["sinr_db"])
         if t["neighbours"]:
@@ -186,16 +196,23 @@ class UETwin:
 
     def sinr_trend_db_per_s(self) -> float:
         """Least-squares slope of the denoised SINR over the history."""
-        n = len(self.history)
+        history = self.history
+        n = len(history)
         if n < 2:
             return 0.0
-        t0 = self.history[0][0]
-        ts = [(ts - t0) / 1000.0 for ts, _ in self.history]
-        mean_t, mean_s = sum(ts) / n, sum(s for _, s in self.history) / n
-        var = sum((t - mean_t) ** 2 for t in ts)
+        t0 = history[0][0]
+        ts = [(ts - t0) / 1000.0 for ts, _ in history]
+        ss = [s for _, s in history]
+        mean_t, mean_s = sum(ts) / n, sum(ss) / n
+        # One pass for both sums, each accumulated in the same order as sum() did (the same float).
+        var = cov = 0
+        for t, s in zip(ts, ss):
+            d = t - mean_t
+            var += d ** 2
+            cov += d * (s - mean_s)
         if var <= 0:
             return 0.0
-        slope = sum((t - mean_t) * (s - mean_s) for t, (_, s) in zip(ts, self.history)) / var
+        slope = cov / var
         return max(-1000.0, min(1000.0, slope))
 
     def window_due(self, interval_ms: int) -> bool:
@@ -452,15 +469,19 @@ class LocalTwin:
 
         Raises :class:`ImplausibleRecord` (``reason`` e.g. ``bad-timestamp``) for a record that makes no sense.
         """
-        problem = semantic_problem(telemetry)
-        if problem is not None:
+        # semantic_problem and is_replay, inlined (per record, on the device); they give the reason.
+        ts_ms, serving = telemetry["ts_ms"], telemetry["serving_cell"]
+        if ts_ms <= 0 or any(n["cell_id"] == serving for n in telemetry["neighbours"]):
+            problem = semantic_problem(telemetry)
             raise ImplausibleRecord(problem[1], reason=problem[0])
-        twin = self.twin(telemetry["ue_id"])
-        if is_replay(twin, telemetry):
+        ue_id = telemetry["ue_id"]
+        twin = self.twins.get(ue_id) or self.twin(ue_id)
+        if telemetry["seq"] <= twin.last_seq and ts_ms <= twin.last_ts_ms:
             return False
-        twin.observe(telemetry, self.config.ewma_alpha)
-        if twin.window_due(self.config.summary_interval_ms):
-            self._due[twin.ue_id] = None
+        c = self.config
+        twin.observe(telemetry, c.ewma_alpha)
+        if twin.last_ts_ms - twin.window_start_ms >= c.summary_interval_ms:     # window_due (samples > 0 now)
+            self._due[ue_id] = None
         return True
 
     def due_summaries(self) -> list[dict]:
