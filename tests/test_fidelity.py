@@ -7,8 +7,8 @@ import math
 
 from typer.testing import CliRunner
 
-from tiertwin.jobs.experiments.fidelity import (LATENCY_BASELINES, LATENCY_TARGETS, SINR_BASELINES, SINR_TARGETS,
-                                                FidelityConfig, run_fidelity)
+from tiertwin.jobs.experiments.fidelity import (LATENCY_BASELINES, LATENCY_TARGETS, SHARE_BASELINES, SHARE_TARGETS,
+                                                SINR_BASELINES, SINR_TARGETS, FidelityConfig, run_fidelity)
 from tiertwin.pipelines.forecasting import SinrForecaster
 from tiertwin.pipelines.latency import ResidualLatencyModel
 
@@ -17,9 +17,12 @@ TINY = FidelityConfig(scenarios=("dense-urban-xr", "highway-vehicles"), seeds=(2
 
 
 def test_fidelity_has_a_row_per_scenario_target_model_and_baseline():
+    from tiertwin.pipelines.learners import ShareAllocator
+
     latency = {"residual": ResidualLatencyModel()}
     sinr = {"rls": (SinrForecaster(), "horizon")}
-    results = run_fidelity(TINY, latency, sinr)
+    shares = {"prb_share": {"bandit": ShareAllocator()}, "mec_share": {"bandit": ShareAllocator()}}
+    results = run_fidelity(TINY, latency, sinr, share_models=shares)
     rows = {(r["scenario"], r["target"], r["name"]): r for r in results["rows"]}
     for scenario in TINY.scenarios:
         for target in LATENCY_TARGETS:
@@ -29,6 +32,10 @@ def test_fidelity_has_a_row_per_scenario_target_model_and_baseline():
             for name in (*SINR_BASELINES, "rls, frozen", "rls, prequential"):
                 row = rows[(scenario, target, name)]
                 assert row["n"] > 0 and math.isfinite(row["mae"]) and row["median_ae"] <= row["mae"] * 10
+        for target in SHARE_TARGETS:       # the bandits' reward forecasts beside the running means
+            for name in (*SHARE_BASELINES, "bandit, frozen", "bandit, prequential"):
+                row = rows[(scenario, target, name)]
+                assert row["n"] > 0 and math.isfinite(row["mae"])
     assert {r["kind"] for r in results["rows"]} == {"baseline", "model"}
     # an untrained residual model frozen is the physics + queue estimate, an untrained forecaster is persistence
     for scenario in TINY.scenarios:
@@ -40,12 +47,12 @@ def test_bench_fidelity_writes_its_results(tmp_path, monkeypatch):
     from tiertwin.jobs.cli.main import app
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["bench", "fidelity", "--scenario", "stadium-event", "--seconds", "2",
+    result = CliRunner().invoke(app, ["bench", "fidelity", "--scenario", "stadium-event", "--seconds", "3",
                                       "--ues", "6", "--draws", "2", "--warmup", "0.5"])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "bench-results" / "fidelity.json").read_text())
     targets = {r["target"] for r in doc["results"]["rows"]}
-    assert targets == set(LATENCY_TARGETS) | set(SINR_TARGETS)
+    assert targets == set(LATENCY_TARGETS) | set(SINR_TARGETS) | set(SHARE_TARGETS)
     assert "oracle" in result.output and "persistence" in result.output
 
 
@@ -161,14 +168,28 @@ def test_the_twin_api_shows_each_tiers_rolling_mae_beside_the_physics_baseline()
                            {"kind": "demand", "decision_id": decision["decision_id"], "placement": tier,
                             "latency_ms": truth + 2.0, "components_ms": {"decision": 2.0}})
     from tiertwin.jobs.api.twin_view_routes import StateFeed
+    from tiertwin.schemas.examples import example
 
+    for k in range(40):     # a UE whose SINR falls along a line, a summary every 100 ms: the SINR meter's input
+        view.apply("tiertwin.edge.summaries", "tiertwin.LocalSummary",
+                   example("LocalSummary", ue_id="ue-m", serving_cell=2, window_start_ms=100 * k, window_end_ms=100 * k + 100,
+                           sinr_db=25.0 - 0.5 * k, sinr_last_db=25.0 - 0.5 * k, sinr_trend_db_per_s=-5.0,
+                           best_neighbour_cell=4, best_neighbour_sinr_db=5.0 + 0.5 * k,
+                           best_neighbour_sinr_last_db=5.0 + 0.5 * k, x_m=10.0 * k, y_m=0.0, speed_mps=10.0))
     frame, _ = StateFeed(view).frame(None, -1)      # what the live view draws beside the live models
     assert {r["tier"] for r in frame["fidelity"]} == {r["tier"] for r in view.honesty.summary()} != set()
+    assert {r["target"] for r in frame["sinr_fidelity"]} == {"serving", "neighbour"}
     rows = TestClient(create_app(view)).get("/fidelity").json()
-    assert rows and {r["tier"] for r in rows} <= {"local", "edge", "cloud"}
-    for r in rows:
-        assert r["n"] > 0 and r["baseline"] == "physics + queue"
+    latency = [r for r in rows if r["target"].startswith("latency")]
+    assert latency and {r["tier"] for r in latency} <= {"local", "edge", "cloud"}
+    for r in latency:
+        assert r["n"] > 0 and r["baseline"] == "physics + queue" and r["target"] == f"latency {r['tier']}"
         assert r["model_mae_ms"] >= 0 and r["baseline_mae_ms"] >= 0 and isinstance(r["better_than_baseline"], bool)
+    sinr = {r["target"]: r for r in rows if r["target"].startswith("sinr")}
+    assert set(sinr) == {"sinr serving", "sinr neighbour"}
+    for r in sinr.values():     # persistence misses the 2.5 dB the line moves in 0.5 s
+        assert r["tier"] == "edge" and r["baseline"] == "persistence" and r["n"] > 20
+        assert abs(r["baseline_mae_db"] - 2.5) < 0.01 and r["model_mae_db"] >= 0
 
 
 def test_the_residual_models_fast_placement_path_predicts_what_predict_one_does():

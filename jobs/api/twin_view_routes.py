@@ -318,6 +318,9 @@ class StateFeed:
             # the honesty meter: rolling latency MAE of the local twins' forecasts beside physics + queue's
             fidelity = [{"tier": r["tier"], "n": r["n"], "model_ms": round(r["model_mae_ms"], 2),
                          "baseline_ms": round(r["baseline_mae_ms"], 2)} for r in view.honesty.summary()]
+            # and the edge's SINR forecast at its horizon beside persistence's
+            sinr_fidelity = [{"target": r["target"].split()[-1], "n": r["n"], "model_db": round(r["model_mae_db"], 2),
+                              "baseline_db": round(r["baseline_mae_db"], 2)} for r in view.sinr_meter.rows()]
         stats = self.stats.update(now)
         self._frame_no += 1
         ues = {"x": [round(t["x_m"], 1) for t in twins], "y": [round(t["y_m"], 1) for t in twins],
@@ -333,7 +336,7 @@ class StateFeed:
                  "rate_in": round(sum(stats["records_per_s"].values()), 1)}
         network = {"frame": self._frame_no, "t_ms": int(time.time() * 1000), "ue_count": len(ue_ids),
                    "xr_count": sum(ues["xr"]), "ues": ues, "cells": cells, "edges": edges, "cloud": cloud,
-                   "models": models, "fidelity": fidelity,
+                   "models": models, "fidelity": fidelity, "sinr_fidelity": sinr_fidelity,
                    "stats": {k: v for k, v in stats.items() if k != "records_seen"}}
         return network, ue_ids
 

@@ -26,10 +26,13 @@ def bench_fidelity(
     warmup: float = typer.Option(2.0, help="Simulated seconds at the start of each run learned from but not scored."),
     ewma_alpha: float = typer.Option(None, help="The local twins' EWMA weight of the newest telemetry sample (default: "
                                                 "LocalTwinConfig's); 1 = summaries carry the latest SINR unsmoothed."),
+    shares: bool = typer.Option(True, "--shares/--no-shares", help="Also score the PRB / MEC share bandits' reward "
+                                                                    "forecasts (a simulator run of their own per seed)."),
 ):
-    """MAE and median absolute error of the demand-latency model (per tier) and the SINR forecaster (serving and best
-    neighbour, at the edge's horizon) beside running mean / physics baselines and persistence / linear trend / oracle,
-    frozen and prequential. Default run: every preset, one seed, 20 s, 40 UEs (about 15 s on a quiet core)."""
+    """MAE and median absolute error of the demand-latency model (per tier), the SINR forecaster (serving and best
+    neighbour, at the edge's horizon) and the share bandits' reward forecasts beside running mean / physics baselines,
+    persistence / linear trend / oracle and running means, frozen and prequential. Default run: every preset, one seed,
+    20 s, 40 UEs (about 20 s on a quiet core)."""
     from tiertwin.jobs.bench import write_results
     from tiertwin.jobs.experiments.fidelity import FidelityConfig, run_fidelity, table
     from tiertwin.pipelines.edge_twin import EdgeTwinConfig
@@ -37,7 +40,7 @@ def bench_fidelity(
 
     config = FidelityConfig(scenarios=tuple(scenarios), seeds=tuple(seeds), seconds=seconds, ues=ues or None,
                             horizon_s=horizon if horizon is not None else EdgeTwinConfig().handover_horizon_s,
-                            draws=draws, warmup_s=warmup,
+                            draws=draws, warmup_s=warmup, shares=shares,
                             ewma_alpha=ewma_alpha if ewma_alpha is not None else LocalTwinConfig().ewma_alpha)
     results = run_fidelity(config, on_progress=console.print)
     path = write_results("fidelity", results)

@@ -19,6 +19,13 @@ denoised and summarised as the local twin does; the summaries update edge-twin U
   (:func:`~tiertwin.connectors.simulator.oracle.sinr_oracle`: the conditional mean given the
   simulator's own state, the limit of any forecaster).
 
+A third, separate run per scenario and seed (:func:`simulate_shares`) scores the **share forecasts**: every
+``allocation_interval_s`` each cell gets a PRB and a MEC share drawn at random (the logging policy: every share is
+tried in every context, so every model is scored on the same stream) and applied to the world; its reward is what
+the edge twin rewards (the share of the cell's demands that met their deadline until the next allocation, minus
+``share_cost`` x share). A ShareAllocator's forecast is its posterior mean reward of that share in that context
+(``expected_reward``); baselines: the ``running mean`` of the rewards and the ``running mean per share``.
+
 Each model is scored **frozen** (predicts, never learns) and **prequential** (predicts, then learns
 when the label exists: a latency at its outcome, a SINR ``horizon_s`` after the forecast), as the
 agents learn. The first ``warmup_s`` of each run is learned from but not scored.
@@ -36,8 +43,11 @@ import numpy as np
 
 from tiertwin.pipelines.features import TIERS, demand_features, sinr_forecast_features
 
+SHARES = (0.25, 0.5, 0.75, 1.0)             # the ShareAllocator's arms
+
 LATENCY_TARGETS = tuple(f"latency {tier}" for tier in TIERS)
 SINR_TARGETS = ("sinr serving", "sinr neighbour")
+SHARE_TARGETS = ("reward prb_share", "reward mec_share")
 TRAINING_SEEDS = (7,)
 HELD_OUT_SEEDS = (2024, 2025)
 
@@ -53,6 +63,9 @@ class FidelityConfig:
     warmup_s: float = 2.0
     summary_interval_ms: int = 100           # the local twin's defaults
     ewma_alpha: float = 0.3
+    shares: bool = True                      # also score the share bandits' reward forecasts (a run of their own)
+    allocation_interval_s: float = 1.0       # the edge twin's allocation_interval_ms
+    share_cost: float = 0.3                  # the edge twin's share_cost
 
 
 @dataclass
@@ -242,6 +255,7 @@ def score_sinr(traces: list[Trace], models: dict[str, tuple[Any, str]], horizon_
 
 LATENCY_BASELINES = ("running mean", "physics", "physics + queue", "richest physics")
 SINR_BASELINES = ("persistence", "linear trend", "oracle")
+SHARE_BASELINES = ("running mean", "running mean per share")
 
 
 def rows_for(scenario: str, errors: dict[str, dict[str, list[float]]]) -> list[dict]:
@@ -249,11 +263,12 @@ def rows_for(scenario: str, errors: dict[str, dict[str, list[float]]]) -> list[d
     rows = []
     for target, by_name in errors.items():
         summaries = {name: _summary(e) for name, e in by_name.items()}
-        naive = [n for n in summaries if n in LATENCY_BASELINES or n in ("persistence", "linear trend")]
+        naive = [n for n in summaries if n in LATENCY_BASELINES or n in SHARE_BASELINES
+                 or n in ("persistence", "linear trend")]
         best = min(naive, key=lambda n: summaries[n]["mae"]) if naive else None
         persistence, oracle = summaries.get("persistence"), summaries.get("oracle")
         for name, s in summaries.items():
-            kind = "baseline" if name in LATENCY_BASELINES or name in SINR_BASELINES else "model"
+            kind = "baseline" if name in LATENCY_BASELINES or name in SINR_BASELINES or name in SHARE_BASELINES else "model"
             row = {"scenario": scenario, "target": target, "name": name, "kind": kind, **s}
             if best is not None and summaries[best]["mae"] > 0:
                 row["vs_best_baseline"] = 1.0 - s["mae"] / summaries[best]["mae"]
@@ -285,16 +300,102 @@ def default_candidates() -> tuple[dict[str, Any], dict[str, tuple[Any, str]]]:
     return latency_models, sinr_models
 
 
+def default_share_models() -> dict[str, dict[str, Any]]:
+    """The shipped share bandits (pipelines/pretrained), by decision kind: ``{kind: {"shipped": allocator}}``."""
+    from tiertwin.pipelines.learners import MEC_SHARE, PRB_SHARE
+    from tiertwin.pipelines.pretrain import load_pretrained
+
+    return {"prb_share": {"shipped": load_pretrained(PRB_SHARE)[0]}, "mec_share": {"shipped": load_pretrained(MEC_SHARE)[0]}}
+
+
+def simulate_shares(scenario: str, seed: int, config: FidelityConfig) -> list[tuple[int, str, dict, float]]:
+    """Run ``scenario`` offline on ``seed`` with random PRB and MEC shares per cell every ``allocation_interval_s``
+    (demands placed at random); ``(t_ms, kind, x = context + share, reward)`` of each allocation, in time order."""
+    from tiertwin.connectors.simulator import World, load_scenario
+    from tiertwin.pipelines.features import cell_context
+    from tiertwin.pipelines.learners import allocation_reward
+
+    base = load_scenario(scenario)
+    world = World(base.with_overrides(ues=config.ues), seed=seed)
+    rng = random.Random(seed + 1)
+    world.placer = lambda d: (TIERS[rng.randrange(3)], None, 0.0)
+    interval_ms = config.allocation_interval_s * 1000.0
+    open_: dict[tuple[int, str], list] = {}     # (cell, kind) -> [t_ms, x, demands met, demands measured]
+    out: list[tuple[int, str, dict, float]] = []
+    last = -math.inf
+    for _ in range(int(config.seconds * 1000 / base.step_ms)):
+        world.step()
+        for o in world.outcome_records():
+            if o["kind"] == "demand" and o.get("deadline_met") is not None:
+                for kind in ("prb_share", "mec_share"):
+                    allocation = open_.get((o["cell_id"], kind))
+                    if allocation is not None:
+                        allocation[2] += int(o["deadline_met"])
+                        allocation[3] += 1
+        reports = world.cell_reports()
+        world.telemetry_records()
+        world.demand_records()
+        if not reports or world.now_ms - last < interval_ms:
+            continue
+        last = world.now_ms
+        for report in reports:
+            context = cell_context(report)
+            for kind in ("prb_share", "mec_share"):
+                previous = open_.pop((report["cell_id"], kind), None)
+                if previous is not None and previous[3] > 0:
+                    t0, x, met, measured = previous
+                    out.append((t0, kind, x, allocation_reward(met / measured, x["share"], config.share_cost)))
+                share = rng.choice(SHARES)
+                world.apply_decision({"decision_id": f"fidelity/{kind}/{report['cell_id']}/{world.now_ms}", "kind": kind,
+                                      "cell_id": report["cell_id"], "ue_id": None, "target": "",
+                                      "parameters": {"share": share}})
+                open_[(report["cell_id"], kind)] = [world.now_ms, {**context, "share": share}, 0, 0]
+    return out
+
+
+def score_shares(traces: list[list[tuple[int, str, dict, float]]], models: dict[str, dict[str, Any]], start_ms: list[int],
+                 warmup_s: float) -> dict[str, dict[str, list[float]]]:
+    """Absolute errors of the reward forecasts per kind and name: the running means, then each model frozen and
+    prequential (``models``: kind -> name -> allocator)."""
+    errors: dict[str, dict[str, list[float]]] = {t: {} for t in SHARE_TARGETS}
+    for trace, start in zip(traces, start_ms):
+        frozen = {kind: {n: copy.deepcopy(m) for n, m in by.items()} for kind, by in models.items()}
+        online = {kind: {n: copy.deepcopy(m) for n, m in by.items()} for kind, by in models.items()}
+        sums: dict[str, list[float]] = {}
+        for t_ms, kind, x, reward in trace:
+            e = errors[f"reward {kind}"]
+            total = sums.setdefault(kind, [0.0, 0])
+            per_share = sums.setdefault(f"{kind}/{x['share']:g}", [0.0, 0])
+            if t_ms >= start + warmup_s * 1000:
+                e.setdefault("running mean", []).append(abs((total[0] / total[1] if total[1] else 0.0) - reward))
+                mean = per_share[0] / per_share[1] if per_share[1] else (total[0] / total[1] if total[1] else 0.0)
+                e.setdefault("running mean per share", []).append(abs(mean - reward))
+                for name, m in frozen.get(kind, {}).items():
+                    e.setdefault(f"{name}, frozen", []).append(abs(m.predict_one(x) - reward))
+                for name, m in online.get(kind, {}).items():
+                    e.setdefault(f"{name}, prequential", []).append(abs(m.predict_one(x) - reward))
+            for m in online.get(kind, {}).values():
+                m.learn_one(x, reward)
+            for acc in (total, per_share):
+                acc[0] += reward
+                acc[1] += 1
+    return errors
+
+
 def run_fidelity(config: FidelityConfig, latency_models: dict[str, Any] | None = None,
                  sinr_models: dict[str, tuple[Any, str]] | None = None,
-                 on_progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Score the models on every scenario and seed of ``config``; ``{"config", "rows", "extras"}``."""
+                 on_progress: Callable[[str], None] = lambda _: None,
+                 share_models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score the models on every scenario and seed of ``config``; ``{"config", "rows", "extras"}``. The share
+    forecasts are scored when ``config.shares`` (``share_models`` default: the shipped bandits)."""
     from tiertwin.connectors.simulator.scenarios import preset_names
 
     if latency_models is None or sinr_models is None:
         default_latency, default_sinr = default_candidates()
         latency_models = default_latency if latency_models is None else latency_models
         sinr_models = default_sinr if sinr_models is None else sinr_models
+    if config.shares and share_models is None:
+        share_models = default_share_models()
     rows: list[dict] = []
     extras: dict[str, Any] = {}
     for scenario in config.scenarios or tuple(preset_names()):
@@ -304,6 +405,10 @@ def run_fidelity(config: FidelityConfig, latency_models: dict[str, Any] | None =
             on_progress(f"{scenario} seed {seed}: {len(traces[-1].latency)} demands, {len(traces[-1].sinr)} SINR forecasts")
         errors = score_latency(traces, latency_models, config.warmup_s)
         errors.update(score_sinr(traces, sinr_models, config.horizon_s, config.warmup_s))
+        if config.shares:
+            share_traces = [simulate_shares(scenario, seed, config) for seed in config.seeds]
+            on_progress(f"{scenario}: {sum(len(t) for t in share_traces)} share allocations rewarded")
+            errors.update(score_shares(share_traces, share_models, [t.start_ms for t in traces], config.warmup_s))
         rows.extend(rows_for(scenario, errors))
         extras[scenario] = adapted(traces, latency_models)
     return {"config": {k: getattr(config, k) for k in config.__dataclass_fields__}, "rows": rows, "extras": extras}
@@ -389,7 +494,7 @@ def table(rows: list[dict], title: str = "Twin fidelity"):
         key = (r["scenario"], r["target"])
         vs = f"{r['vs_best_baseline']:+.0%}" if "vs_best_baseline" in r and r["kind"] == "model" else ""
         gap = f"{r['gap_closed']:.0%}" if "gap_closed" in r and r["name"] != "oracle" and r["name"] != "persistence" else ""
-        unit = " dB" if r["target"].startswith("sinr") else " ms"
+        unit = " dB" if r["target"].startswith("sinr") else "" if r["target"].startswith("reward") else " ms"
         style = "bold" if r["kind"] == "model" else None
         t.add_row(r["scenario"] if key != last else "", r["target"] if key != last else "", r["name"],
                   f"{r['mae']:.3f}{unit}", f"{r['median_ae']:.3f}", str(r["n"]), vs, gap, style=style,

@@ -648,6 +648,8 @@
     // the honesty meter: per tier, the rolling MAE of the latency forecasts beside the physics baseline's
     $("kpi-fidelity").textContent = (f.fidelity || []).map((r) => `${r.tier} ${fmt(r.model_ms, 1)} / ${fmt(r.baseline_ms, 1)}`)
       .join(" · ") || "–";
+    $("kpi-sinr").textContent = (f.sinr_fidelity || []).map((r) => `${r.target} ${fmt(r.model_db, 2)} / ${fmt(r.baseline_db, 2)}`)
+      .join(" · ") || "–";
     if (S.connected && Date.now() - S.lastFrameAt > 3 * PERIOD_MS + 1000) $("conn-text").textContent = "stalled";
     else if (S.connected) $("conn-text").textContent = "live";
   }
