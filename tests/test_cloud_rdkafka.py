@@ -151,3 +151,26 @@ def test_the_partition_reader_reads_with_the_tier_credentials(secure_broker):
         assert "read-back" in found
     finally:
         consumer.close()
+
+
+def test_a_batch_crosses_a_stage_as_columns_and_rebuilds_the_same_records():
+    from apache_beam.coders import PickleCoder
+
+    from tiertwin.schemas.batches import COLUMN_CHECKS_MIN_ROWS, decode_batch
+    from tiertwin.schemas.examples import example
+
+    records = list(tier_traffic(T0, 4 * COLUMN_CHECKS_MIN_ROWS, rate_per_s=1_000, cells=4, ues=16, seed=3))
+    records.append(("Outcome", example("Outcome", cell_id=2, ts_ms=T0, latency_ms=None)))  # a null in a column
+    values = [REGISTRY.encode(s, r) for s, r in records]
+    batches, letters = decode_batch(REGISTRY, values, topic="t", partition=0, offsets=range(len(values)),
+                                    timestamps_ms=[T0] * len(values), stage="s")
+    assert not letters and len(batches) == 4
+    coder = PickleCoder()  # what Beam encodes a RecordBatch element with between stages
+    for batch in batches:
+        assert batch._columns is not None  # a full fetch: checked on its columns, so it crosses as columns
+        copy = coder.decode(coder.encode(batch))
+        assert type(copy).__name__ == "_ColumnarBatch" and len(copy) == len(batch)
+        assert copy.event_ms == batch.event_ms and copy.columns.equals(batch.columns)
+        assert repr(copy.records) == repr(batch.records), batch.schema  # same values, types and field order
+        again = coder.decode(coder.encode(copy))  # crossing again, with or without its records rebuilt
+        assert repr(again.records) == repr(batch.records)
