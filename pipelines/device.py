@@ -743,9 +743,17 @@ class DeviceRuntime:
             return True
         self._inflight = batch
         sink, every = self._sink, self.config.uplink_yield_every
+        # librdkafka's produce straight (RdKafkaSink.send_raw's own fast path, without its call); a full local
+        # queue (BufferError) goes through send_raw, which waits for room
+        produce = getattr(sink, "_produce", None) or sink.send_raw
+        send_raw = sink.send_raw
+        i = 0
         try:
             for i, (topic, key, value) in enumerate(batch, 1):
-                sink.send_raw(topic, value, key)
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    send_raw(topic, value, key)
                 if i % every == 0:
                     time.sleep(0)   # let a waiting decision have the GIL
         except Exception as exc:  # kafka-python raises its own errors (metadata timeout) from send
