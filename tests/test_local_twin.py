@@ -345,3 +345,46 @@ def test_decisions_awaiting_outcomes_and_their_demand_index_stay_bounded():
     assert learned(300) and not learned(300), "joined by demand id once"
     assert learned(340) and learned(340, decisions[339]["decision_id"]), "both placements of demand 340 learn once each"
     assert not learned(340) and len(twin.pending_by_demand) == len(twin.pending) == 97
+
+
+
+def test_place_features_are_demand_features_of_the_twin_state():
+    """place() computes the features from radio and edge terms cached per telemetry update and per EdgeState:
+    the same floats as demand_features on the twin's state at that moment; the example kept for learning
+    (packed) is the same features too."""
+    from tiertwin.pipelines.features import demand_features
+    from tiertwin.pipelines.local_twin import _unpack_example
+
+    twin = LocalTwin()
+    checked = 0
+    for kind, record in fleet_events(seed=9, ticks=400, n_ues=5):
+        if kind == "telemetry":
+            twin.observe(record)
+        elif kind == "cell-report":
+            twin.update_edge_state(record)
+        else:
+            ue = twin.twin(record["ue_id"])
+            queue = copy.deepcopy(ue.device)
+            critical = record["priority"] >= twin.config.critical_priority
+            deadline = record["ts_ms"] + record["deadline_ms"] if critical else float("inf")
+            wait, backlog = queue.waits(record["ts_ms"], deadline)
+            expected = demand_features(record, ue.radio or None, twin.edge_states.get(record["serving_cell"]), wait, backlog)
+            decision = twin.place(record)
+            assert parameters_to_features(decision["parameters"]) == expected
+            assert _unpack_example(twin.pending[decision["decision_id"]][0]) == expected
+            checked += 1
+    assert checked > 100
+
+
+def test_a_restored_twin_places_and_learns_as_the_live_one():
+    """The caches of place() are not pickled; a restored twin rebuilds them and decides and learns identically."""
+    live = LocalTwin()
+    events = fleet_events(seed=4, ticks=300, n_ues=3)
+    half = len(events) // 2
+    feed(live, events[:half])
+    state = live.__getstate__()
+    assert "_edge_terms" not in state and "_mae" not in state
+    restored = pickle.loads(pickle.dumps(live))
+    after_restore = [without_clock(d) for d in feed(restored, events[half:])]
+    assert after_restore == [without_clock(d) for d in feed(live, events[half:])]
+    assert len(after_restore) > 50 and live.model.n_learned == restored.model.n_learned > 0
