@@ -268,6 +268,11 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         "decisions_per_place_cpu_s": decided / place_cpu if place_cpu else None,
         "decisions_per_runtime_cpu_s": decided / runtime_cpu if runtime_cpu else None,
         "cpu_s_per_simulated_s": runtime_cpu / simulated_s,
+        # what one record costs: observe per telemetry record (with its share of the summaries), place per decision,
+        # the other threads per record the uplink sent (decisions, summaries)
+        "cpu_us_per_record": {"observe": 1e6 * observe_cpu / telemetry if telemetry else None,
+                              "place": 1e6 * place_cpu / decided if decided else None,
+                              "uplink": 1e6 * background / stats["sent"] if stats["sent"] else None},
         "gc_pauses_while_fed": gc_pauses.summary(), "fed_wall_s": fed_wall_s, "uplink_drained": drained, "uplink_drain_s": drain_s, "device_stats": stats,
     }
     log(f"{ues:>6} UEs, {label}: {decided} decisions, place p50 {ours['p50_ms']:.3f} ms, p99 {ours['p99_ms']:.3f} ms, "
@@ -277,13 +282,19 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         f"decisions per place CPU-s | {result['cpu_s_per_simulated_s']:.2f} CPU-s per simulated s (observe {observe_cpu:.1f}, "
         f"place {place_cpu:.1f}, {f'GC between steps {gc_cpu:.1f}, ' if gc_between_steps else ''}other threads {background:.1f}: "
         f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(background_roles.items()) if v >= 0.05) or '-'}; over {simulated_s:g} s) "
+        f"| us of CPU per record: observe {_us(result['cpu_us_per_record']['observe'])}, place "
+        f"{_us(result['cpu_us_per_record']['place'])}, uplink {_us(result['cpu_us_per_record']['uplink'])} "
         f"| uplink sent {stats['sent']}, "
         f"spilled {stats['spilled']}, drained {drained} in {drain_s:.1f} s")
     return result
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 COMPARED = ("p99_to_floor_p99", "p99_to_quiet_floor_p99", "p50_to_floor_p50", "place", "floor", "floor_quiet", "cpu",
-            "decisions_per_place_cpu_s", "cpu_s_per_simulated_s", "gc_pauses_while_fed", "uplink_drained", "device_stats")
+            "decisions_per_place_cpu_s", "cpu_s_per_simulated_s", "cpu_us_per_record", "gc_pauses_while_fed", "uplink_drained", "device_stats")
 
 
 def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, scenario: str = "dense-urban-xr",
@@ -338,7 +349,8 @@ def side_by_side(results: dict[str, Any]):
 
     table = Table(title="bench local: place() and CPU per simulated second, side by side")
     for column in ("UEs", "uplink", "place p50 ms", "p99 ms", "p99.9 ms", "floor p50 / p99 ms", "p50 / floor p50",
-                   "p99 / floor p99", "p99 / quiet floor p99", "CPU-s per sim s", "observe / place / other threads"):
+                   "p99 / floor p99", "p99 / quiet floor p99", "CPU-s per sim s", "observe / place / other threads",
+                   "us per telemetry / decision / uplink record"):
         table.add_column(column, justify="right")
     for ues, size in results["sizes"].items():
         ways = [("none", size.get("without_uplink")), (size["label"].removeprefix("uplink "), size),
@@ -351,7 +363,8 @@ def side_by_side(results: dict[str, Any]):
                           f"{r['floor']['p50_ms']:.3f} / {r['floor']['p99_ms']:.3f}", f"{r['p50_to_floor_p50']:.1f}x",
                           f"{r['p99_to_floor_p99']:.1f}x", f"{r['p99_to_quiet_floor_p99']:.1f}x",
                           f"{r['cpu_s_per_simulated_s']:.2f}",
-                          f"{cpu['observe_s'] / seconds:.2f} / {cpu['place_s'] / seconds:.2f} / {cpu['background_threads_s'] / seconds:.2f}")
+                          f"{cpu['observe_s'] / seconds:.2f} / {cpu['place_s'] / seconds:.2f} / {cpu['background_threads_s'] / seconds:.2f}",
+                          " / ".join(_us((r.get("cpu_us_per_record") or {}).get(k)) for k in ("observe", "place", "uplink")))
     return table
 
 
