@@ -27,7 +27,7 @@ from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from tiertwin.connectors.readiness import wait_out
-from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, RecordRejected
+from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, NotYetAcknowledged, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 from tiertwin.topics import DEAD_LETTERS
@@ -221,11 +221,12 @@ class KafkaSink:
         self._unflushed -= self._mark_every
 
     def flush(self, timeout_s: float | None = 60.0) -> None:
-        """Wait until every record sent so far is acknowledged; raise if any failed."""
+        """Wait until every record sent so far is acknowledged; raise if any failed, or NotYetAcknowledged
+        (still queued, still sent) if ``timeout_s`` passes first."""
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaTimeoutError as exc:
-            raise BrokerUnavailableError(f"records not acknowledged within {timeout_s}s: {exc}") from None
+            raise NotYetAcknowledged(f"records not acknowledged within {timeout_s}s: {exc}") from None
         self._unflushed = 0
         self._marks.clear()
         if self._errors:

@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 from tiertwin.connectors.kafka import PRODUCER_PROFILES, Profile, kafka_config
-from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError
+from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, NotYetAcknowledged
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 
@@ -160,7 +160,7 @@ class RdKafkaSink:
                 raise AccessDeniedError(f"the broker refused to let {who} write: {first}")
             raise BrokerUnavailableError(f"producing failed: {first!r}")
         if left:
-            raise BrokerUnavailableError(f"records not acknowledged within {timeout_s}s: {left} still waiting")
+            raise NotYetAcknowledged(f"records not acknowledged within {timeout_s}s: {left} still waiting")
 
     def abandon(self) -> int:
         """Drop whatever the producer still holds (the caller keeps it elsewhere); the number dropped."""

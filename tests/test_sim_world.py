@@ -338,3 +338,55 @@ def test_the_device_twin_predicts_the_wait_the_simulated_device_gives():
     for name in ("frame", "infer", "late-bulk"):      # nothing more urgent arrived after them: the twin was exact
         assert queue[name] == pytest.approx(predicted[name], abs=1e-9)
     assert queue["bulk"] == pytest.approx(20.0 + 10.0)   # preempted by the frame and the inference that came later
+
+
+def test_a_running_loop_goes_on_while_its_records_wait_for_acknowledgement_and_commits_after():
+    """While a dead leader is replaced the sink's records wait seconds for their acknowledgements; the
+    loop must not stop the world (and the device twins deciding in it) for that. It leaves the offset
+    commit to a later interval, and commits once what it produced is acknowledged: never before."""
+    import time
+
+    from tiertwin.errors import NotYetAcknowledged
+
+    class FailingOver(MemorySink):     # acknowledgements stall for the first `stall_s` of wall time
+        def __init__(self, stall_s):
+            super().__init__(keep=False)
+            self.until = time.monotonic() + stall_s
+            self.acknowledged_at = []
+
+        def flush(self, timeout_s=None):
+            left = self.until - time.monotonic()
+            if left > 0:
+                if timeout_s is not None and timeout_s < left:
+                    time.sleep(timeout_s)
+                    raise NotYetAcknowledged(f"not acknowledged within {timeout_s}s")
+                time.sleep(left)
+            self.acknowledged_at.append(time.monotonic())
+
+    class Decisions:                   # a source with no decisions to apply; records its commits
+        consumer = type("Consumer", (), {"assignment": staticmethod(lambda: {"p0"}),
+                                         "partitions_for_topic": staticmethod(lambda topic: {0})})()
+
+        def __init__(self, sink):
+            self.sink, self.commits = sink, []
+
+        def poll(self, timeout_ms):
+            time.sleep(timeout_ms / 1000)
+            return []
+
+        def commit(self):
+            assert self.sink.acknowledged_at and self.sink.acknowledged_at[-1] >= self.sink.until, \
+                "committed before the outputs were acknowledged"
+            self.commits.append(time.monotonic())
+
+    sink = FailingOver(stall_s=1.5)
+    source = Decisions(sink)
+    world = World(load_scenario("dense-urban-xr").with_overrides(ues=10), seed=3)
+    stepped, step = [], world.step
+    world.step = lambda: (stepped.append(time.monotonic()), step())[1]
+    summary = SimulatorLoop(world, sink, source, realtime=True).run(2.5)
+    assert summary.steps == 250
+    # the world kept its pace through the stall (a loop waiting on the flush stopped it for 1.3 s)
+    assert max(b - a for a, b in zip(stepped, stepped[1:])) < 0.5
+    assert summary.commits_deferred >= 3
+    assert source.commits and min(source.commits) >= sink.until

@@ -45,6 +45,11 @@ class BrokerUnavailableError(TiertwinError):
     """The Kafka broker cannot be reached (not started, wrong address, or not ready in time)."""
 
 
+class NotYetAcknowledged(BrokerUnavailableError):
+    """Records sent are not all acknowledged within the wait asked for (a leader being replaced, a slow
+    broker); they stay queued and are still sent. A caller that can go on without them may."""
+
+
 class AccessDeniedError(TiertwinError):
     """The broker refused the principal (authentication or ACL authorization failed); retrying won't help."""
 

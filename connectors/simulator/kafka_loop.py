@@ -64,7 +64,7 @@ import numpy as np
 
 from tiertwin.connectors.kafka import DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource
 from tiertwin.connectors.simulator.world import World
-from tiertwin.errors import DecodeError, RecordRejected
+from tiertwin.errors import DecodeError, NotYetAcknowledged, RecordRejected
 from tiertwin.schemas import SchemaRegistry
 from tiertwin.settings import Settings
 from tiertwin.stats import percentile, percentiles
@@ -74,6 +74,11 @@ from tiertwin.topics import (
 
 ASSIGNMENT_TIMEOUT_S = 30.0
 DRAIN_LIMIT_S = 2.0  # at the end, wait at most this long for decisions of pending demands
+# How long the running loop waits for its records' acknowledgements before committing the decisions it
+# applied. While a dead leader is being replaced that takes seconds, and the world, with the device twins
+# deciding in it, must not stop for the broker (it did: 8 s in the demo on a cluster); the commit waits
+# for a later interval instead, and the end of the run waits for everything.
+COMMIT_ACK_WAIT_S = 0.05
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +113,8 @@ class SimulatorTopics:
 class RecordSink(Protocol):
     def send(self, topic: str, schema: str, record: dict, key: Any = None, timestamp_ms: int | None = None) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self, timeout_s: float | None = 60.0) -> None:
+        """Wait until what was sent is acknowledged, or raise NotYetAcknowledged after ``timeout_s``."""
 
 
 class MemorySink:
@@ -126,7 +132,7 @@ class MemorySink:
         if self.keep:
             self.records.append((topic, schema, str(key), data))
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float | None = None) -> None:
         return None
 
 
@@ -145,6 +151,7 @@ class SimSummary:
     records_per_s: float = 0.0
     decisions_applied: dict = field(default_factory=dict)
     decisions_rejected: int = 0
+    commits_deferred: int = 0      # periodic offset commits left to a later interval: outputs not yet acknowledged
     late_decisions: int = 0
     unknown_decisions: int = 0
     duplicate_decisions: int = 0
@@ -187,6 +194,7 @@ class SimulatorLoop:
         self.commit_interval_s = commit_interval_s
         self.published: Counter = Counter()
         self.rejected = 0
+        self.commits_deferred = 0    # periodic commits left to a later interval: records not yet acknowledged
         self.rejected_telemetry = 0
         self.reported = 0
         self.ready = threading.Event()
@@ -251,8 +259,8 @@ class SimulatorLoop:
                     self._lockstep()
                 self._outcomes(world.outcome_records())
                 if self.source is not None and time.monotonic() - last_commit >= self.commit_interval_s:
-                    # outputs first, then offsets: at-least-once (without a source, the sink bounds in-flight work)
-                    self._flush_and_commit()
+                    # without a source, the sink bounds in-flight work
+                    self._flush_and_commit(wait_s=COMMIT_ACK_WAIT_S)
                     last_commit = time.monotonic()
             self._drain_pending()
         finally:
@@ -383,8 +391,14 @@ class SimulatorLoop:
         self.dead_letters.reject(value=rec.raw, key=rec.key, topic=rec.topic, partition=rec.partition,
                                  offset=rec.offset, error=error)
 
-    def _flush_and_commit(self) -> None:
-        self.sink.flush()
+    def _flush_and_commit(self, wait_s: float | None = 60.0) -> None:
+        """Outputs first, then the offsets of the decisions applied: at-least-once. Outputs not all
+        acknowledged within ``wait_s`` leave the offsets to a later call, and the loop goes on."""
+        try:
+            self.sink.flush(wait_s)
+        except NotYetAcknowledged:
+            self.commits_deferred += 1
+            return
         if self.source is not None:
             self.source.commit()
 
@@ -392,7 +406,8 @@ class SimulatorLoop:
         total = int(sum(self.published.values()))
         return summarize(self.world, wall_s, sim_s, steps=self._steps, realtime=self.realtime,
                          published=dict(self.published), records_per_s=total / wall_s if wall_s > 0 else 0.0,
-                         decisions_rejected=self.rejected, steps_behind=self._behind,
+                         decisions_rejected=self.rejected, commits_deferred=self.commits_deferred,
+                         steps_behind=self._behind,
                          physics_seconds=round(self._physics_s, 6), local_twin=self.local_twin,
                          device=self._device_summary())
 
