@@ -100,6 +100,10 @@ class PartitionSlice:
     stop: int
     # Every (topic, partition) of the same read: a worker holds its watermark until each has been heard from.
     read_partitions: tuple = ()
+    # Resuming (ReadSpec.resume): every partition of the job, all shards (workers) included, and the replay
+    # point committed with ``start`` (connectors/beam_resume.py).
+    group_partitions: tuple = ()
+    replay_from_ms: int | None = None
 
     @property
     def bounded(self) -> bool:
@@ -124,16 +128,19 @@ def discover_partitions(settings: Settings, topics: list[str], spec: ReadSpec,
             if not partitions:
                 raise ConfigError(f"topic {topic!r} does not exist on {settings.bootstrap}")
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        tps = tps[shard[0]::shard[1]]
+        every_shard, tps = tuple((tp.topic, tp.partition) for tp in tps), tps[shard[0]::shard[1]]
         what = f"the offsets of {', '.join(repr(t) for t in topics)}"
         starts = wait_out(lambda: _offsets_at(consumer, tps, spec.start), what, settings)
+        committed: dict = {}
         if spec.resume is not None:  # resume where the group committed (the others start at spec.start)
             committed = wait_out(lambda: committed_positions(settings, spec.resume.group_id, tps), what, settings)
             starts = {tp: committed[tp][0] if tp in committed else starts[tp] for tp in tps}
         stops = ({tp: UNBOUNDED for tp in tps} if spec.stop is None
                  else wait_out(lambda: _offsets_at(consumer, tps, spec.stop), what, settings))
         every = tuple((tp.topic, tp.partition) for tp in tps)
-        return [PartitionSlice(tp.topic, tp.partition, starts[tp], max(starts[tp], stops[tp]), every) for tp in tps]
+        return [PartitionSlice(tp.topic, tp.partition, starts[tp], max(starts[tp], stops[tp]), every,
+                               every_shard if spec.resume is not None else (), committed.get(tp, (0, None))[1])
+                for tp in tps]
     finally:
         consumer.close()
 
@@ -240,7 +247,7 @@ class _ReadPartition(beam.DoFn):
             return
         _WORKER_WATERMARKS.expect(self.read_id, element.read_partitions)
         if self.spec.resume is not None:
-            RESUME_LOG.started(self.read_id, key, restriction.start)
+            RESUME_LOG.started(self.read_id, key, restriction.start, element.replay_from_ms)
         consumer = self._consumer_at(tp, restriction.start)
         deadline = time.monotonic() + self.spec.max_read_s
         last_claimed = restriction.start - 1
@@ -260,7 +267,7 @@ class _ReadPartition(beam.DoFn):
                 highwater = consumer.highwater(tp)
                 if highwater is not None and self._next_offset[key] >= highwater:
                     self._advance_idle(key, watermark)
-                    self._commit_when_finalized(commits, tp)
+                    self._commit_when_finalized(commits, element, tp)
                 # else: records exist that this poll did not bring (a slow fetch, a starved CPU); not idle
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
@@ -297,29 +304,27 @@ class _ReadPartition(beam.DoFn):
             if highwater is not None and self._next_offset[key] >= highwater:
                 # Caught up: end the bundle now so its records (and watermark) move on downstream,
                 # instead of waiting out max_read_s for a trickle.
-                self._commit_when_finalized(commits, tp)
+                self._commit_when_finalized(commits, element, tp)
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
         tracker.defer_remainder(Duration.of(0))
 
-    def _commit_when_finalized(self, commits: list, tp: TopicPartition) -> None:
+    def _commit_when_finalized(self, commits: list, element: PartitionSlice, tp: TopicPartition) -> None:
         """Once the runner holds this bundle, commit the partition's resume point (connectors/beam_resume.py):
-        the last breakpoint before the replay point of the read's held watermark, at most this bundle's end.
+        the last breakpoint before the replay point of the job's held watermark, at most this bundle's end.
         Only bundles that caught their partition up commit (a read with a backlog runs ahead of downstream)."""
         resume = self.spec.resume
         key = (tp.topic, tp.partition)
         if resume is None or key not in self._next_offset:
             return
         held = _WORKER_WATERMARKS.held(self.read_id)
-        if held is None or held <= MIN_TIMESTAMP:
-            return
-        replay_from = resume.replay_from(held.micros // 1000)
-        upto, read_id, settings = self._next_offset[key], self.read_id, self.settings
+        watermark_ms = None if held is None or held <= MIN_TIMESTAMP else held.micros // 1000
+        upto, run, settings = self._next_offset[key], self.read_id, self.settings
+        mine = set(element.read_partitions)
+        others = tuple(p for p in element.group_partitions if p not in mine)
 
         def commit():
-            offset = RESUME_LOG.to_commit(read_id, key, upto, replay_from)
-            if offset is not None:
-                RESUME_LOG.commit(settings, resume.group_id, tp, offset, replay_from)
+            if RESUME_LOG.finalized(settings, resume, run, tp, upto, watermark_ms, others):
                 self.committed.inc()
 
         commits.append(commit)

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
@@ -76,15 +77,20 @@ class ResumePolicy:
         return self.offset_ms + k * self.period_ms
 
 
-def _metadata(replay_from_ms: int) -> str:
-    return json.dumps({"replay_from_ms": int(replay_from_ms)})
+def _metadata(replay_from_ms: int, watermark_ms: int | None, run: str) -> str:
+    return json.dumps({"replay_from_ms": int(replay_from_ms), "watermark_ms": watermark_ms, "run": run})
+
+
+def _field(metadata: str | None, name: str):
+    try:
+        return json.loads(metadata or "")[name]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _replay_from_of(metadata: str | None) -> int | None:
-    try:
-        return int(json.loads(metadata or "")["replay_from_ms"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    value = _field(metadata, "replay_from_ms")
+    return int(value) if isinstance(value, int) else None
 
 
 def committed_positions(settings: Settings, group_id: str, tps: list) -> dict:
@@ -104,17 +110,26 @@ def committed_positions(settings: Settings, group_id: str, tps: list) -> dict:
 
 def resume_boundary_ms(positions: dict) -> int | None:
     """Windows starting before this were emitted before the restart (None: nothing was committed)."""
-    marks = [r for _, r in positions.values() if r is not None]
+    marks = [r for _, r in positions.values() if r is not None and r > NO_BOUND]
     return max(marks) if marks else None
 
 
-class _Partition:
-    __slots__ = ("breakpoints", "newest_ms", "committed")
+COMMIT_INTERVAL_S = 1.0  # a partition commits at most this often (each commit is a request to the broker)
 
-    def __init__(self, start: int):
-        self.breakpoints: list[list[int]] = [[start, NO_BOUND]]  # [offset, bound of every event before it]
-        self.newest_ms = NO_BOUND
-        self.committed = start  # nothing before the start needs reading again
+
+class _Partition:
+    __slots__ = ("breakpoints", "newest_ms", "committed", "replay_from_ms", "last_commit", "published")
+
+    def __init__(self, start: int, replay_from_ms: int | None):
+        # [offset, newest event time before it]. Before the start: nothing (a fresh read skipped it) or, resuming
+        # from a commit, records older than the commit's replay point.
+        bound = NO_BOUND if replay_from_ms is None else replay_from_ms - 1
+        self.breakpoints: list[list[int]] = [[start, bound]]
+        self.newest_ms = bound
+        self.committed = start
+        self.replay_from_ms = NO_BOUND if replay_from_ms is None else replay_from_ms
+        self.last_commit = 0.0
+        self.published = False  # a watermark: until then, commit as soon as there is one (other workers wait on it)
 
 
 class ResumeLog:
@@ -122,17 +137,26 @@ class ResumeLog:
 
     A partition's restriction moves between DoFn instances of a worker, so this is per process
     (like the watermarks); commits are made by one group consumer per process and group.
+
+    With several SDK workers (each reading a shard of the partitions), the replay point must follow the
+    watermark of the whole job, not one worker's: every commit also carries the worker's held watermark
+    and the run (the read id), and a worker takes the minimum of its own and what the other workers'
+    partitions last committed in this run; until each of them has, it commits no further than before
+    (but still publishes its watermark, so the others can move on).
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._parts: dict[tuple, _Partition] = {}
         self._committers: dict[tuple, KafkaConsumer] = {}
+        self._others: dict[tuple, tuple[float, int | None]] = {}
+        self._io_lock = threading.Lock()  # broker requests: never under _lock, which the read path takes
 
-    def started(self, read_id: str, key: tuple, start: int) -> None:
-        """The read reached ``key`` at offset ``start`` (the first time: its breakpoints begin there)."""
+    def started(self, read_id: str, key: tuple, start: int, replay_from_ms: int | None = None) -> None:
+        """The read reached ``key`` at offset ``start`` (the first time: its breakpoints begin there);
+        ``replay_from_ms``: the replay point committed with ``start``, if it was."""
         with self._lock:
-            self._parts.setdefault((read_id, key), _Partition(start))
+            self._parts.setdefault((read_id, key), _Partition(start, replay_from_ms))
 
     def note(self, read_id: str, key: tuple, next_offset: int, newest_ms: int | None) -> None:
         """A fetch up to ``next_offset`` was read; ``newest_ms``: its newest event time (None: no event)."""
@@ -148,41 +172,99 @@ class ResumeLog:
             else:
                 part.breakpoints.append([next_offset, part.newest_ms])
 
-    def to_commit(self, read_id: str, key: tuple, upto: int, replay_from_ms: int) -> int | None:
-        """The offset to commit for ``key`` (at most ``upto``) so that replay from it recomputes every window
-        starting at or after ``replay_from_ms``; None if that is no further than the last commit."""
+    def plan(self, read_id: str, key: tuple, upto: int, replay_from_ms: int | None,
+             now: float | None = None, watermark_known: bool = True) -> tuple[int, int] | None:
+        """``(offset, replay point)`` to commit for ``key`` now: the last breakpoint at most ``upto`` before which
+        no record belongs to a window starting at or after ``replay_from_ms`` (None: unknown, keep the last
+        commit), or the last commit again; None if the partition committed less than
+        :data:`COMMIT_INTERVAL_S` ago.
+
+        >>> log = ResumeLog(); log.started("r", ("t", 0), 100)
+        >>> log.note("r", ("t", 0), 150, 5_000); log.note("r", ("t", 0), 200, 9_000); log.note("r", ("t", 0), 250, 12_000)
+        >>> log.plan("r", ("t", 0), upto=250, replay_from_ms=10_000, now=10.0)  # records before 200 are older
+        (200, 10000)
+        >>> log.plan("r", ("t", 0), upto=250, replay_from_ms=20_000, now=10.5) is None  # too soon
+        True
+        >>> log.plan("r", ("t", 0), upto=250, replay_from_ms=None, now=12.0)  # unknown: the last commit again
+        (200, 10000)
+        """
+        now = time.monotonic() if now is None else now
         with self._lock:
             part = self._parts.get((read_id, key))
-            if part is None:
+            if part is None or (now - part.last_commit < COMMIT_INTERVAL_S and (part.published or not watermark_known)):
                 return None
-            best = None
-            for offset, bound in part.breakpoints:
-                if offset > upto or bound >= replay_from_ms:
-                    break
-                best = offset
-            if best is None or best <= part.committed:
-                return None
-            part.committed = best
-            part.breakpoints = [b for b in part.breakpoints if b[0] >= best]
-            return best
+            part.last_commit, part.published = now, part.published or watermark_known
+            if replay_from_ms is not None:
+                best = None
+                for offset, bound in part.breakpoints:
+                    if offset > upto or bound >= replay_from_ms:
+                        break
+                    best = offset
+                if best is not None and best > part.committed:
+                    part.committed, part.replay_from_ms = best, replay_from_ms
+                    part.breakpoints = [b for b in part.breakpoints if b[0] >= best]
+            return part.committed, part.replay_from_ms
 
     def forget(self, read_id: str, key: tuple) -> None:
         with self._lock:
             self._parts.pop((read_id, key), None)
 
+    def _committer(self, settings: Settings, group_id: str) -> KafkaConsumer:
+        consumer = self._committers.get((group_id, settings.bootstrap))
+        if consumer is None:
+            consumer = KafkaConsumer(**kafka_config(settings, f"{group_id}-commit", group_id=group_id,
+                                                    enable_auto_commit=False))
+            self._committers[(group_id, settings.bootstrap)] = consumer
+        return consumer
+
+    def others_watermark(self, settings: Settings, group_id: str, others: tuple, run: str) -> int | None:
+        """The minimum watermark the partitions ``others`` (read by other workers) committed in run ``run``;
+        None while one has not. Looked up at most every :data:`COMMIT_INTERVAL_S`."""
+        now = time.monotonic()
+        with self._io_lock:
+            cached = self._others.get((group_id, run))
+            if cached is not None and now - cached[0] < COMMIT_INTERVAL_S:
+                return cached[1]
+            consumer = self._committer(settings, group_id)
+            marks = []
+            for topic, partition in others:
+                committed = consumer.committed(TopicPartition(topic, partition), metadata=True)
+                meta = committed.metadata if committed is not None else None
+                mark = _field(meta, "watermark_ms") if _field(meta, "run") == run else None
+                if not isinstance(mark, int):
+                    marks = None
+                    break
+                marks.append(mark)
+            found = min(marks) if marks else None
+            self._others[(group_id, run)] = (now, found)
+            return found
+
     def commit(self, settings: Settings, group_id: str, tp: TopicPartition, offset: int,
-               replay_from_ms: int) -> None:
-        """Commit ``offset`` of ``tp`` for ``group_id`` with ``replay_from_ms`` as its metadata."""
-        with self._lock:
-            consumer = self._committers.get((group_id, settings.bootstrap))
-            if consumer is None:
-                consumer = KafkaConsumer(**kafka_config(settings, f"{group_id}-commit", group_id=group_id,
-                                                        enable_auto_commit=False))
-                self._committers[(group_id, settings.bootstrap)] = consumer
+               replay_from_ms: int, watermark_ms: int | None = None, run: str = "") -> None:
+        """Commit ``offset`` of ``tp`` for ``group_id``, with its replay point, the worker's held watermark and
+        the run as metadata."""
+        with self._io_lock:
+            consumer = self._committer(settings, group_id)
             try:
-                consumer.commit({tp: OffsetAndMetadata(offset, _metadata(replay_from_ms), -1)})
+                consumer.commit({tp: OffsetAndMetadata(offset, _metadata(replay_from_ms, watermark_ms, run), -1)})
             except KafkaError as exc:  # the next finalized bundle commits a later point; a restart replays more
                 logging.getLogger(__name__).warning("resume commit of %s at %d failed: %s", tp, offset, exc)
+
+    def finalized(self, settings: Settings, policy: ResumePolicy, run: str, tp: TopicPartition, upto: int,
+                  watermark_ms: int | None, others: tuple = ()) -> bool:
+        """A bundle that caught ``tp`` up (read to ``upto``, the worker's held watermark ``watermark_ms``) is
+        held by the runner: commit what :meth:`plan` says. True if it committed."""
+        key = (tp.topic, tp.partition)
+        job_watermark = watermark_ms
+        if job_watermark is not None and others:
+            theirs = self.others_watermark(settings, policy.group_id, others, run)
+            job_watermark = None if theirs is None else min(job_watermark, theirs)
+        replay_from = None if job_watermark is None else policy.replay_from(job_watermark)
+        planned = self.plan(run, key, upto, replay_from, watermark_known=watermark_ms is not None)
+        if planned is None:
+            return False
+        self.commit(settings, policy.group_id, tp, planned[0], planned[1], watermark_ms, run)
+        return True
 
 
 RESUME_LOG = ResumeLog()

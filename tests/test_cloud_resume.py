@@ -57,32 +57,42 @@ def _comparable(snapshot: dict) -> dict:
     return {k: v for k, v in snapshot.items() if k != "emitted_ns"}  # the only emission-time field
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_complete(
-        new_topic, group_id, settings, tmp_path):
+        new_topic, group_id, settings, tmp_path, workers):
     tiers = {schema: new_topic(2, prefix=f"test.resume.{schema.lower()}") for schema in STREAMS}
     snapshots = new_topic(2)
     config = tmp_path / "cloud.yaml"
     config.write_text(yaml.safe_dump({
         "input_topics": list(tiers.values()), "snapshots_topic": snapshots, "dead_letter_topic": None,
         "models_topic": None, "train": False, "start": "earliest", "window_s": WINDOW_MS / 1000,
-        "early_firing_s": None, "allowed_lateness_s": 0, "resume_margin_s": 2, "consumer_group": group_id}))
+        "early_firing_s": None, "allowed_lateness_s": 0, "resume_margin_s": 2, "consumer_group": group_id,
+        "sdk_workers": workers,
+        # Records are read live, at most a few hundred ms after their event time; but a producer or reader starved
+        # of CPU for 0.5 s (the default) would let a partition go idle and its next records be late (and dropped:
+        # no lateness here).
+        "idle_after_s": 2}))
     log = tmp_path / "cloud.log"
-    traffic = Traffic(settings, tiers, seconds=16, rate=200)
+    traffic = Traffic(settings, tiers, seconds=20, rate=200)
     expected = traffic.expected()
+    traffic.start()  # before the job: it starts on a backlog, not on idle partitions whose watermark runs ahead
     job = start_job(config, log)
     try:
-        traffic.start()
-        # Run until a few windows are out, then SIGKILL in the middle of a window.
+        # Run until a few windows are out and the job has committed a resume point, then SIGKILL it in the
+        # middle of a window.
         first = read_topic(snapshots, settings, timeout_s=60, until=lambda recs: len(
             {r.value["window_start_ms"] for r in recs}) >= 4)
         assert len({r.value["window_start_ms"] for r in first}) >= 4, log.read_text()[-3000:]
+        deadline = time.monotonic() + 20
+        while resume_boundary(settings, group_id, list(tiers.values())) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
         while abs(time.time() * 1000 % WINDOW_MS - WINDOW_MS / 2) > 150:
             time.sleep(0.02)
         kill_job(job)
         killed_at_ms = int(time.time() * 1000)
         before = read_topic(snapshots, settings, timeout_s=10)
         boundary = resume_boundary(settings, group_id, list(tiers.values()))
-        assert boundary is not None, "nothing was committed"
+        assert boundary is not None, f"nothing was committed\n{log.read_text()[-3000:]}"
 
         job = start_job(config, log)  # the rest is produced while it is down and after it restarted
         traffic.join(60)
