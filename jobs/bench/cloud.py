@@ -248,9 +248,10 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
-    """CPU seconds used so far by this process (the LOOPBACK SDK worker runs in it), by the Prism
-    process it started, by the training job's process with its Prism (when training runs in its own
-    process) and by the whole machine (Linux /proc; empty elsewhere)."""
+    """CPU seconds used so far by this process (the LOOPBACK SDK worker runs in it) with its SDK worker
+    child processes (``--sdk-workers`` > 1), by the Prism process it started, by the training job's
+    process with its Prism (when training runs in its own process) and by the whole machine (Linux /proc;
+    empty elsewhere)."""
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
@@ -259,12 +260,12 @@ def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / tick
 
-    def prism_pids(parent: int) -> list[int]:
+    def prism_pids(parent: int, marker: bytes = b"prism") -> list[int]:
         pids = []
         for task in Path(f"/proc/{parent}/task").iterdir():
             try:
                 for child in (task / "children").read_text().split():
-                    if b"prism" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    if marker in Path(f"/proc/{child}/cmdline").read_bytes():
                         pids.append(int(child))
             except OSError:  # a thread or child that just ended
                 continue
@@ -272,7 +273,9 @@ def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
 
     try:
         machine = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        used = {"sdk_worker": of(os.getpid()), "prism": sum(of(pid) for pid in prism_pids(os.getpid())),
+        workers = prism_pids(os.getpid(), b"tiertwin.pipelines.cloud.worker")
+        used = {"sdk_worker": of(os.getpid()) + sum(of(pid) for pid in workers),
+                "prism": sum(of(pid) for pid in prism_pids(os.getpid())),
                 "machine": (sum(machine) - machine[3] - machine[4]) / tick}
         if trainer_pid is not None:
             used["training_job"] = of(trainer_pid) + sum(of(pid) for pid in prism_pids(trainer_pid))
@@ -482,7 +485,8 @@ def _bench_topics(settings, partitions: int):
 
 
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
-                     batches: bool = True, read_max_s: float | None = None, client: str = "librdkafka") -> dict:
+                     batches: bool = True, read_max_s: float | None = None, client: str = "librdkafka",
+                     sdk_workers: int = 1) -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
     how fast it empties them: from the job's submission (when it starts reading) until every window of the
     backlog has its on-time snapshot, with the CPU the SDK worker and Prism (and the training job, if on)
@@ -508,7 +512,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train, batches=batches,
-                             kafka_client=client)
+                             kafka_client=client, sdk_workers=sdk_workers)
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
     if read_max_s is not None:
@@ -577,6 +581,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     job_cpu_s = cpu.get("sdk_worker_s", 0.0) + cpu.get("prism_s", 0.0)
     return {
         "mode": "drain", "runner": "prism", "batches": batches, "kafka_client": client, "trains_models": train,
+        "sdk_workers": sdk_workers,
         "read_max_s": config.read_max_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "records_prefilled": filled["produced"], "partitions_per_topic": partitions, "window_s": window_s,
@@ -594,6 +599,39 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
                            "cpu_ms_per_1k_records": 1000 * polars_cpu_s / (archived / 1000),
                            "snapshots": len(reference)},
     }
+
+
+def _worker_counts(workers: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]`` (each 1-16)."""
+    try:
+        counts = [int(w) for w in workers.split(",") if w.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= c <= 16 for c in counts):
+        raise ConfigError(f"--workers: a count of SDK workers (1-16) or a list like 1,2, not {workers!r}")
+    return counts
+
+
+def _drain_per_worker_count(counts: list[int], drain: int, window_s: float, out: Path, **options) -> None:
+    """The drain bench once per SDK worker count, on a fresh backlog of the same size each time; the
+    throughput of each against the first count's."""
+    from tiertwin.jobs.bench import write_results
+
+    runs = []
+    for n in counts:
+        console.print(f"-- {n} SDK worker{'s' if n > 1 else ''}")
+        runs.append(_run_drain_bench(drain, window_s, log=console.print, sdk_workers=n, **options))
+    base = runs[0]["records_per_s"] or 0
+    summary = [{"sdk_workers": r["sdk_workers"], "records_per_s": r["records_per_s"], "all_fused": r["all_fused"],
+                "records_fused": r["records_fused"], "cpu_ms_per_1k_records": r["cpu_ms_per_1k_records"],
+                "speedup": (r["records_per_s"] or 0) / base if base else None} for r in runs]
+    path = write_results("cloud-drain-workers", {"mode": "drain-workers", "records_prefilled": drain,
+                                                 "window_s": window_s, "summary": summary, "runs": runs}, out)
+    for row in summary:
+        console.print(f"{row['sdk_workers']} SDK worker(s): {row['records_per_s'] or 0:.0f} records/s "
+                      f"(x{row['speedup'] or 0:.2f}), {row['cpu_ms_per_1k_records'] or 0:.1f} ms CPU per 1,000 "
+                      f"records, all fused: {row['all_fused']}")
+    console.print(f"results in {path}")
 
 
 bench_commands = typer.Typer()
@@ -619,6 +657,8 @@ def bench_cloud(
     client: str = typer.Option("librdkafka", help="The Kafka client the job reads with: librdkafka or kafka-python."),
     producer_client: str = typer.Option("librdkafka", help="Paced mode: the client that offers the traffic "
                                                           "(librdkafka or kafka-python)."),
+    workers: str = typer.Option("1", help="Drain mode: SDK worker processes of the job, or a list (`1,2`) to "
+                                          "drain the same backlog once per count and compare."),
 ):
     """Records/s and window-end -> snapshot latency on Prism, beside polars over the same log (ceiling);
     with --drain N, how fast the job empties a backlog of N records and its CPU per 1,000 records."""
@@ -631,8 +671,13 @@ def bench_cloud(
         if drain < least:
             raise ConfigError(f"--drain {drain:,} records span {drain // 10:,} ms of event time: less than two "
                               f"{window_s:g} s windows; drain at least {least:,} (or use a smaller --window-s)")
+        counts = _worker_counts(workers)
+        if len(counts) > 1:
+            _drain_per_worker_count(counts, drain, window_s, out, train=train, batches=batches,
+                                    read_max_s=read_max_s, client=client)
+            return
         results = _run_drain_bench(drain, window_s, log=console.print, train=train, batches=batches,
-                                   read_max_s=read_max_s, client=client)
+                                   read_max_s=read_max_s, client=client, sdk_workers=counts[0])
         path = write_results("cloud-drain", results, out)
         ceiling = results["polars_ceiling"]
         console.print(f"drained {results['records_fused']} of {results['records_in_complete_windows']} records "
