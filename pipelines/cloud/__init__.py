@@ -11,6 +11,7 @@ One module per concern:
   streaming and backfill pipelines;
 * :mod:`~tiertwin.pipelines.cloud.runtime` -- runners, the streaming run and its training process,
   draining, garbage-collector tuning (no transforms).
+* :mod:`~tiertwin.pipelines.cloud.worker` -- the SDK worker process of a job with several.
 
 Import from the module that holds a name; this package imports nothing, so supervising code
 that needs only the runtime does not load Beam.
