@@ -91,6 +91,8 @@ class JobSpec(BaseModel):
             config.setdefault("instance_id", f"{self.name}-{instance}")
         if self.tier == "cloud" and self.runner is not None:
             config.setdefault("runner_options", self.runner.options)
+        if self.tier == "cloud":  # its resume offsets are the job's own (connectors/beam_resume.py)
+            config.setdefault("consumer_group", self.group_id or f"tiertwin-cloud-{self.name}")
         return config
 
 
