@@ -268,7 +268,7 @@ def test_the_forecaster_with_geometry_beats_persistence_driving_past_a_mast_at_i
                 serving = int(np.argmax(sinr))
             twin.observe_summary(summary(f"ue-{n}", t, x, lane, speed, sinr, serving))
     model = twin.slots[HANDOVER].current()[0]
-    assert model.n_learned > 1000 and model.coefficients("serving")["geo_change_db"] > 0.5
+    assert model.n_learned > 1000 and model.coefficients("serving fast")["geo_change_db"] > 0.5
     model_errors, persistence_errors = [], []
     for n in range(10):                              # judge on fresh drives, frozen
         track = list(drive(f"test-{n}", t + 100_000))
