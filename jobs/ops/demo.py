@@ -222,6 +222,8 @@ def run_demo(seconds: float = 60.0, ues: int | None = None, specs_dir: Path = SP
     args += ["--summary-json", str(summary_file)]
     simulator = JobSpec(**{**simulator.model_dump(), "args": args, "inputs": inputs})
     scenario = _option(args, "--scenario", "dense-urban-xr")
+    if "edge" in specs and "scenario" not in specs["edge"].config:   # the edge knows its network: SINR forecast geometry
+        specs["edge"] = JobSpec(**{**specs["edge"].model_dump(), "config": {**specs["edge"].config, "scenario": scenario}})
     uses = _option(args, "--ues", "")
     summary_ues = int(uses) if uses else None
     # a previous, interrupted demo may have left jobs running (a local service would answer the device's demands too)
