@@ -497,7 +497,8 @@ class DeviceRuntime:
         if self._inbox:
             self._apply_downlink()
         decision = self.twin.place(demand)
-        self._queue(_DECISION, decision, decision["ue_id"])
+        if self.connect or self.config.offline_uplink == "keep":    # _queue, inlined (per decision)
+            self._outbox.append((_DECISION, decision, decision["ue_id"]))
         self.stats.decisions += 1
         return decision
 

@@ -540,8 +540,8 @@ class LocalTwin:
         predicted = model.predict_tiers(x)
         costs = self._low_battery_costs if twin.battery_pct < c.low_battery_pct else self._costs
         tier = choose_tier(predicted, deadline_ms, costs, c.deadline_margin)
-        if tier == "local":
-            queue.add(now_ms, key, x["local_compute_ms"])
+        if tier == "local":     # EdfQueue.add; its clock is at now_ms already (waits, or the empty-queue branch)
+            bisect.insort(queue.tasks, [key, x["local_compute_ms"]])
         twin.placed[tier] += 1
         chosen = predicted[tier]
         # The features travel with the decision (the cloud learns from them): one dict display, built once.
@@ -580,12 +580,13 @@ class LocalTwin:
             }
             decision.update(stamps)
             decision["twin_site"] = c.site
-        self._remember(did, demand_id, x, tier)
+        # x is placement_features' dict, in DEMAND_FEATURES order: packed as it is (see _pack_example)
+        self._remember(did, demand_id, _EXAMPLE.pack(*x.values()), tier)
         decision["decided_ns"] = _time_ns()
         return decision
 
-    def _remember(self, did: str, demand_id: str, x: dict, tier: str) -> None:
-        self.pending[did] = (_pack_example(x), tier, demand_id)
+    def _remember(self, did: str, demand_id: str, x: dict | bytes, tier: str) -> None:
+        self.pending[did] = (x if type(x) is bytes else _pack_example(x), tier, demand_id)
         self.pending_by_demand[demand_id] = did
         limit = self.config.pending_outcomes
         while len(self.pending) > limit:
