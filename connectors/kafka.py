@@ -17,7 +17,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
@@ -25,6 +25,7 @@ from kafka.errors import (AuthorizationError, CommitFailedError, IllegalGenerati
                           KafkaError, KafkaTimeoutError, RebalanceInProgressError, UnknownMemberIdError)
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.structs import OffsetAndMetadata
 
 from tiertwin.connectors.readiness import wait_out
 from tiertwin.errors import AccessDeniedError, BrokerUnavailableError, ConfigError, NotYetAcknowledged, RecordRejected
@@ -347,8 +348,10 @@ class KafkaSource:
         self.dead_letters.reject(value=message.value, key=message.key, topic=message.topic,
                                  partition=message.partition, offset=message.offset, error=error)
 
-    def commit(self) -> bool:
-        """Commit everything polled so far. Call only after the batch is processed and outputs flushed.
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> bool:
+        """Commit everything polled so far, or ``offsets``: the next offset to read per (topic,
+        partition), for a caller that processes what it polled later, elsewhere. Call only after the
+        records are processed and their outputs flushed.
 
         Returns False when a group rebalance refused the commit: the records since the last commit
         are redelivered (at-least-once) and the caller goes on polling, which completes the rebalance.
@@ -357,7 +360,11 @@ class KafkaSource:
         if self.dead_letters is not None:
             self.dead_letters.sink.flush()
         try:
-            self._consumer.commit()
+            if offsets is None:
+                self._consumer.commit()
+            elif offsets:
+                self._consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                                       for (topic, partition), offset in offsets.items()})
         except _REBALANCE_ERRORS as exc:
             log.warning("offset commit skipped during a group rebalance (%s); records since the last commit "
                         "will be redelivered", type(exc).__name__)

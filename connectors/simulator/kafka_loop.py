@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -173,6 +174,65 @@ class SimSummary:
         return asdict(self)
 
 
+class DecisionInbox:
+    """The decisions a real-time loop applies, polled in a thread of their own so that the world never
+    waits for the broker: kafka-python's ``poll`` and ``commit`` block while the group's coordinator is
+    being found again (5.5 s seen at a start, more while a dead node's leadership moves), and the device
+    twins decide in the world's thread. The loop takes what has arrived (:meth:`take`) and, once its
+    outputs are acknowledged, hands over the offsets of what it applied (:meth:`commit`); this thread
+    commits them, so the consumer is only ever used from here until :meth:`close`."""
+
+    def __init__(self, source: KafkaSource, poll_ms: int = 100):
+        self.source, self.poll_ms = source, poll_ms
+        self._arrived: queue.SimpleQueue = queue.SimpleQueue()
+        self._offsets: dict[tuple[str, int], int] | None = None
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tiertwin-sim-decisions", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._closing.is_set():
+                for record in self.source.poll(self.poll_ms):
+                    self._arrived.put(record)
+                with self._lock:
+                    offsets, self._offsets = self._offsets, None
+                if offsets:
+                    self.source.commit(offsets)
+        except BaseException as exc:    # handed to the loop's thread by the next take()
+            self._failure = exc
+
+    def take(self, timeout_ms: int = 0) -> list[KafkaRecord]:
+        """What has arrived; waits up to ``timeout_ms`` for the first record if nothing has."""
+        if self._failure is not None:
+            raise self._failure
+        taken = []
+        try:
+            taken.append(self._arrived.get(timeout=timeout_ms / 1000) if timeout_ms > 0 else self._arrived.get_nowait())
+            while True:
+                taken.append(self._arrived.get_nowait())
+        except queue.Empty:
+            return taken
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit these next offsets at the thread's next turn (the newest request wins)."""
+        with self._lock:
+            self._offsets = dict(offsets)
+
+    def close(self) -> list[KafkaRecord]:
+        """Stop polling; what arrived but was not taken, for the caller to apply. The source is the
+        caller's again (its position is past every record this inbox took or returns)."""
+        self._closing.set()
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self.take()
+
+
 class SimulatorLoop:
     """Runs a World against Kafka (or any sink), in real time or as fast as possible."""
 
@@ -195,6 +255,8 @@ class SimulatorLoop:
         self.published: Counter = Counter()
         self.rejected = 0
         self.commits_deferred = 0    # periodic commits left to a later interval: records not yet acknowledged
+        self._inbox: DecisionInbox | None = None   # real time: decisions polled off the world's thread
+        self._applied: dict[tuple[str, int], int] = {}   # the next offset per partition of what was applied
         self.rejected_telemetry = 0
         self.reported = 0
         self.ready = threading.Event()
@@ -230,6 +292,9 @@ class SimulatorLoop:
         """Simulate ``seconds`` of network time (``None``: until :meth:`stop`); return the summary."""
         world, step_s = self.world, self.world.scenario.step_ms / 1000.0
         self._await_assignment()
+        if self.realtime and self.source is not None:
+            self._inbox = DecisionInbox(self.source)
+            self._inbox.start()
         if self.realtime:
             world.start_ms = int(time.time() * 1000) - int(round(world.t_ms))
             world.wall_clock_ns = time.time_ns
@@ -262,8 +327,15 @@ class SimulatorLoop:
                     # without a source, the sink bounds in-flight work
                     self._flush_and_commit(wait_s=COMMIT_ACK_WAIT_S)
                     last_commit = time.monotonic()
+            self._close_inbox()
             self._drain_pending()
         finally:
+            if self._inbox is not None:    # the run failed: the source is this thread's again; decisions
+                inbox, self._inbox = self._inbox, None   # not applied are redelivered (not committed)
+                try:
+                    inbox.close()
+                except Exception:          # its failure, if any, was raised by take() already
+                    pass
             self._flush_and_commit()
             if self._owns_runtime:
                 self.runtime.close()   # sends what is queued; the rest waits in its spill file
@@ -372,10 +444,19 @@ class SimulatorLoop:
             send(topic, schema, record, key=key)
         self.published[schema] += len(records)
 
+    def _close_inbox(self) -> None:
+        if self._inbox is not None:
+            rest, self._inbox = self._inbox.close(), None
+            self._apply(rest)
+
     def _poll_decisions(self, timeout_ms: int) -> None:
         if self.source is None:
             return
-        for rec in self.source.poll(timeout_ms):
+        self._apply(self._inbox.take(timeout_ms) if self._inbox is not None else self.source.poll(timeout_ms))
+
+    def _apply(self, records: list[KafkaRecord]) -> None:
+        for rec in records:
+            self._applied[(rec.topic, rec.partition)] = rec.offset + 1
             try:
                 if rec.schema != "tiertwin.Decision":
                     raise DecodeError(f"expected tiertwin.Decision on {rec.topic}, got {rec.schema}",
@@ -399,7 +480,9 @@ class SimulatorLoop:
         except NotYetAcknowledged:
             self.commits_deferred += 1
             return
-        if self.source is not None:
+        if self._inbox is not None:
+            self._inbox.commit(self._applied)
+        elif self.source is not None:
             self.source.commit()
 
     def _summary(self, wall_s: float, sim_s: float) -> SimSummary:
