@@ -388,3 +388,28 @@ def test_a_restored_twin_places_and_learns_as_the_live_one():
     after_restore = [without_clock(d) for d in feed(restored, events[half:])]
     assert after_restore == [without_clock(d) for d in feed(live, events[half:])]
     assert len(after_restore) > 50 and live.model.n_learned == restored.model.n_learned > 0
+
+
+def test_sinr_trend_is_the_least_squares_slope_to_the_last_bit():
+    """The trend's sums run in C now; each term and the order of the sums are those of the plain formula."""
+    from tiertwin.pipelines.local_twin import UETwin
+
+    def reference(history):
+        n = len(history)
+        t0 = history[0][0]
+        ts = [(ts - t0) / 1000.0 for ts, _ in history]
+        mean_t, mean_s = sum(ts) / n, sum(s for _, s in history) / n
+        var = sum((t - mean_t) ** 2 for t in ts)
+        if var <= 0:
+            return 0.0
+        slope = sum((t - mean_t) * (s - mean_s) for t, (_, s) in zip(ts, history)) / var
+        return max(-1000.0, min(1000.0, slope))
+
+    rng = random.Random(8)
+    for _ in range(3000):
+        twin = UETwin("ue", history_length=rng.randint(2, 40))
+        ts = EPOCH_MS + rng.randint(0, 10**9)
+        for _ in range(rng.randint(2, 45)):
+            ts += rng.choice([0, 1, 99, 100, 101, rng.randint(1, 5000)])
+            twin.history.append((ts, rng.uniform(-30.0, 50.0)))
+        assert twin.sinr_trend_db_per_s() == reference(twin.history)
