@@ -490,6 +490,11 @@ def drain(read_id: str) -> None:
     marker.touch()
 
 
+def drained_and_done(read_id: str) -> None:
+    """The job of ``read_id`` has ended: remove its :func:`drain` marker."""
+    _drain_marker(read_id).unlink(missing_ok=True)
+
+
 class _ReadOpenPartition(_ReadPartition):
     """The same reader, declared unbounded so the runner treats its output as a stream."""
 

@@ -257,7 +257,10 @@ class ResumeLog:
         key = (tp.topic, tp.partition)
         job_watermark = watermark_ms
         if job_watermark is not None and others:
-            theirs = self.others_watermark(settings, policy.group_id, others, run)
+            try:
+                theirs = self.others_watermark(settings, policy.group_id, others, run)
+            except KafkaError:  # unknown for now: commit no further than before
+                theirs = None
             job_watermark = None if theirs is None else min(job_watermark, theirs)
         replay_from = None if job_watermark is None else policy.replay_from(job_watermark)
         planned = self.plan(run, key, upto, replay_from, watermark_known=watermark_ms is not None)
@@ -271,10 +274,17 @@ RESUME_LOG = ResumeLog()
 
 
 def resume_boundary(settings: Settings, group_id: str, topics: list[str]) -> int | None:
-    """:func:`resume_boundary_ms` of the group's commits on every partition of ``topics``."""
-    consumer = KafkaConsumer(**kafka_config(settings, f"{group_id}-resume", group_id=None, enable_auto_commit=False))
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-    finally:
-        consumer.close()
-    return resume_boundary_ms(committed_positions(settings, group_id, tps))
+    """:func:`resume_boundary_ms` of the group's commits on every partition of ``topics`` (waiting out a
+    broker that is not up yet, as the read does)."""
+    from tiertwin.connectors.readiness import wait_out
+
+    def look_up():
+        consumer = KafkaConsumer(**kafka_config(settings, f"{group_id}-resume", group_id=None,
+                                                enable_auto_commit=False))
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        finally:
+            consumer.close()
+        return resume_boundary_ms(committed_positions(settings, group_id, tps))
+
+    return wait_out(look_up, f"the commits of consumer group {group_id!r}", settings)

@@ -104,7 +104,7 @@ class StreamingRun:
         """
         from apache_beam.runners.runner import PipelineState
 
-        from tiertwin.connectors.beam_kafka import drain
+        from tiertwin.connectors.beam_kafka import drain, drained_and_done
 
         if self.trainer is not None:
             self.trainer.request_stop()  # both jobs drain at once
@@ -117,6 +117,7 @@ class StreamingRun:
         if state != PipelineState.DONE:
             self.result.cancel()
             outcome = "cancelled"
+        drained_and_done(self.read_id)
         if self.trainer is not None and self.trainer.stop(timeout_s) != "drained":
             outcome = "cancelled"
         return outcome
