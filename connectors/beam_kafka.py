@@ -307,18 +307,22 @@ class _ReadPartition(beam.DoFn):
                 self._commit_when_finalized(commits, element, tp)
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
                 return
+        self._commit_when_finalized(commits, element, tp, advance=False)
         tracker.defer_remainder(Duration.of(0))
 
-    def _commit_when_finalized(self, commits: list, element: PartitionSlice, tp: TopicPartition) -> None:
+    def _commit_when_finalized(self, commits: list, element: PartitionSlice, tp: TopicPartition,
+                               advance: bool = True) -> None:
         """Once the runner holds this bundle, commit the partition's resume point (connectors/beam_resume.py):
         the last breakpoint before the replay point of the job's held watermark, at most this bundle's end.
-        Only bundles that caught their partition up commit (a read with a backlog runs ahead of downstream)."""
+        Only bundles that caught their partition up move it (a read with a backlog runs ahead of downstream);
+        the others (``advance=False``) commit the last point again, so that a partition that never catches
+        up still resumes where it started, not at ``start``."""
         resume = self.spec.resume
         key = (tp.topic, tp.partition)
         if resume is None or key not in self._next_offset:
             return
         held = _WORKER_WATERMARKS.held(self.read_id)
-        watermark_ms = None if held is None or held <= MIN_TIMESTAMP else held.micros // 1000
+        watermark_ms = None if not advance or held is None or held <= MIN_TIMESTAMP else held.micros // 1000
         upto, run, settings = self._next_offset[key], self.read_id, self.settings
         mine = set(element.read_partitions)
         others = tuple(p for p in element.group_partitions if p not in mine)
