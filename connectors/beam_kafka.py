@@ -17,6 +17,10 @@ this machine's runners, so tiertwin reads Kafka with a **splittable DoFn**:
   moves on with the wall clock from where its last record left it, so a quiet
   partition never holds every window open (a never-written one starts at now),
   while a partition with a backlog never counts as idle;
+* with ``ReadSpec.resume`` the read starts from a consumer group's committed offsets and commits,
+  when the runner finalizes a bundle, a position held back far enough that every window not yet
+  emitted can be recomputed after a restart (:mod:`tiertwin.connectors.beam_resume`);
+* ``ReadFromKafka(shard=(i, n))`` reads every n-th partition, so n reads can run in n SDK workers;
 * records are decoded and validated with tiertwin's :class:`SchemaRegistry`; a
   record that fails goes, whole, to the ``dead_letters`` output as a
   ``DeadLetter`` record: :class:`ReadFromKafka` returns ``records`` and
