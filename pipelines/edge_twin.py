@@ -482,8 +482,10 @@ class EdgeTwin:
         (once per summary: the forecasts remembered and the handover decided share them)."""
         geometry, loads = self.__dict__.get("_geometry"), None
         if geometry is not None:
-            loads = geometry.loads({twin.cell_id: twin.state["prb_utilization"] for twin in self.twins.values()
-                                    if twin.state is not None})
+            loads = self.__dict__.get("_loads")
+            if loads is None:       # rebuilt after a cell report changed them
+                loads = self._loads = geometry.loads({twin.cell_id: twin.state["prb_utilization"]
+                                                      for twin in self.twins.values() if twin.state is not None})
         return forecast_features(view, cell_id, self.config.handover_horizon_s, geometry, loads)
 
     def _maybe_handover(self, twin: CellTwin, view: UEView, features: list[tuple[str, int, dict[str, float]]], ids,
@@ -567,6 +569,7 @@ class EdgeTwin:
             out.replayed = True
             return out
         twin.state, twin.site_id = report, report["site_id"]
+        self._loads = None          # the geometry's cell loads (see _forecast_features)
         self.site_of[cell_id] = report["site_id"]
         gone = [ue for ue, view in twin.ues.items() if report["ts_ms"] - view.ts_ms > self.config.ue_timeout_ms]
         for ue in gone:   # left for a cell of another instance (or went quiet)
