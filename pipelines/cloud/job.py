@@ -15,6 +15,10 @@ Read top to bottom, the cloud tier is::
                                                                               window; Decision ⨝ Outcome by decision_id,
                                                                               one global stateful trainer per model)
 
+With ``sdk_workers`` = n > 1 the read, the split and the per-bundle aggregation run n times, each on every
+n-th partition in an SDK worker of its own, and the aggregates meet before the windows
+(:func:`_build_sharded`).
+
 Snapshots go to ``tiertwin.cloud.snapshots`` and to Parquet partitioned by date/hour;
 model updates go to ``tiertwin.models`` (only when they beat the live version);
 records that do not decode go to ``tiertwin.deadletters``.
