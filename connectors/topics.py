@@ -96,8 +96,10 @@ def apply_topology(topology: Topology, settings: Settings | None = None, brokers
 
     ``brokers``: the cluster's size, for the replication factor (:func:`replication_for`); default:
     the brokers the cluster reports now (a managed cluster passes its node count, so a node that is
-    down does not lower it). A topic that exists keeps its replication factor (Kafka changes it only
-    by reassigning partitions); its action says so when it differs.
+    down does not lower it). A topic that exists with another replication factor (made on one node,
+    then the cluster grew) is reassigned to it: each partition keeps its replicas, leader first, and
+    gets the brokers it lacks, spread round-robin; ``min.insync.replicas`` is raised only once the
+    new replicas are in sync, so producers with ``acks=all`` never see too few replicas.
     """
     admin = admin_client(settings)
     try:
@@ -118,6 +120,13 @@ def apply_topology(topology: Topology, settings: Settings | None = None, brokers
         if grow:
             admin.create_partitions(grow, timeout_ms=30_000)
         present = [t for t in topology.topics if t.name in existing]
+        node_ids = sorted(b["broker_id"] for b in admin.describe_cluster().get("brokers", []) if not b.get("is_fenced"))
+        replicated = {t.name: len(described[t.name]["partitions"][0]["replica_nodes"]) for t in present}
+        reassigned = {t.name: (replicated[t.name], replication[t.name][0]) for t in present
+                      if replicated[t.name] != replication[t.name][0] and len(node_ids) >= replication[t.name][0]}
+        if reassigned:
+            _reassign(admin, {name: described[name] for name in reassigned},
+                      {name: wanted for name, (_, wanted) in reassigned.items()}, node_ids)
         if present:
             admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t.name, configs=configs[t.name])
                                  for t in present])
@@ -128,14 +137,56 @@ def apply_topology(topology: Topology, settings: Settings | None = None, brokers
                 action = f"kept {existing[t.name]} partitions (Kafka cannot shrink to {t.partitions})"
             else:
                 action = "up to date"
-            has = len(described[t.name]["partitions"][0]["replica_nodes"])
-            if has != replication[t.name][0]:
-                action += f"; replication factor {has} kept (wanted {replication[t.name][0]}: reassign partitions)"
+            has, wanted = replicated[t.name], replication[t.name][0]
+            if t.name in reassigned:
+                action += f"; replication factor {has} -> {wanted} (partitions reassigned)"
+            elif has != wanted:
+                action += f"; replication factor {has} kept (wanted {wanted}: only {len(node_ids)} brokers up)"
             actions[t.name] = action
         wait_for_leaders(admin, list(missing), settings=settings)
         return actions
     finally:
         admin.close()
+
+
+def reassignment_plan(partitions: list[dict], wanted: int, node_ids: list[int]) -> dict[int, list[int]]:
+    """New replica lists for a topic's partitions (``describe_topics`` entries): each keeps its current
+    replicas, leader first, cut or topped up to ``wanted`` from the brokers it lacks, starting at a
+    different broker per partition so the new replicas spread.
+
+    >>> reassignment_plan([{"partition_index": 0, "leader_id": 1, "replica_nodes": [1]},
+    ...                    {"partition_index": 1, "leader_id": 2, "replica_nodes": [2]}], 3, [1, 2, 3])
+    {0: [1, 2, 3], 1: [2, 3, 1]}
+    """
+    plan = {}
+    for p in partitions:
+        current = sorted(p["replica_nodes"], key=lambda node: node != p["leader_id"])
+        lacking = [node for node in node_ids if node not in current]
+        start = p["partition_index"] % len(lacking) if lacking else 0
+        plan[p["partition_index"]] = (current + lacking[start:] + lacking[:start])[:wanted]
+    return plan
+
+
+def _reassign(admin, described: dict[str, dict], wanted: dict[str, int], node_ids: list[int],
+              timeout_s: float = 120.0) -> None:
+    """Move ``described`` topics to ``wanted`` replicas each and wait until Kafka has finished."""
+    import time
+
+    from kafka import TopicPartition
+
+    from tiertwin.errors import BrokerUnavailableError
+
+    moves = {TopicPartition(name, partition): replicas for name, topic in described.items()
+             for partition, replicas in reassignment_plan(topic["partitions"], wanted[name], node_ids).items()}
+    refused = {tp: error for tp, error in admin.alter_partition_reassignments(moves, timeout_ms=30_000).items()
+               if error is not None}
+    if refused:
+        raise BrokerUnavailableError(f"Kafka refused to reassign {len(refused)} partitions: {refused}")
+    deadline = time.monotonic() + timeout_s
+    while admin.list_partition_reassignments(list(moves), timeout_ms=30_000):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"reassigning {', '.join(described)} did not finish within {timeout_s:g}s")
+        time.sleep(0.5)
 
 
 def wait_for_leaders(admin, names: list[str], timeout_s: float = 30.0, settings: Settings | None = None) -> None:

@@ -107,6 +107,41 @@ def test_topology_topics_have_three_replicas_and_two_in_sync_required(cluster):
     assert {n: configs[n]["min.insync.replicas"]["value"] for n in names} == {n: "2" for n in names}
 
 
+def test_topics_made_on_one_node_are_reassigned_to_three_replicas_when_the_cluster_has_three(cluster):
+    """A topic created with one replica (as on a single node) gets three when `topics apply` runs on the
+    3-node cluster: its records are still there, every replica is in sync, and min.insync.replicas is 2."""
+    from kafka import KafkaProducer
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from tiertwin.connectors.kafka import TopicReader, kafka_config
+    from tiertwin.connectors.topics import TopicSpec, Topology, apply_topology
+
+    topic = f"test.grow.{uuid.uuid4().hex[:8]}"
+    topology = Topology(topics=[TopicSpec(name=topic, schema=None, key="k", partitions=4, retention_ms=-1,
+                                          cleanup_policy="delete")])
+    assert apply_topology(topology, cluster.settings, brokers=1) == {topic: "created"}
+    producer = KafkaProducer(**kafka_config(cluster.settings, "grow-test", acks="all"))
+    for i in range(200):
+        producer.send(topic, key=b"k%d" % i, value=b"v%d" % i)
+    producer.flush(30)
+
+    actions = apply_topology(topology, cluster.settings, brokers=3)
+    assert actions == {topic: "up to date; replication factor 1 -> 3 (partitions reassigned)"}, actions
+    admin = _admin(cluster)
+    partitions = admin.describe_topics([topic])[0]["partitions"]
+    configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})],
+                                     config_filter="all")["topic"]
+    admin.close()
+    assert all(sorted(p["replica_nodes"]) == [1, 2, 3] and sorted(p["isr_nodes"]) == [1, 2, 3] for p in partitions)
+    assert configs[topic]["min.insync.replicas"]["value"] == "2"
+    for i in range(200, 300):     # acks=all needs two in-sync replicas now
+        producer.send(topic, key=b"k%d" % i, value=b"v%d" % i)
+    producer.flush(30)
+    producer.close()
+    with TopicReader([topic], cluster.settings, on_undecodable="raise") as reader:
+        assert sum(reader.end_offsets.values()) == 300
+
+
 def test_leader_killed_no_acknowledged_record_lost_and_it_rejoins(cluster):
     """A producer with acks=all (as KafkaSink) and a consumer group run while the node leading the most
     partitions of their topic is SIGKILLed; the node is then started again and rejoins every ISR."""
