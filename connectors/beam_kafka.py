@@ -1,4 +1,6 @@
-"""Kafka read and write for Beam Python, in pure Python on kafka-python.
+"""Kafka read and write for Beam Python, without Java: the read fetches through librdkafka
+(:class:`~tiertwin.connectors.rdkafka.RdKafkaPartitionConsumer`, ``ReadSpec.client``) or kafka-python,
+the write produces through kafka-python.
 
 Beam's own ``ReadFromKafka`` is a Java cross-language transform that cannot run on
 this machine's runners, so tiertwin reads Kafka with a **splittable DoFn**:
