@@ -63,3 +63,25 @@ def test_two_sdk_workers_give_the_snapshots_one_gives(new_topic, settings, tmp_p
     assert by_window(one) == by_window(two)
     assert {k: {f: s[f] for f in COUNT.values()} for k, s in by_window(two).items()} == \
         {k: {f: c.get(f, 0) for f in COUNT.values()} for k, c in counts.items()}
+
+
+def test_each_shard_of_the_read_runs_in_an_environment_of_its_own_and_the_windows_in_the_default_one():
+    import apache_beam as beam
+
+    from tiertwin.pipelines.cloud.config import CloudTwinConfig
+    from tiertwin.pipelines.cloud.job import build_streaming
+    from tiertwin.settings import Settings
+
+    config = CloudTwinConfig(sdk_workers=3, consumer_group=None, train_in_own_process=False)  # trains in the job
+    pipeline = beam.Pipeline()
+    build_streaming(pipeline, config, Settings())
+    proto = pipeline.to_runner_api()
+    env_of = {t.unique_name: t.environment_id for t in proto.components.transforms.values() if t.environment_id}
+
+    def envs(prefix: str) -> set:
+        return {env for name, env in env_of.items() if name.startswith(prefix)}
+
+    reads = [envs(f"Worker {i}/Read/") for i in range(3)]
+    assert all(len(e) == 1 for e in reads) and len(set.union(*reads)) == 3
+    default = reads[0]  # shard 0 stays in the default environment, with the windows, training and sinks
+    assert envs("Fuse/") == default and envs("Train/") == default and envs("Worker 1/Partials/") == reads[1]
