@@ -104,12 +104,8 @@ class RadioGeometry:
         else:
             p = 1.0 if self.los_model == "always" else 0.0
         site_loss = (p * los_pl + (1.0 - p) * nlos_pl)[:, self.cell_site]
-        if np.isnan(self.cell_azimuth_rad).all():
-            gain = self.antenna_gain_dbi
-        else:
-            bearing = np.arctan2(dy, dx)[:, self.cell_site]
-            gain = radio.sector_gain_db(bearing - self.cell_azimuth_rad, self.antenna_gain_dbi, self.beamwidth_deg,
-                                        self.front_to_back_db)
+        gain = radio.cell_gain_db(dx, dy, self.cell_site, self.cell_azimuth_rad, self.antenna_gain_dbi,
+                                  self.beamwidth_deg, self.front_to_back_db)
         rx = self.tx_power_dbm + gain - site_loss
         return radio.sinr_matrix_db(rx, np.full(self.n_cells, 0.5) if loads is None else loads, self.noise_mw)
 

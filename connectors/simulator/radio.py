@@ -97,6 +97,17 @@ def sector_gain_db(angle_off_boresight_rad, max_gain_dbi: float, beamwidth_deg: 
     return max_gain_dbi - np.minimum(k * off * off, front_to_back_db)
 
 
+def cell_gain_db(dx, dy, cell_site, cell_azimuth_rad, max_gain_dbi: float, beamwidth_deg: float,
+                 front_to_back_db: float):
+    """Each cell's antenna gain toward each UE: ``max_gain_dbi`` where every cell is omni (all azimuths
+    NaN), else the sector pattern around the cell's azimuth. ``dx``, ``dy``: UE minus site (UE x site);
+    ``cell_site``: the site of each cell."""
+    if np.isnan(cell_azimuth_rad).all():
+        return max_gain_dbi
+    bearing = np.arctan2(dy, dx)[:, cell_site]
+    return sector_gain_db(bearing - cell_azimuth_rad, max_gain_dbi, beamwidth_deg, front_to_back_db)
+
+
 def noise_dbm(bandwidth_hz: float, noise_figure_db: float) -> float:
     return THERMAL_NOISE_DBM_PER_HZ + 10.0 * np.log10(bandwidth_hz) + noise_figure_db
 

@@ -277,12 +277,8 @@ class World:
         if r.shadowing:
             pl = pl + np.where(los, r.shadow_sigma_los_db, r.shadow_sigma_nlos_db) * self.shadow_z
         site_loss = pl[:, layout.cell_site]
-        if np.isnan(layout.cell_azimuth_rad).all():
-            gain = r.antenna_gain_dbi
-        else:
-            bearing = np.arctan2(dy, dx)[:, layout.cell_site]
-            gain = radio.sector_gain_db(bearing - layout.cell_azimuth_rad, r.antenna_gain_dbi, r.beamwidth_deg,
-                                        r.front_to_back_db)
+        gain = radio.cell_gain_db(dx, dy, layout.cell_site, layout.cell_azimuth_rad, r.antenna_gain_dbi,
+                                  r.beamwidth_deg, r.front_to_back_db)
         self.path_gain_db = gain - site_loss
         if r.fast_fading:
             self.path_gain_db = self.path_gain_db + 10.0 * np.log10(self.rng.exponential(size=site_loss.shape))
