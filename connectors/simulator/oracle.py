@@ -90,12 +90,8 @@ def sinr_oracle(world, ues, cells, horizon_s: float, draws: int = 32,
     if r.shadowing:
         pl = pl + np.where(los, r.shadow_sigma_los_db, r.shadow_sigma_nlos_db) * z
     site_loss = pl[:, :, layout.cell_site]
-    if np.isnan(layout.cell_azimuth_rad).all():
-        gain = r.antenna_gain_dbi
-    else:
-        bearing = np.arctan2(dy, dx)[:, layout.cell_site]
-        gain = radio.sector_gain_db(bearing - layout.cell_azimuth_rad, r.antenna_gain_dbi, r.beamwidth_deg,
-                                    r.front_to_back_db)[None]
+    gain = radio.cell_gain_db(dx, dy, layout.cell_site, layout.cell_azimuth_rad, r.antenna_gain_dbi,   # UE x cell,
+                              r.beamwidth_deg, r.front_to_back_db)                                     # broadcast over draws
     rx = (r.tx_power_dbm + gain - site_loss).reshape(-1, layout.n_cells)
     sinr = radio.sinr_matrix_db(rx, world.cell_load, world.noise_mw).reshape(draws, len(ues), layout.n_cells)
     picked = np.clip(sinr[:, np.arange(len(ues)), cells], -30.0, 50.0)
