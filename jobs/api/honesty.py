@@ -29,6 +29,12 @@ from tiertwin.pipelines.models import parameters_to_features
 BASELINE = "physics + queue"
 
 
+
+def rolling_maes(errors) -> tuple[int, float, float]:
+    """``(n, model MAE, baseline MAE)`` of ``(model error, baseline error)`` pairs."""
+    n = len(errors)
+    return n, sum(e for e, _ in errors) / n, sum(b for _, b in errors) / n
+
 class HonestyMeter:
     """Rolling (last ``window`` outcomes per tier) MAE of the model's latency forecasts and of the physics baseline's.
 
@@ -69,12 +75,9 @@ class HonestyMeter:
     def summary(self) -> list[dict]:
         rows = []
         for tier in TIERS:
-            errors = self.errors.get(tier)
-            if not errors:
+            if not (errors := self.errors.get(tier)):
                 continue
-            n = len(errors)
-            model = sum(e for e, _ in errors) / n
-            baseline = sum(b for _, b in errors) / n
+            n, model, baseline = rolling_maes(errors)
             rows.append({"tier": tier, "n": n, "model_mae_ms": model, "baseline": BASELINE, "baseline_mae_ms": baseline,
                          "better_than_baseline": model <= baseline})
         return rows
@@ -164,12 +167,9 @@ class SinrMeter:
         """One row per SINR target scored: its rolling MAEs (dB), the forecaster's and persistence's."""
         rows = []
         for target in ("sinr serving", "sinr neighbour"):
-            errors = self.errors.get(target)
-            if not errors:
+            if not (errors := self.errors.get(target)):
                 continue
-            n = len(errors)
-            model = sum(e for e, _ in errors) / n
-            baseline = sum(b for _, b in errors) / n
+            n, model, baseline = rolling_maes(errors)
             rows.append({"tier": "edge", "target": target, "n": n, "model_mae_db": model, "baseline": "persistence",
                          "baseline_mae_db": baseline, "horizon_s": self.horizon_s,
                          "better_than_baseline": model <= baseline})
