@@ -681,7 +681,8 @@ def bench_cloud(
         path = write_results("cloud-drain", results, out)
         ceiling = results["polars_ceiling"]
         console.print(f"drained {results['records_fused']} of {results['records_in_complete_windows']} records "
-                      f"({results['records_fused_on_time']} on time; {'batches' if batches else 'records'}, {client}) in "
+                      f"({results['records_fused_on_time']} on time; {'batches' if batches else 'records'}, "
+                      f"{client}) in "
                       f"{results['drained_s'] - results['job_submitted_s']:.1f} s after the job's submission: "
                       f"{results['records_per_s'] or 0:.0f} records/s, "
                       f"{results['cpu_ms_per_1k_records'] or 0:.1f} ms CPU per 1,000 records (SDK worker + Prism); "
