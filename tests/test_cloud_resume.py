@@ -57,9 +57,10 @@ def _comparable(snapshot: dict) -> dict:
     return {k: v for k, v in snapshot.items() if k != "emitted_ns"}  # the only emission-time field
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+@pytest.mark.parametrize("workers, batches", [(1, True), (2, True), (1, False)],
+                         ids=["1-worker", "2-workers", "1-worker-records"])
 def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_complete(
-        new_topic, group_id, settings, tmp_path, workers):
+        new_topic, group_id, settings, tmp_path, workers, batches):
     tiers = {schema: new_topic(2, prefix=f"test.resume.{schema.lower()}") for schema in STREAMS}
     snapshots = new_topic(2)
     config = tmp_path / "cloud.yaml"
@@ -67,7 +68,7 @@ def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_compl
         "input_topics": list(tiers.values()), "snapshots_topic": snapshots, "dead_letter_topic": None,
         "models_topic": None, "train": False, "start": "earliest", "window_s": WINDOW_MS / 1000,
         "early_firing_s": None, "allowed_lateness_s": 0, "resume_margin_s": 2, "consumer_group": group_id,
-        "sdk_workers": workers,
+        "sdk_workers": workers, "batches": batches,
         # Records are read live, at most a few hundred ms after their event time; but a producer or reader starved
         # of CPU for 0.5 s (the default) would let a partition go idle and its next records be late (and dropped:
         # no lateness here).
