@@ -1,9 +1,10 @@
 """Starting, killing and stopping `tiertwin run cloud` in its own process group (tests/test_cloud_resume.py,
-tests/test_cloud_workers.py)."""
+tests/test_cloud_workers.py, tests/test_cloud_prism.py), and a file sink for bounded pipelines' outputs."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -32,6 +33,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _reap(family: list[int], wait_s: float = 10.0) -> None:
+    """Wait up to ``wait_s`` for these processes to be gone, then SIGKILL whatever is left."""
+    deadline = time.monotonic() + wait_s
+    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in family:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def start_job(config: Path, log: Path, extra: tuple = ()) -> subprocess.Popen:
     """``tiertwin run cloud`` in its own process group (so a kill takes Prism and the SDK worker with it)."""
     job = subprocess.Popen([sys.executable, "-m", "tiertwin.jobs.cli", "run", "cloud", "--config", str(config),
@@ -49,12 +60,7 @@ def kill_job(job: subprocess.Popen) -> None:
     family = [job.pid, *descendants(job.pid)]
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(10)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in family:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _reap(family)
 
 
 def stop_job(job: subprocess.Popen) -> None:
@@ -66,12 +72,7 @@ def stop_job(job: subprocess.Popen) -> None:
             job.wait(60)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in family) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _reap(family)
 
 
 def sdk_worker_processes(job: subprocess.Popen) -> list[int]:
@@ -84,3 +85,24 @@ def sdk_worker_processes(job: subprocess.Popen) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def collect_to(path: Path):
+    """A Beam sink that appends each element, pickled, to ``path`` (the runner may unpickle a copy of it)."""
+    def append(element):
+        with open(path, "ab") as f:
+            pickle.dump(element, f)
+    return append
+
+
+def read_back(path: Path) -> list:
+    """What :func:`collect_to` wrote to ``path``, in order (nothing if it wrote nothing)."""
+    out = []
+    if path.exists():
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    out.append(pickle.load(f))
+                except EOFError:
+                    return out
+    return out

@@ -24,6 +24,8 @@ from tiertwin.schemas import batches as batches_module
 from tiertwin.schemas.batches import decode_batch, event_micros
 from tiertwin.schemas.examples import example
 
+from tests.cloud_support import collect_to, read_back
+
 T0 = 1_767_225_600_000
 REGISTRY = SchemaRegistry.default()
 
@@ -152,30 +154,6 @@ def _decode_batches(fetch):
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
-def _collect(path):
-    """A sink that appends each element, pickled, to ``path`` (the runner may unpickle a copy of this module)."""
-    def append(element):
-        import pickle
-
-        with open(path, "ab") as f:
-            pickle.dump(element, f)
-    return append
-
-
-def _read_back(path) -> list:
-    import pickle
-
-    out = []
-    if path.exists():
-        with open(path, "rb") as f:
-            while True:
-                try:
-                    out.append(pickle.load(f))
-                except EOFError:
-                    return out
-    return out
-
-
 def _run(batched: bool, config: CloudTwinConfig, folder) -> dict[str, list]:
     folder.mkdir()
     paths = {name: folder / name for name in ("snapshots", "examples", "letters")}
@@ -186,12 +164,12 @@ def _run(batched: bool, config: CloudTwinConfig, folder) -> dict[str, list]:
                    | beam.FlatMap(_decode_batches if batched else _decode_records).with_outputs(DEAD_LETTERS,
                                                                                                main=RECORDS))
         streams = decoded[RECORDS] | SplitBySchema()
-        streams | FuseTiers(config) | "Snapshots" >> beam.Map(_collect(paths["snapshots"]))
+        streams | FuseTiers(config) | "Snapshots" >> beam.Map(collect_to(paths["snapshots"]))
         (streams | TrainingExamples(config)
          | "ExampleRows" >> beam.Map(lambda e: (e[0], e[1].start_ms, e[1].end_ms, sorted(map(repr, e[1].examples()))))
-         | "Examples" >> beam.Map(_collect(paths["examples"])))
-        decoded[DEAD_LETTERS] | "Letters" >> beam.Map(_collect(paths["letters"]))
-    return {name: _read_back(path) for name, path in paths.items()}
+         | "Examples" >> beam.Map(collect_to(paths["examples"])))
+        decoded[DEAD_LETTERS] | "Letters" >> beam.Map(collect_to(paths["letters"]))
+    return {name: read_back(path) for name, path in paths.items()}
 
 
 def _comparable(snapshots: list[dict]) -> list[dict]:

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
@@ -29,32 +28,13 @@ from tiertwin.pipelines import parquet_log
 from tiertwin.pipelines.parquet_log import event_time_ms
 from tiertwin.pipelines.pretrain import SyntheticFleet, load_pretrained
 
+from tests.cloud_support import alive, descendants
+
 pytestmark = pytest.mark.broker
 
 WINDOW_MS = 2_000
 CELL = {"LocalSummary": "serving_cell", "EdgeState": "cell_id", "Decision": "cell_id", "Outcome": "cell_id"}
 COUNT = {"LocalSummary": "summaries", "EdgeState": "edge_states", "Decision": "decisions", "Outcome": "outcomes"}
-
-
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        parent = stack.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            stack += children
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _produce_live(settings, topics: dict, seconds: float, rate: float) -> list[tuple[str, dict]]:
@@ -107,7 +87,7 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         while "cloud twin running" not in (tmp_path / "cloud.log").read_text() and time.monotonic() < deadline:
             assert job.poll() is None, (tmp_path / "cloud.log").read_text()[-2000:]
             time.sleep(0.5)
-        prism_pids = _descendants(job.pid)
+        prism_pids = descendants(job.pid)
         # Training runs as its own job in a child process (its own SDK worker), beside the fusing job.
         started = re.search(r"training job pid (\d+)", (tmp_path / "cloud.log").read_text())
         assert started and int(started.group(1)) in prism_pids, (tmp_path / "cloud.log").read_text()[-2000:]
@@ -177,7 +157,7 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
     finally:
         stop_agent.set()
         agent_thread.join(30)
-        prism_pids = prism_pids or _descendants(job.pid)
+        prism_pids = prism_pids or descendants(job.pid)
         job.send_signal(signal.SIGTERM)
         try:
             job.wait(60)
@@ -186,9 +166,9 @@ def test_prism_fuses_tier_topics_into_snapshots_and_pushes_a_better_model_to_a_l
         log.close()
         # Some descendants end only once they see the job's process gone (multiprocessing's resource tracker).
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in prism_pids):
+        while time.monotonic() < deadline and any(alive(pid) for pid in prism_pids):
             time.sleep(0.2)
-        leaked = [pid for pid in prism_pids if _alive(pid)]
+        leaked = [pid for pid in prism_pids if alive(pid)]
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
     assert job.returncode == 0, (tmp_path / "cloud.log").read_text()[-2000:]

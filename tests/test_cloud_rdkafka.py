@@ -5,7 +5,6 @@ positions (seek back after a split) and credentials."""
 from __future__ import annotations
 
 import math
-import pickle
 
 import apache_beam as beam
 import pytest
@@ -14,28 +13,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tiertwin.jobs.bench.cloud import tier_traffic
 from tiertwin.schemas import SchemaRegistry
 
+from tests.cloud_support import collect_to, read_back
+
 T0 = 1_767_225_600_000
 REGISTRY = SchemaRegistry.default()
 CLIENTS = ("librdkafka", "kafka-python")
-
-
-def _collect(path):
-    def append(element):
-        with open(path, "ab") as f:
-            pickle.dump(element, f)
-    return append
-
-
-def _read_back(path) -> list:
-    out = []
-    if path.exists():
-        with open(path, "rb") as f:
-            while True:
-                try:
-                    out.append(pickle.load(f))
-                except EOFError:
-                    return out
-    return out
 
 
 def _fuse_from_kafka(topic: str, settings, client: str, batches: bool, folder) -> dict[str, list]:
@@ -52,9 +34,9 @@ def _fuse_from_kafka(topic: str, settings, client: str, batches: bool, folder) -
     spec = ReadSpec(stop="end", max_poll_records=300, client=client)
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
         read = p | ReadFromKafka([topic], spec, settings, batches=batches)
-        read[RECORDS] | SplitBySchema() | FuseTiers(config) | "Snapshots" >> beam.Map(_collect(paths["snapshots"]))
-        read[DEAD_LETTERS] | "Letters" >> beam.Map(_collect(paths["letters"]))
-    return {name: _read_back(path) for name, path in paths.items()}
+        read[RECORDS] | SplitBySchema() | FuseTiers(config) | "Snapshots" >> beam.Map(collect_to(paths["snapshots"]))
+        read[DEAD_LETTERS] | "Letters" >> beam.Map(collect_to(paths["letters"]))
+    return {name: read_back(path) for name, path in paths.items()}
 
 
 def _comparable(snapshots: list[dict]) -> list[dict]:
