@@ -24,7 +24,8 @@ as fast as the runtime goes (not paced to the wall clock). Measured:
   counted) plus every other thread of the process (uplink, downlink, librdkafka's or
   kafka-python's IO threads; from ``/proc/self/task``) from the start until the uplink has
   sent everything. ``cpu_s_per_simulated_s`` is their sum over the simulated seconds:
-  below 1.0 the runtime keeps up on one core.
+  below 1.0 the runtime keeps up on one core; ``cpu_us_per_record`` splits it per record
+  (observe per telemetry record, place per decision, the other threads per record sent).
 
 Garbage collection is part of the decision path: the command freezes the heap after each
 runtime's warm-up and sets the young-generation threshold (``--gc-gen0-threshold``, 20 000),
