@@ -255,8 +255,8 @@ class RecordingSink:
         elif schema == "Demand":
             self.demands.append(record)
 
-    def flush(self) -> None:
-        self.sink.flush()
+    def flush(self, timeout_s: float | None = 60.0) -> None:
+        self.sink.flush(timeout_s)
 
 
 class RecordingSource:
