@@ -222,8 +222,12 @@ def rdkafka_consumer_config(settings: Settings, client_id: str, **overrides: Any
     config.pop("partitioner", None)
     config.pop("request.timeout.ms", None)   # a producer property (librdkafka warns and ignores it)
     config.update({_CONSUMER_RENAMED[key]: value for key, value in consumer.items()})
-    # No group: positions are the reader's (assign), never committed. librdkafka wants a group id anyway.
-    config.update({"group.id": f"{client_id}-unused", "enable.auto.commit": False,
+    # No group: positions are the reader's (assign), never committed. librdkafka wants a group id anyway,
+    # and looks up its coordinator: on a SCRAM broker it must be a group the principal may use (named
+    # after it, as the ACLs of `tiertwin broker secure` allow), or every read fails its authorization.
+    credentials = settings.sasl_credentials()
+    unused = f"{credentials[0]}-{client_id}-unused" if credentials else f"{client_id}-unused"
+    config.update({"group.id": unused, "enable.auto.commit": False,
                    "enable.auto.offset.store": False, "auto.offset.reset": "earliest"})
     return config
 

@@ -156,5 +156,9 @@ def test_the_cloud_twin_on_prism_fuses_as_the_cloud_tier_and_is_refused_anonymou
     except subprocess.TimeoutExpired:
         anonymous.kill()
         code = None
-    # Refused where it first reaches Kafka: the Beam read's partition discovery cannot bootstrap.
-    assert code not in (0, None) and "ReadTiers/Partitions" in refused_log.read_text(), refused_log.read_text()[-2000:]
+    # Refused where it first reaches Kafka: the look-up of the job's resume point in its consumer group
+    # (without a group, the Beam read's partition discovery) cannot bootstrap.
+    refused = refused_log.read_text()
+    assert code not in (0, None), refused[-2000:]
+    assert "the commits of consumer group 'tiertwin-cloud-twin'" in refused and "Unable to bootstrap" in refused, \
+        refused[-2000:]
