@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Iterable, Literal
 
 import yaml
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiertwin.connectors.kafka import (DEAD_LETTER_TOPIC, DeadLetterSink, KafkaRecord, KafkaSink, KafkaSource,
                                        TopicReader, kafka_config)
+from tiertwin.connectors.readiness import is_retriable
 from tiertwin.errors import BrokerUnavailableError, ConfigError, RecordRejected, config_error
 from tiertwin.pipelines.models import MODELS_TOPIC, ModelRejected, ModelSlot
 from tiertwin.pipelines.pretrain import PRETRAINED_DIR, load_pretrained
@@ -345,7 +347,16 @@ class TwinAgent:
     # iteration, then commit P0 asynchronously.
     def _begin_checkpoint(self) -> None:
         consumer = self.source.consumer
-        positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
+        try:
+            positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
+        except KafkaError as exc:
+            # kafka-python validates a position against fresh metadata, and raises while the broker is
+            # restarting (the agent died of a KafkaConnectionError here in the fault suite): no checkpoint
+            # now, the next step tries again; the twins stay dirty and nothing is committed meanwhile.
+            if not is_retriable(exc):
+                raise
+            log.warning("%s: checkpoint put off, the broker did not answer (%s)", self.config.instance_id, type(exc).__name__)
+            return
         self._phase = {"started": time.perf_counter(), "positions": positions, "keys": list(self._dirty),
                        "pickled": self._slot_states(), "flushed": False}
         self._dirty.clear()
