@@ -330,13 +330,15 @@ class SimulatorLoop:
             self._close_inbox()
             self._drain_pending()
         finally:
-            if self._inbox is not None:    # the run failed: the source is this thread's again; decisions
-                inbox, self._inbox = self._inbox, None   # not applied are redelivered (not committed)
+            failed_inbox, self._inbox = self._inbox, None
+            if failed_inbox is not None:   # the run failed: the source is this thread's again
                 try:
-                    inbox.close()
+                    failed_inbox.close()
                 except Exception:          # its failure, if any, was raised by take() already
                     pass
-            self._flush_and_commit()
+            # after a failure the source's position is past decisions the inbox polled but the world
+            # never applied: commit what was applied only, so those are redelivered
+            self._flush_and_commit(only_applied=failed_inbox is not None)
             if self._owns_runtime:
                 self.runtime.close()   # sends what is queued; the rest waits in its spill file
         return self._summary(time.monotonic() - wall_start, (world.t_ms - sim_start) / 1000.0)
@@ -472,9 +474,10 @@ class SimulatorLoop:
         self.dead_letters.reject(value=rec.raw, key=rec.key, topic=rec.topic, partition=rec.partition,
                                  offset=rec.offset, error=error)
 
-    def _flush_and_commit(self, wait_s: float | None = 60.0) -> None:
+    def _flush_and_commit(self, wait_s: float | None = 60.0, only_applied: bool = False) -> None:
         """Outputs first, then the offsets of the decisions applied: at-least-once. Outputs not all
-        acknowledged within ``wait_s`` leave the offsets to a later call, and the loop goes on."""
+        acknowledged within ``wait_s`` leave the offsets to a later call, and the loop goes on.
+        ``only_applied``: commit the offsets of applied decisions, not the source's position."""
         try:
             self.sink.flush(wait_s)
         except NotYetAcknowledged:
@@ -483,7 +486,7 @@ class SimulatorLoop:
         if self._inbox is not None:
             self._inbox.commit(self._applied)
         elif self.source is not None:
-            self.source.commit()
+            self.source.commit(self._applied if only_applied else None)
 
     def _summary(self, wall_s: float, sim_s: float) -> SimSummary:
         total = int(sum(self.published.values()))
