@@ -276,8 +276,8 @@ class RecordingSource:
         self.decisions += [(r.value, now) for r in batch if r.schema == "tiertwin.Decision"]
         return batch
 
-    def commit(self) -> None:
-        self.source.commit()
+    def commit(self, offsets=None) -> bool:
+        return self.source.commit(offsets)
 
     def close(self) -> None:
         self.source.close()
