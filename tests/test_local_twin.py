@@ -411,5 +411,36 @@ def test_sinr_trend_is_the_least_squares_slope_to_the_last_bit():
         ts = EPOCH_MS + rng.randint(0, 10**9)
         for _ in range(rng.randint(2, 45)):
             ts += rng.choice([0, 1, 99, 100, 101, rng.randint(1, 5000)])
-            twin.history.append((ts, rng.uniform(-30.0, 50.0)))
+            twin.remember(ts, rng.uniform(-30.0, 50.0))
         assert twin.sinr_trend_db_per_s() == reference(twin.history)
+
+
+def test_a_twin_pickled_in_the_earlier_layout_restores_and_decides_the_same():
+    """UETwin and EdfQueue have slots now (history in two deques, position and neighbour as fields); a checkpoint
+    of the earlier layout (their __dict__, with tuples) restores to the same state and the same next decisions."""
+    from collections import deque
+
+    from tiertwin.pipelines.local_twin import UETwin
+
+    live = LocalTwin()
+    events = fleet_events(seed=6, ticks=200, n_ues=3)
+    feed(live, events[:300])
+    old = copy.deepcopy(live)
+    for ue_id, twin in list(old.twins.items()):     # what the earlier code pickled: the instance __dict__
+        state = {name: getattr(twin, name) for name in ("ue_id", "serving_cell", "last_seq", "last_ts_ms", "radio",
+                                                        "sinr_last", "neighbour_sinr_last", "battery_pct", "xr_active",
+                                                        "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
+                                                        "placed")}
+        state.update(neighbour=twin.neighbour, position=twin.position, radio_terms=None,
+                     history=deque(twin.history, maxlen=twin.history_ts.maxlen),
+                     device=EdfQueue.__new__(EdfQueue))
+        state["device"].__setstate__({"tasks": twin.device.tasks, "clock_ms": twin.device.clock_ms})
+        restored = UETwin.__new__(UETwin)
+        restored.__setstate__(state)
+        assert restored.__getstate__().keys() == twin.__getstate__().keys()
+        assert {k: v for k, v in restored.__getstate__().items() if k != "device"} == \
+               {k: v for k, v in twin.__getstate__().items() if k != "device"}
+        old.twins[ue_id] = restored
+    assert [without_clock(d) for d in feed(old, events[300:])] == [without_clock(d) for d in feed(live, events[300:])]
+    restored = pickle.loads(pickle.dumps(live.twins))
+    assert {u: t.__getstate__().keys() for u, t in restored.items()} == {u: t.__getstate__().keys() for u, t in live.twins.items()}
