@@ -308,8 +308,13 @@ class TwinAgent:
             self.started.set()
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 self.step()
-        finally:
-            self.close()
+        except BaseException:
+            # A step that raised may have processed part of its batch, or lost outputs whose failure the
+            # flush already reported: committing now would skip the rest of the batch for good. Close like a
+            # SIGKILL instead, and let the next owner replay from the last checkpoint.
+            self.close(checkpoint=False)
+            raise
+        self.close()
 
     def step(self) -> int:
         """One iteration: side topics (every ``side_poll_interval_ms``), one group batch, maybe a commit.
@@ -435,12 +440,16 @@ class TwinAgent:
         self.metrics.checkpoints.inc(written)
         return written
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
+        """Checkpoint, flush and commit (unless ``checkpoint`` is False: after a failure), then close the clients."""
         if not self._opened:
             return
         self._opened = False
         try:
-            self.commit()
+            if checkpoint:
+                self.commit()
+            else:
+                self._abort_checkpoint()
         finally:
             self.source.close()
             self.side.close()

@@ -169,3 +169,35 @@ def test_metrics_are_served_on_the_metrics_port(local_config, settings):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert f'tiertwin_agent_decisions_total{{instance="{config.instance_id}",kind="placement",tier="local"}} {float(len(demands))}' in text
     assert "tiertwin_agent_decision_latency_seconds_bucket" in text and "tiertwin_agent_model_version" in text
+
+
+def test_an_agent_that_fails_mid_batch_commits_nothing_past_it_and_its_successor_sees_every_record(
+        local_config, settings):
+    from tests.agent_support import committed_offset
+
+    fleet = SyntheticFleet(n_ues=4, n_cells=2, seed=8, demand_every=1000)
+    telemetry, _ = fleet_records(fleet, 12)
+    with KafkaSink(settings) as sink:
+        send(sink, local_config.telemetry_topic, "Telemetry", telemetry)
+    first = LocalTwinAgent(local_config, settings)
+    process, seen = first.process, []
+
+    def fails_halfway(batch, received_ns):
+        if batch and not seen:
+            seen.append(len(batch))
+            process(batch[:len(batch) // 2], received_ns)
+            raise RuntimeError("injected failure mid-batch")
+        process(batch, received_ns)
+
+    first.process = fails_halfway
+    with pytest.raises(RuntimeError, match="injected"):
+        first.run(max_seconds=30)
+    assert seen, "the agent polled a batch"
+    # Committing on the way out would have skipped the batch's unprocessed half for good.
+    assert committed_offset(settings, local_config.group_id, local_config.telemetry_topic) < len(telemetry)
+
+    second = LocalTwinAgent(local_config.model_copy(update={"instance_id": "successor"}), settings)
+    with Running(second):
+        wait_until(lambda: sum(1 for t in second.twins.values() if t.last_seq == 12) == 4, 60)
+    assert len(second.twins) == 4
+    assert {ue: t.last_seq for ue, t in second.twins.items()} == {ue: 12 for ue in second.twins}
