@@ -75,6 +75,16 @@ class RecordBatch:
         """``(record, event_ms)`` pairs, in fetch order."""
         return zip(self.records, self.event_ms)
 
+    def field_values(self, *names: str) -> list[list]:
+        """The values of the named fields, one list per field in row order (``None`` where a record lacks one):
+        from the record dicts, or, for a batch that crossed a stage as columns and has not rebuilt them, from
+        the columns and the fields they leave out, without rebuilding the dicts (what training projects)."""
+        records = self.records if type(self) is RecordBatch else self._records
+        if records is not None:
+            return [[r.get(name) for r in records] for name in names]
+        columns, rest = self._columns, self._rest_values()
+        return [rest[name] if name in rest else columns.column(name).to_pylist() for name in names]
+
     def __reduce__(self):
         # A batch whose columns are built crosses a Beam stage boundary as those columns (Arrow buffers) and
         # the fields they leave out (pickled apart); the records are rebuilt only where a step asks for them.
@@ -118,6 +128,16 @@ class _ColumnarBatch(RecordBatch):
 
     def __len__(self) -> int:
         return len(self.event_ms)
+
+    def _rest_values(self) -> dict[str, list]:
+        import pickle
+
+        if self._rest is None:
+            return {}
+        values = self.__dict__.get("_rest_cache")
+        if values is None:
+            values = self._rest_cache = dict(zip(_fields(self.schema)[1], pickle.loads(self._rest)))
+        return values
 
     def __reduce__(self):
         rest = self._rest if self._records is None else _rest_of(self)

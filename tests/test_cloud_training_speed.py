@@ -55,3 +55,107 @@ def test_the_rls_step_gives_the_reference_steps_weights_and_covariance_to_the_bi
             _reference_step(slow, phi, y)
         assert (fast.weights, fast.cov, fast.mae, fast.n, fast.used) == (slow.weights, slow.cov, slow.mae, slow.n,
                                                                         slow.used)
+
+
+T0 = 1_767_225_600_000
+
+
+def _odd_records() -> list[tuple[str, dict]]:
+    """Records the bench traffic lacks: allocations (with and without a cell or a share), other decision kinds,
+    a placement to an unknown tier, outcomes of decisions with and without a reward, outcomes without a latency."""
+    from tiertwin.schemas.examples import example
+
+    out = []
+    for i in range(40):
+        kind = ("prb_share", "mec_share", "handover", "placement")[i % 4]
+        parameters = {"x_prb_utilization": i / 40, "x_bias": 1.0, **({"share": 0.25 * (1 + i % 4)} if i % 5 else {}),
+                      "predicted_latency_ms": 3.0}
+        out.append(("Decision", example("Decision", decision_id=f"d{i}", kind=kind, cell_id=None if i % 7 == 0 else i % 3,
+                                        source_ts_ms=T0 + 10 * i, parameters=parameters,
+                                        target="nowhere" if i % 9 == 0 else "edge")))
+        out.append(("Outcome", example("Outcome", decision_id=None if i % 6 == 0 else f"d{i}", ts_ms=T0 + 10 * i + 5,
+                                        kind="decision" if i % 2 else "demand", latency_ms=None if i % 3 == 0 else 1.5 * i,
+                                        deadline_met=None if i % 4 == 0 else bool(i % 3),
+                                        cell_id=None if i % 8 == 0 else i % 3,
+                                        effect={"reward": 0.1 * i} if i % 3 else {})))
+    return out
+
+
+def _batches(columnar: bool):
+    from tiertwin.jobs.bench.cloud import tier_traffic
+    from tiertwin.schemas import SchemaRegistry
+    from tiertwin.schemas.batches import decode_batch
+
+    registry = SchemaRegistry.default()
+    records = list(tier_traffic(T0, 3_000, rate_per_s=1_000, cells=4, ues=16, seed=7)) + _odd_records()
+    values = [registry.encode(s, r) for s, r in records]
+    batches, _ = decode_batch(registry, values, topic="t", partition=0, offsets=range(len(values)),
+                              timestamps_ms=[T0] * len(values), stage="s")
+    if not columnar:
+        return batches
+    for batch in batches:
+        assert batch.columns.num_rows == len(batch)
+    return [pickle.loads(pickle.dumps(batch)) for batch in batches]   # crossed a stage as columns
+
+
+def test_a_batch_projected_from_its_columns_gives_the_record_projection_row_for_row_without_rebuilding_records():
+    from tiertwin.pipelines.cloud.trainable import BATCH_PROJECTIONS, decision_fields, forecast_fields, outcome_fields
+
+    projection = {"Decision": decision_fields, "Outcome": outcome_fields, "LocalSummary": forecast_fields}
+    columnar, plain = _batches(True), _batches(False)
+    assert {b.schema for b in plain} >= set(projection)
+    for crossed, batch in zip(columnar, plain):
+        assert crossed.schema == batch.schema
+        project = projection.get(batch.schema)
+        if project is None:
+            continue
+        expected = [project(r) for r in batch.records]
+        for rows in (BATCH_PROJECTIONS[project](crossed), BATCH_PROJECTIONS[project](batch)):
+            assert rows == expected
+            assert [type(v) for row in rows if row for v in row] == [type(v) for row in expected if row for v in row]
+        assert crossed._records is None, "the projection rebuilt the records"
+        if project is decision_fields:
+            assert {row[0] for row in expected if row} == {"placement", "allocation"}
+
+
+def _reference_forecast_examples(summaries, horizon_s=0.5, slack_s=0.2):
+    """forecast_examples as first written: each summary's horizon found by stepping through the series."""
+    from tiertwin.pipelines.features import sinr_forecast_features
+
+    by_ue: dict = {}
+    for summary in summaries:
+        by_ue.setdefault(summary[0], []).append(summary)
+    horizon_ms, slack_ms = horizon_s * 1000.0, slack_s * 1000.0
+    examples = []
+    for series in by_ue.values():
+        series.sort(key=lambda f: f[2])
+        for i, (_, cell, t0, sinr, trend, speed) in enumerate(series):
+            due, j = t0 + horizon_ms, i + 1
+            while j < len(series) and series[j][1] == cell and series[j][2] < due:
+                j += 1
+            if j == len(series) or series[j][1] != cell or series[j][2] - t0 > horizon_ms + slack_ms:
+                continue
+            (_, _, t_before, sinr_before, _, _), (_, _, t_after, sinr_after, _, _) = series[j - 1], series[j]
+            share = (due - t_before) / (t_after - t_before) if t_after > t_before else 1.0
+            examples.append((sinr_forecast_features(sinr, trend, speed, horizon_s),
+                             float(sinr_before + share * (sinr_after - sinr_before))))
+    return examples
+
+
+def test_forecast_examples_are_the_stepping_searchs_examples():
+    from tiertwin.pipelines.cloud.trainable import forecast_examples
+
+    rng = random.Random(3)
+    summaries = []
+    for ue in range(12):
+        t, cell = T0, ue % 3
+        for _ in range(400):
+            t += rng.choice((0, 5, 10, 40, 100, 300, 800))        # repeated times, dense runs and gaps
+            if rng.random() < 0.03:
+                cell = rng.randrange(4)                            # handovers (and back)
+            summaries.append((f"ue-{ue}", cell, t, rng.uniform(-5, 30), rng.uniform(-3, 3), rng.uniform(0, 30)))
+    rng.shuffle(summaries)
+    for horizon_s, slack_s in ((0.5, 0.2), (0.1, 0.0), (2.0, 1.0)):
+        expected = _reference_forecast_examples([tuple(s) for s in summaries], horizon_s, slack_s)
+        assert len(expected) > 300
+        assert forecast_examples([tuple(s) for s in summaries], horizon_s, slack_s) == expected
