@@ -496,7 +496,11 @@ class LocalTwin:
         self.edge_states: dict[int, dict] = {}
         # decision id -> (x, tier, demand id); x packed (_pack_example) while it waits for its outcome
         self.pending: OrderedDict[str, tuple[Any, str, str]] = OrderedDict()
-        self.pending_by_demand: dict[str, str] = {}     # demand id -> its latest pending decision id
+        # demand id -> its latest pending decision id, for the decisions whose id is not the default one
+        # (local/placement/<demand id>: found without an index, so a device runtime's index stays empty); None: the
+        # demand's decision under the default id awaits its outcome, but the demand was placed again since under
+        # another id, so an outcome without a decision id joins neither (as when the index held every decision).
+        self.pending_by_demand: dict[str, str | None] = {}
         self._due: dict[str, None] = {}     # UEs whose summary window is due, in the order they became due
         # Both cost tables are built once: place() only picks one.
         self._costs = {tier: float(config.tier_costs.get(tier, 1.0)) for tier in TIERS}
@@ -645,7 +649,11 @@ class LocalTwin:
             mae = self._mae = (model, fn if callable(fn) else None)
         confidence = deadline_confidence(chosen, deadline_ms, mae[1](tier) if mae[1] is not None else 5.0)
         demand_id = demand["demand_id"]
-        did = decision_id or f"local/placement/{demand_id}"
+        if decision_id:
+            did = decision_id
+            indexed = did != f"local/placement/{demand_id}"
+        else:   # the default id: found from the demand id without the index
+            did, indexed = f"local/placement/{demand_id}", False
         if stamps is None:
             decision = {
                 "decision_id": did, "tier": "local", "kind": "placement", "ue_id": ue_id, "cell_id": cell,
@@ -664,30 +672,48 @@ class LocalTwin:
             }
             decision.update(stamps)
             decision["twin_site"] = c.site
-        # x is placement_features' dict, in DEMAND_FEATURES order: packed as it is (see _pack_example)
-        self._remember(did, demand_id, _EXAMPLE.pack(*x.values()), tier)
+        # The example kept for learning. x is placement_features' dict, in DEMAND_FEATURES order: packed as it is
+        # (see _pack_example).
+        pending, index = self.pending, self.pending_by_demand
+        pending[did] = (_EXAMPLE.pack(*x.values()), tier, demand_id)
+        if indexed:
+            index[demand_id] = did
+        elif index:     # the demand's latest decision has the default id again
+            index.pop(demand_id, None)
+        if len(pending) > c.pending_outcomes:
+            limit = c.pending_outcomes
+            while len(pending) > limit:
+                # The demand's entry goes with its decision, one at a time: rebuilding the index when it had
+                # grown to twice the limit stalled one placement in 100 000 for 64 ms (200 000 entries).
+                evicted, (_, _, evicted_demand) = pending.popitem(last=False)
+                if index:
+                    self._forget_demand(evicted_demand, evicted)
         decision["decided_ns"] = _time_ns()
         return decision
 
-    def _remember(self, did: str, demand_id: str, x: dict | bytes, tier: str) -> None:
-        self.pending[did] = (x if type(x) is bytes else _pack_example(x), tier, demand_id)
-        self.pending_by_demand[demand_id] = did
-        limit = self.config.pending_outcomes
-        while len(self.pending) > limit:
-            # The demand's entry goes with its decision, one at a time: rebuilding the index when it had
-            # grown to twice the limit stalled one placement in 100 000 for 64 ms (200 000 entries).
-            evicted, (_, _, evicted_demand) = self.pending.popitem(last=False)
-            self._forget_demand(evicted_demand, evicted)
-
     def _forget_demand(self, demand_id: str, did: str) -> None:
-        if self.pending_by_demand.get(demand_id) == did:    # not if the demand was placed again since
-            del self.pending_by_demand[demand_id]
+        """``did`` (a decision of ``demand_id``) no longer awaits its outcome: the index forgets it."""
+        index = self.pending_by_demand
+        if demand_id not in index:
+            return
+        known, default = index[demand_id], f"local/placement/{demand_id}"
+        if known == did:    # the demand's latest decision (not if it was placed again since)
+            if did != default and default in self.pending:
+                index[demand_id] = None     # its earlier decision, under the default id, stays out of reach
+            else:
+                del index[demand_id]
+        elif known is None and did == default:
+            del index[demand_id]
 
     def learn(self, outcome: dict) -> bool:
         """Learn predicted-vs-measured latency from a demand's Outcome; False if it is not a demand this twin placed."""
         if outcome["kind"] != "demand" or outcome.get("latency_ms") is None:
             return False
-        did = outcome.get("decision_id") or self.pending_by_demand.get(outcome.get("demand_id") or "")
+        did = outcome.get("decision_id")
+        if not did:     # joined by demand id: its latest decision (the index has those without the default id)
+            demand_id = outcome.get("demand_id") or ""
+            index = self.pending_by_demand
+            did = index[demand_id] if demand_id in index else f"local/placement/{demand_id}"
         example = self.pending.pop(did, None) if did else None
         if example is None:
             return False

@@ -338,13 +338,62 @@ def test_decisions_awaiting_outcomes_and_their_demand_index_stay_bounded():
     twin = LocalTwin(LocalTwinConfig(pending_outcomes=100))
     decisions = [twin.place(demand(n, ts_ms=EPOCH_MS + 50 * n)) for n in range(1, 351)]
     twin.place(demand(340, ts_ms=EPOCH_MS + 50 * 351), decision_id="local/placement/again/340")   # placed again
-    assert len(twin.pending) == 100 and len(twin.pending_by_demand) == 99, "demand 340 has two pending decisions"
+    assert len(twin.pending) == 100, "demand 340 has two pending decisions"
+    assert twin.pending_by_demand == {"ue-1/d/340": "local/placement/again/340"}, "only ids other than the default"
     learned = lambda n, did=None: twin.learn({"kind": "demand", "decision_id": did, "demand_id": f"ue-1/d/{n}",  # noqa: E731
                                               "placement": "edge", "latency_ms": 10.0})
     assert not learned(200), "evicted with its decision: nothing to join"
     assert learned(300) and not learned(300), "joined by demand id once"
     assert learned(340) and learned(340, decisions[339]["decision_id"]), "both placements of demand 340 learn once each"
-    assert not learned(340) and len(twin.pending_by_demand) == len(twin.pending) == 97
+    assert not learned(340) and len(twin.pending) == 97 and not twin.pending_by_demand
+
+
+def test_outcomes_join_their_decisions_as_when_every_decision_was_indexed():
+    """The demand index holds only decisions placed under an id other than the default one; outcomes with or
+    without a decision id join what they joined when it held every pending decision (a reference of that),
+    whatever the mix of ids, repeated placements, evictions and outcomes."""
+    from collections import OrderedDict
+
+    class EveryDecisionIndexed:
+        def __init__(self, limit: int):
+            self.pending, self.index, self.limit = OrderedDict(), {}, limit
+
+        def place(self, did: str, demand_id: str) -> None:
+            self.pending[did] = demand_id
+            self.index[demand_id] = did
+            while len(self.pending) > self.limit:
+                evicted, evicted_demand = self.pending.popitem(last=False)
+                if self.index.get(evicted_demand) == evicted:
+                    del self.index[evicted_demand]
+
+        def learn(self, did: str | None, demand_id: str) -> bool:
+            did = did or self.index.get(demand_id)
+            placed = self.pending.pop(did, None) if did else None
+            if placed is None:
+                return False
+            if self.index.get(placed) == did:
+                del self.index[placed]
+            return True
+
+    rng = random.Random(3)
+    twin, reference = LocalTwin(LocalTwinConfig(pending_outcomes=100)), EveryDecisionIndexed(100)
+    placed: list[tuple[str, str]] = []
+    for step in range(3000):
+        n = rng.randint(1, 150)
+        demand_id = f"ue-1/d/{n}"
+        if rng.random() < 0.6:
+            custom = rng.random() < 0.4
+            did = f"local/placement/again/{n}/{rng.randint(0, 2)}" if custom else f"local/placement/{demand_id}"
+            twin.place(demand(n, ts_ms=EPOCH_MS + step), decision_id=did if custom or rng.random() < 0.5 else None)
+            reference.place(did, demand_id)
+            placed.append((did, demand_id))
+        else:
+            did = rng.choice(placed)[0] if placed and rng.random() < 0.5 else None
+            outcome = {"kind": "demand", "decision_id": did, "demand_id": demand_id, "placement": "edge", "latency_ms": 10.0}
+            assert twin.learn(outcome) == reference.learn(did, demand_id), step
+        assert list(twin.pending) == list(reference.pending), step
+        assert {d: did for d, did in twin.pending_by_demand.items() if did is not None} == \
+               {d: did for d, did in reference.index.items() if did != f"local/placement/{d}"}, step
 
 
 
