@@ -32,7 +32,7 @@ import operator
 import struct
 import time
 from collections import OrderedDict, deque
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -462,6 +462,23 @@ def _unpack_example(packed: bytes | dict) -> dict:
     return packed
 
 
+class Observed(NamedTuple):
+    """What :meth:`LocalTwin.observe_many` did with a batch of telemetry."""
+
+    fresh: int                                       # records folded in
+    replays: int                                     # records already folded in (not again)
+    summaries: list[dict]                            # LocalSummary records that fell due, in order
+    rejected: list[tuple[dict, RecordRejected]]      # (record, why) for records that make no sense
+
+
+def _serving_in(neighbours: list[dict], serving: int) -> bool:
+    """Is the serving cell among the neighbours (a loop: per telemetry record, a generator costs more than it)?"""
+    for n in neighbours:
+        if n["cell_id"] == serving:
+            return True
+    return False
+
+
 class LocalTwin:
     """The local twins of a set of UEs (a device hosts its own UE's, the service many). No Kafka inside.
 
@@ -559,7 +576,7 @@ class LocalTwin:
         """
         # semantic_problem and is_replay, inlined (per record, on the device); they give the reason.
         ts_ms, serving = telemetry["ts_ms"], telemetry["serving_cell"]
-        if ts_ms <= 0 or any(n["cell_id"] == serving for n in telemetry["neighbours"]):
+        if ts_ms <= 0 or _serving_in(telemetry["neighbours"], serving):
             problem = semantic_problem(telemetry)
             raise ImplausibleRecord(problem[1], reason=problem[0])
         ue_id = telemetry["ue_id"]
@@ -571,6 +588,39 @@ class LocalTwin:
         if twin.last_ts_ms - twin.window_start_ms >= c.summary_interval_ms:     # window_due (samples > 0 now)
             self._due[ue_id] = None
         return True
+
+    def observe_many(self, telemetry: Iterable[dict]) -> Observed:
+        """:meth:`observe` every record in turn, each followed by :meth:`due_summaries` (what a device runtime does
+        per record), in one call: a simulator step's telemetry, or a device's batch. The same twin state and the
+        same summaries, in the same order, as the calls one by one; a record that makes no sense does not stop the
+        others (it is returned with its error in ``rejected``)."""
+        twins, c = self.twins, self.config
+        alpha, interval = c.ewma_alpha, c.summary_interval_ms
+        fresh = replays = 0
+        summaries: list[dict] = []
+        rejected: list[tuple[dict, RecordRejected]] = []
+        for t in telemetry:
+            # observe(), inlined: the checks, the replay test, the fold, the window
+            ts_ms, serving = t["ts_ms"], t["serving_cell"]
+            if ts_ms <= 0 or _serving_in(t["neighbours"], serving):
+                problem = semantic_problem(t)
+                rejected.append((t, ImplausibleRecord(problem[1], reason=problem[0])))
+                continue
+            ue_id = t["ue_id"]
+            twin = twins.get(ue_id) or self.twin(ue_id)
+            if t["seq"] <= twin.last_seq and ts_ms <= twin.last_ts_ms:
+                replays += 1
+            else:
+                twin.observe(t, alpha)
+                fresh += 1
+                if twin.last_ts_ms - twin.window_start_ms >= interval:     # window_due (samples > 0 now)
+                    if not self._due:   # due_summaries() would close this window alone
+                        summaries.append(twin.summary())
+                        continue
+                    self._due[ue_id] = None
+            if self._due:   # windows left due by observe() calls before this batch, with this one's
+                summaries.extend(self.due_summaries())
+        return Observed(fresh, replays, summaries, rejected)
 
     def due_summaries(self) -> list[dict]:
         """The LocalSummary records of the windows that are due (``summary_interval_ms`` of event time); closes them."""

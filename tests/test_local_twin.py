@@ -493,3 +493,31 @@ def test_a_twin_pickled_in_the_earlier_layout_restores_and_decides_the_same():
     assert [without_clock(d) for d in feed(old, events[300:])] == [without_clock(d) for d in feed(live, events[300:])]
     restored = pickle.loads(pickle.dumps(live.twins))
     assert {u: t.__getstate__().keys() for u, t in restored.items()} == {u: t.__getstate__().keys() for u, t in live.twins.items()}
+
+
+def test_observe_many_is_observe_and_due_summaries_record_by_record():
+    """A batch gives the twin state and the summaries (in order) of observe() + due_summaries() per record, with
+    replays and a rejected record inside the batch and windows left due by observe() calls before it."""
+    telemetry_records = [r for kind, r in fleet_events(seed=5, ticks=400, n_ues=5) if kind == "telemetry"]
+    assert len(telemetry_records) > 300
+    one_by_one, batched = LocalTwin(), LocalTwin()
+    for twin in (one_by_one, batched):      # windows left due: observed without due_summaries()
+        for record in telemetry_records[:7]:
+            twin.observe(record)
+    rest = telemetry_records[7:]
+    rest = rest[:100] + rest[90:95] + [{**rest[100], "ts_ms": 0}] + rest[100:]     # replays and a bad timestamp
+    expected, replays, rejected = [], 0, []
+    for record in rest:
+        try:
+            replays += not one_by_one.observe(record)
+        except RecordRejected as exc:
+            rejected.append((record, exc.reason))
+            continue
+        expected.extend(one_by_one.due_summaries())
+    observed = batched.observe_many(rest)
+    volatile = lambda s: {k: v for k, v in s.items() if k != "emitted_ns"}  # noqa: E731
+    assert [volatile(s) for s in observed.summaries] == [volatile(s) for s in expected] and len(expected) > 100
+    assert (observed.fresh, observed.replays) == (len(rest) - replays - 1, replays) and replays == 5
+    assert [(r, e.reason) for r, e in observed.rejected] == rejected == [(rest[105], "bad-timestamp")]
+    assert {u: t.__getstate__() | {"device": None} for u, t in batched.twins.items()} == \
+           {u: t.__getstate__() | {"device": None} for u, t in one_by_one.twins.items()}
