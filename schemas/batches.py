@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tiertwin.errors import RecordRejected
-from tiertwin.schemas.codec import DEFAULT_MAX_STRING, Schema, SchemaRegistry
+from tiertwin.schemas.codec import DEFAULT_MAX_STRING, HEADER_SIZE, Schema, SchemaRegistry
 from tiertwin.schemas.event_time import EVENT_TIME_FIELDS, short_name
 
 EVENT_MS = "_event_ms"  # the column of each row's event time (its contract's event-time field, else Kafka's)
@@ -83,7 +83,7 @@ class RecordBatch:
         if records is not None:
             return [[r.get(name) for r in records] for name in names]
         columns, rest = self._columns, self._rest_values()
-        return [rest[name] if name in rest else columns.column(name).to_pylist() for name in names]
+        return [rest[name] if name in rest else _pylist(columns.column(name)) for name in names]
 
     def __reduce__(self):
         # A batch whose columns are built crosses a Beam stage boundary as those columns (Arrow buffers) and
@@ -168,6 +168,12 @@ def _rest_of(batch: RecordBatch) -> bytes | None:
     return pickle.dumps([[r.get(name) for r in batch.records] for name in rest], protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _pylist(column: pa.Array) -> list:
+    """A column's values as Python objects; a map column's as dicts (batches the column decoder read carry
+    their maps as columns)."""
+    return column.to_pylist(maps_as_pydicts="lossy") if pa.types.is_map(column.type) else column.to_pylist()
+
+
 def _rebuilt(schema: str, columns: pa.RecordBatch, rest: bytes | None) -> list[dict]:
     import pickle
 
@@ -175,7 +181,7 @@ def _rebuilt(schema: str, columns: pa.RecordBatch, rest: bytes | None) -> list[d
     values = dict(zip(rest_names, pickle.loads(rest))) if rest is not None else {}
     for name in names:
         if name not in values:
-            values[name] = columns.column(name).to_pylist()
+            values[name] = _pylist(columns.column(name))
     return [dict(zip(names, row)) for row in zip(*(values[name] for name in names))]
 
 
@@ -278,7 +284,12 @@ def decode_batch(registry: SchemaRegistry, values: Sequence[bytes | None], *, to
     decode = registry.decode
     groups: dict[str, tuple[list, list]] = {}
     refused: list[tuple[int, RecordRejected]] = []
-    for i, value in enumerate(values):
+    batches = []
+    slow: Sequence[int] = range(len(values))
+    if len(values) >= COLUMNAR_MIN_ROWS:
+        batches, slow = _decode_columnar(registry, values, timestamps_ms, refused)
+    for i in slow:
+        value = values[i]
         try:
             name, record = decode(value, False)
         except RecordRejected as exc:
@@ -289,7 +300,6 @@ def decode_batch(registry: SchemaRegistry, values: Sequence[bytes | None], *, to
             group = groups[name] = ([], [])
         group[0].append(record)
         group[1].append(i)
-    batches = []
     for name, (records, rows) in groups.items():
         schema = registry.current(name)
         plan = plan_of(schema)
@@ -325,6 +335,89 @@ def decode_batch(registry: SchemaRegistry, values: Sequence[bytes | None], *, to
                            partition if isinstance(partition, int) else partition[i], offsets[i], exc, stage)
                for i, exc in refused]
     return batches, letters
+
+
+# From this many values a batch is decoded column-wise (schemas/column_decoder.py) where its writer schema
+# is the current one; below it record by record with fastavro. The column decoder costs a fixed few
+# numpy calls per field and batch, so it pays off only once they are shared by enough rows.
+COLUMNAR_MIN_ROWS = 64
+
+_DECODERS: dict[bytes, object] = {}
+
+
+def _column_decoder(schema: Schema):
+    found = _DECODERS.get(schema.fingerprint, False)
+    if found is False:
+        from tiertwin.schemas.column_decoder import NotColumnar, compile_decoder
+
+        try:
+            found = compile_decoder(schema)
+        except NotColumnar:
+            found = None
+        _DECODERS[schema.fingerprint] = found
+    return found
+
+
+def _decode_columnar(registry: SchemaRegistry, values: Sequence[bytes | None], timestamps_ms: Sequence[int],
+                     refused: list) -> tuple[list[RecordBatch], list[int]]:
+    """The values written with a current schema that the column decoder reads, decoded column-wise into one
+    batch per contract (the rows it doubts are decoded by fastavro: refused with fastavro's reason, into
+    ``refused``); returns those batches and the indices of the values left to decode record by record
+    (older writer schemas, headers that name no schema, contracts the decoder does not take, and every value
+    of a contract where it doubted a row fastavro accepts)."""
+    import numpy as np
+
+    by_header: dict[bytes, list[int]] = {}
+    slow: list[int] = []
+    for i, value in enumerate(values):
+        if value is None or len(value) < HEADER_SIZE:
+            slow.append(i)
+            continue
+        rows = by_header.get(value[:HEADER_SIZE])
+        if rows is None:
+            rows = by_header[value[:HEADER_SIZE]] = []
+        rows.append(i)
+    batches = []
+    for header, rows in by_header.items():
+        schema = registry.writer_of(header)
+        decode = None if schema is None or registry.current(schema.name) is not schema else _column_decoder(schema)
+        if decode is None or len(rows) < COLUMNAR_MIN_ROWS // 4:
+            slow += rows
+            continue
+        columns, doubtful = decode([values[i] for i in rows])
+        letters = []
+        for j in doubtful:
+            try:
+                registry.decode(values[rows[j]])
+            except RecordRejected as exc:
+                letters.append((rows[j], exc))
+                continue
+            break  # a valid record the decoder does not read: this contract goes record by record
+        else:
+            refused += letters
+            plan = plan_of(schema)
+            names = [name for name, _ in plan.columns] + [f["name"] for f in schema.raw["fields"]
+                                                          if pa.types.is_map(columns[f["name"]].type)]
+            event = columns[plan.event_field] if plan.event_field is not None else None
+            kafka_ms = np.fromiter((timestamps_ms[i] for i in rows), dtype=np.int64, count=len(rows))
+            if event is None:
+                event_ms = kafka_ms
+            else:
+                event_ms = event.to_numpy(zero_copy_only=False)
+                if event.null_count:
+                    event_ms = np.where(np.asarray(event.is_null()), kafka_ms, np.nan_to_num(event_ms)).astype(np.int64)
+            arrays = [columns[name] for name in names] + [pa.array(event_ms, pa.int64())]
+            table = pa.RecordBatch.from_arrays(arrays, names=names + [EVENT_MS])
+            if doubtful:
+                keep = np.ones(len(rows), dtype=bool)
+                keep[doubtful] = False
+                table, event_ms = table.filter(pa.array(keep)), event_ms[keep]
+            if table.num_rows:
+                batches.append(_ColumnarBatch(short_name(schema.name), table, None, event_ms.tolist()))
+            continue
+        slow += rows
+    slow.sort()
+    return batches, slow
 
 
 def _columns(plan: _Plan, records: list[dict], event_ms: list[int]) -> pa.RecordBatch:

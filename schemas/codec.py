@@ -253,6 +253,12 @@ class SchemaRegistry:
     def names(self) -> list[str]:
         return sorted(self._current)
 
+    def writer_of(self, header: bytes) -> Schema | None:
+        """The writer schema a 10-byte single-object header names (None: not such a header, or unknown)."""
+        if len(header) != HEADER_SIZE or header[:2] != MAGIC:
+            return None
+        return self._by_fingerprint.get(bytes(header[2:]))
+
     def versions(self, name: str) -> list[Schema]:
         target = full_name(name)
         return [s for s in self._by_fingerprint.values() if s.name == target]
