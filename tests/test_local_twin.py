@@ -319,19 +319,62 @@ def test_fast_path_makes_the_decisions_rivers_own_predictions_make():
     assert folded == decided, "every fast decision was made from folds, every reference one by River's predict_one"
 
 
-def test_edf_waits_equal_wait_and_backlog_asked_separately():
+def test_edf_queue_is_the_list_of_sorted_pairs_it_was_to_the_last_bit():
+    """The EDF queue is one flat array of doubles now; waits, wait and backlog, the order of the tasks (ties
+    included) and its pickle are those of the sorted [deadline, remaining] lists it was (that code, the reference)."""
+    import bisect
+
+    class SortedPairs:
+        def __init__(self):
+            self.tasks, self.clock_ms = [], 0.0
+
+        def _advance(self, now_ms):
+            budget = now_ms - self.clock_ms
+            while budget > 0 and self.tasks:
+                head = self.tasks[0]
+                used = min(budget, head[1])
+                head[1] -= used
+                budget -= used
+                if head[1] <= 0:
+                    self.tasks.pop(0)
+            self.clock_ms = max(self.clock_ms, now_ms)
+
+        def wait_ms(self, now_ms, deadline_ms):
+            self._advance(now_ms)
+            return float(sum(r for d, r in self.tasks if d <= deadline_ms))
+
+        def backlog_ms(self, now_ms):
+            self._advance(now_ms)
+            return float(sum(r for _, r in self.tasks))
+
+        def add(self, now_ms, deadline_ms, compute_ms):
+            self._advance(now_ms)
+            bisect.insort(self.tasks, [float(deadline_ms), float(compute_ms)])
+
     rng = random.Random(33)
-    queue = EdfQueue()
+    queue, reference = EdfQueue(), SortedPairs()
     now = 0.0
-    for _ in range(2000):
-        now += rng.choice((0.0, rng.uniform(0.0, 8.0)))
-        deadline = rng.choice((now + rng.uniform(1.0, 60.0), float("inf")))
-        separately = EdfQueue.__new__(EdfQueue)
-        separately.tasks, separately.clock_ms = [list(task) for task in queue.tasks], queue.clock_ms
-        expected = (separately.wait_ms(now, deadline), separately.backlog_ms(now))
-        assert queue.waits(now, deadline) == expected and queue.tasks == separately.tasks
-        if rng.random() < 0.4:
-            queue.add(now, now + rng.uniform(1.0, 60.0), rng.uniform(0.5, 12.0))
+    for step in range(4000):
+        now += rng.choice((0.0, rng.uniform(0.0, 8.0), rng.randint(0, 5)))
+        deadline = rng.choice((now + rng.uniform(1.0, 60.0), float("inf"), now + rng.randint(1, 5)))
+        ask = rng.random()
+        if ask < 0.3:
+            assert queue.waits(now, deadline) == (reference.wait_ms(now, deadline), reference.backlog_ms(now)), step
+        elif ask < 0.4:
+            assert queue.wait_ms(now, deadline) == reference.wait_ms(now, deadline), step
+        elif ask < 0.5:
+            assert queue.backlog_ms(now) == reference.backlog_ms(now), step
+        else:
+            compute = rng.choice((rng.uniform(0.5, 12.0), 2.0, 4.0))
+            due = rng.choice((now + rng.uniform(1.0, 60.0), now + 10.0, float(int(now) + 20)))
+            queue.add(now, due, compute)
+            reference.add(now, due, compute)
+        assert queue.tasks == reference.tasks and queue.clock_ms == reference.clock_ms, step
+    restored = pickle.loads(pickle.dumps(queue))
+    assert restored.tasks == reference.tasks and restored.waits(now, 1e18) == queue.waits(now, 1e18)
+    before_the_array = EdfQueue.__new__(EdfQueue)     # a pickle of the list layout (its state dict)
+    before_the_array.__setstate__({"tasks": [list(t) for t in reference.tasks], "clock_ms": reference.clock_ms})
+    assert before_the_array.tasks == queue.tasks
 
 
 def test_decisions_awaiting_outcomes_and_their_demand_index_stay_bounded():
@@ -483,7 +526,7 @@ def test_a_twin_pickled_in_the_earlier_layout_restores_and_decides_the_same():
         state.update(neighbour=twin.neighbour, position=twin.position, radio_terms=None,
                      history=deque(twin.history, maxlen=twin.history_ts.maxlen),
                      device=EdfQueue.__new__(EdfQueue))
-        state["device"].__setstate__({"tasks": twin.device.tasks, "clock_ms": twin.device.clock_ms})
+        state["device"].__setstate__({"tasks": twin.device.tasks, "clock_ms": twin.device.clock_ms})  # lists
         restored = UETwin.__new__(UETwin)
         restored.__setstate__(state)
         assert restored.__getstate__().keys() == twin.__getstate__().keys()
