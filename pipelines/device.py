@@ -725,13 +725,26 @@ class DeviceRuntime:
             self._spill_reads.append((offset, len(records)))
             batch.extend(records)
             return batch   # memory only after the spill is drained (its records are newer)
-        outbox, encode, every = self._outbox, self._encode, self.config.uplink_yield_every
-        encoded = 0
-        while outbox and len(batch) < limit:
-            entry = encode(outbox.popleft())
-            if entry is not None:
-                batch.append(entry)
-            encoded += 1
+        # The fast path inline (a compiled encoder and a known key: every record but the first per key);
+        # anything else goes through _encode (fastavro, the precise error, dead letters).
+        outbox, every = self._outbox, self.config.uplink_yield_every
+        popleft, append, encoders, topics, keys = outbox.popleft, batch.append, self._fast_encoders, self._topics, self._keys
+        for encoded in range(1, min(limit - len(batch), len(outbox)) + 1):   # only this thread takes from the outbox
+            entry = popleft()
+            kind, record, key = entry
+            encoder = encoders[kind]
+            key_bytes = keys.get(key) if encoder is not None else None
+            if key_bytes is None:
+                entry = self._encode(entry)
+                if entry is not None:
+                    append(entry)
+            else:
+                try:
+                    append((topics[kind], key_bytes, encoder(record)))  # checks the contract's ranges as it goes
+                except NotFlat:
+                    entry = self._encode(entry)
+                    if entry is not None:
+                        append(entry)
             if encoded % every == 0:
                 # Encoding is most of the uplink's GIL time (~10 us a record): without this a decision
                 # waited for the switch interval (5 ms) whenever it asked for the GIL mid-batch.
