@@ -253,10 +253,13 @@ class ResidualLatencyModel(base.Regressor):
     def learn_one(self, x: dict, y: float) -> None:
         tier = self._tier(x)
         y = float(y)
-        error = abs(self._predict(x, tier) - y)
+        # Every candidate's prediction once (the cloud trainer learns tens of thousands of examples a window):
+        # the gate's choice among them is what _predict gives, and the fit and the prior share their terms.
+        predictions = self._candidates(x, tier)
+        error = abs(predictions[self._choice[tier]] - y)
         if math.isfinite(error):
             self._mae[tier] += self.error_decay * (error - self._mae[tier])
-        self._weigh(x, tier, y)
+        self._weigh(x, tier, y, predictions)
         if math.isfinite(y):
             mean = self._mean[tier]
             mean[0] += y
@@ -264,11 +267,30 @@ class ResidualLatencyModel(base.Regressor):
         self._fits[tier].learn_vector(tier_terms(x, tier), y)
         self.n_learned += 1
 
-    def _weigh(self, x: Mapping, tier: str, y: float) -> None:
+    def _candidates(self, x: Mapping, tier: str) -> list[float]:
+        """``[self._candidate(x, tier, i) for i in range(len(GATE))]``, the same numbers with the terms made once."""
+        fit, prior = self._fits[tier], self._priors[tier]
+        try:
+            phi = tier_terms(x, tier)
+            fitted, physics = fit.predict_vector(phi), prior.predict_vector(phi)
+        except TypeError:   # a feature that is not a number: each prediction its own way, as _predict does
+            fitted, physics = self._predict(x, tier, True), self._predict(x, tier, False)
+        else:
+            floor = 0.0
+            for k in FLOOR_TERMS[tier]:
+                floor += x.get(k, 0.0)
+            floor *= FLOOR_FACTOR
+            fitted = fitted if fitted > floor else floor
+            physics = physics if physics > floor else floor
+        total, n = self._mean[tier]
+        return [fitted, physics, physics_ms(x, tier), richest_physics_ms(x, tier), total / n if n else 0.0]
+
+    def _weigh(self, x: Mapping, tier: str, y: float, predictions: list[float] | None = None) -> None:
         """The gate: score every candidate on the outcome and switch if one has earned it (see GATE_MARGIN)."""
         gate, current = self._gate[tier], self._choice[tier]
         versus = self._versus[tier]
-        predictions = [self._candidate(x, tier, i) for i in range(len(GATE))]
+        if predictions is None:
+            predictions = [self._candidate(x, tier, i) for i in range(len(GATE))]
         if not all(map(math.isfinite, predictions)) or not math.isfinite(y):
             return
         errors = [abs(p - y) for p in predictions]

@@ -159,3 +159,61 @@ def test_forecast_examples_are_the_stepping_searchs_examples():
         expected = _reference_forecast_examples([tuple(s) for s in summaries], horizon_s, slack_s)
         assert len(expected) > 300
         assert forecast_examples([tuple(s) for s in summaries], horizon_s, slack_s) == expected
+
+
+def _reference_learn(model, x: dict, y: float) -> None:
+    """ResidualLatencyModel.learn_one as first written: the gate's prediction, then every candidate again."""
+    from tiertwin.pipelines.latency import tier_terms
+
+    tier = model._tier(x)
+    y = float(y)
+    error = abs(model._predict(x, tier) - y)
+    if math.isfinite(error):
+        model._mae[tier] += model.error_decay * (error - model._mae[tier])
+    model._weigh(x, tier, y)
+    if math.isfinite(y):
+        mean = model._mean[tier]
+        mean[0] += y
+        mean[1] += 1
+    model._fits[tier].learn_vector(tier_terms(x, tier), y)
+    model.n_learned += 1
+
+
+def test_the_latency_model_learns_to_the_bit_what_it_learned_computing_each_candidate_apart():
+    from tiertwin.pipelines.latency import ResidualLatencyModel
+    from tiertwin.pipelines.pretrain import load_pretrained
+
+    rng = random.Random(11)
+    for model in (ResidualLatencyModel(), load_pretrained("demand-latency")[0]):
+        reference = pickle.loads(pickle.dumps(model))
+        choices = set()
+        for i in range(6000):
+            tier = ("local", "edge", "cloud")[i % 3]
+            x = {"tier": tier, "local_compute_ms": rng.uniform(1, 60), "local_queue_ms": rng.uniform(0, 10),
+                 "uplink_ms": rng.uniform(1, 15), "downlink_ms": rng.uniform(1, 15), "rtt_ms": rng.uniform(4, 30),
+                 "edge_compute_ms": rng.uniform(1, 10), "edge_queue_ms": rng.uniform(0, 10),
+                 "cloud_compute_ms": rng.uniform(0.5, 2), "edge_queue_low_priority_ms": rng.uniform(0, 5)}
+            if i % 50 == 0:
+                del x["local_queue_ms"], x["edge_queue_ms"]          # absent features count 0
+            regime = (i // 1500) % 3                                    # the truth moves: the gate switches
+            truth = {0: sum(x.get(k, 0.0) for k in ("uplink_ms", "downlink_ms", "edge_compute_ms")) * 1.7,
+                     1: x["rtt_ms"] + x["local_compute_ms"] * 0.5, 2: 12.0}[regime]
+            y = truth + rng.gauss(0, 2) + (400.0 if i % 97 == 0 else 0.0)
+            model.learn_one(x, y)
+            _reference_learn(reference, x, y)
+            choices.add(model.chosen(tier))
+        assert _state(model) == _state(reference)
+        assert len(choices) >= 3, choices
+
+
+def _state(value):
+    """Everything a model holds, as plain values (floats compared exactly; NaN as its repr)."""
+    if isinstance(value, dict):
+        return {k: _state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_state(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if hasattr(value, "__dict__"):
+        return (type(value).__name__, _state(vars(value)))
+    return value
