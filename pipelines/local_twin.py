@@ -464,6 +464,11 @@ def _compile_parameters_builder():
 
 _decision_parameters = _compile_parameters_builder()
 _EXAMPLE = struct.Struct(f"<{len(DEMAND_FEATURES)}d")
+# A decision under the default id waits for its outcome as one bytes object: its features and its tier's index in
+# TIERS (the demand id is in the decision id). Others (another id, another tier) as (_EXAMPLE bytes, tier, demand id).
+_EXAMPLE_TIER = struct.Struct(f"<{len(DEMAND_FEATURES)}dB")
+_TIER_CODES = {tier: code for code, tier in enumerate(TIERS)}
+_DEFAULT_ID_PREFIX = len("local/placement/")
 
 
 def _pack_example(x: dict) -> bytes | dict:
@@ -482,6 +487,15 @@ def _unpack_example(packed: bytes | dict) -> dict:
     if type(packed) is bytes:
         return dict(zip(DEMAND_FEATURES, _EXAMPLE.unpack(packed)))
     return packed
+
+
+def _unpack_pending(did: str, example: bytes | tuple) -> tuple[dict, str, str]:
+    """``(features, tier, demand id)`` of a decision awaiting its outcome (``LocalTwin.pending[did]``)."""
+    if type(example) is bytes:  # under the default id
+        values = _EXAMPLE_TIER.unpack(example)
+        return dict(zip(DEMAND_FEATURES, values)), TIERS[values[-1]], did[_DEFAULT_ID_PREFIX:]
+    x, tier, demand_id = example
+    return _unpack_example(x), tier, demand_id
 
 
 class Observed(NamedTuple):
@@ -533,8 +547,9 @@ class LocalTwin:
         self.slot = ModelSlot(config.demand_latency_model, model, model_version)
         self.twins: dict[str, UETwin] = {}
         self.edge_states: dict[int, dict] = {}
-        # decision id -> (x, tier, demand id); x packed (_pack_example) while it waits for its outcome
-        self.pending: OrderedDict[str, tuple[Any, str, str]] = OrderedDict()
+        # decision id -> the example kept to learn from its outcome: _EXAMPLE_TIER bytes (features and tier) under the
+        # default id, else (x packed by _pack_example, tier, demand id)
+        self.pending: OrderedDict[str, bytes | tuple[Any, str, str]] = OrderedDict()
         # demand id -> its latest pending decision id, for the decisions whose id is not the default one
         # (local/placement/<demand id>: found without an index, so a device runtime's index stays empty); None: the
         # demand's decision under the default id awaits its outcome, but the demand was placed again since under
@@ -747,7 +762,11 @@ class LocalTwin:
         # The example kept for learning. x is placement_features' dict, in DEMAND_FEATURES order: packed as it is
         # (see _pack_example).
         pending, index = self.pending, self.pending_by_demand
-        pending[did] = (_EXAMPLE.pack(*x.values()), tier, demand_id)
+        code = _TIER_CODES.get(tier)
+        if indexed or code is None:
+            pending[did] = (_EXAMPLE.pack(*x.values()), tier, demand_id)
+        else:   # no tuple (one object fewer to allocate and, evicted out of the caches, to free)
+            pending[did] = _EXAMPLE_TIER.pack(*x.values(), code)
         if indexed:
             index[demand_id] = did
         elif index:     # the demand's latest decision has the default id again
@@ -757,9 +776,9 @@ class LocalTwin:
             while len(pending) > limit:
                 # The demand's entry goes with its decision, one at a time: rebuilding the index when it had
                 # grown to twice the limit stalled one placement in 100 000 for 64 ms (200 000 entries).
-                evicted, (_, _, evicted_demand) = pending.popitem(last=False)
+                evicted, example = pending.popitem(last=False)
                 if index:
-                    self._forget_demand(evicted_demand, evicted)
+                    self._forget_demand(evicted[_DEFAULT_ID_PREFIX:] if type(example) is bytes else example[2], evicted)
         decision["decided_ns"] = _time_ns()
         return decision
 
@@ -789,8 +808,7 @@ class LocalTwin:
         example = self.pending.pop(did, None) if did else None
         if example is None:
             return False
-        x, tier, demand_id = example
-        x = _unpack_example(x)
+        x, tier, demand_id = _unpack_pending(did, example)
         self._forget_demand(demand_id, did)
         placement = outcome.get("placement")
         # The slot scores a shadow (or the previous model, on probation) on the same example first.

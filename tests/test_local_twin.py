@@ -445,7 +445,7 @@ def test_place_features_are_demand_features_of_the_twin_state():
     the same floats as demand_features on the twin's state at that moment; the example kept for learning
     (packed) is the same features too."""
     from tiertwin.pipelines.features import demand_features
-    from tiertwin.pipelines.local_twin import _unpack_example
+    from tiertwin.pipelines.local_twin import _unpack_pending
 
     twin = LocalTwin()
     checked = 0
@@ -463,7 +463,8 @@ def test_place_features_are_demand_features_of_the_twin_state():
             expected = demand_features(record, ue.radio or None, twin.edge_states.get(record["serving_cell"]), wait, backlog)
             decision = twin.place(record)
             assert parameters_to_features(decision["parameters"]) == expected
-            assert _unpack_example(twin.pending[decision["decision_id"]][0]) == expected
+            assert _unpack_pending(decision["decision_id"], twin.pending[decision["decision_id"]]) == \
+                (expected, decision["target"], record["demand_id"])
             checked += 1
     assert checked > 100
 
