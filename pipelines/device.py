@@ -492,6 +492,33 @@ class DeviceRuntime:
                 self._queue(_SUMMARY, summary, summary["serving_cell"])
             self.stats.summaries += len(summaries)
 
+    def observe_many(self, telemetry: list[dict]) -> int:
+        """:meth:`observe` every record of a batch (a simulator step's telemetry) in one call: the same twin state
+        and uplink records; a record that makes no sense is counted and dead-lettered and does not stop the
+        others (nothing raised). Returns how many were rejected."""
+        if self._inbox:
+            self._apply_downlink()
+        observe_many = getattr(self.twin, "observe_many", None)
+        if observe_many is None:    # a twin without it: record by record
+            rejected = 0
+            for record in telemetry:
+                try:
+                    self.observe(record)
+                except RecordRejected:
+                    rejected += 1
+            return rejected
+        fresh, replays, summaries, rejected = observe_many(telemetry)
+        for record, exc in rejected:
+            self.stats.rejected += 1
+            self._dead_letter(record, exc)
+        self.stats.observed += fresh + replays
+        self.stats.replays += replays
+        if summaries:
+            for summary in summaries:
+                self._queue(_SUMMARY, summary, summary["serving_cell"])
+            self.stats.summaries += len(summaries)
+        return len(rejected)
+
     def place(self, demand: dict) -> dict:
         """Decide where ``demand`` runs; returns the Decision (treat it as read-only: the uplink sends it)."""
         if self._inbox:

@@ -111,6 +111,27 @@ def test_rejected_telemetry_raises_and_is_counted_and_dead_lettered():
     assert topic == "tiertwin.deadletters" and letter["reason"] == "serving-cell-in-neighbours"
 
 
+def test_observe_many_queues_what_observe_per_record_queues():
+    """A step's telemetry in one call: the same summaries and dead letters queued, the same counts, nothing raised."""
+    records = [record for kind, record in fleet_records(4, 60) if kind == "telemetry"]
+    bad = {**records[10], "neighbours": [{"cell_id": records[10]["serving_cell"], "rsrp_dbm": -90.0, "sinr_db": 3.0}]}
+    records = records[:20] + [bad] + records[15:18] + records[20:]     # a rejected record and three replays
+    one_by_one = DeviceRuntime(DeviceConfig(device_id="offline-one", offline_uplink="keep"), connect=False)
+    for record in records:
+        try:
+            one_by_one.observe(record)
+        except RecordRejected:
+            pass
+    batched = DeviceRuntime(DeviceConfig(device_id="offline-many", offline_uplink="keep"), connect=False)
+    assert batched.observe_many(records[:30]) + batched.observe_many(records[30:]) == 1
+    volatile = ("emitted_ns", "failed_at_ms", "stage")
+    queued = lambda device: sorted((topic, sorted((k, repr(v)) for k, v in record.items() if k not in volatile))  # noqa: E731
+                                   for topic, record in device.pending_records())
+    assert queued(batched) == queued(one_by_one) and len(queued(batched)) > 20
+    counts = lambda device: (device.stats.observed, device.stats.replays, device.stats.rejected, device.stats.summaries)  # noqa: E731
+    assert counts(batched) == counts(one_by_one) and counts(batched)[1:3] == (3, 1)
+
+
 # -- broker stopped: memory queue -> spill file -> sent in order after the next start -------------
 @pytest.mark.broker
 def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_in_order(broker, settings, tmp_path):
