@@ -83,9 +83,11 @@ class SinrForecaster(base.Regressor):
         role = self._role(x)
         change = float(y) - float(x["sinr_db"])
         guard = self._guards()[role]
-        guard[0] += GUARD_DECAY * (abs(self._fits[role].predict(x) - change) - guard[0])
+        fit = self._fits[role]
+        phi = fit.vector(x)     # once for the guard's prediction and the step (the same numbers as predict(x))
+        guard[0] += GUARD_DECAY * (abs(fit.predict_vector(phi) - change) - guard[0])
         guard[1] += GUARD_DECAY * (abs(change) - guard[1])
-        self._fits[role].learn(x, change)
+        fit.learn_vector(phi, change)
         self.n_learned += 1
 
     def predict_one(self, x: dict) -> float:

@@ -217,3 +217,31 @@ def _state(value):
     if hasattr(value, "__dict__"):
         return (type(value).__name__, _state(vars(value)))
     return value
+
+
+def test_the_sinr_forecaster_learns_to_the_bit_what_it_learned_making_its_terms_twice():
+    from tiertwin.pipelines.features import sinr_forecast_features
+    from tiertwin.pipelines.forecasting import GUARD_DECAY, SinrForecaster
+    from tiertwin.pipelines.pretrain import load_pretrained
+
+    def reference_learn(f, x, y):
+        role = f._role(x)
+        change = float(y) - float(x["sinr_db"])
+        guard = f._guards()[role]
+        guard[0] += GUARD_DECAY * (abs(f._fits[role].predict(x) - change) - guard[0])
+        guard[1] += GUARD_DECAY * (abs(change) - guard[1])
+        f._fits[role].learn(x, change)
+        f.n_learned += 1
+
+    rng = random.Random(2)
+    for model in (SinrForecaster(), load_pretrained("handover-sinr")[0]):
+        reference = pickle.loads(pickle.dumps(model))
+        for i in range(5000):
+            x = sinr_forecast_features(rng.uniform(-5, 30), rng.uniform(-4, 4), rng.choice((1.0, 12.0, 30.0)), 0.5,
+                                       other_sinr_db=rng.uniform(-5, 30) if i % 2 else None, neighbour=i % 3 == 0)
+            if i % 4 == 0:
+                x["geo_change_db"] = rng.uniform(-2, 2)
+            y = x["sinr_db"] + 0.8 * x["trend_x_h"] + rng.gauss(0, 1) + (15.0 if i % 53 == 0 else 0.0)
+            model.learn_one(x, y)
+            reference_learn(reference, x, y)
+        assert _state(model) == _state(reference)
