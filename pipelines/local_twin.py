@@ -139,7 +139,7 @@ class UETwin:
     __slots__ = ("ue_id", "serving_cell", "last_seq", "last_ts_ms", "radio", "neighbour_cell", "neighbour_sinr",
                  "sinr_last", "neighbour_sinr_last", "x_m", "y_m", "speed_mps", "battery_pct", "xr_active",
                  "history_ts", "history_sinr", "device", "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
-                 "placed", "radio_terms")
+                 "placed_local", "placed_edge", "placed_cloud", "radio_terms")
 
     def __init__(self, ue_id: str, history_length: int = 20):
         self.ue_id = ue_id
@@ -172,6 +172,11 @@ class UETwin:
         return self.x_m, self.y_m, self.speed_mps
 
     @property
+    def placed(self) -> dict[str, int]:
+        """Demands placed per tier in the open summary window (a copy)."""
+        return {"local": self.placed_local, "edge": self.placed_edge, "cloud": self.placed_cloud}
+
+    @property
     def neighbour(self) -> tuple[int, float] | None:
         return None if self.neighbour_cell is None else (self.neighbour_cell, self.neighbour_sinr)
 
@@ -200,6 +205,10 @@ class UETwin:
             state.setdefault("neighbour_sinr_last", None)
             radio = state.get("radio")
             state["radio_terms"] = radio_terms(radio) if radio else None
+        if "placed" in state:       # a dict of counts per tier before
+            state = dict(state)
+            placed = state.pop("placed")
+            state["placed_local"], state["placed_edge"], state["placed_cloud"] = (placed[t] for t in TIERS)
         for name in self.__slots__:
             setattr(self, name, state[name])
 
@@ -207,7 +216,7 @@ class UETwin:
         self.window_start_ms = -1
         self.samples = 0
         self.sum_dl = self.sum_rtt = self.sum_cpu = 0.0
-        self.placed = {tier: 0 for tier in TIERS}
+        self.placed_local = self.placed_edge = self.placed_cloud = 0
 
     def observe(self, t: dict, alpha: float) -> None:
         """Fold one telemetry record in (EWMA denoising) and extend the summary window."""
@@ -285,7 +294,8 @@ class UETwin:
     def summary(self) -> dict:
         """The LocalSummary of the open window; closes it."""
         n = max(self.samples, 1)
-        radio, placed = self.radio, self.placed
+        radio = self.radio
+        local, edge, cloud = self.placed_local, self.placed_edge, self.placed_cloud
         summary = {
             "ue_id": self.ue_id, "serving_cell": self.serving_cell, "window_start_ms": self.window_start_ms,
             "window_end_ms": self.last_ts_ms, "samples": self.samples, "rsrp_dbm": radio["rsrp_dbm"],
@@ -295,8 +305,8 @@ class UETwin:
             "sinr_last_db": self.sinr_last, "best_neighbour_sinr_last_db": self.neighbour_sinr_last,
             "x_m": self.x_m, "y_m": self.y_m, "speed_mps": self.speed_mps, "battery_pct": self.battery_pct,
             "cpu_util": min(1.0, self.sum_cpu / n), "xr_active": self.xr_active,
-            "demands": sum(placed.values()), "placed_local": placed["local"],
-            "placed_edge": placed["edge"], "placed_cloud": placed["cloud"], "emitted_ns": _time_ns(),
+            "demands": local + edge + cloud, "placed_local": local,
+            "placed_edge": edge, "placed_cloud": cloud, "emitted_ns": _time_ns(),
         }
         self._open_window()
         return summary
@@ -717,7 +727,13 @@ class LocalTwin:
         tier = choose_tier(predicted, deadline_ms, costs, c.deadline_margin)
         if tier == "local":     # EdfQueue.add; its clock is at now_ms already (waits, or the empty-queue branch)
             _edf_insert(queue.queue, key, x["local_compute_ms"])
-        twin.placed[tier] += 1
+            twin.placed_local += 1
+        elif tier == "edge":
+            twin.placed_edge += 1
+        elif tier == "cloud":
+            twin.placed_cloud += 1
+        else:   # as the per-tier dict of counts did for a tier it did not know
+            raise KeyError(tier)
         chosen = predicted[tier]
         # The features travel with the decision (the cloud learns from them): one dict display, built once.
         try:
