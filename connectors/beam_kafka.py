@@ -194,9 +194,10 @@ class PartitionOffsets(RestrictionProvider):
 class _ReadPartition(beam.DoFn):
     """The splittable DoFn: reads one partition's offset range, decodes, dead-letters."""
 
-    def __init__(self, settings: Settings, spec: ReadSpec, stage: str, read_id: str, batches: bool = False):
+    def __init__(self, settings: Settings, spec: ReadSpec, stage: str, read_id: str, batches: bool = False,
+                 fold=None):
         self.settings, self.spec, self.stage, self.read_id = settings, spec, stage, read_id
-        self.batches = batches
+        self.batches, self.fold = batches, fold
         self.read = Metrics.counter("kafka-read", "records")
         self.rejected = Metrics.counter("kafka-read", "dead_letters")
         self.committed = Metrics.counter("kafka-read", "offset_commits")
@@ -240,6 +241,14 @@ class _ReadPartition(beam.DoFn):
         yield from self._read(element, tracker, watermark, finalizer)
 
     def _read(self, element: PartitionSlice, tracker, watermark, finalizer=None):
+        if self.fold is None:
+            yield from self._read_fetches(element, tracker, watermark, finalizer)
+            return
+        self.fold.start()  # this step's batches are folded, and only what the fold gives leaves
+        yield from self._read_fetches(element, tracker, watermark, finalizer)
+        yield from self.fold.finish()
+
+    def _read_fetches(self, element: PartitionSlice, tracker, watermark, finalizer=None):
         commits: list = []  # what to do once the runner holds this bundle (_commit_when_finalized)
         if finalizer is not None:  # every bundle: Prism finalizes each bundle of a stage that can ask for it
             finalizer.register(lambda: [commit() for commit in commits])
@@ -364,7 +373,12 @@ class _ReadPartition(beam.DoFn):
                                         topic=messages[0].topic, partition=messages[0].partition,
                                         offsets=[m.offset for m in messages],
                                         timestamps_ms=[m.timestamp for m in messages], stage=self.stage)
-        outputs: list = [beam.window.TimestampedValue(batch, min(batch.event_ms) / 1000) for batch in batches]
+        if self.fold is not None:
+            outputs: list = []
+            for batch in batches:
+                self.fold.add(batch)
+        else:
+            outputs = [beam.window.TimestampedValue(batch, min(batch.event_ms) / 1000) for batch in batches]
         newest = Timestamp.of(max(max(b.event_ms) for b in batches) / 1000) if batches else None
         if letters:
             self.rejected.inc(len(letters))
@@ -545,12 +559,18 @@ class ReadFromKafka(beam.PTransform):
             contract instead of one ``(schema, record)`` per record.
         shard: ``(i, n)``: read only every n-th partition from the i-th (n reads, one per SDK worker).
         read_id: what :func:`drain` names (a fresh one by default; the shards of one job share theirs).
+        fold: with ``batches``, an object that each read step hands its batches (``start()``, ``add(batch)``,
+            ``finish()`` -> outputs): ``records`` is then what ``finish`` gives, not the batches (the cloud twin's
+            :class:`~tiertwin.pipelines.cloud.fusion.FoldInRead`).
     """
 
     def __init__(self, topics: list[str], spec: ReadSpec = ReadSpec(), settings: Settings | None = None,
                  stage: str = "cloud-twin/kafka-read", batches: bool = False, shard: tuple[int, int] = (0, 1),
-                 read_id: str | None = None):
+                 read_id: str | None = None, fold=None):
         super().__init__()
+        if fold is not None and not batches:
+            raise ConfigError("ReadFromKafka: fold needs batches=True")
+        self.fold = fold
         self.topics, self.spec, self.stage, self.batches, self.shard = list(topics), spec, stage, batches, shard
         self.settings = settings or Settings.from_env()
         self.read_id = read_id or uuid.uuid4().hex  # what :func:`drain` names
@@ -558,7 +578,8 @@ class ReadFromKafka(beam.PTransform):
     def expand(self, pbegin):
         settings, topics, spec, shard = self.settings, self.topics, self.spec, self.shard
         reader = (_ReadPartition if spec.stop is not None else _ReadOpenPartition)(settings, spec, self.stage,
-                                                                                  self.read_id, self.batches)
+                                                                                  self.read_id, self.batches,
+                                                                                  self.fold)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
                 | "Partitions" >> beam.FlatMap(lambda _: discover_partitions(settings, topics, spec, shard))

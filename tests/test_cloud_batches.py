@@ -154,6 +154,34 @@ def _decode_batches(fetch):
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
+def _decode_folded(fetch, config):
+    """What the Kafka read hands on with a fold (ReadFromKafka(fold=FoldInRead)): a fetch's partials, not its batches."""
+    fold = fusion.FoldInRead(config)
+    fold.start()
+    for output in _decode_batches(fetch):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            yield output
+        else:
+            fold.add(output.value)
+    yield from fold.finish()
+
+
+def _run_folded(config: CloudTwinConfig, folder) -> dict[str, list]:
+    from tiertwin.pipelines.cloud.job import _Partials
+
+    folder.mkdir()
+    paths = {name: folder / name for name in ("snapshots", "letters")}
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(runner="DirectRunner", options=options) as p:
+        decoded = (p | _stream(True)
+                   | beam.FlatMap(_decode_folded, config).with_outputs(DEAD_LETTERS, main=RECORDS))
+        (decoded[RECORDS] | _Partials() | fusion.SnapshotAggregates(config)
+         | "Snapshots" >> beam.Map(collect_to(paths["snapshots"])))
+        decoded[DEAD_LETTERS] | "Letters" >> beam.Map(collect_to(paths["letters"]))
+    return {name: read_back(path) for name, path in paths.items()}
+
+
 def _run(batched: bool, config: CloudTwinConfig, folder) -> dict[str, list]:
     folder.mkdir()
     paths = {name: folder / name for name in ("snapshots", "examples", "letters")}
@@ -175,6 +203,20 @@ def _run(batched: bool, config: CloudTwinConfig, folder) -> dict[str, list]:
 def _comparable(snapshots: list[dict]) -> list[dict]:
     return sorted(({k: v for k, v in s.items() if k != "emitted_ns"} for s in snapshots),
                   key=lambda s: (s["cell_id"], s["window_start_ms"], s["pane"], s["summaries"] + s["outcomes"]))
+
+
+def _final_panes(snapshots: list[dict]) -> dict:
+    """Per cell and window: the on-time pane and the last pane (the one with the most records)."""
+    out: dict = {}
+    for s in _comparable(snapshots):
+        key = (s["cell_id"], s["window_start_ms"])
+        if s["pane"] == "on_time":
+            out[key + ("on_time",)] = s
+        last = out.get(key + ("last",))
+        size = s["summaries"] + s["edge_states"] + s["decisions"] + s["outcomes"]
+        if last is None or size > last["summaries"] + last["edge_states"] + last["decisions"] + last["outcomes"]:
+            out[key + ("last",)] = {**s, "pane": "last"}
+    return out
 
 
 def _close(a, b) -> bool:
@@ -232,6 +274,27 @@ def test_batch_and_record_paths_give_equal_snapshots_examples_and_dead_letters(m
     assert sorted(map(repr, _without_time(by_record["letters"]))) == \
         sorted(map(repr, _without_time(by_batch["letters"])))
     assert len(by_batch["letters"]) == len(_malformed())
+
+
+@pytest.mark.parametrize("polars_from", [1, 2000])
+def test_folding_in_the_read_gives_the_record_paths_snapshots_and_dead_letters(monkeypatch, tmp_path, polars_from):
+    """A job that only fuses folds its batches inside the read (FoldInRead): the same snapshots, late panes
+    included, and the same dead letters as the record path."""
+    monkeypatch.setattr(fusion, "POLARS_MIN_ROWS", polars_from)
+    config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=2, train_window_s=2, train=False)
+    by_record = _run(False, config, tmp_path / "records")
+    folded = _run_folded(config, tmp_path / "folded")
+    # A late pane fires per late partial: the record path makes one per stream and cell, the fold one per cell
+    # (the four streams merged), so the late panes in between differ in number; each window's on-time pane and
+    # its last pane (panes accumulate: the full view) are the same.
+    records, got = _final_panes(by_record["snapshots"]), _final_panes(folded["snapshots"])
+    assert [s["pane"] for s in by_record["snapshots"]].count("late") >= 1, "the log has late data"
+    assert records.keys() == got.keys()
+    for key, r in records.items():
+        b = got[key]
+        assert r.keys() == b.keys() and all(_close(r[k], b[k]) for k in r), (r, b)
+    assert sorted(map(repr, _without_time(by_record["letters"]))) == \
+        sorted(map(repr, _without_time(folded["letters"])))
 
 
 @pytest.mark.broker

@@ -20,12 +20,26 @@ REGISTRY = SchemaRegistry.default()
 CLIENTS = ("librdkafka", "kafka-python")
 
 
-def _fuse_from_kafka(topic: str, settings, client: str, batches: bool, folder) -> dict[str, list]:
-    """Read ``topic`` to its end with ``client`` and fuse it (bounded, 2 s windows): snapshots, dead letters."""
+def _fuse_from_kafka(topic: str, settings, client: str, batches: bool | str, folder) -> dict[str, list]:
+    """Read ``topic`` to its end with ``client`` and fuse it (bounded, 2 s windows): snapshots, dead letters.
+    ``batches="fold"``: batches folded into partial aggregates inside the read (as a job that only fuses)."""
     from tiertwin.connectors.beam_kafka import DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec
     from tiertwin.pipelines.cloud.config import CloudTwinConfig
-    from tiertwin.pipelines.cloud.fusion import FuseTiers
-    from tiertwin.pipelines.cloud.job import SplitBySchema
+    from tiertwin.pipelines.cloud.fusion import FoldInRead, FuseTiers, SnapshotAggregates
+    from tiertwin.pipelines.cloud.job import SplitBySchema, _Partials
+
+    if batches == "fold":
+        folder.mkdir()
+        paths = {name: folder / name for name in ("snapshots", "letters")}
+        config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=0, train=False,
+                                 kafka_client=client)
+        spec = ReadSpec(stop="end", max_poll_records=300, client=client)
+        with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+            read = p | ReadFromKafka([topic], spec, settings, batches=True, fold=FoldInRead(config))
+            (read[RECORDS] | _Partials() | SnapshotAggregates(config)
+             | "Snapshots" >> beam.Map(collect_to(paths["snapshots"])))
+            read[DEAD_LETTERS] | "Letters" >> beam.Map(collect_to(paths["letters"]))
+        return {name: read_back(path) for name, path in paths.items()}
 
     folder.mkdir()
     paths = {name: folder / name for name in ("snapshots", "letters")}
@@ -64,7 +78,7 @@ def test_both_clients_fuse_the_same_snapshots_and_a_malformed_record_dead_letter
                 sink.send_raw(topic, bad[i // 2000], partition=i % 2)
             sink.send_raw(topic, REGISTRY.encode(schema, record), partition=i % 2)
     runs = {(client, batches): _fuse_from_kafka(topic, settings, client, batches, tmp_path / f"{client}-{batches}")
-            for client in CLIENTS for batches in (True, False)}
+            for client in CLIENTS for batches in (True, False, "fold")}
     reference = _comparable(runs[("kafka-python", False)]["snapshots"])
     fused = sum(s["summaries"] + s["edge_states"] + s["decisions"] + s["outcomes"] for s in reference)
     assert fused == len(records), "every valid record is fused once"

@@ -25,7 +25,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from tiertwin.errors import ConfigError
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
-from tiertwin.pipelines.cloud.streams import CELL_FIELDS, DECISIONS, EDGE_STATES, OUTCOMES, SUMMARIES
+from tiertwin.pipelines.cloud.streams import CELL_FIELDS, DECISIONS, EDGE_STATES, OUTCOMES, STREAMS, SUMMARIES
 from tiertwin.schemas.batches import EVENT_MS, RecordBatch, event_micros
 
 PANES = {PaneInfoTiming.EARLY: "early", PaneInfoTiming.ON_TIME: "on_time", PaneInfoTiming.LATE: "late",
@@ -389,6 +389,47 @@ class _ToSnapshot(beam.DoFn):
             total.merge(partial)
         yield snapshot(cell, win.start.micros // 1000, win.end.micros // 1000, total,
                        PANES.get(pane.timing, "unknown"))
+
+
+class FoldInRead:
+    """The first half of fusion inside the Kafka read's own DoFn (``ReadFromKafka(fold=...)``): each read step
+    folds the batches it decoded into one CellAggregate per cell and window slice, all four streams together, and
+    hands on only those ``(cell, CellAggregate)`` partials, timestamped with their earliest record, as
+    :class:`AggregateTiers` would have from the same batches.
+
+    Prism does not fuse the splittable read with the steps after it: every batch crossed a stage (its columns
+    pickled, a second bundle per read bundle, Prism handling the bytes). A job that only fuses (training in its
+    own process, as ``run cloud`` does) needs nothing else of the records, so they stay in the read.
+    Records of other contracts are counted under ``cloud-fusion/records_not_fused``.
+    """
+
+    def __init__(self, config: CloudTwinConfig = CloudTwinConfig()):
+        self.slice_us, self.offset_us = window_slices_us(config.windowing())
+        self.without_cell = Metrics.counter("cloud-fusion", "records_without_cell")
+        self.aggregated = Metrics.counter("cloud-fusion", "records_aggregated")
+        self.not_fused = Metrics.counter("cloud-fusion", "records_not_fused")
+
+    def start(self) -> None:
+        self._open: dict[tuple, list] = {}
+        self._records = self._without_cell = 0
+
+    def add(self, batch: RecordBatch) -> None:
+        stream = STREAMS.get(batch.schema)
+        if stream is None:
+            self.not_fused.inc(len(batch))
+            return
+        self._records += len(batch)
+        self._without_cell += fold_batch(self._open, stream, batch, self.slice_us, self.offset_us)
+
+    def finish(self):
+        """The partials of what was added since :meth:`start`, as timestamped outputs."""
+        if self._records:
+            self.aggregated.inc(self._records)
+        if self._without_cell:
+            self.without_cell.inc(self._without_cell)
+        for (cell, _), (earliest, aggregate) in self._open.items():
+            yield beam.window.TimestampedValue((int(cell), aggregate), Timestamp(micros=earliest))
+        self.start()
 
 
 class AggregateTiers(beam.PTransform):

@@ -15,6 +15,10 @@ Read top to bottom, the cloud tier is::
                                                                               window; Decision ⨝ Outcome by decision_id,
                                                                               one global stateful trainer per model)
 
+A job that fuses and does not train (``run cloud`` trains in a process of its own) folds its batches into
+the per-cell, per-window-slice aggregates inside the Kafka read (:class:`~tiertwin.pipelines.cloud.fusion.FoldInRead`):
+only those aggregates and the dead letters leave the read, no record crosses a stage.
+
 With ``sdk_workers`` = n > 1 the read, the split and the per-bundle aggregation run n times, each on every
 n-th partition in an SDK worker of its own, and the aggregates meet before the windows
 (:func:`_build_sharded`).
@@ -39,7 +43,8 @@ from tiertwin.pipelines import parquet_log
 from tiertwin.connectors.beam_kafka import (DEAD_LETTERS, RECORDS, ReadFromKafka, ReadSpec, WriteToKafka,
                                             dead_letter_key, decode_record)
 from tiertwin.pipelines.cloud.config import CloudTwinConfig
-from tiertwin.pipelines.cloud.fusion import AggregateTiers, FuseTiers, SnapshotAggregates
+from tiertwin.pipelines.cloud.fusion import (AggregateTiers, CellAggregate, FoldInRead, FuseTiers,
+                                             SnapshotAggregates)
 from tiertwin.pipelines.cloud.streams import STREAMS
 from tiertwin.pipelines.cloud.training import TrainGlobalModels
 from tiertwin.schemas.batches import RecordBatch, decode_batch
@@ -204,11 +209,33 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
                     max_read_s=config.read_max_s, client=config.kafka_client, resume=resume)
     if config.sdk_workers > 1:
         return _build_sharded(pipeline, config, settings, spec)
-    reader = ReadFromKafka(list(config.input_topics), spec, settings, batches=config.batches)
+    fold = _fold_in_read(config)
+    reader = ReadFromKafka(list(config.input_topics), spec, settings, batches=config.batches, fold=fold)
     read = pipeline | "ReadTiers" >> reader
-    outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
+    if fold is not None:
+        outputs = {"snapshots": read[RECORDS] | "Partials" >> _Partials() | "Fuse" >> SnapshotAggregates(config)}
+    else:
+        outputs = read[RECORDS] | "CloudTwin" >> CloudTwin(config, settings)
     write_outputs(outputs, read[DEAD_LETTERS], config, settings)
     return reader.read_id
+
+
+def _fold_in_read(config: CloudTwinConfig) -> FoldInRead | None:
+    """A job that fuses and does not train folds its batches into partial aggregates inside the Kafka read
+    (:class:`~tiertwin.pipelines.cloud.fusion.FoldInRead`): no record leaves the read. Training needs the
+    records, so a job that also trains splits them by contract as before."""
+    return FoldInRead(config) if config.fuse and not config.train and config.batches else None
+
+
+class _Partials(beam.PTransform):
+    """The read's ``(cell, CellAggregate)`` outputs, typed as such (the grouping by cell needs the key's coder)."""
+
+    def expand(self, partials):
+        return partials | "Typed" >> beam.Map(_same).with_output_types(tuple[int, CellAggregate])
+
+
+def _same(partial):
+    return partial
 
 
 class SdkWorkerHint(ResourceHint):
@@ -231,6 +258,8 @@ class _Shard(beam.PTransform):
 
     def expand(self, pbegin):
         read = pbegin | "Read" >> self.reader
+        if self.reader.fold is not None:  # folded in the read: only the partials leave it
+            return {DEAD_LETTERS: read[DEAD_LETTERS], "partials": read[RECORDS] | "Partials" >> _Partials()}
         streams = read[RECORDS] | "Split" >> SplitBySchema()
         outputs = {DEAD_LETTERS: read[DEAD_LETTERS], **streams}
         if self.config.fuse:
@@ -254,7 +283,7 @@ def _build_sharded(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: S
     shards = []
     for i in range(n):
         shard = _Shard(ReadFromKafka(list(config.input_topics), spec, settings, batches=config.batches,
-                                     shard=(i, n), read_id=read_id), config)
+                                     shard=(i, n), read_id=read_id, fold=_fold_in_read(config)), config)
         if i:
             shard = shard.with_resource_hints(tiertwin_sdk_worker=str(i))
         shards.append(pipeline | f"Worker {i}" >> shard)
