@@ -565,3 +565,107 @@ def test_observe_many_is_observe_and_due_summaries_record_by_record():
     assert [(r, e.reason) for r, e in observed.rejected] == rejected == [(rest[105], "bad-timestamp")]
     assert {u: t.__getstate__() | {"device": None} for u, t in batched.twins.items()} == \
            {u: t.__getstate__() | {"device": None} for u, t in one_by_one.twins.items()}
+
+
+def test_twin_state_in_slots_folds_and_summarises_as_the_dict_layout_did():
+    """UETwin keeps its state in slots, the history in two deques, position and neighbour as fields, radio terms
+    computed by observe(): the same denoised state, radio terms and LocalSummary records as the layout before
+    (its code below, the reference), record for record."""
+    from collections import deque
+
+    from tiertwin.pipelines.features import radio_terms
+    from tiertwin.pipelines.local_twin import DENOISED, UETwin
+
+    class DictLayout:       # UETwin as of b4fdd67 (observe, trend, summary)
+        def __init__(self, ue_id, history_length=20):
+            self.ue_id, self.serving_cell, self.last_seq, self.last_ts_ms = ue_id, -1, -1, 0
+            self.radio, self.neighbour, self.sinr_last, self.neighbour_sinr_last = {}, None, None, None
+            self.position, self.battery_pct, self.xr_active = (0.0, 0.0, 0.0), 100.0, False
+            self.history = deque(maxlen=history_length)
+            self._open_window()
+
+        def _open_window(self):
+            self.window_start_ms, self.samples = -1, 0
+            self.sum_dl = self.sum_rtt = self.sum_cpu = 0.0
+            self.placed = {"local": 0, "edge": 0, "cloud": 0}
+
+        def observe(self, t, alpha):
+            if not self.radio:
+                self.radio.update({k: float(t[k]) for k in DENOISED})
+            else:
+                for k in DENOISED:
+                    self.radio[k] = self.radio[k] + alpha * (t[k] - self.radio[k])
+            self.sinr_last = float(t["sinr_db"])
+            if t["neighbours"]:
+                best = t["neighbours"][0]
+                self.neighbour_sinr_last = float(best["sinr_db"])
+                if self.neighbour is not None and self.neighbour[0] == best["cell_id"]:
+                    self.neighbour = (best["cell_id"], self.neighbour[1] + alpha * (best["sinr_db"] - self.neighbour[1]))
+                else:
+                    self.neighbour = (best["cell_id"], float(best["sinr_db"]))
+            else:
+                self.neighbour = self.neighbour_sinr_last = None
+            self.serving_cell, self.last_seq, self.last_ts_ms = t["serving_cell"], t["seq"], t["ts_ms"]
+            self.position = (t.get("x_m", 0.0), t.get("y_m", 0.0), t.get("speed_mps", 0.0))
+            self.battery_pct, self.xr_active = t["battery_pct"], t.get("xr_active", False)
+            self.history.append((t["ts_ms"], self.radio["sinr_db"]))
+            if self.window_start_ms < 0:
+                self.window_start_ms = t["ts_ms"]
+            self.samples += 1
+            self.sum_dl += t["throughput_dl_mbps"]
+            self.sum_rtt += t["rtt_ms"]
+            self.sum_cpu += t["cpu_util"]
+
+        def trend(self):
+            n = len(self.history)
+            if n < 2:
+                return 0.0
+            t0 = self.history[0][0]
+            ts = [(ts - t0) / 1000.0 for ts, _ in self.history]
+            mean_t, mean_s = sum(ts) / n, sum(s for _, s in self.history) / n
+            var = sum((t - mean_t) ** 2 for t in ts)
+            if var <= 0:
+                return 0.0
+            return max(-1000.0, min(1000.0, sum((t - mean_t) * (s - mean_s) for t, (_, s) in zip(ts, self.history)) / var))
+
+        def summary(self):
+            n = max(self.samples, 1)
+            x, y, speed = self.position
+            out = {"ue_id": self.ue_id, "serving_cell": self.serving_cell, "window_start_ms": self.window_start_ms,
+                   "window_end_ms": self.last_ts_ms, "samples": self.samples, "rsrp_dbm": self.radio["rsrp_dbm"],
+                   "sinr_db": self.radio["sinr_db"], "sinr_trend_db_per_s": self.trend(),
+                   "throughput_dl_mbps": self.sum_dl / n, "rtt_ms": self.sum_rtt / n,
+                   "best_neighbour_cell": self.neighbour[0] if self.neighbour else None,
+                   "best_neighbour_sinr_db": self.neighbour[1] if self.neighbour else None,
+                   "sinr_last_db": self.sinr_last, "best_neighbour_sinr_last_db": self.neighbour_sinr_last,
+                   "x_m": x, "y_m": y, "speed_mps": speed, "battery_pct": self.battery_pct,
+                   "cpu_util": min(1.0, self.sum_cpu / n), "xr_active": self.xr_active,
+                   "demands": sum(self.placed.values()), "placed_local": self.placed["local"],
+                   "placed_edge": self.placed["edge"], "placed_cloud": self.placed["cloud"]}
+            self._open_window()
+            return out
+
+    rng = random.Random(12)
+    slots, dicts = {}, {}
+    compared = 0
+    for kind, record in fleet_events(seed=12, ticks=1500, n_ues=6):
+        if kind != "telemetry":
+            continue
+        if rng.random() < 0.1:      # a neighbour list that changes: none, another best cell
+            record = {**record, "neighbours": rng.choice([[], [{"cell_id": 99, "rsrp_dbm": -95.0, "sinr_db": 1.5}]])}
+        new = slots.setdefault(record["ue_id"], UETwin(record["ue_id"], history_length=7))
+        old = dicts.setdefault(record["ue_id"], DictLayout(record["ue_id"], history_length=7))
+        new.observe(record, 0.3)
+        old.observe(record, 0.3)
+        assert (new.radio, new.neighbour, new.position, new.history) == (old.radio, old.neighbour, old.position, list(old.history))
+        assert new.radio_terms == radio_terms(old.radio)
+        if rng.random() < 0.3:
+            tier = rng.choice(["local", "edge", "cloud"])
+            setattr(new, f"placed_{tier}", getattr(new, f"placed_{tier}") + 1)
+            old.placed[tier] += 1
+        if new.window_due(100):
+            summary = new.summary()
+            summary.pop("emitted_ns")
+            assert summary == old.summary()
+            compared += 1
+    assert compared > 500
