@@ -152,9 +152,13 @@ class CellAggregateCoder(beam.coders.Coder):
 
 beam.coders.registry.register_coder(CellAggregate, CellAggregateCoder)
 
-# How each stream's record is folded into its cell's aggregate.
+# How each stream's record is folded into its cell's aggregate, and the fields that reads.
 ADD_TO_AGGREGATE = {SUMMARIES: CellAggregate.add_summary, EDGE_STATES: CellAggregate.add_edge_state,
                     DECISIONS: CellAggregate.add_decision, OUTCOMES: CellAggregate.add_outcome}
+FOLDED_FIELDS = {SUMMARIES: ("serving_cell", "sinr_db", "ue_id"),
+                 EDGE_STATES: ("cell_id", "prb_utilization", "mec_queue_gcycles"),
+                 DECISIONS: ("cell_id", "tier", "ue_id"),
+                 OUTCOMES: ("cell_id", "latency_ms", "deadline_met", "ue_id")}
 
 
 def _mean(total: float, n: int) -> float | None:
@@ -289,7 +293,11 @@ def fold_batch(open_: dict, stream: str, batch: RecordBatch, slice_us: int, offs
     cell. A batch of at least :data:`POLARS_MIN_ROWS` rows is aggregated by polars on its columns."""
     if len(batch) < POLARS_MIN_ROWS:
         add, cell_field, without_cell = ADD_TO_AGGREGATE[stream], CELL_FIELDS[stream], 0
-        for record, ms in batch.timestamped():
+        # Only the fields the fold reads: a batch decoded into columns then never rebuilds its records
+        # (a Decision's parameter map made that 20-30 us a record).
+        names = FOLDED_FIELDS[stream]
+        rows = (dict(zip(names, values)) for values in zip(*batch.field_values(*names)))
+        for record, ms in zip(rows, batch.event_ms):
             if not _fold(open_, add, record.get(cell_field), record, event_micros(ms), slice_us, offset_us):
                 without_cell += 1
         return without_cell
