@@ -369,10 +369,15 @@ class _ReadPartition(beam.DoFn):
     def _decode_batch(self, messages: list) -> tuple[list, Timestamp | None]:
         """One fetch of one partition -> (a RecordBatch per contract, timestamped with its earliest record,
         and a dead letter per refused record; the newest event time read, for the watermark)."""
-        batches, letters = decode_batch(self.registry, [m.value for m in messages], keys=[m.key for m in messages],
-                                        topic=messages[0].topic, partition=messages[0].partition,
-                                        offsets=[m.offset for m in messages],
-                                        timestamps_ms=[m.timestamp for m in messages], stage=self.stage)
+        first = messages[0]
+        if hasattr(messages, "columns"):  # a librdkafka Fetch: its lists, no record object per message
+            values, keys, offsets, timestamps = messages.columns()
+        else:
+            values, keys = [m.value for m in messages], [m.key for m in messages]
+            offsets, timestamps = [m.offset for m in messages], [m.timestamp for m in messages]
+        batches, letters = decode_batch(self.registry, values, keys=keys, topic=first.topic,
+                                        partition=first.partition, offsets=offsets, timestamps_ms=timestamps,
+                                        stage=self.stage)
         if self.fold is not None:
             outputs: list = []
             for batch in batches:

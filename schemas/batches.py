@@ -28,6 +28,7 @@ other rows stay in the batch.
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -343,6 +344,7 @@ def decode_batch(registry: SchemaRegistry, values: Sequence[bytes | None], *, to
 COLUMNAR_MIN_ROWS = 64
 
 _DECODERS: dict[bytes, object] = {}
+_HEAD = operator.itemgetter(slice(0, HEADER_SIZE))
 
 
 def _column_decoder(schema: Schema):
@@ -369,14 +371,18 @@ def _decode_columnar(registry: SchemaRegistry, values: Sequence[bytes | None], t
 
     by_header: dict[bytes, list[int]] = {}
     slow: list[int] = []
-    for i, value in enumerate(values):
-        if value is None or len(value) < HEADER_SIZE:
-            slow.append(i)
-            continue
-        rows = by_header.get(value[:HEADER_SIZE])
-        if rows is None:
-            rows = by_header[value[:HEADER_SIZE]] = []
-        rows.append(i)
+    heads = set(map(_HEAD, values)) if None not in values else ()
+    if len(heads) == 1:  # one writer schema, as a fetch of one partition has as a rule: no loop per record
+        by_header[heads.pop()] = range(len(values))
+    else:
+        for i, value in enumerate(values):
+            if value is None or len(value) < HEADER_SIZE:
+                slow.append(i)
+                continue
+            rows = by_header.get(value[:HEADER_SIZE])
+            if rows is None:
+                rows = by_header[value[:HEADER_SIZE]] = []
+            rows.append(i)
     batches = []
     for header, rows in by_header.items():
         schema = registry.writer_of(header)
@@ -384,7 +390,8 @@ def _decode_columnar(registry: SchemaRegistry, values: Sequence[bytes | None], t
         if decode is None or len(rows) < COLUMNAR_MIN_ROWS // 4:
             slow += rows
             continue
-        columns, doubtful = decode([values[i] for i in rows])
+        whole = isinstance(rows, range)
+        columns, doubtful = decode(values if whole else [values[i] for i in rows])
         letters = []
         for j in doubtful:
             try:
@@ -399,12 +406,12 @@ def _decode_columnar(registry: SchemaRegistry, values: Sequence[bytes | None], t
             names = [name for name, _ in plan.columns] + [f["name"] for f in schema.raw["fields"]
                                                           if pa.types.is_map(columns[f["name"]].type)]
             event = columns[plan.event_field] if plan.event_field is not None else None
-            kafka_ms = np.fromiter((timestamps_ms[i] for i in rows), dtype=np.int64, count=len(rows))
             if event is None:
-                event_ms = kafka_ms
+                event_ms = np.fromiter((timestamps_ms[i] for i in rows), dtype=np.int64, count=len(rows))
             else:
                 event_ms = event.to_numpy(zero_copy_only=False)
                 if event.null_count:
+                    kafka_ms = np.fromiter((timestamps_ms[i] for i in rows), dtype=np.int64, count=len(rows))
                     event_ms = np.where(np.asarray(event.is_null()), kafka_ms, np.nan_to_num(event_ms)).astype(np.int64)
             arrays = [columns[name] for name in names] + [pa.array(event_ms, pa.int64())]
             table = pa.RecordBatch.from_arrays(arrays, names=names + [EVENT_MS])
