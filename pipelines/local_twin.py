@@ -138,7 +138,7 @@ class UETwin:
 
     __slots__ = ("ue_id", "serving_cell", "last_seq", "last_ts_ms", "radio", "neighbour_cell", "neighbour_sinr",
                  "sinr_last", "neighbour_sinr_last", "x_m", "y_m", "speed_mps", "battery_pct", "xr_active",
-                 "history_ts", "history_sinr", "device", "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
+                 "history_length", "history_ts", "history_sinr", "device", "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
                  "placed_local", "placed_edge", "placed_cloud", "radio_terms")
 
     def __init__(self, ue_id: str, history_length: int = 20):
@@ -154,8 +154,11 @@ class UETwin:
         self.x_m = self.y_m = self.speed_mps = 0.0
         self.battery_pct = 100.0
         self.xr_active = False
-        self.history_ts: deque[int] = deque(maxlen=history_length)       # event times of the denoised SINR ...
-        self.history_sinr: deque[float] = deque(maxlen=history_length)   # ... kept, the same length
+        # The last history_length event times (ms, exact in a double) and denoised SINR, oldest first: two arrays of
+        # doubles, not deques of float and int objects (the trend read 40 objects out of the caches per summary)
+        self.history_length = history_length
+        self.history_ts = array("d")
+        self.history_sinr = array("d")
         self.device = EdfQueue()
         # features.radio_terms of ``radio`` (what place() needs of it), updated with it; None before any telemetry.
         self.radio_terms: tuple | None = None
@@ -165,7 +168,7 @@ class UETwin:
     @property
     def history(self) -> list[tuple[int, float]]:
         """``(ts_ms, denoised SINR)`` of the last ``history_length`` samples, oldest first (a copy)."""
-        return list(zip(self.history_ts, self.history_sinr))
+        return [(int(ts), s) for ts, s in zip(self.history_ts, self.history_sinr)]
 
     @property
     def position(self) -> tuple[float, float, float]:
@@ -188,6 +191,8 @@ class UETwin:
         """Append one ``(ts_ms, denoised SINR)`` sample to the history (``observe`` does, per record)."""
         self.history_ts.append(ts_ms)
         self.history_sinr.append(sinr_db)
+        if len(self.history_ts) > self.history_length:
+            del self.history_ts[0], self.history_sinr[0]
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -196,8 +201,9 @@ class UETwin:
         if "history" in state:      # the earlier layout (a __dict__): tuples for the history, position, neighbour
             state = dict(state)
             history = state.pop("history")
-            state["history_ts"] = deque((ts for ts, _ in history), maxlen=history.maxlen)
-            state["history_sinr"] = deque((s for _, s in history), maxlen=history.maxlen)
+            state["history_length"] = history.maxlen
+            state["history_ts"] = array("d", [ts for ts, _ in history])
+            state["history_sinr"] = array("d", [s for _, s in history])
             state["x_m"], state["y_m"], state["speed_mps"] = state.pop("position", (0.0, 0.0, 0.0))
             neighbour = state.pop("neighbour", None)
             state["neighbour_cell"], state["neighbour_sinr"] = (None, None) if neighbour is None else neighbour
@@ -205,6 +211,10 @@ class UETwin:
             state.setdefault("neighbour_sinr_last", None)
             radio = state.get("radio")
             state["radio_terms"] = radio_terms(radio) if radio else None
+        if "history_length" not in state:     # the history in deques before
+            state = dict(state)
+            state["history_length"] = state["history_ts"].maxlen
+            state["history_ts"], state["history_sinr"] = array("d", state["history_ts"]), array("d", state["history_sinr"])
         if "placed" in state:       # a dict of counts per tier before
             state = dict(state)
             placed = state.pop("placed")
@@ -260,8 +270,11 @@ class UETwin:
         self.serving_cell, self.last_seq, self.last_ts_ms = t["serving_cell"], t["seq"], ts_ms
         self.x_m, self.y_m, self.speed_mps = t.get("x_m", 0.0), t.get("y_m", 0.0), t.get("speed_mps", 0.0)
         self.battery_pct, self.xr_active = t["battery_pct"], t.get("xr_active", False)
-        self.history_ts.append(ts_ms)
+        times = self.history_ts
+        times.append(ts_ms)
         self.history_sinr.append(sinr)
+        if len(times) > self.history_length:
+            del times[0], self.history_sinr[0]
         if self.window_start_ms < 0:
             self.window_start_ms = ts_ms
         self.samples += 1

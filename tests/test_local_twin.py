@@ -525,7 +525,7 @@ def test_a_twin_pickled_in_the_earlier_layout_restores_and_decides_the_same():
                                                         "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
                                                         "placed")}
         state.update(neighbour=twin.neighbour, position=twin.position, radio_terms=None,
-                     history=deque(twin.history, maxlen=twin.history_ts.maxlen),
+                     history=deque(twin.history, maxlen=twin.history_length),
                      device=EdfQueue.__new__(EdfQueue))
         state["device"].__setstate__({"tasks": twin.device.tasks, "clock_ms": twin.device.clock_ms})  # lists
         restored = UETwin.__new__(UETwin)
