@@ -129,17 +129,17 @@ class UETwin:
     """The local twin of one UE: denoised radio state, short history, summary window, device queue.
 
     Its fields are slots (no per-twin ``__dict__``): a device runtime hosts 10,000 of them, and each
-    placement and telemetry record touches one. The history is two deques (event times, denoised SINR)
-    and the position and best neighbour plain fields, so a telemetry record leaves no tuple behind for
-    the garbage collector to walk; :attr:`history`, :attr:`position` and :attr:`neighbour` read them as
-    before. Pickles as a dict of its fields; a pickle of the earlier layout (a ``__dict__`` with tuples)
-    restores.
+    placement and telemetry record touches one. The history is two arrays of doubles (event times,
+    denoised SINR), the position, best neighbour and placements per tier plain fields, so a telemetry
+    record leaves no tuple behind for the garbage collector to walk; :attr:`history`, :attr:`position`,
+    :attr:`neighbour` and :attr:`placed` read them as before. Pickles as a dict of its fields; a pickle of
+    the earlier layout (a ``__dict__`` with tuples) restores.
     """
 
     __slots__ = ("ue_id", "serving_cell", "last_seq", "last_ts_ms", "radio", "neighbour_cell", "neighbour_sinr",
                  "sinr_last", "neighbour_sinr_last", "x_m", "y_m", "speed_mps", "battery_pct", "xr_active",
-                 "history_length", "history_ts", "history_sinr", "device", "window_start_ms", "samples", "sum_dl", "sum_rtt", "sum_cpu",
-                 "placed_local", "placed_edge", "placed_cloud", "radio_terms")
+                 "history_length", "history_ts", "history_sinr", "device", "window_start_ms", "samples", "sum_dl",
+                 "sum_rtt", "sum_cpu", "placed_local", "placed_edge", "placed_cloud", "radio_terms")
 
     def __init__(self, ue_id: str, history_length: int = 20):
         self.ue_id = ue_id
@@ -164,7 +164,7 @@ class UETwin:
         self.radio_terms: tuple | None = None
         self._open_window()
 
-    # -- the earlier layout's fields, read (and written) as before ------------------------------------------
+    # -- the earlier layout's fields, read as before (copies) -------------------------------------------------
     @property
     def history(self) -> list[tuple[int, float]]:
         """``(ts_ms, denoised SINR)`` of the last ``history_length`` samples, oldest first (a copy)."""
@@ -214,7 +214,8 @@ class UETwin:
         if "history_length" not in state:     # the history in deques before
             state = dict(state)
             state["history_length"] = state["history_ts"].maxlen
-            state["history_ts"], state["history_sinr"] = array("d", state["history_ts"]), array("d", state["history_sinr"])
+            state["history_ts"] = array("d", state["history_ts"])
+            state["history_sinr"] = array("d", state["history_sinr"])
         if "placed" in state:       # a dict of counts per tier before
             state = dict(state)
             placed = state.pop("placed")
