@@ -172,7 +172,27 @@ def _rest_of(batch: RecordBatch) -> bytes | None:
 def _pylist(column: pa.Array) -> list:
     """A column's values as Python objects; a map column's as dicts (batches the column decoder read carry
     their maps as columns)."""
-    return column.to_pylist(maps_as_pydicts="lossy") if pa.types.is_map(column.type) else column.to_pylist()
+    return _map_pylist(column) if pa.types.is_map(column.type) else column.to_pylist()
+
+
+def _map_pylist(column: pa.MapArray) -> list:
+    """``column.to_pylist(maps_as_pydicts="lossy")`` (a dict per row, None for a null row, a repeated key's last
+    value), built from the flattened keys and items: 3.7-6.5 us a row for a Decision's 15-entry parameter map against
+    18-25 us through pyarrow's own conversion (training projects every Decision's parameters).
+
+    >>> m = pa.array([[("a", 1.0), ("b", 2.0)], None, [], [("c", 3.0)]], pa.map_(pa.string(), pa.float64()))
+    >>> _map_pylist(m) == m.to_pylist(maps_as_pydicts="lossy"), _map_pylist(m.slice(1)) == m.slice(1).to_pylist(
+    ...     maps_as_pydicts="lossy")
+    (True, True)
+    >>> _map_pylist(pa.array([[("a", 3.0), ("a", 4.0)]], m.type))
+    [{'a': 4.0}]
+    """
+    offsets = column.offsets.to_pylist()
+    keys, items = column.keys.to_pylist(), column.items.to_pylist()
+    rows = [dict(zip(keys[a:b], items[a:b])) for a, b in zip(offsets, offsets[1:])]
+    if column.null_count:
+        rows = [row if valid else None for row, valid in zip(rows, column.is_valid().to_pylist())]
+    return rows
 
 
 def _rebuilt(schema: str, columns: pa.RecordBatch, rest: bytes | None) -> list[dict]:
