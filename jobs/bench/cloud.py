@@ -430,7 +430,7 @@ def _prefill(topics: dict[str, str], count: int, window_ms: int, partitions: int
     """Produce ``count`` tier records (event time spaced 0.1 ms, ending about now), then one sentinel per
     partition far ahead in event time, so the job's watermark passes every window of the backlog as soon
     as it has read it (a drained partition would otherwise wait out its idle timeout and a window)."""
-    from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.connectors.rdkafka import RdKafkaSink
     from tiertwin.pipelines.parquet_log import event_time_ms
     from tiertwin.schemas.examples import example
 
@@ -438,7 +438,9 @@ def _prefill(topics: dict[str, str], count: int, window_ms: int, partitions: int
     start_ms = (int(time.time() * 1000 - count / rate * 1000) // window_ms) * window_ms
     end_ms = start_ms + int(count / rate * 1000)
     started = time.perf_counter()
-    with KafkaSink(settings, profile="throughput", client_id="tiertwin-bench-cloud-fill") as sink:
+    # Through librdkafka (5.8 us of CPU a record against 37.6 through kafka-python), so a backlog of a million
+    # records fills in about a minute.
+    with RdKafkaSink(settings, profile="throughput", client_id="tiertwin-bench-cloud-fill") as sink:
         produced = produce(sink, tier_traffic(start_ms, count, rate, seed=1), topics)
         sentinel_ms = end_ms + 10 * window_ms
         sentinel = {"LocalSummary": example("LocalSummary", serving_cell=999, window_start_ms=sentinel_ms - 100,
