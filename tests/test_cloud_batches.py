@@ -260,6 +260,7 @@ def test_polars_aggregates_of_a_batch_equal_folding_its_records():
 def test_batch_and_record_paths_give_equal_snapshots_examples_and_dead_letters(monkeypatch, tmp_path):
     monkeypatch.setattr(fusion, "POLARS_MIN_ROWS", 1)  # every batch through polars (the folding is the record path's)
     monkeypatch.setattr(batches_module, "COLUMN_CHECKS_MIN_ROWS", 1)  # and checked on columns
+    monkeypatch.setattr(batches_module, "COLUMNAR_MIN_ROWS", 16)  # and decoded column-wise
     config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=2, train_window_s=2, train=False)
     by_record = _run(False, config, tmp_path / "records")
     by_batch = _run(True, config, tmp_path / "batches")
@@ -281,6 +282,7 @@ def test_folding_in_the_read_gives_the_record_paths_snapshots_and_dead_letters(m
     """A job that only fuses folds its batches inside the read (FoldInRead): the same snapshots, late panes
     included, and the same dead letters as the record path."""
     monkeypatch.setattr(fusion, "POLARS_MIN_ROWS", polars_from)
+    monkeypatch.setattr(batches_module, "COLUMNAR_MIN_ROWS", 16)
     config = CloudTwinConfig(window_s=2, early_firing_s=None, allowed_lateness_s=2, train_window_s=2, train=False)
     by_record = _run(False, config, tmp_path / "records")
     folded = _run_folded(config, tmp_path / "folded")

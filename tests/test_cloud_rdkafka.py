@@ -66,8 +66,11 @@ def _close(a, b) -> bool:
 
 @pytest.mark.broker
 def test_both_clients_fuse_the_same_snapshots_and_a_malformed_record_dead_letters_alone(new_topic, settings,
-                                                                                       tmp_path):
+                                                                                       tmp_path, monkeypatch):
     from tiertwin.connectors.kafka import KafkaSink
+    from tiertwin.schemas import batches as batches_module
+
+    monkeypatch.setattr(batches_module, "COLUMNAR_MIN_ROWS", 16)  # fetches of 300 mixed records: decoded column-wise
 
     topic = new_topic(2)
     records = list(tier_traffic(T0, 3_000, rate_per_s=500, cells=4, ues=16, seed=5))
