@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from tiertwin.connectors.kafka import KafkaSink, admin_client, read_topic
+from tiertwin.connectors.kafka import KafkaSink, TopicReader, admin_client, read_topic
 from tiertwin.connectors.topics import wait_for_leaders
 from tiertwin.errors import RecordRejected
 from tiertwin.jobs.bench.local import GcPauses
@@ -168,6 +168,21 @@ def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_
     spill.close()
 
 
+def read_whole(topic: str, settings, timeout_s: float = 180.0) -> list:
+    """Every record of ``topic`` up to its end as of now (its writers are done), failing the test if that end is
+    not reached in ``timeout_s``: not a count of records (copies sent again would stop a count-bound read short
+    of the last ids) and never a partial read that looks like a loss."""
+    records: list = []
+    with TopicReader([topic], settings, on_undecodable="raise") as reader:
+        deadline = time.monotonic() + timeout_s
+        while not reader.at_end():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{topic}: read {len(records)} records, not at its end {reader.end_offsets} "
+                            f"after {timeout_s:g}s")
+            records.extend(reader.poll(200))
+    return records
+
+
 def assert_in_order_per_ue(made: list[dict], sent: list[dict]) -> None:
     def by_ue(decisions):
         order = defaultdict(list)
@@ -195,15 +210,19 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
                               flush_timeout_s=2.0, probe_timeout_s=0.3, backoff_s=(0.05, 0.5), connect_timeout_s=1.0)
         device = DeviceRuntime(config, private.settings).start()
         phases: dict[str, float] = {}
+        failures: list[BaseException] = []
 
         def outage():
-            time.sleep(4)
-            phases["stopping"] = time.monotonic()
-            private.stop(timeout_s=20)
-            phases["stopped"] = time.monotonic()
-            time.sleep(10)
-            private.start()
-            phases["restarted"] = time.monotonic()
+            try:
+                time.sleep(4)
+                phases["stopping"] = time.monotonic()
+                private.stop(timeout_s=20)
+                phases["stopped"] = time.monotonic()
+                time.sleep(10)
+                private.start(timeout_s=180)   # a JVM start on a loaded machine: waits for readiness, not a fixed time
+                phases["restarted"] = time.monotonic()
+            except BaseException as exc:   # the test says so below, rather than as an uplink that never caught up
+                failures.append(exc)
 
         chaos = threading.Thread(target=outage, daemon=True)
         gc_pauses = GcPauses().__enter__()   # reported, not asserted: where a slow place() came from
@@ -225,6 +244,7 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
             time.sleep(0.01)
         chaos.join()
         gc_pauses.__exit__()
+        assert not failures and "restarted" in phases, f"the broker did not come back: {failures!r}"
         stats = device.stats
         assert during_outage > 100, "decisions kept coming while the broker was down"
         assert stats.send_errors > 0 and stats.spilled > 0, stats
@@ -237,7 +257,7 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
             publish_model(sink, device.twin.model_name, device.twin.model.clone(include_attributes=True), old + 1,
                           topic=topics.models)
             publish_command(sink, "promote", device.twin.model_name, old + 1, topic=topics.models)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120   # the condition ends the wait; the bound is for a loaded machine
         while decisions[-1]["model_version"] == old and time.monotonic() < deadline:
             for kind, record in fleet.step(START_MS + tick * 10):
                 if kind == "telemetry":
@@ -253,7 +273,8 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
               f"{stats.summaries} summaries, spilled {stats.spilled}, resent {stats.resent}, sent {stats.sent}, "
               f"send errors {stats.send_errors}, reconnects {stats.reconnects}, retried batches "
               f"{stats.retried_batches}; slowest place() {slowest_ns / 1e6:.2f} ms; GC pauses {gc_pauses.summary()}")
-        sent = [r.value for r in read_topic(topics.actions, private.settings, expect=len(decisions), timeout_s=60)]
+        # the device is closed: each topic is read to its end, whatever number of records (copies included) it holds
+        sent = [r.value for r in read_whole(topics.actions, private.settings)]
         ids = Counter(d["decision_id"] for d in sent)
         assert set(ids) == {d["decision_id"] for d in decisions}, "a decision was lost"
         duplicates = {i: n for i, n in ids.items() if n > 1}
@@ -263,7 +284,7 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
         assert all(made[s["decision_id"]] == (s["ue_id"], s["subject_id"], s["target"], s["model_version"])
                    for s in sent)
         assert_in_order_per_ue(decisions, sent)
-        summaries = read_topic(topics.summaries, private.settings, expect=stats.summaries, timeout_s=60)
+        summaries = read_whole(topics.summaries, private.settings)
         keys = Counter((s.value["ue_id"], s.value["window_start_ms"]) for s in summaries)
         assert len(keys) == stats.summaries, "a summary was lost"
         assert stats.sent >= len(decisions) + stats.summaries
