@@ -488,7 +488,7 @@ def _bench_topics(settings, partitions: int):
 
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
                      batches: bool = True, read_max_s: float | None = None, client: str = "librdkafka",
-                     sdk_workers: int = 1) -> dict:
+                     sdk_workers: int = 1, fold_in_read: bool = False) -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
     how fast it empties them: from the job's submission (when it starts reading) until every window of the
     backlog has its on-time snapshot, with the CPU the SDK worker and Prism (and the training job, if on)
@@ -514,7 +514,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
                              input_topics=tuple(topics.values()), snapshots_topic=out["snapshots"],
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train, batches=batches,
-                             kafka_client=client, sdk_workers=sdk_workers)
+                             kafka_client=client, sdk_workers=sdk_workers, fold_in_read=fold_in_read)
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
     if read_max_s is not None:
@@ -582,7 +582,8 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     cpu = {f"{name}_s": cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     job_cpu_s = cpu.get("sdk_worker_s", 0.0) + cpu.get("prism_s", 0.0)
     return {
-        "mode": "drain", "runner": "prism", "batches": batches, "kafka_client": client, "trains_models": train,
+        "mode": "drain", "runner": "prism", "batches": batches, "fold_in_read": fold_in_read, "kafka_client": client,
+        "trains_models": train,
         "sdk_workers": sdk_workers,
         "read_max_s": config.read_max_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
@@ -657,6 +658,9 @@ def bench_cloud(
     read_max_s: float = typer.Option(None, help="Drain mode: the job's read_max_s (how long a partition with a "
                                                 "backlog is read per bundle); default: CloudTwinConfig's."),
     client: str = typer.Option("librdkafka", help="The Kafka client the job reads with: librdkafka or kafka-python."),
+    fold_in_read: bool = typer.Option(False, "--fold-in-read/--no-fold-in-read",
+                                      help="Drain mode, with --no-train: fold into partial aggregates inside the "
+                                           "Kafka read (CloudTwinConfig.fold_in_read; opt-in, see its caveat)."),
     producer_client: str = typer.Option("librdkafka", help="Paced mode: the client that offers the traffic "
                                                           "(librdkafka or kafka-python)."),
     workers: str = typer.Option("1", help="Drain mode: SDK worker processes of the job, or a list (`1,2`) to "
@@ -676,10 +680,11 @@ def bench_cloud(
         counts = _worker_counts(workers)
         if len(counts) > 1:
             _drain_per_worker_count(counts, drain, window_s, out, train=train, batches=batches,
-                                    read_max_s=read_max_s, client=client)
+                                    read_max_s=read_max_s, client=client, fold_in_read=fold_in_read)
             return
         results = _run_drain_bench(drain, window_s, log=console.print, train=train, batches=batches,
-                                   read_max_s=read_max_s, client=client, sdk_workers=counts[0])
+                                   read_max_s=read_max_s, client=client, sdk_workers=counts[0],
+                                   fold_in_read=fold_in_read)
         path = write_results("cloud-drain", results, out)
         ceiling = results["polars_ceiling"]
         console.print(f"drained {results['records_fused']} of {results['records_in_complete_windows']} records "
