@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import pytest
@@ -28,7 +29,12 @@ def _decisions(n):
                     source_emitted_ns=1_000_000_000) for i in range(n)]
 
 
-def _produce(topic, records, schema, settings, key_field="ue_id", ts0=1_767_225_600_000):
+# Record timestamps an hour old, not fixed dates: the broker's time-based retention (7 days) deletes a segment
+# whose newest record is older, whenever its periodic check runs, and a reader then found the topic empty.
+TS0 = int(time.time()) * 1000 - 3_600_000
+
+
+def _produce(topic, records, schema, settings, key_field="ue_id", ts0=TS0):
     with KafkaSink(settings) as sink:
         for i, r in enumerate(records):
             sink.send(topic, schema, r, key=r[key_field], timestamp_ms=ts0 + i * 10)
@@ -134,7 +140,7 @@ def test_parallel_replay_writes_every_partition_exactly_as_one_process_does(new_
     one, many = new_topic(partitions=4), new_topic(partitions=4)
     _produce(source, [example("Telemetry", ue_id=f"ue-{i % 11}", seq=i) for i in range(400)], "Telemetry", settings)
     _produce(other, [example("Telemetry", ue_id=f"ue-{i % 5}", seq=1000 + i) for i in range(100)], "Telemetry",
-             settings, ts0=1_767_225_600_005)
+             settings, ts0=TS0 + 5)
     archive_topics([source, other], tmp_path / "log", settings)
     assert archived_count(tmp_path / "log", [source, other]) == 500
 
