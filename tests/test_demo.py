@@ -27,3 +27,12 @@ def test_live_demo_makes_decisions_at_every_agent_tier_and_stops_cleanly(broker,
     assert summary.baseline.demands_by_placement.keys() == {"cloud"}
     for name in ("simulator", "edge", "cloud"):
         assert status_of(name, settings)["running"] == 0
+
+
+def test_a_short_demo_runs_its_seconds_of_network_after_the_simulator_started(broker, settings):
+    # The run's seconds once counted the simulator's start-up too: on a loaded machine `--seconds 5` stopped it
+    # after a fraction of a simulated second, or before it had sent anything ("no decisions were made").
+    summary = run_demo(seconds=3, ues=10, with_cloud=False, settings=settings, on_progress=lambda _: None,
+                       seed=7, baseline=False)
+    assert summary.decisions[("local", "placement")] > 0, summary.decisions
+    assert summary.simulator is not None and summary.simulator["sim_seconds"] >= 1.5, summary.simulator

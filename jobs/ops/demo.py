@@ -36,6 +36,7 @@ from tiertwin.topics import (
 
 WATCHED = (TELEMETRY, DEMANDS, SUMMARIES, EDGE_STATE, *ACTIONS, OUTCOMES, SNAPSHOTS, MODELS, DEAD_LETTERS)
 AGENT_SPECS = ("local", "edge", "cloud")
+SIMULATOR_START_TIMEOUT_S = 120.0
 DEMO_SEED = 14   # fixed, so the no-control baseline is the very same world
 
 
@@ -196,6 +197,14 @@ def _option(args: list[str], name: str, default: str) -> str:
     return values[-1] if values else default
 
 
+def _fail_if_exited(started: list[str], settings: Settings) -> None:
+    for name in started:
+        if status_of(name, settings)["running"] == 0:
+            log = Path(status_of(name, settings)["instances"][0]["log"])
+            tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+            raise DemoError(f"job {name} exited early; see {log}; it ends with: {tail.splitlines()[-1] if tail else '-'}")
+
+
 def run_demo(seconds: float = 60.0, ues: int | None = None, specs_dir: Path = SPECS_DIR,
              with_cloud: bool = True, with_api: bool = False, settings: Settings | None = None,
              on_progress: Callable[[str], None] = print, *, seed: int = DEMO_SEED,
@@ -252,15 +261,21 @@ def run_demo(seconds: float = 60.0, ues: int | None = None, specs_dir: Path = SP
         on_progress(f"deployed simulator ({scenario}, seed {seed}, local twins on the "
                     f"{'device, in its process' if local_twin == 'device' else 'local service'}); "
                     f"running for {seconds:.0f}s")
+        # The run's seconds count from the simulated network's first telemetry, not from the deployment: the
+        # simulator's start-up (imports, connections) took longer than a short run on a loaded machine, and
+        # `--seconds 5` then stopped it before it had sent anything ("no decisions were made").
+        started_by = time.monotonic() + SIMULATOR_START_TIMEOUT_S
+        while watcher.summary.records[TELEMETRY] == 0:
+            if time.monotonic() > started_by:
+                raise DemoError(f"the simulator sent no telemetry within {SIMULATOR_START_TIMEOUT_S:.0f} s of its "
+                                f"deployment; see {settings.home / 'jobs' / 'simulator'}/")
+            watcher.drain(0.5)
+            _fail_if_exited(started, settings)
         t0 = time.monotonic()
         next_line = 5.0
         while time.monotonic() - t0 < seconds:
             watcher.drain(min(1.0, seconds - (time.monotonic() - t0)))
-            for name in started:
-                if status_of(name, settings)["running"] == 0:
-                    log = Path(status_of(name, settings)["instances"][0]["log"])
-                    tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-                    raise DemoError(f"job {name} exited early; see {log}; it ends with: {tail.splitlines()[-1] if tail else '-'}")
+            _fail_if_exited(started, settings)
             if time.monotonic() - t0 >= next_line:
                 on_progress(watcher.summary.progress_line(time.monotonic() - t0))
                 next_line += 5.0
