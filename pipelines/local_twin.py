@@ -392,17 +392,9 @@ class EdfQueue:
         >>> q.waits(now_ms=2, deadline_ms=30), q.waits(now_ms=2, deadline_ms=float("inf"))
         ((3.0, 13.0), (13.0, 13.0))
         """
+        if now_ms > self.clock_ms:
+            self._advance(now_ms)
         q = self.queue
-        if now_ms > self.clock_ms:      # _advance, inlined (per demand placed while local work is queued)
-            budget = now_ms - self.clock_ms
-            while budget > 0 and q:
-                remaining = q[1]
-                used = min(budget, remaining)
-                q[1] = remaining = remaining - used
-                budget -= used
-                if remaining <= 0:
-                    del q[:2]
-            self.clock_ms = now_ms
         if not q:
             return 0.0, 0.0
         # Both sums in one pass, each in queue order from 0.0 (what sum() of the same terms gives, bit for bit)
