@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ import pytest
 from tiertwin.connectors.kafka import KafkaSink, read_topic
 from tiertwin.pipelines.local_twin import LocalTwinAgent
 from tiertwin.pipelines.pretrain import SyntheticFleet
+from tiertwin.procs import free_ports
 from tiertwin.schemas.codec import SchemaRegistry
 
 from tests.agent_support import Running, local_agent_config
@@ -29,12 +29,6 @@ def _tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (bash scripts/setup installs it from Debian as root)")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def kcat_read(settings, topic: str) -> list[tuple[int, int, bytes, bytes]]:
@@ -99,7 +93,7 @@ def test_records_kcat_writes_are_read_and_a_malformed_one_is_refused(new_topic, 
 
 def test_promtool_and_prometheus_accept_an_agents_metrics(new_topic, group_id, settings, tmp_path):
     promtool, prometheus = _tool("promtool"), _tool("prometheus")
-    metrics_port, prometheus_port = _free_port(), _free_port()
+    metrics_port, prometheus_port = free_ports(2)
     config = local_agent_config(new_topic, group_id, prefix="test.clients.metrics").model_copy(
         update={"metrics_port": metrics_port})
     (tmp_path / "prometheus.yml").write_text(
