@@ -488,9 +488,12 @@ class DeviceRuntime:
             self.stats.replays += 1
         summaries = self.twin.due_summaries()
         if summaries:
-            for summary in summaries:
-                self._queue(_SUMMARY, summary, summary["serving_cell"])
-            self.stats.summaries += len(summaries)
+            self._queue_summaries(summaries)
+
+    def _queue_summaries(self, summaries: list[dict]) -> None:
+        for summary in summaries:
+            self._queue(_SUMMARY, summary, summary["serving_cell"])
+        self.stats.summaries += len(summaries)
 
     def observe_many(self, telemetry: list[dict]) -> int:
         """:meth:`observe` every record of a batch (a simulator step's telemetry) in one call: the same twin state
@@ -514,9 +517,7 @@ class DeviceRuntime:
         self.stats.observed += fresh + replays
         self.stats.replays += replays
         if summaries:
-            for summary in summaries:
-                self._queue(_SUMMARY, summary, summary["serving_cell"])
-            self.stats.summaries += len(summaries)
+            self._queue_summaries(summaries)
         return len(rejected)
 
     def place(self, demand: dict) -> dict:
@@ -761,17 +762,16 @@ class DeviceRuntime:
             kind, record, key = entry
             encoder = encoders[kind]
             key_bytes = keys.get(key) if encoder is not None else None
-            if key_bytes is None:
-                entry = self._encode(entry)
-                if entry is not None:
-                    append(entry)
-            else:
+            encoded_entry = None
+            if key_bytes is not None:
                 try:
-                    append((topics[kind], key_bytes, encoder(record)))  # checks the contract's ranges as it goes
+                    encoded_entry = (topics[kind], key_bytes, encoder(record))  # checks the contract's ranges too
                 except NotFlat:
-                    entry = self._encode(entry)
-                    if entry is not None:
-                        append(entry)
+                    pass
+            if encoded_entry is None:
+                encoded_entry = self._encode(entry)
+            if encoded_entry is not None:
+                append(encoded_entry)
             if encoded % every == 0:
                 # Encoding is most of the uplink's GIL time (~10 us a record): without this a decision
                 # waited for the switch interval (5 ms) whenever it asked for the GIL mid-batch.
