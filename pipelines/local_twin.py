@@ -647,32 +647,21 @@ class LocalTwin:
         per record), in one call: a simulator step's telemetry, or a device's batch. The same twin state and the
         same summaries, in the same order, as the calls one by one; a record that makes no sense does not stop the
         others (it is returned with its error in ``rejected``)."""
-        twins, c = self.twins, self.config
-        alpha, interval = c.ewma_alpha, c.summary_interval_ms
         fresh = replays = 0
         summaries: list[dict] = []
         rejected: list[tuple[dict, RecordRejected]] = []
+        observe, due_summaries = self.observe, self.due_summaries
         for t in telemetry:
-            # observe(), inlined: the checks, the replay test, the fold, the window
-            ts_ms, serving = t["ts_ms"], t["serving_cell"]
-            if ts_ms <= 0 or _serving_in(t["neighbours"], serving):
-                problem = semantic_problem(t)
-                rejected.append((t, ImplausibleRecord(problem[1], reason=problem[0])))
+            try:
+                if observe(t):
+                    fresh += 1
+                else:
+                    replays += 1
+            except ImplausibleRecord as exc:
+                rejected.append((t, exc))
                 continue
-            ue_id = t["ue_id"]
-            twin = twins.get(ue_id) or self.twin(ue_id)
-            if t["seq"] <= twin.last_seq and ts_ms <= twin.last_ts_ms:
-                replays += 1
-            else:
-                twin.observe(t, alpha)
-                fresh += 1
-                if twin.last_ts_ms - twin.window_start_ms >= interval:     # window_due (samples > 0 now)
-                    if not self._due:   # due_summaries() would close this window alone
-                        summaries.append(twin.summary())
-                        continue
-                    self._due[ue_id] = None
-            if self._due:   # windows left due by observe() calls before this batch, with this one's
-                summaries.extend(self.due_summaries())
+            if self._due:
+                summaries.extend(due_summaries())
         return Observed(fresh, replays, summaries, rejected)
 
     def due_summaries(self) -> list[dict]:
