@@ -46,7 +46,10 @@ def new_topic(broker, settings):
 
     def make(partitions: int = 3, prefix: str = "test") -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=30_000)
+        # No time-based retention: tests produce records with fixed event times (2026-01-01) as Kafka timestamps,
+        # and the broker's periodic retention check (24 h) could delete them between produce and read.
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                                    "configs": {"retention.ms": "-1"}}}, timeout_ms=30_000)
         wait_for_leaders(admin, [name])  # else a consumer group may form before the topic is known
         created.append(name)
         return name
