@@ -753,11 +753,17 @@ class DeviceRuntime:
             self._spill_reads.append((offset, len(records)))
             batch.extend(records)
             return batch   # memory only after the spill is drained (its records are newer)
+        self._take_outbox(min(limit - len(batch), len(self._outbox)), batch.append, self.config.uplink_yield_every)
+        return batch
+
+    def _take_outbox(self, n: int, append, every: int) -> None:
+        """Take the ``n`` oldest records off the outbox, encode them and ``append`` each ``(topic, key, value)``
+        (a record that does not encode is dead-lettered instead); ``every``: give the GIL back after this many
+        (0: never). One thread at a time takes from the outbox."""
         # The fast path inline (a compiled encoder and a known key: every record but the first per key);
         # anything else goes through _encode (fastavro, the precise error, dead letters).
-        outbox, every = self._outbox, self.config.uplink_yield_every
-        popleft, append, encoders, topics, keys = outbox.popleft, batch.append, self._fast_encoders, self._topics, self._keys
-        for encoded in range(1, min(limit - len(batch), len(outbox)) + 1):   # only this thread takes from the outbox
+        popleft, encoders, topics, keys = self._outbox.popleft, self._fast_encoders, self._topics, self._keys
+        for encoded in range(1, n + 1):
             entry = popleft()
             kind, record, key = entry
             encoder = encoders[kind]
@@ -772,11 +778,10 @@ class DeviceRuntime:
                 encoded_entry = self._encode(entry)
             if encoded_entry is not None:
                 append(encoded_entry)
-            if encoded % every == 0:
+            if every and encoded % every == 0:
                 # Encoding is most of the uplink's GIL time (~10 us a record): without this a decision
                 # waited for the switch interval (5 ms) whenever it asked for the GIL mid-batch.
                 time.sleep(0)
-        return batch
 
     def _send_batch(self) -> bool:
         batch = self._next_batch()
