@@ -373,6 +373,31 @@ class KafkaSource:
             raise BrokerUnavailableError(f"offset commit failed: {exc!r}") from exc
         return True
 
+    def still_member(self) -> bool:
+        """Whether the group still counts this consumer as the owner of its partitions.
+
+        A consumer stalled past its session (a long pause, a frozen VM) is fenced by the group
+        coordinator, and may not know it yet: its heartbeats stopped with it. So the coordinator is
+        asked: the offsets already committed for its partitions are committed again, which it refuses
+        from a member it has fenced. False when it refused, or when the consumer already knows it is
+        out of the group; True with no partitions, nothing committed yet, or the broker not answering
+        (nothing to ask with, or no answer: as before the question).
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and coordinator.generation_if_stable() is None:
+            return False
+        try:
+            committed = {tp: self._consumer.committed(tp, metadata=True) for tp in self._consumer.assignment()}
+            committed = {tp: offset for tp, offset in committed.items() if offset is not None}
+            if committed:
+                self._consumer.commit(committed)
+        except _REBALANCE_ERRORS as exc:
+            log.warning("this consumer is no longer a member of its group (%s)", type(exc).__name__)
+            return False
+        except KafkaError:
+            return True
+        return True
+
     def __iter__(self) -> Iterator[list[KafkaRecord]]:
         while True:
             yield self.poll()

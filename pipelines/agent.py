@@ -446,6 +446,11 @@ class TwinAgent:
             return
         self._opened = False
         try:
+            if checkpoint and not self.source.still_member():
+                # Fenced while stalled: another instance owns these twins now and has written newer states;
+                # ours would land after them. Close like a SIGKILL; outputs are still flushed by sink.close().
+                log.warning("%s: out of the group at close: no checkpoint, no offset commit", self.config.instance_id)
+                checkpoint = False
             if checkpoint:
                 self.commit()
             else:

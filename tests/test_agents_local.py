@@ -201,3 +201,44 @@ def test_an_agent_that_fails_mid_batch_commits_nothing_past_it_and_its_successor
         wait_until(lambda: sum(1 for t in second.twins.values() if t.last_seq == 12) == 4, 60)
     assert len(second.twins) == 4
     assert {ue: t.last_seq for ue, t in second.twins.items()} == {ue: 12 for ue in second.twins}
+
+
+def test_an_agent_fenced_while_stalled_writes_no_checkpoint_over_its_successors(local_config, settings):
+    import pickle
+
+    from tests.agent_support import read_raw
+
+    fleet = SyntheticFleet(n_ues=4, n_cells=2, seed=9, demand_every=1000)
+    telemetry, _ = fleet_records(fleet, 30)
+    ues = {t["ue_id"] for t in telemetry}
+
+    def up_to(last_seq):
+        return lambda agent: len(agent.twins) == len(ues) and all(t.last_seq == last_seq for t in agent.twins.values())
+
+    def send_seqs(low, high):
+        with KafkaSink(settings) as sink:
+            send(sink, local_config.telemetry_topic, "Telemetry", [t for t in telemetry if low <= t["seq"] <= high])
+
+    def latest_checkpoints():
+        states = ((key, pickle.loads(value)) for key, value in read_raw(local_config.changelog_topic, settings))
+        return {key: state.last_seq for key, state in states if key in ues}     # (not the model slots)
+
+    # The first instance checkpoints seq 10 and commits, then folds in up to seq 20 and stalls before its next
+    # checkpoint: its heartbeats stop with it, so the group fences it after the session timeout.
+    first = LocalTwinAgent(local_config.model_copy(update={"commit_interval_ms": 60_000}), settings)
+    first.open()
+    send_seqs(1, 10)
+    wait_until(lambda: first.step() >= 0 and up_to(10)(first), 60)
+    first.commit()
+    send_seqs(11, 20)
+    wait_until(lambda: first.step() >= 0 and up_to(20)(first), 60)
+    first.source.consumer._coordinator._disable_heartbeat()
+
+    second = LocalTwinAgent(local_config.model_copy(update={"instance_id": "successor"}), settings)
+    with Running(second):
+        assert wait_until(lambda: up_to(20)(second), 90), "the successor took the partitions over"
+        send_seqs(21, 30)
+        assert wait_until(lambda: set(latest_checkpoints().values()) == {30}, 60), latest_checkpoints()
+        # The stalled instance wakes up and is stopped: its twins (seq 20) must not overwrite the successor's.
+        first.close()
+        assert latest_checkpoints() == {key: 30 for key in latest_checkpoints()}
