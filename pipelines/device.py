@@ -119,6 +119,9 @@ class DeviceConfig(BaseModel):
     uplink_yield_every: int = Field(64, ge=1, description=(
         "The uplink gives the GIL back after encoding, and again after sending, this many records, so a decision "
         "waiting for it waits for a slice of the uplink's work, not a whole batch"))
+    pump_grace_s: float = Field(1.0, gt=0, le=3_600, description=(
+        "Once the host calls pump(), the uplink thread leaves encoding to it; if no pump comes for this long "
+        "(or the runtime is closing) the thread encodes again itself, so nothing waits on a host that stopped"))
     flush_timeout_s: float = Field(5.0, gt=0, le=600, description="A batch not acknowledged within this means the broker is gone")
     probe_timeout_s: float = Field(0.5, gt=0, le=60, description="While the broker is gone: wait this long per retry")
     backoff_s: tuple[float, float] = Field((0.1, 2.0), description="Retry backoff while the broker is gone: first, max")
@@ -159,7 +162,7 @@ class DeviceStats:
     send_errors: int = 0         # failed sends / flushes
     reconnects: int = 0          # broker back after it was lost
     retried_batches: int = 0     # batches sent again after the producer gave up on them (at least once)
-    encode_errors: int = 0       # records that did not encode (dead-lettered)
+    encode_errors: int = 0       # records that did not encode (dead-lettered; also pump(), under the outbox lock)
     queued: int = 0              # records waiting in memory, as of the uplink's last turn (live: runtime.queued)
     spill_pending: int = 0       # records in the spill file not yet acknowledged, as of the same turn
     connected: bool = False
@@ -415,6 +418,9 @@ class DeviceRuntime:
         self._fast_encoders = tuple(_compiled_or_none(schema) for schema in self._schemas)
         self._keys: dict[Any, bytes] = {}     # uplink thread: record key -> its bytes
         self._outbox: collections.deque = collections.deque()    # caller -> uplink: (kind, record, key)
+        self._encoded: collections.deque = collections.deque()   # pump() -> uplink: (topic, key, value), after the outbox
+        self._take = threading.Lock()     # held by whoever takes from the outbox (pump() or the uplink thread)
+        self._pumped_at = float("-inf")   # monotonic time of the host's last pump()
         self._inbox: collections.deque = collections.deque()     # downlink -> caller: (kind, record)
         self._status_seen = getattr(getattr(self.twin, "slot", None), "n_events", 0)   # reported before a restart
         self._stop = threading.Event()
@@ -530,6 +536,29 @@ class DeviceRuntime:
         self.stats.decisions += 1
         return decision
 
+    def pump(self) -> int:
+        """Encode what is queued for the uplink, in the caller's thread, between its steps; how many records.
+
+        Optional. A host that steps (the simulator, ``tiertwin bench local``) calls it after each step's
+        placements. Encoding is most of the uplink's Python work (about 10 us a record); on the uplink thread it
+        competes with ``place()`` for the GIL, which CPython hands to a waiting thread only when the holder
+        blocks or after the switch interval (5 ms), so a decision could wait for a slice of the uplink's
+        encoding. Once a host pumps, the uplink thread only sends, confirms, spills and reconnects, unless no
+        pump came for ``pump_grace_s`` or it is closing: then it encodes again itself, so nothing is held up.
+        Order holds: one thread at a time takes from the outbox, and what pump() encoded goes before it.
+        Offline (``connect=False``) there is nothing to encode: 0."""
+        if not self.started or not self.connect:
+            return 0
+        self._pumped_at = time.monotonic()
+        if not self._take.acquire(blocking=False):   # the uplink thread is taking from the outbox itself
+            return 0
+        try:
+            n = len(self._outbox)
+            self._take_outbox(n, self._encoded.append, 0)
+        finally:
+            self._take.release()
+        return n
+
     def report(self, outcome: dict) -> None:
         """The device measured an Outcome: the twin learns from it and it goes up to the outcomes topic."""
         if self.twin.learn(outcome):
@@ -574,7 +603,7 @@ class DeviceRuntime:
 
     @property
     def queued(self) -> int:
-        return len(self._outbox)
+        return len(self._outbox) + len(self._encoded)
 
     @property
     def spill_pending(self) -> int:
@@ -589,13 +618,16 @@ class DeviceRuntime:
         if not self.connect or not self.started:
             return True     # nothing leaves an offline runtime
         deadline = time.monotonic() + timeout_s
+        pumps = self._pumped_at > float("-inf")   # a host that pumps: this is its thread, keep pumping
         while time.monotonic() < deadline:
-            if self._outbox or self._inflight or self._retry or self.spill_pending:
+            if pumps and self._outbox:
+                self.pump()
+            if self._outbox or self._encoded or self._inflight or self._retry or self.spill_pending:
                 time.sleep(0.02)
                 continue
             self._uplink_idle.clear()
             if self._uplink_idle.wait(max(0.0, deadline - time.monotonic())) and not (
-                    self._outbox or self._inflight or self._retry or self.spill_pending):
+                    self._outbox or self._encoded or self._inflight or self._retry or self.spill_pending):
                 return True
         return False
 
@@ -632,7 +664,7 @@ class DeviceRuntime:
             while True:
                 stopping = self._stop.is_set()
                 self._admit()
-                self.stats.queued, self.stats.spill_pending = len(self._outbox), self._spill.pending
+                self.stats.queued, self.stats.spill_pending = self.queued, self._spill.pending
                 if stopping and (not self._has_work() or time.monotonic() >= self._close_deadline):
                     break
                 if self._sink is None and not self._connect_sink():
@@ -649,7 +681,7 @@ class DeviceRuntime:
                     continue
                 if ok:
                     backoff = self.config.backoff_s[0]
-                    if len(self._outbox) < self.config.uplink_batch_records and not self._retry \
+                    if self._sendable() < self.config.uplink_batch_records and not self._retry \
                             and not (self._spill and self._spill.unread):
                         self._wait(self.config.uplink_batch_ms / 1000)
                 else:
@@ -661,7 +693,15 @@ class DeviceRuntime:
             self._shutdown_uplink()
 
     def _has_work(self) -> bool:
-        return bool(self._outbox or self._inflight or self._retry or (self._spill and self._spill.unread))
+        return bool(self._outbox or self._encoded or self._inflight or self._retry or (self._spill and self._spill.unread))
+
+    def _sendable(self) -> int:
+        """Records in memory this thread may take now (not the outbox while the host pumps)."""
+        return len(self._encoded) + (0 if self._host_pumps() else len(self._outbox))
+
+    def _host_pumps(self) -> bool:
+        """The host pumped within ``pump_grace_s`` and the runtime is not closing: the outbox is its to encode."""
+        return not self._stop.is_set() and time.monotonic() - self._pumped_at < self.config.pump_grace_s
 
     def _wait(self, seconds: float) -> None:
         """Sleep, keeping the memory bound (spilling) meanwhile; wake early when stopping."""
@@ -674,18 +714,23 @@ class DeviceRuntime:
 
     def _admit(self) -> None:
         """Keep at most ``queue_limit`` records in memory: the oldest beyond it go to the spill file."""
-        outbox, limit = self._outbox, self.config.queue_limit
-        excess = len(outbox) - limit
-        if excess <= 0:
+        outbox, encoded, limit = self._outbox, self._encoded, self.config.queue_limit
+        if len(outbox) + len(encoded) <= limit:
             return
         spill, encode, n = self._spill, self._encode, 0
-        for _ in range(excess):
-            entry = encode(outbox.popleft())
-            if entry is not None:
-                spill.append(*entry)
+        with self._take:   # pump() moves records from the outbox to ``encoded`` meanwhile: the oldest are in ``encoded``
+            excess = len(outbox) + len(encoded) - limit
+            while excess > 0 and encoded:
+                spill.append(*encoded.popleft())
                 n += 1
-            if n % self.config.uplink_yield_every == 0:
-                time.sleep(0)
+                excess -= 1
+            for _ in range(max(excess, 0)):
+                entry = encode(outbox.popleft())
+                if entry is not None:
+                    spill.append(*entry)
+                    n += 1
+                if n % self.config.uplink_yield_every == 0:
+                    time.sleep(0)
         self.stats.spilled += n
 
     def _encode(self, entry: tuple[int, dict, Any]) -> tuple[str, bytes | None, bytes] | None:
@@ -753,7 +798,18 @@ class DeviceRuntime:
             self._spill_reads.append((offset, len(records)))
             batch.extend(records)
             return batch   # memory only after the spill is drained (its records are newer)
-        self._take_outbox(min(limit - len(batch), len(self._outbox)), batch.append, self.config.uplink_yield_every)
+        encoded = self._encoded
+        with self._take:   # what pump() encoded is older than the outbox: it goes first, nothing in between
+            room = limit - len(batch)
+            if len(encoded) <= room:
+                batch.extend(encoded)
+                encoded.clear()
+            else:
+                popleft = encoded.popleft
+                batch.extend(popleft() for _ in range(room))
+            if len(batch) < limit and not self._host_pumps():
+                self._take_outbox(min(limit - len(batch), len(self._outbox)), batch.append,
+                                  self.config.uplink_yield_every)
         return batch
 
     def _take_outbox(self, n: int, append, every: int) -> None:
@@ -852,17 +908,20 @@ class DeviceRuntime:
         """Whatever did not reach Kafka goes to the spill file, in order, for the next start."""
         unsent = list(self._inflight) + list(self._retry)
         spill = self._spill
-        if spill is not None and (unsent or self._outbox):
+        if spill is not None and (unsent or self._outbox or self._encoded):
             # records read from the spill but not confirmed are in ``unsent`` already: keep what follows them
             spill_rest = spill.drain_all()[sum(n for _, n in self._spill_reads):]
-            memory = [e for e in (self._encode(entry) for entry in list(self._outbox)) if e is not None]
-            self._outbox.clear()
+            with self._take:
+                memory = list(self._encoded)
+                self._encoded.clear()
+                while self._outbox:   # a record that does not encode leaves a dead letter in its place
+                    self._take_outbox(len(self._outbox), memory.append, 0)
             spill.rewrite(unsent + spill_rest + memory)
             self.stats.spilled += len(memory) + len(unsent)
             log.warning("%s: %d records not sent; kept in %s for the next start", self.config.device_id,
                         spill.pending, spill.path)
         self._inflight, self._retry = [], collections.deque()
-        self.stats.queued = len(self._outbox)
+        self.stats.queued = self.queued
         if spill is not None:
             self.stats.spill_pending = spill.pending
             spill.close()

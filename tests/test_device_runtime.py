@@ -34,13 +34,17 @@ def fleet_records(n_ues: int, ticks: int, seed: int = 3, start_tick: int = 0):
                 yield kind, record
 
 
-def feed(device: DeviceRuntime, records) -> list[dict]:
+def feed(device: DeviceRuntime, records, pump_every: int = 0) -> list[dict]:
+    """Observe and place ``records``; ``pump_every``: call ``device.pump()`` after every this many records, as a
+    host that steps would (0: never)."""
     decisions = []
-    for kind, record in records:
+    for i, (kind, record) in enumerate(records, 1):
         if kind == "telemetry":
             device.observe(record)
         else:
             decisions.append(device.place(record))
+        if pump_every and i % pump_every == 0:
+            device.pump()
     return decisions
 
 
@@ -134,14 +138,16 @@ def test_observe_many_queues_what_observe_per_record_queues():
 
 # -- broker stopped: memory queue -> spill file -> sent in order after the next start -------------
 @pytest.mark.broker
-def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_in_order(broker, settings, tmp_path):
+@pytest.mark.parametrize("pump_every", [0, 7], ids=["uplink-encodes", "host-pumps"])
+def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_in_order(broker, settings, tmp_path,
+                                                                                          pump_every):
     (dead_port,) = free_ports(1)
     stopped = settings.model_copy(update={"broker_port": dead_port, "bootstrap_servers": None})
     topics = make_topics(settings, "test.device.spill")
     config = DeviceConfig(device_id="spill", topics=topics, spill_dir=tmp_path / "spill", queue_limit=50,
                           connect_timeout_s=0.5, backoff_s=(0.05, 0.2))
     device = DeviceRuntime(config, stopped).start()
-    decisions = feed(device, fleet_records(10, 150))
+    decisions = feed(device, fleet_records(10, 150), pump_every)
     summaries = device.stats.summaries
     assert len(decisions) > 200 and summaries > 50
     # the uplink keeps the memory bound while the broker is away
@@ -155,6 +161,8 @@ def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_
 
     # The same device, started again with its broker back: spill first, nothing lost, nothing twice.
     again = DeviceRuntime(config, settings).start()
+    if pump_every:
+        again.pump()    # nothing new: the spill goes first all the same
     assert again.drain(60)
     again.close()
     assert again.stats.resent == again.stats.sent == len(decisions) + summaries
@@ -166,6 +174,36 @@ def test_decides_with_the_broker_stopped_spills_and_the_next_start_sends_it_all_
     spill = SpillFile(tmp_path / "spill")
     assert spill.pending == 0
     spill.close()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("grace_s", [3600.0, 0.3], ids=["host-keeps-pumping", "host-stops-pumping"])
+def test_a_host_that_pumps_gets_everything_sent_in_order(broker, settings, tmp_path, grace_s):
+    """pump() encodes in the caller's thread, and the uplink thread leaves the outbox alone while the host pumps
+    (within pump_grace_s); after that, or at close, the thread encodes again itself: nothing is lost or reordered."""
+    topics = make_topics(settings, "test.device.pump")
+    config = DeviceConfig(device_id=f"pump-{uuid.uuid4().hex[:6]}", topics=topics, pump_grace_s=grace_s,
+                          spill_dir=tmp_path / "spill")
+    device = DeviceRuntime(config, settings).start()
+    records = list(fleet_records(10, 120))
+    half = len(records) // 2
+    decisions = feed(device, records[:half], pump_every=5)
+    wait_until_or_fail(lambda: device.pump() >= 0 and not device._outbox, 10)   # the uplink thread may hold it a moment
+    decisions += feed(device, records[half:])              # no pump from here on
+    made = len(decisions) + device.stats.summaries
+    if grace_s > 60:    # the host still counts as pumping: the thread sends what pump() encoded, not the outbox
+        wait_until_or_fail(lambda: device.stats.sent > 0 and not device._encoded, 60)
+        waiting = len(device._outbox)
+        time.sleep(0.5)
+        assert len(device._outbox) == waiting > 0
+        device.close()     # closing: the thread encodes and sends the rest itself
+    else:               # no pump for 0.3 s: the thread takes the outbox again (not drain(), which pumps)
+        wait_until_or_fail(lambda: device.stats.sent == made, 60)
+        device.close()
+    assert device.stats.sent == made and device.stats.queued == 0 and device.stats.spill_pending == 0
+    sent = [r.value for r in read_topic(topics.actions, settings, expect=len(decisions), timeout_s=30)]
+    assert Counter(d["decision_id"] for d in sent) == Counter(d["decision_id"] for d in decisions)
+    assert_in_order_per_ue(decisions, sent)
 
 
 def read_whole(topic: str, settings, timeout_s: float = 180.0) -> list:
@@ -199,7 +237,8 @@ def assert_in_order_per_ue(made: list[dict], sent: list[dict]) -> None:
 # -- the broker stops for ~10 s in the middle of a run ---------------------------------------------
 @pytest.mark.broker
 @pytest.mark.slow
-def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, tmp_path):
+@pytest.mark.parametrize("pump", [False, True], ids=["uplink-encodes", "host-pumps"])
+def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, tmp_path, pump):
     from tiertwin.connectors.broker import ManagedBroker
 
     private = ManagedBroker.private(tmp_path / "home", main=settings)
@@ -241,6 +280,8 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
                     if "stopped" in phases and "restarted" not in phases:
                         during_outage += 1
             tick += 1
+            if pump:    # a host that steps encodes the step's uplink records after it
+                device.pump()
             time.sleep(0.01)
         chaos.join()
         gc_pauses.__exit__()
@@ -265,6 +306,8 @@ def test_broker_stopped_for_ten_seconds_mid_run_loses_nothing(broker, settings, 
                 elif kind == "demand":
                     decisions.append(device.place(record))
             tick += 1
+            if pump:
+                device.pump()
             time.sleep(0.01)
         assert decisions[-1]["model_version"] == old + 1 and device.stats.models_swapped == 1
         assert device.drain(60)
