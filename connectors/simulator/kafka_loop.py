@@ -323,6 +323,8 @@ class SimulatorLoop:
                 else:
                     self._lockstep()
                 self._outcomes(world.outcome_records())
+                if self.runtime is not None:   # the step's uplink records are encoded here, between steps, not
+                    self.runtime.pump()        # on the uplink thread while a place() needs the GIL
                 if self.source is not None and time.monotonic() - last_commit >= self.commit_interval_s:
                     # without a source, the sink bounds in-flight work
                     self._flush_and_commit(wait_s=COMMIT_ACK_WAIT_S)
