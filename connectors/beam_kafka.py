@@ -261,6 +261,12 @@ class _ReadPartition(beam.DoFn):
             _WORKER_WATERMARKS.forget(self.read_id, key)
             return
         _WORKER_WATERMARKS.expect(self.read_id, element.read_partitions)
+        if restriction.stop == UNBOUNDED:
+            # This step resumes the partition's previous one (a checkpoint), which the runner schedules only once it
+            # holds that step's outputs: what it read may now count for the other partitions.
+            _WORKER_WATERMARKS.publish(self.read_id, key)
+        moved: list = []  # the partition's watermark this step moved to (_set_watermark)
+        commits.append(lambda: moved and _WORKER_WATERMARKS.publish(self.read_id, key, moved[-1]))
         if self.spec.resume is not None:
             RESUME_LOG.started(self.read_id, key, restriction.start, element.replay_from_ms)
         consumer = self._consumer_at(tp, restriction.start)
@@ -281,7 +287,7 @@ class _ReadPartition(beam.DoFn):
                     return
                 highwater = consumer.highwater(tp)
                 if highwater is not None and self._next_offset[key] >= highwater:
-                    self._advance_idle(key, watermark)
+                    self._advance_idle(key, watermark, moved)
                     self._commit_when_finalized(commits, element, tp)
                 # else: records exist that this poll did not bring (a slow fetch, a starved CPU); not idle
                 tracker.defer_remainder(Duration.of(self.spec.poll_interval_s))
@@ -310,7 +316,8 @@ class _ReadPartition(beam.DoFn):
                     yield output
             self.read.inc(len(messages))
             if newest is not None:
-                self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000))
+                self._set_watermark(key, watermark, newest - Duration.of(self.spec.max_out_of_order_ms / 1000),
+                                    moved)
             _WORKER_WATERMARKS.progressed(self.read_id, key)
             if self.spec.resume is not None:
                 RESUME_LOG.note(self.read_id, key, self._next_offset[key],
@@ -397,7 +404,7 @@ class _ReadPartition(beam.DoFn):
             self.rejected.inc()
         return output
 
-    def _advance_idle(self, key: tuple, watermark) -> None:
+    def _advance_idle(self, key: tuple, watermark, moved: list) -> None:
         """With no records, event time moves on at the wall clock's pace from the partition's last watermark."""
         now = time.monotonic()
         since = _WORKER_WATERMARKS.last_progress(self.read_id, key)
@@ -410,11 +417,16 @@ class _ReadPartition(beam.DoFn):
             target = Timestamp.of(time.time() - self.spec.max_out_of_order_ms / 1000)
         else:
             target = own + Duration.of(now - since)
-        self._set_watermark(key, watermark, target)
+        read_in_this_step = bool(moved)
+        self._set_watermark(key, watermark, target, moved)
+        if not read_in_this_step:  # no record of the partition is in flight: the advance counts at once
+            _WORKER_WATERMARKS.publish(self.read_id, key)
         _WORKER_WATERMARKS.progressed(self.read_id, key, now)
 
-    def _set_watermark(self, key: tuple, watermark, target: Timestamp) -> None:
+    def _set_watermark(self, key: tuple, watermark, target: Timestamp, moved: list | None = None) -> None:
         bound = _WORKER_WATERMARKS.report(self.read_id, key, target)
+        if moved is not None:
+            moved.append(_WORKER_WATERMARKS.own(self.read_id, key))
         current = watermark.current_watermark()
         if current is None or bound > current:
             watermark.set_watermark(bound)
@@ -429,12 +441,21 @@ class _WorkerWatermarks:
     records of a lagging partition late once several partitions were read at once;
     with the minimum, the slowest partition in the worker holds every window. A
     partition silent for ``stale_s`` (moved to another worker, finished) stops counting.
+
+    A partition's advance counts for the others only once the runner holds the records it came from
+    (:meth:`publish`: when the step that read them is finalized, or the partition's next step starts).
+    Until then it is *pending*: only the step that read them reports it (its residual's watermark reaches
+    the runner with its outputs). Prism takes a read stage's output watermark from the last bundle it
+    committed; when the other partitions' steps reported the advance at once, one of them that was committed
+    first moved the watermark past records still in flight in the bundle that read them, and a window
+    fired without them (late, so dropped: tests/test_fold_watermarks.py).
     """
 
     def __init__(self, stale_s: float = 60.0):
         self.stale_s = stale_s
         self._lock = threading.Lock()
-        self._own: dict[tuple, tuple[Timestamp, float]] = {}
+        self._own: dict[tuple, tuple[Timestamp, float]] = {}  # published: (watermark, when last heard from)
+        self._pending: dict[tuple, Timestamp] = {}  # advances read by a step the runner may not hold yet
         self._expected: set[str] = set()
         # When each partition last moved (records read or an idle step); shared by every DoFn
         # instance of the worker, since a partition's restriction moves between instances.
@@ -462,22 +483,54 @@ class _WorkerWatermarks:
                 self._own.setdefault((read_id, tuple(key)), (MIN_TIMESTAMP, now))
 
     def own(self, read_id: str, key: tuple) -> Timestamp | None:
+        """The partition's newest watermark, pending or published."""
         with self._lock:
-            entry = self._own.get((read_id, key))
+            entry, pending = self._own.get((read_id, key)), self._pending.get((read_id, key))
+        if pending is not None and (entry is None or pending > entry[0]):
+            return pending
         return entry[0] if entry else None
 
     def report(self, read_id: str, key: tuple, target: Timestamp) -> Timestamp:
+        """A step of partition ``key`` read up to watermark ``target`` (pending until :meth:`publish`): the
+        watermark that step may report, the minimum over the fresh partitions with ``target`` for its own.
+
+        >>> ww, t = _WorkerWatermarks(), Timestamp.of
+        >>> ww.report("r", ("a", 0), t(10))  # its own step reports its advance
+        Timestamp(10)
+        >>> ww.report("r", ("a", 1), t(20)) == MIN_TIMESTAMP  # a/0's is pending: not for a/1's step
+        True
+        >>> ww.publish("r", ("a", 0)); ww.report("r", ("a", 1), t(20))
+        Timestamp(10)
+        """
         now = time.monotonic()
         with self._lock:
-            previous = self._own.get((read_id, key))
-            if previous is not None and previous[0] > target:
-                target = previous[0]
-            self._own[(read_id, key)] = (target, now)
-            fresh = [w for (rid, _), (w, seen) in self._own.items() if rid == read_id and now - seen < self.stale_s]
+            own = (read_id, key)
+            published = self._own.get(own)
+            floor = max(published[0] if published else MIN_TIMESTAMP, self._pending.get(own, MIN_TIMESTAMP))
+            self._pending[own] = max(floor, target)
+            self._own[own] = (published[0] if published else MIN_TIMESTAMP, now)
+            fresh = [self._pending[own] if k == own else w for k, (w, seen) in self._own.items()
+                     if k[0] == read_id and now - seen < self.stale_s]
         return min(fresh)
 
+    def publish(self, read_id: str, key: tuple, upto: Timestamp | None = None) -> None:
+        """The runner holds what partition ``key`` read up to watermark ``upto`` (None: all it read so far):
+        from now on it counts for every partition of the read."""
+        with self._lock:
+            own = (read_id, key)
+            pending = self._pending.get(own)
+            target = pending if upto is None else upto
+            if target is None:
+                return
+            published = self._own.get(own)
+            if published is None or target > published[0]:
+                self._own[own] = (target, time.monotonic())
+            if pending is not None and pending <= target:
+                del self._pending[own]
+
     def held(self, read_id: str) -> Timestamp | None:
-        """The read's held watermark here: the minimum over its fresh partitions (None: none reported)."""
+        """The read's held watermark here: the minimum over its fresh partitions, as published (None: none
+        reported)."""
         now = time.monotonic()
         with self._lock:
             fresh = [w for (rid, _), (w, seen) in self._own.items() if rid == read_id and now - seen < self.stale_s]
@@ -486,6 +539,7 @@ class _WorkerWatermarks:
     def forget(self, read_id: str, key: tuple) -> None:
         with self._lock:
             self._own.pop((read_id, key), None)
+            self._pending.pop((read_id, key), None)
             self._progress.pop((read_id, key), None)
 
 
