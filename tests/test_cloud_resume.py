@@ -1,6 +1,8 @@
 """The cloud job resumes (#17): SIGKILLed in the middle of a window (Prism and all), then restarted, it
 emits every window's snapshot complete; a window emitted twice is identical; windows emitted well before
-the kill are not emitted again (it resumed from its committed offsets instead of starting over)."""
+the kill are not emitted again (it resumed from its committed offsets instead of starting over). With 1 or 2 SDK
+workers, on batches or records, folding in the read or not (the fold's lost records were late before the kill:
+tests/test_fold_watermarks.py)."""
 
 from __future__ import annotations
 
@@ -57,10 +59,11 @@ def _comparable(snapshot: dict) -> dict:
     return {k: v for k, v in snapshot.items() if k != "emitted_ns"}  # the only emission-time field
 
 
-@pytest.mark.parametrize("workers, batches", [(1, True), (2, True), (1, False)],
-                         ids=["1-worker", "2-workers", "1-worker-records"])
+@pytest.mark.parametrize("workers, batches, fold", [(1, True, False), (2, True, False), (1, False, False),
+                                                   (1, True, True), (2, True, True)],
+                         ids=["1-worker", "2-workers", "1-worker-records", "1-worker-fold", "2-workers-fold"])
 def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_complete(
-        new_topic, group_id, settings, tmp_path, workers, batches):
+        new_topic, group_id, settings, tmp_path, workers, batches, fold):
     tiers = {schema: new_topic(2, prefix=f"test.resume.{schema.lower()}") for schema in STREAMS}
     snapshots = new_topic(2)
     config = tmp_path / "cloud.yaml"
@@ -68,7 +71,7 @@ def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_compl
         "input_topics": list(tiers.values()), "snapshots_topic": snapshots, "dead_letter_topic": None,
         "models_topic": None, "train": False, "start": "earliest", "window_s": WINDOW_MS / 1000,
         "early_firing_s": None, "allowed_lateness_s": 0, "resume_margin_s": 2, "consumer_group": group_id,
-        "sdk_workers": workers, "batches": batches,
+        "sdk_workers": workers, "batches": batches, "fold_in_read": fold,
         # Records are read live, at most a few hundred ms after their event time; but a producer or reader starved
         # of CPU for 0.5 s (the default) would let a partition go idle and its next records be late (and dropped:
         # no lateness here).
@@ -107,9 +110,12 @@ def test_a_cloud_job_killed_mid_window_resumes_and_emits_every_window_once_compl
         emitted[(r.value["cell_id"], r.value["window_start_ms"])].append(r.value)
     missing = sorted(set(expected) - set(emitted))
     assert not missing, f"windows with no snapshot: {missing}\n{log.read_text()[-3000:]}"
+    emitted_ns_before = {r.value["emitted_ns"] for r in before}
     for window, snaps in emitted.items():
         for s in snaps:  # on-time panes only (no early firing, no lateness): each is the whole window
-            assert _counts(s) == expected[window], (window, s)
+            assert _counts(s) == expected[window], (
+                window, "emitted before the kill" if s["emitted_ns"] in emitted_ns_before else "after the restart",
+                boundary, killed_at_ms, s)
         assert all(_comparable(s) == _comparable(snaps[0]) for s in snaps), (window, snaps)
     # It resumed rather than starting over: the windows emitted before the kill that start before the resume
     # boundary are not emitted again, and those are most of them.
