@@ -148,11 +148,74 @@ def _floor(model: Any, xs: list[dict]) -> list[int]:
     return durations
 
 
+def _floor_cpu_s(model: Any, xs: list[dict]) -> tuple[float, float | None]:
+    """CPU seconds (this thread) of the bare per-tier predict_one calls of every example (selection beforehand),
+    and of the model's own ``predict_tiers`` on each (what place() calls: DemandLatencyModel predicts from its
+    folded coefficients, cheaper than River's predict_one; None for a model without it)."""
+    from tiertwin.pipelines.learners import DemandLatencyModel
+
+    tiers_s = None
+    predict_tiers = getattr(model, "predict_tiers", None)
+    if predict_tiers is not None:
+        started = time.thread_time()
+        for x in xs:
+            predict_tiers(x)
+        tiers_s = time.thread_time() - started
+
+    if isinstance(model, DemandLatencyModel):
+        per_tier = list(model._per_tier.items())
+        calls = [(reg, model._select(x, tier)) for x in xs for tier, reg in per_tier]
+    else:
+        calls = [(model, {**x, "tier": tier}) for x in xs for tier in ("local", "edge", "cloud")]
+    started = time.thread_time()
+    for reg, features in calls:
+        reg.predict_one(features)
+    return time.thread_time() - started, tiers_s
+
+
+def _handover_cpu_s(settings, topics, decision: dict, n_decisions: int, n_summaries: int, ues: int,
+                    batch_records: int, client_id: str) -> dict[str, float]:
+    """CPU seconds, every thread of the process (this one's produce and flush calls, librdkafka's own threads), of
+    handing ``n_decisions`` + ``n_summaries`` already-encoded records to librdkafka as the uplink does (the same
+    producer settings, batches of ``batch_records``, each flushed). Run with nothing else going on in the process."""
+    from tiertwin.connectors.rdkafka import RdKafkaSink
+    from tiertwin.schemas import SchemaRegistry
+    from tiertwin.schemas.examples import example
+
+    registry = SchemaRegistry.default()
+    values = (registry.encode("Decision", decision), registry.encode("LocalSummary", example("LocalSummary")))
+    keys = [f"ue-{i:05d}".encode() for i in range(ues)]
+    cells = [str(c).encode() for c in range(64)]
+    work = [(topics.actions, values[0], keys[i % ues]) for i in range(n_decisions)]
+    work += [(topics.summaries, values[1], cells[i % 64]) for i in range(n_summaries)]
+    sink = RdKafkaSink(settings, registry, profile="throughput", client_id=client_id, reconnect_backoff_max_ms=1000)
+    try:
+        sink.send_raw(topics.actions, values[0], keys[0])   # connection and metadata: not measured
+        sink.flush(30)
+        # process_time: every thread of the process, in ns (the per-thread /proc figures count 10 ms ticks)
+        before = time.process_time()
+        wall = time.perf_counter()
+        produce = sink._produce
+        for start in range(0, len(work), batch_records):
+            for topic, value, key in work[start:start + batch_records]:
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    sink.send_raw(topic, value, key)
+            sink.flush(60)
+        wall = time.perf_counter() - wall
+        cpu_s = time.process_time() - before
+    finally:
+        sink.close(10)
+    return {"cpu_s": cpu_s, "wall_s": wall, "records": len(work)}
+
+
 def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, warmup_s: float = 0.2,
              drain_timeout_s: float = 180.0, floor_samples: int = 20_000, log: Callable[[str], None] = print,
              device: dict | None = None, connect: bool = True, freeze_after_warmup: bool = True,
              floor_every: int = 4, label: str | None = None, model: tuple[Any, int] | None = None,
-             gc_between_steps: bool = False, idle_probe_s: float = 2.0) -> dict:
+             gc_between_steps: bool = False, idle_probe_s: float = 2.0, pump: bool = True,
+             lower_bound: bool = False) -> dict:
     from tiertwin.connectors.simulator.scenarios import load_scenario
     from tiertwin.connectors.simulator.world import World
     from tiertwin.jobs.bench.agents import create_topics, delete_topics
@@ -177,6 +240,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
 
         twin = LocalTwin(config.twin, pickle.loads(pickle.dumps(model[0])), model[1])
     device = DeviceRuntime(config, settings, connect=connect, twin=twin).start()
+    pump = pump and connect     # offline there is nothing to encode
     try:
         observe_many, place = device.observe_many, device.place
         clock, cpu = time.perf_counter_ns, time.thread_time
@@ -187,6 +251,8 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
             for d in world.demand_records():
                 place(d)
             world.outcome_records()
+            if pump:
+                device.pump()
         device.drain(60)
         if freeze_after_warmup:   # the bench is a command: it may set process-wide GC policy, as `tiertwin run` does
             from tiertwin.procs import freeze_heap
@@ -202,7 +268,11 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         # (771 vs 372 ms per 2 simulated s, no uplink), counted as the runtime's observe/place CPU.
         decisions: collections.deque = collections.deque(maxlen=floor_samples)   # parameters of the last decisions
         decided = 0
-        observe_cpu = place_cpu = 0.0
+        observe_cpu = place_cpu = pump_cpu = 0.0
+        floor_all_cpu = read_cpu = 0.0     # the irreducible lower bound's parts (lower_bound): not runtime CPU
+        tiers_all_cpu: float | None = 0.0
+        read_fields = None
+        summaries_before = device.stats.summaries
         telemetry = 0
         main_tid = __import__("threading").get_native_id()
         # The other threads' CPU with nothing to send (the downlink's polls, librdkafka's and the uplink's timers),
@@ -240,6 +310,11 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
             t2 = cpu()
             decided += len(demands)
             place_cpu += t2 - t1
+            if pump:    # the step's uplink records encoded here, after its placements (DeviceRuntime.pump)
+                device.pump()
+                t3 = cpu()
+                pump_cpu += t3 - t2
+                t2 = t3
             if gc_between_steps:
                 gc.collect(0)
                 young_steps += 1
@@ -251,6 +326,21 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
             if floor_every and demands:   # the floor in the same conditions (not counted as runtime CPU)
                 floor_interleaved.extend(_floor(model, [parameters_to_features(decisions[-i])
                                                         for i in range(1, len(demands) + 1, floor_every)]))
+            if lower_bound:     # the model floor of every placement, and a bare read of every telemetry record
+                if demands:
+                    bare_s, tiers_s = _floor_cpu_s(model, [parameters_to_features(decisions[-i])
+                                                           for i in range(1, len(demands) + 1)])
+                    floor_all_cpu += bare_s
+                    tiers_all_cpu = None if tiers_s is None or tiers_all_cpu is None else tiers_all_cpu + tiers_s
+                if records:
+                    if read_fields is None:
+                        import operator
+
+                        read_fields = operator.itemgetter(*records[0])
+                    t4 = cpu()
+                    for record in records:
+                        read_fields(record)
+                    read_cpu += cpu() - t4
         fed_wall_s = time.perf_counter() - wall_started
         gc_pauses.__exit__()
         if gc_between_steps:
@@ -267,11 +357,17 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         floor = _floor(device.twin.model, xs)
         stats = stats_dict(device.stats)
         sent_measured = stats["sent"] - sent_before
+        device.close(timeout_s=30)
+        handover = None
+        if lower_bound and connect and decided:   # after close: the runtime's threads are gone, the process does only this
+            handover = _handover_cpu_s(settings, topics, decision, decided, stats["summaries"] - summaries_before,
+                                       ues, min(config.uplink_batch_records, config.queue_limit),
+                                       f"bench-local-handover-{tag}")
     finally:
         device.close(timeout_s=30)
         if connect:
             delete_topics(settings, list(topics.model_dump().values()))
-    runtime_cpu = observe_cpu + place_cpu + gc_cpu + background
+    runtime_cpu = observe_cpu + place_cpu + pump_cpu + gc_cpu + background
     # Real time: the bench feeds slower than real time (generating the world is not the runtime's work, and takes
     # most of the wall time at 10,000 UEs), so the other threads' idle CPU, which accrues per wall second, was counted
     # over 10-20 wall seconds per simulated second (the downlink's kafka-python polls: 0.1-0.9 CPU-s per simulated s at
@@ -280,10 +376,12 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
     work_roles = {role: max(seconds - idle_rates.get(role, 0.0) * measured_wall_s, 0.0)
                   for role, seconds in background_roles.items()}
     background_real_time = sum(work_roles.values()) + sum(idle_rates.values()) * simulated_s
-    runtime_cpu_real_time = observe_cpu + place_cpu + gc_cpu + background_real_time
+    runtime_cpu_real_time = observe_cpu + place_cpu + pump_cpu + gc_cpu + background_real_time
     ours, quiet_pct = percentiles_ms(durations), percentiles_ms(floor)
     floor_pct = percentiles_ms(floor_interleaved) if floor_interleaved else quiet_pct
     label = label or ("no uplink" if not connect else f"uplink {(device_overrides or {}).get('uplink_client', 'librdkafka')}")
+    if pump:
+        label += ", pumped"
     if gc_between_steps:
         label += ", GC between steps"
     result = {
@@ -293,7 +391,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         "p99_to_floor_p99": ours["p99_ms"] / floor_pct["p99_ms"] if floor_pct.get("p99_ms") else None,
         "p50_to_floor_p50": ours["p50_ms"] / floor_pct["p50_ms"] if floor_pct.get("p50_ms") else None,
         "p99_to_quiet_floor_p99": ours["p99_ms"] / quiet_pct["p99_ms"] if quiet_pct.get("p99_ms") else None,
-        "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "gc_between_steps_s": gc_cpu, "background_threads_s": background,
+        "cpu": {"observe_s": observe_cpu, "place_s": place_cpu, "pump_s": pump_cpu, "gc_between_steps_s": gc_cpu, "background_threads_s": background,
                 "runtime_total_s": runtime_cpu, "other_threads_by_role_s": background_roles,
                 "other_threads_idle_cpu_s_per_wall_s": idle_rates, "measured_wall_s": measured_wall_s,
                 "other_threads_real_time_s": background_real_time, "runtime_total_real_time_s": runtime_cpu_real_time},
@@ -305,7 +403,7 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         # the other threads' work beyond idling per record the uplink sent while measured (decisions, summaries)
         "cpu_us_per_record": {"observe": 1e6 * observe_cpu / telemetry if telemetry else None,
                               "place": 1e6 * place_cpu / decided if decided else None,
-                              "uplink": 1e6 * sum(work_roles.values()) / sent_measured if sent_measured > 0 else None},
+                              "uplink": 1e6 * (sum(work_roles.values()) + pump_cpu) / sent_measured if sent_measured > 0 else None},
         "gc_pauses_while_fed": gc_pauses.summary(), "fed_wall_s": fed_wall_s, "uplink_drained": drained, "uplink_drain_s": drain_s, "device_stats": stats,
     }
     log(f"{ues:>6} UEs, {label}: {decided} decisions, place p50 {ours['p50_ms']:.3f} ms, p99 {ours['p99_ms']:.3f} ms, "
@@ -314,12 +412,39 @@ def run_size(ues: int, simulated_s: float, scenario: str, seed: int, settings, w
         f"p99 {quiet_pct['p99_ms']:.3f} ms ({result['p99_to_quiet_floor_p99']:.1f}x) | {result['decisions_per_place_cpu_s']:.0f} "
         f"decisions per place CPU-s | {result['cpu_s_per_simulated_s']:.2f} CPU-s per simulated s in real time "
         f"({result['cpu_s_per_simulated_s_as_measured']:.2f} as measured over {measured_wall_s:.0f} wall s; observe {observe_cpu:.1f}, "
-        f"place {place_cpu:.1f}, {f'GC between steps {gc_cpu:.1f}, ' if gc_between_steps else ''}other threads {background:.1f}: "
+        f"place {place_cpu:.1f}, {f'pump {pump_cpu:.1f}, ' if pump else ''}{f'GC between steps {gc_cpu:.1f}, ' if gc_between_steps else ''}other threads {background:.1f}: "
         f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(background_roles.items()) if v >= 0.05) or '-'}; over {simulated_s:g} s) "
         f"| us of CPU per record: observe {_us(result['cpu_us_per_record']['observe'])}, place "
         f"{_us(result['cpu_us_per_record']['place'])}, uplink {_us(result['cpu_us_per_record']['uplink'])} "
         f"| uplink sent {stats['sent']}, "
         f"spilled {stats['spilled']}, drained {drained} in {drain_s:.1f} s")
+    if lower_bound:
+        # What any runtime in this process pays at the least, per simulated second: the bare model calls of every
+        # placement, librdkafka taking the same records already encoded, and reading each telemetry record once.
+        parts = {"model_floor_every_placement": floor_all_cpu / simulated_s,
+                 "librdkafka_handover": handover["cpu_s"] / simulated_s if handover else None,
+                 "telemetry_read": read_cpu / simulated_s}
+        bound = sum(v for v in parts.values() if v is not None)
+        # The issue's floor is River's predict_one; place() predicts from the model's folded coefficients
+        # (predict_tiers), which costs less: the same bound with that model part, beside it.
+        tiers = None if tiers_all_cpu is None else tiers_all_cpu / simulated_s
+        with_tiers = None if tiers is None else bound - parts["model_floor_every_placement"] + tiers
+        result["irreducible_lower_bound"] = {
+            "cpu_s_per_simulated_s": bound, "parts_cpu_s_per_simulated_s": parts,
+            "model_predict_tiers_every_placement_cpu_s_per_simulated_s": tiers,
+            "cpu_s_per_simulated_s_with_predict_tiers": with_tiers,
+            "runtime_cpu_s_per_simulated_s": result["cpu_s_per_simulated_s"],
+            "runtime_to_bound": result["cpu_s_per_simulated_s"] / bound if bound else None,
+            "placements": decided, "telemetry_records": telemetry,
+            "records_handed_over": handover["records"] if handover else 0,
+            "handover_wall_s": handover["wall_s"] if handover else None}
+        handed = (f"librdkafka taking {handover['records']} encoded records {parts['librdkafka_handover']:.2f}"
+                  if handover else "librdkafka - (no broker)")
+        log(f"{ues:>6} UEs, {label}: irreducible lower bound {bound:.2f} CPU-s per simulated s (model floor of all "
+            f"{decided} placements {parts['model_floor_every_placement']:.2f} + {handed} + bare read of {telemetry} "
+            f"telemetry records {parts['telemetry_read']:.2f}) beside the runtime's {result['cpu_s_per_simulated_s']:.2f}"
+            + ("" if with_tiers is None else f"; {with_tiers:.2f} with the model's own predict_tiers ({tiers:.2f}) "
+                                             "for the bare predict_one calls"))
     return result
 
 
@@ -334,7 +459,8 @@ COMPARED = ("p99_to_floor_p99", "p99_to_quiet_floor_p99", "p50_to_floor_p50", "p
 def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, scenario: str = "dense-urban-xr",
                 seed: int = 7, settings=None, log: Callable[[str], None] = print,
                 device: dict | None = None, freeze_after_warmup: bool = True, compare_kafka_python: bool = True,
-                floor_every: int = 4, gc_between_steps: bool = False, idle_probe_s: float = 2.0) -> dict[str, Any]:
+                floor_every: int = 4, gc_between_steps: bool = False, idle_probe_s: float = 2.0,
+                pump: bool = True) -> dict[str, Any]:
     """Run every fleet size in turn, each without uplink, with the runtime's uplink and (``compare_kafka_python``)
     with a kafka-python uplink; one runtime each. The results with the targets checked on the runtime's uplink."""
     from tiertwin.settings import Settings
@@ -349,9 +475,10 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
     for ues in ue_counts:
         seconds = simulated_s[ues] if isinstance(simulated_s, dict) else simulated_s
         common = dict(log=log, freeze_after_warmup=freeze_after_warmup, floor_every=floor_every, model=model,
-                      gc_between_steps=gc_between_steps, idle_probe_s=idle_probe_s)
+                      gc_between_steps=gc_between_steps, idle_probe_s=idle_probe_s, pump=pump)
         offline = run_size(ues, seconds, scenario, seed, settings, connect=False, device=device, **common)
-        result = sizes[str(ues)] = run_size(ues, seconds, scenario, seed, settings, device=device, **common)
+        result = sizes[str(ues)] = run_size(ues, seconds, scenario, seed, settings, device=device, lower_bound=True,
+                                            **common)
         result["without_uplink"] = {k: offline[k] for k in COMPARED if k in offline}
         if compare_kafka_python and (device or {}).get("uplink_client") != "kafka-python":
             other = run_size(ues, seconds, scenario, seed, settings, device={**(device or {}), "uplink_client": "kafka-python"},
@@ -365,6 +492,9 @@ def bench_local(ue_counts: list[int], simulated_s: dict[int, float] | float, sce
         checks["p99_ms_at_10000"] = {"value": sizes["10000"]["place"]["p99_ms"], "target": TARGETS["p99_ms_at_10000"]}
         checks["cpu_s_per_simulated_s_at_10000"] = {"value": sizes["10000"]["cpu_s_per_simulated_s"],
                                                     "target": TARGETS["cpu_s_per_simulated_s_at_10000"]}
+        if "irreducible_lower_bound" in sizes["10000"]:   # beside it, what no runtime in CPython can go below
+            checks["cpu_s_per_simulated_s_at_10000"]["irreducible_lower_bound"] = \
+                sizes["10000"]["irreducible_lower_bound"]["cpu_s_per_simulated_s"]
     checks["p99_to_floor_p99"] = {"value": max(s["p99_to_floor_p99"] or 0.0 for s in sizes.values()),
                                   "target": TARGETS["p99_to_floor_p99"],
                                   "floor": "interleaved with the placements" if floor_every else "quiet (after the drain)"}
@@ -433,6 +563,10 @@ def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fle
           gc_between_steps: bool = typer.Option(False, help=(
               "Automatic GC off while feeding; the host collects the young generation after each 10 ms step "
               "(and generation 1 once per simulated second), outside place(), its CPU counted as the runtime's")),
+          pump: bool = typer.Option(True, help=(
+              "The bench calls DeviceRuntime.pump() after each step's placements, as the simulator does: the "
+              "uplink's records are encoded in this thread between steps, not on the uplink thread during "
+              "place() (--no-pump: the uplink thread encodes, as before 2026-12-03 11:00)")),
           idle_probe_s: float = typer.Option(2.0, help=(
               "Before feeding, measure the other threads' CPU with nothing to send for this long (per wall second); "
               "CPU per simulated second counts that idling once per simulated second, as a run in real time would, "
@@ -451,13 +585,26 @@ def local(ues: list[int] = typer.Option([100, 1_000, 10_000], "--ues", help="Fle
                               ("uplink_batch_ms", uplink_batch_ms), ("uplink_client", uplink_client)) if value is not None}
     results = bench_local(list(ues), seconds_by_size, scenario, seed, log=console.print, device=device,
                           freeze_after_warmup=freeze_gc, compare_kafka_python=compare_kafka_python,
-                          floor_every=floor_every, gc_between_steps=gc_between_steps, idle_probe_s=idle_probe_s)
-    results.update(gc_between_steps=gc_between_steps, freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
+                          floor_every=floor_every, gc_between_steps=gc_between_steps, idle_probe_s=idle_probe_s,
+                          pump=pump)
+    results.update(pump=pump, gc_between_steps=gc_between_steps, freeze_gc=freeze_gc, gc_threshold=__import__("gc").get_threshold(), gil_switch_interval_ms=gil_switch_interval_ms, device_overrides=device)
     path = write_results("local", results)
     console.print(side_by_side(results))
     for name, check in results["targets"].items():
         console.print(f"{name}: {check['value']:.3f} (target <= {check['target']}) "
                       f"{'met' if check['met'] else 'NOT met'}")
+    for ues, size in results["sizes"].items():
+        bound = size.get("irreducible_lower_bound")
+        if bound:
+            parts = bound["parts_cpu_s_per_simulated_s"]
+            handover = "-" if parts["librdkafka_handover"] is None else f"{parts['librdkafka_handover']:.2f}"
+            console.print(f"{int(ues):,} UEs: CPU-s per simulated s {size['cpu_s_per_simulated_s']:.2f}, irreducible lower "
+                          f"bound {bound['cpu_s_per_simulated_s']:.2f} (model floor of every placement "
+                          f"{parts['model_floor_every_placement']:.2f} + librdkafka handover "
+                          f"{handover} + telemetry read {parts['telemetry_read']:.2f}"
+                          + ("" if bound.get("cpu_s_per_simulated_s_with_predict_tiers") is None else
+                             f"; {bound['cpu_s_per_simulated_s_with_predict_tiers']:.2f} with the model's own "
+                             "predict_tiers instead") + ")")
     if "10000" in results["sizes"]:
         console.print(f"CPU seconds per simulated second at 10,000 UEs: "
                       f"{results['sizes']['10000']['cpu_s_per_simulated_s']:.2f}")
