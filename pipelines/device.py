@@ -13,6 +13,9 @@ Two background threads do the rest:
   ``tiertwin.edge.summaries`` (key serving cell) and Outcomes to
   ``tiertwin.outcomes`` (key UE), in batches of up to ``uplink_batch_records``
   every ``uplink_batch_ms``. A batch is done when ``flush`` says the broker has it.
+  A host that steps calls :meth:`DeviceRuntime.pump` after each step: the step's records are
+  then encoded in its thread, between steps, not on the uplink thread while a ``place()``
+  needs the GIL (the thread encodes again itself when the pumps stop, and when closing).
   If the broker is unreachable the device keeps deciding: records wait in memory
   up to ``queue_limit``, the oldest beyond that go to an append-only spill file
   (:class:`SpillFile`, under ``TIERTWIN_HOME/device/<device_id>/``), and on
@@ -394,8 +397,9 @@ class DeviceRuntime:
 
     ``DeviceRuntime(config, settings, connect=True).start()`` (or ``with``); call
     :meth:`observe` with every Telemetry record, :meth:`place` with every Demand
-    (returns the Decision), :meth:`report` with the device's Outcomes; :meth:`close`
-    sends what is left (or keeps it in the spill file for the next start).
+    (returns the Decision), :meth:`report` with the device's Outcomes, and, a host that steps,
+    :meth:`pump` after each step; :meth:`close` sends what is left (or keeps it in the spill
+    file for the next start).
     Not thread-safe by design: one caller thread owns the twins.
     """
 
