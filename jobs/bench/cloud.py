@@ -488,7 +488,7 @@ def _bench_topics(settings, partitions: int):
 
 def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2, train: bool = False,
                      batches: bool = True, read_max_s: float | None = None, client: str = "librdkafka",
-                     sdk_workers: int = 1, fold_in_read: bool = False) -> dict:
+                     sdk_workers: int = 1, fold_in_read: bool = True) -> dict:
     """Pre-fill the tier topics with ``count`` records, start the job from the earliest offsets, and measure
     how fast it empties them: from the job's submission (when it starts reading) until every window of the
     backlog has its on-time snapshot, with the CPU the SDK worker and Prism (and the training job, if on)
@@ -658,9 +658,9 @@ def bench_cloud(
     read_max_s: float = typer.Option(None, help="Drain mode: the job's read_max_s (how long a partition with a "
                                                 "backlog is read per bundle); default: CloudTwinConfig's."),
     client: str = typer.Option("librdkafka", help="The Kafka client the job reads with: librdkafka or kafka-python."),
-    fold_in_read: bool = typer.Option(False, "--fold-in-read/--no-fold-in-read",
+    fold_in_read: bool = typer.Option(True, "--fold-in-read/--no-fold-in-read",
                                       help="Drain mode, with --no-train: fold into partial aggregates inside the "
-                                           "Kafka read (CloudTwinConfig.fold_in_read; opt-in, see its caveat)."),
+                                           "Kafka read (CloudTwinConfig.fold_in_read, the default) or not."),
     producer_client: str = typer.Option("librdkafka", help="Paced mode: the client that offers the traffic "
                                                           "(librdkafka or kafka-python)."),
     workers: str = typer.Option("1", help="Drain mode: SDK worker processes of the job, or a list (`1,2`) to "

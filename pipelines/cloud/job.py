@@ -223,8 +223,8 @@ def build_streaming(pipeline: beam.Pipeline, config: CloudTwinConfig, settings: 
 def _fold_in_read(config: CloudTwinConfig) -> FoldInRead | None:
     """With ``fold_in_read``, a job that fuses and does not train folds its batches into partial aggregates
     inside the Kafka read (:class:`~tiertwin.pipelines.cloud.fusion.FoldInRead`): no record leaves the read.
-    Training needs the records, so a job that also trains splits them by contract as before. Opt-in: across a
-    kill and resume the folded job lost records (``CloudTwinConfig.fold_in_read``)."""
+    Training needs the records, so a job that also trains splits them by contract as before; so does a job with
+    ``fold_in_read: false``."""
     return (FoldInRead(config) if config.fold_in_read and config.fuse and not config.train and config.batches
             else None)
 
