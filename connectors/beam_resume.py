@@ -9,7 +9,8 @@ may not have been emitted yet can be recomputed completely**:
 * When a bundle that caught the partition up is **finalized** (Beam bundle finalization: the runner
   calls back once it holds the bundle's output; on Prism right after it persisted the bundle), the
   read takes the read's held watermark ``W`` at the end of that bundle (the minimum over every
-  partition of the read, :class:`~tiertwin.connectors.beam_kafka._WorkerWatermarks`) and the
+  partition of the read, :class:`~tiertwin.connectors.beam_kafka._WorkerWatermarks`, each as of the last
+  step of it the runner holds) and the
   **replay point** ``R = start of the earliest window containing W - allowed lateness - margin``
   (:meth:`ResumePolicy.replay_from`). Windows that start before ``R`` ended more than
   ``lateness + margin`` of event time behind the watermark: they are closed and, given the margin,
