@@ -198,6 +198,7 @@ class _ReadPartition(beam.DoFn):
                  fold=None):
         self.settings, self.spec, self.stage, self.read_id = settings, spec, stage, read_id
         self.batches, self.fold = batches, fold
+        self._consumers: dict[tuple, KafkaConsumer] = {}  # taken by the running step (_CONSUMERS)
         self.read = Metrics.counter("kafka-read", "records")
         self.rejected = Metrics.counter("kafka-read", "dead_letters")
         self.committed = Metrics.counter("kafka-read", "offset_commits")
@@ -206,16 +207,29 @@ class _ReadPartition(beam.DoFn):
         from tiertwin.schemas import SchemaRegistry
 
         self.registry = SchemaRegistry.default()
-        self._consumers: dict[tuple, KafkaConsumer] = {}
+        self._consumers: dict[tuple, KafkaConsumer] = {}  # taken by the running step (_CONSUMERS)
         self._next_offset: dict[tuple, int] = {}
+        _CONSUMERS.join(self.read_id)
 
     def teardown(self):
-        for consumer in getattr(self, "_consumers", {}).values():
+        if not hasattr(self, "registry"):
+            return  # never set up
+        for consumer in self._consumers.values():
             consumer.close()
+        self._consumers.clear()
+        _CONSUMERS.leave(self.read_id)
 
     def _consumer_at(self, tp: TopicPartition, offset: int) -> KafkaConsumer:
+        """The partition's consumer, positioned to read ``offset`` next: taken from the worker's
+        (:data:`_CONSUMERS`) until the step ends (:meth:`_release`), or made if it has none free."""
         key = (tp.topic, tp.partition)
         consumer = self._consumers.get(key)
+        if consumer is None:
+            consumer, at = _CONSUMERS.take(self.read_id, key, offset)
+            if at is None:
+                self._next_offset.pop(key, None)
+            else:
+                self._next_offset[key] = at
         if consumer is None:
             if self.spec.client == "librdkafka":
                 from tiertwin.connectors.rdkafka import RdKafkaPartitionConsumer
@@ -228,7 +242,7 @@ class _ReadPartition(beam.DoFn):
                                      fetch_min_bytes=1, fetch_max_wait_ms=500,
                                      max_poll_records=self.spec.max_poll_records)
             consumer.assign([tp])
-            self._consumers[key] = consumer
+        self._consumers[key] = consumer
         if self._next_offset.get(key) != offset:  # keep the prefetched data when resuming where we were
             consumer.seek(tp, offset)
             self._next_offset[key] = offset
@@ -249,6 +263,18 @@ class _ReadPartition(beam.DoFn):
         yield from self.fold.finish()
 
     def _read_fetches(self, element: PartitionSlice, tracker, watermark, finalizer=None):
+        try:
+            yield from self._read_step(element, tracker, watermark, finalizer)
+        finally:  # the next step of the partition may run in another instance: it takes the consumer from there
+            self._release((element.topic, element.partition))
+
+    def _release(self, key: tuple) -> None:
+        """Give the partition's consumer back to the worker's, with the offset it reads next (if known)."""
+        consumer = self._consumers.pop(key, None)
+        if consumer is not None:
+            _CONSUMERS.give_back(self.read_id, key, consumer, self._next_offset.pop(key, None))
+
+    def _read_step(self, element: PartitionSlice, tracker, watermark, finalizer=None):
         commits: list = []  # what to do once the runner holds this bundle (_commit_when_finalized)
         if finalizer is not None:  # every bundle: Prism finalizes each bundle of a stage that can ask for it
             finalizer.register(lambda: [commit() for commit in commits])
@@ -544,6 +570,67 @@ class _WorkerWatermarks:
 
 
 _WORKER_WATERMARKS = _WorkerWatermarks()
+
+
+class _PartitionConsumers:
+    """The Kafka consumers of one worker process, at most a couple per partition of a read, shared by every
+    instance of the read's DoFn: a step takes its partition's consumer and gives it back when it ends, with the
+    offset the consumer reads next.
+
+    Prism runs every step of a partition's read as a bundle of its own, and the SDK worker hands a bundle to
+    whichever of its bundle processors is free, each with its own DoFn instance: 8 of them in a drain of 8
+    partitions. With a consumer per instance and partition, a partition's next step mostly ran in an instance
+    whose consumer of it was elsewhere or missing: it seeked (librdkafka drops what it had prefetched) or
+    connected a new consumer, whose first poll often came back empty after ``poll_interval_s``; and every one of
+    the 64 consumers prefetched its partition (a drain of 1M records: 64 consumers for 8 partitions, 528 seeks,
+    librdkafka's fetch threads 21 CPU-s against 27 for the rest of the worker's Python).
+    """
+
+    def __init__(self, idle_per_partition: int = 2):
+        self.idle_per_partition = idle_per_partition
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list] = {}  # (read_id, topic, partition) -> [(consumer, next offset or None)]
+        self._users: dict[str, int] = {}  # read_id -> DoFn instances set up and not torn down
+        self._ended: set[str] = set()  # reads whose every instance was torn down
+
+    def join(self, read_id: str) -> None:
+        with self._lock:
+            self._users[read_id] = self._users.get(read_id, 0) + 1
+            self._ended.discard(read_id)
+
+    def leave(self, read_id: str) -> None:
+        """An instance of the read is torn down; with the last one, its consumers are closed."""
+        with self._lock:
+            left = self._users.get(read_id, 0) - 1
+            if left > 0:
+                self._users[read_id] = left
+                return
+            self._users.pop(read_id, None)
+            self._ended.add(read_id)
+            closing = [c for k in [k for k in self._idle if k[0] == read_id] for c, _ in self._idle.pop(k)]
+        for consumer in closing:
+            consumer.close()
+
+    def take(self, read_id: str, key: tuple, offset: int) -> tuple:
+        """``(consumer, the offset it reads next or None)`` for partition ``key``, one at ``offset`` if there is
+        one; ``(None, None)`` if none is free (the caller makes one, and gives it back too)."""
+        with self._lock:
+            idle = self._idle.get((read_id, *key))
+            if not idle:
+                return None, None
+            at = next((i for i, (_, position) in enumerate(idle) if position == offset), len(idle) - 1)
+            return idle.pop(at)
+
+    def give_back(self, read_id: str, key: tuple, consumer, next_offset: int | None) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((read_id, *key), [])
+            if read_id not in self._ended and len(idle) < self.idle_per_partition:
+                idle.append((consumer, next_offset))
+                return
+        consumer.close()  # its read is torn down, or the partition has enough idle consumers
+
+
+_CONSUMERS = _PartitionConsumers()
 _DRAINED_READS: set[str] = set()
 
 
