@@ -61,7 +61,7 @@ class CloudTwinConfig(BaseModel):
     start: str = Field("latest", pattern="^(earliest|latest)$")
     max_out_of_order_ms: int = Field(200, ge=0, description="Watermark = newest event time read minus this.")
     idle_after_s: float = Field(0.5, gt=0, description="A partition this long without records is idle.")
-    read_interval_s: float = Field(0.15, gt=0, description="A caught-up partition is read again after this long "
+    read_interval_s: float = Field(0.3, gt=0, description="A caught-up partition is read again after this long "
                                                            "(every read is a bundle, which costs CPU on Prism).")
     read_max_s: float = Field(0.1, gt=0, description="A partition with a backlog hands its records on this often.")
     kafka_client: str = Field("librdkafka", pattern="^(librdkafka|kafka-python)$",
