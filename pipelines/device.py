@@ -721,20 +721,19 @@ class DeviceRuntime:
         outbox, encoded, limit = self._outbox, self._encoded, self.config.queue_limit
         if len(outbox) + len(encoded) <= limit:
             return
-        spill, encode, n = self._spill, self._encode, 0
+        spill, n = self._spill, 0
         with self._take:   # pump() moves records from the outbox to ``encoded`` meanwhile: the oldest are in ``encoded``
             excess = len(outbox) + len(encoded) - limit
             while excess > 0 and encoded:
                 spill.append(*encoded.popleft())
                 n += 1
                 excess -= 1
-            for _ in range(max(excess, 0)):
-                entry = encode(outbox.popleft())
-                if entry is not None:
+            if excess > 0:   # then the oldest of the outbox, encoded as the uplink does (dead letters not kept)
+                kept: list = []
+                self._take_outbox(excess, kept.append, self.config.uplink_yield_every)
+                for entry in kept:
                     spill.append(*entry)
-                    n += 1
-                if n % self.config.uplink_yield_every == 0:
-                    time.sleep(0)
+                n += len(kept)
         self.stats.spilled += n
 
     def _encode(self, entry: tuple[int, dict, Any]) -> tuple[str, bytes | None, bytes] | None:

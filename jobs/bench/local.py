@@ -129,18 +129,23 @@ class GcPauses:
                 for g, p in self.pauses.items()}
 
 
-def _floor(model: Any, xs: list[dict]) -> list[int]:
-    """perf_counter_ns of the bare per-tier predict_one calls one placement needs, per example."""
+def _floor_calls(model: Any, xs: list[dict]) -> list[list[tuple[Any, dict]]]:
+    """Per example, the bare per-tier ``(regressor, features)`` predict_one calls one placement needs (the
+    features selected beforehand)."""
     from tiertwin.pipelines.learners import DemandLatencyModel
 
     if isinstance(model, DemandLatencyModel):
         per_tier = list(model._per_tier.items())
-        prepared = [[(reg, model._select(x, tier)) for tier, reg in per_tier] for x in xs]
-    else:   # any other River regressor: one predict_one per tier on the whole dict
-        prepared = [[(model, {**x, "tier": tier}) for tier in ("local", "edge", "cloud")] for x in xs]
+        return [[(reg, model._select(x, tier)) for tier, reg in per_tier] for x in xs]
+    # any other River regressor: one predict_one per tier on the whole dict
+    return [[(model, {**x, "tier": tier}) for tier in ("local", "edge", "cloud")] for x in xs]
+
+
+def _floor(model: Any, xs: list[dict]) -> list[int]:
+    """perf_counter_ns of the bare per-tier predict_one calls one placement needs, per example."""
     clock = time.perf_counter_ns
     durations = []
-    for calls in prepared:
+    for calls in _floor_calls(model, xs):
         started = clock()
         for reg, features in calls:
             reg.predict_one(features)
@@ -152,8 +157,6 @@ def _floor_cpu_s(model: Any, xs: list[dict]) -> tuple[float, float | None]:
     """CPU seconds (this thread) of the bare per-tier predict_one calls of every example (selection beforehand),
     and of the model's own ``predict_tiers`` on each (what place() calls: DemandLatencyModel predicts from its
     folded coefficients, cheaper than River's predict_one; None for a model without it)."""
-    from tiertwin.pipelines.learners import DemandLatencyModel
-
     tiers_s = None
     predict_tiers = getattr(model, "predict_tiers", None)
     if predict_tiers is not None:
@@ -162,11 +165,7 @@ def _floor_cpu_s(model: Any, xs: list[dict]) -> tuple[float, float | None]:
             predict_tiers(x)
         tiers_s = time.thread_time() - started
 
-    if isinstance(model, DemandLatencyModel):
-        per_tier = list(model._per_tier.items())
-        calls = [(reg, model._select(x, tier)) for x in xs for tier, reg in per_tier]
-    else:
-        calls = [(model, {**x, "tier": tier}) for x in xs for tier in ("local", "edge", "cloud")]
+    calls = [call for per_example in _floor_calls(model, xs) for call in per_example]
     started = time.thread_time()
     for reg, features in calls:
         reg.predict_one(features)
