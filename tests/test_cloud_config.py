@@ -155,3 +155,18 @@ def test_every_trainable_model_learns_from_fused_streams_and_is_trained_by_defau
     assert CloudTwinConfig().model_names == tuple(TRAINABLE)
     with pytest.raises(ValueError, match="trainable: " + ", ".join(TRAINABLE)):
         CloudTwinConfig(model_names=("no-such-model",))
+
+
+def test_the_loopback_worker_collects_the_young_generation_less_often(monkeypatch):
+    # Lost once in a move of the module: the heap was frozen but collected as often as before.
+    import gc
+
+    from tiertwin.pipelines.cloud import runtime
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    try:
+        runtime._tune_gc_for_worker()
+        assert gc.get_threshold() == (20_000, 50, 50)
+    finally:
+        gc.set_threshold(*before)

@@ -299,3 +299,4 @@ def _tune_gc_for_worker() -> None:
     import gc
 
     gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
