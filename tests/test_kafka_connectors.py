@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from tiertwin.connectors.kafka import DeadLetterSink, KafkaSink, KafkaSource
+from tiertwin.connectors.kafka import DeadLetterSink, KafkaSink, KafkaSource, read_topic
 from tiertwin.jobs.bench.roundtrip import run_roundtrip
 from tiertwin.schemas import MAGIC, SchemaRegistry
 from tiertwin.schemas.examples import EXAMPLE_NAMES, example
@@ -212,3 +212,20 @@ def test_topology_apply_is_idempotent(broker, settings):
     for spec in topology.topics:
         assert described[spec.name]["partitions"] == spec.partitions
         assert described[spec.name]["cleanup.policy"] == spec.cleanup_policy
+
+
+def test_a_flush_with_nothing_sent_since_the_last_returns_without_waking_the_producer(new_topic, settings):
+    # A Beam sink flushes at the end of every bundle, records or not; kafka-python's flush waits for its sender
+    # thread even with nothing queued (0.1-40 ms on a busy SDK worker).
+    topic = new_topic(partitions=1)
+    with KafkaSink(settings) as sink:
+        flushes = []
+        real_flush = sink._producer.flush
+        sink._producer.flush = lambda timeout=None: flushes.append(timeout) or real_flush(timeout=timeout)
+        sink.flush()
+        assert flushes == []
+        sink.send(topic, "EdgeState", example("EdgeState", cell_id=3))
+        sink.flush()
+        sink.flush()
+        assert len(flushes) == 1
+    assert [r.value["cell_id"] for r in read_topic(topic, settings, timeout_s=5.0)] == [3]
