@@ -225,17 +225,30 @@ def _close(a, b) -> bool:
     return a == b
 
 
-def test_polars_aggregates_of_a_batch_equal_folding_its_records():
+def _folded_with_polars(stream, batch):
+    return fusion.batch_aggregates(stream, batch, 1_000_000, 0)
+
+
+def _folded_from_columns(stream, batch):
+    """fold_batch below POLARS_MIN_ROWS: row by row from the columns, into an empty ``open_``."""
+    open_: dict = {}
+    without_cell = fusion._fold_columns(open_, stream, batch, 1_000_000, 0)
+    return [(key, earliest, aggregate) for key, (earliest, aggregate) in open_.items()], without_cell
+
+
+@pytest.mark.parametrize("fold", [_folded_with_polars, _folded_from_columns])
+def test_the_aggregates_of_a_batch_equal_folding_its_records(fold):
     records = list(tier_traffic(T0, 4_000, rate_per_s=1_000, cells=4, ues=16, seed=11))
     records.append(("Decision", example("Decision", cell_id=None, source_ts_ms=T0 + 5)))
     records.append(("Outcome", example("Outcome", cell_id=2, ts_ms=T0 + 7, latency_ms=None, deadline_met=None,
                                        ue_id="")))
+    records.append(("Outcome", example("Outcome", cell_id=3, ts_ms=T0 + 9, latency_ms=55.0, deadline_met=False)))
     values = [REGISTRY.encode(s, r) for s, r in records]
     batches, _ = decode_batch(REGISTRY, values, topic="t", partition=0, offsets=range(len(values)),
                               timestamps_ms=[T0] * len(values), stage="s")
     for batch in batches:
         stream = STREAMS[batch.schema]
-        got, without_cell = fusion.batch_aggregates(stream, batch, 1_000_000, 0)
+        got, without_cell = fold(stream, batch)
         folded: dict = {}
         add, cell_field = fusion.ADD_TO_AGGREGATE[stream], CELL_FIELDS[stream]
         for record, ms in batch.timestamped():
