@@ -22,6 +22,7 @@ from typing import Iterator
 import typer
 
 from tiertwin.errors import ConfigError
+from tiertwin.jobs.bench import python_loop_cpu_ms
 from tiertwin.jobs.cli.common import console, one_line_errors
 from tiertwin.stats import percentiles
 from tiertwin.topics import ACTIONS_LOCAL, EDGE_STATE, OUTCOMES, SUMMARIES
@@ -300,7 +301,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
-    load_before = os.getloadavg()[0]
+    load_before, loop_before = os.getloadavg()[0], python_loop_cpu_ms()  # how busy, and how fast, the host is
     topics, out, admin = _bench_topics(settings, partitions)
     window_ms = int(window_s * 1000)
     config = CloudTwinConfig(window_s=window_s, early_firing_s=None, allowed_lateness_s=max(window_s, 5.0),
@@ -403,6 +404,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         "training": ("own process" if result is not None and result.trainer is not None
                      else "in the fusing job" if train else "off"),
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "python_loop_cpu_ms_at_start": loop_before,
         "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
         "partitions_per_topic": partitions, "produced": produced,
         "producer_max_behind_ms": producer_behind_ms, "prism_startup_s": startup_s,
@@ -504,7 +506,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
     from tiertwin.settings import Settings
 
     settings = Settings.from_env()
-    load_before = os.getloadavg()[0]
+    load_before, loop_before = os.getloadavg()[0], python_loop_cpu_ms()  # how busy, and how fast, the host is
     topics, out, admin = _bench_topics(settings, partitions)
     window_ms = int(window_s * 1000)
     filled = _prefill(topics, count, window_ms, partitions, settings, log)
@@ -587,6 +589,7 @@ def _run_drain_bench(count: int, window_s: float, log=print, partitions: int = 2
         "sdk_workers": sdk_workers,
         "read_max_s": config.read_max_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "python_loop_cpu_ms_at_start": loop_before,
         "records_prefilled": filled["produced"], "partitions_per_topic": partitions, "window_s": window_s,
         # Where records went (Beam counters, sentinels included): read from Kafka, aggregated by fusion.
         "counters": counters, "records_fused_after_drain": sum(final.values()),
