@@ -39,7 +39,7 @@ def python_loop_cpu_ms(repeats: int = 15) -> float:
     the host lets this machine's cores run just now, beside each result.
 
     The same code measured twice is not the same speed here: on 2026-12-03 a loop of this kind, timed every
-    0.5 s beside the benchmarks, cost 1.9 times as much CPU until 16:53 as from 16:54 on, and the cloud job's
+    0.5 s beside the benchmarks, cost 1.7-1.9 times as much CPU until 16:53 as from 16:54 on, and the cloud job's
     CPU per 1,000 records went from 20-26 ms to 13.3-13.6 ms with it. Compare results at similar values only.
 
     >>> python_loop_cpu_ms(3) > 0
