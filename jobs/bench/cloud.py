@@ -287,7 +287,8 @@ def _cpu_seconds(trainer_pid: int | None = None) -> dict[str, float]:
 
 def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, partitions: int = 2,
                      train: bool = True, train_in_own_process: bool = True, batches: bool = True,
-                     client: str = "librdkafka", producer_client: str = "librdkafka") -> dict:
+                     client: str = "librdkafka", producer_client: str = "librdkafka",
+                     read_interval_s: float | None = None) -> dict:
     """The streaming cloud twin on Prism at ``rate`` records/s, then polars over the same log."""
     import multiprocessing
     import os
@@ -309,6 +310,8 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
                              dead_letter_topic=out["deadletters"], models_topic=out["models"], start="earliest",
                              train_window_s=max(window_s, 5.0), min_examples=100, train=train,
                              train_in_own_process=train_in_own_process, batches=batches, kafka_client=client)
+    if read_interval_s is not None:
+        config = config.model_copy(update={"read_interval_s": read_interval_s})
     # These topics are not in the topology, so say which of them the training job needs.
     config = config.model_copy(update={"training_topics": tuple(topics[schema] for schema
                                                                 in sorted(training_schemas(config.model_names)))})
@@ -409,6 +412,7 @@ def _run_cloud_bench(rate: float, seconds: float, window_s: float, log=print, pa
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "python_loop_cpu_ms_at_start": loop_before,
         "offered_records_per_s": rate, "seconds": seconds, "window_s": window_s,
+        "read_interval_s": config.read_interval_s,
         "partitions_per_topic": partitions, "produced": produced,
         "producer_max_behind_ms": producer_behind_ms, "prism_startup_s": startup_s,
         "producer": {"client": producer_client, "cpu_s": producer_cpu_s},
@@ -669,6 +673,9 @@ def bench_cloud(
                                            "Kafka read (CloudTwinConfig.fold_in_read, the default) or not."),
     producer_client: str = typer.Option("librdkafka", help="Paced mode: the client that offers the traffic "
                                                           "(librdkafka or kafka-python)."),
+    read_interval_s: float = typer.Option(None, help="Paced mode: the job's read_interval_s (how often a caught-up "
+                                                     "partition is read; each read is a bundle): fewer reads cost "
+                                                     "less CPU and delay the snapshots; default: CloudTwinConfig's."),
     workers: str = typer.Option("1", help="Drain mode: SDK worker processes of the job, or a list (`1,2`) to "
                                           "drain the same backlog once per count and compare."),
 ):
@@ -705,7 +712,7 @@ def bench_cloud(
         return
     results = run_cloud_bench(rate=rate, seconds=seconds, window_s=window_s, log=console.print, train=train,
                               train_in_own_process=train_in_own_process, batches=batches, client=client,
-                              producer_client=producer_client)
+                              producer_client=producer_client, read_interval_s=read_interval_s)
     path = write_results("cloud", results, out)
     latency, ceiling = results["window_end_to_snapshot_ms"], results["polars_ceiling"]
     console.print(f"Prism at {rate:.0f} records/s offered: {results['beam_prism_records_per_s']:.0f} records/s fused, "
